@@ -1,0 +1,169 @@
+//! Build, submit and task errors.
+
+use std::error::Error;
+use std::fmt;
+
+use crate::executor::RejectReason;
+
+/// A pool or exporter could not be built from the options given.
+///
+/// Returned by every `build()`; the message says which option was wrong.
+#[derive(Debug)]
+pub struct BuildError {
+    kind: BuildErrorKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum BuildErrorKind {
+    ZeroWorkers,
+    ZeroBound(&'static str),
+    Buckets(String),
+    Namespace(String),
+    IncompatibleSeries(String),
+    Registry(prometheus::Error),
+}
+
+impl BuildError {
+    pub(crate) fn new(kind: BuildErrorKind) -> BuildError {
+        BuildError { kind }
+    }
+
+    /// True when the error is about the histogram buckets.
+    pub fn is_buckets(&self) -> bool {
+        matches!(self.kind, BuildErrorKind::Buckets(_))
+    }
+
+    /// True when the error comes from registering the metric families
+    /// (a family of the same name with other labels, type or help already exists).
+    pub fn is_registry(&self) -> bool {
+        matches!(
+            self.kind,
+            BuildErrorKind::Registry(_) | BuildErrorKind::IncompatibleSeries(_)
+        )
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BuildErrorKind::ZeroWorkers => f.write_str("max_workers must be greater than 0"),
+            BuildErrorKind::ZeroBound(what) => write!(f, "{what} must be greater than 0"),
+            BuildErrorKind::Buckets(why) => write!(f, "invalid histogram buckets: {why}"),
+            BuildErrorKind::Namespace(why) => write!(f, "invalid metric namespace: {why}"),
+            BuildErrorKind::IncompatibleSeries(why) => {
+                write!(f, "incompatible with the series already registered: {why}")
+            }
+            BuildErrorKind::Registry(e) => write!(f, "could not register the metric families: {e}"),
+        }
+    }
+}
+
+impl Error for BuildError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.kind {
+            BuildErrorKind::Registry(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A submit was refused; the task is handed back unrun.
+///
+/// ```
+/// use executor_exporter::{RejectReason, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::builder()
+///     .registry(prometheus::Registry::new())
+///     .build()
+///     .unwrap();
+/// pool.shutdown();
+/// let err = pool.submit(|| 1 + 1).unwrap_err();
+/// assert_eq!(err.reason(), RejectReason::Shutdown);
+/// let task = err.into_inner();
+/// assert_eq!(task(), 2);
+/// ```
+pub struct SubmitError<F> {
+    task: F,
+    reason: RejectReason,
+}
+
+impl<F> SubmitError<F> {
+    pub(crate) fn new(task: F, reason: RejectReason) -> SubmitError<F> {
+        SubmitError { task, reason }
+    }
+
+    /// Why the submit was refused.
+    pub fn reason(&self) -> RejectReason {
+        self.reason
+    }
+
+    /// Gives the task back.
+    pub fn into_inner(self) -> F {
+        self.task
+    }
+}
+
+impl<F> fmt::Debug for SubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> fmt::Display for SubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot submit the task: {}", self.reason)
+    }
+}
+
+impl<F> Error for SubmitError<F> {}
+
+/// Why a task produced no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task panicked; `message` is the panic payload when it was a string.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The task was cancelled before it started, and never ran.
+    Cancelled,
+    /// The executor could not run the task and never will run anything
+    /// (for example, the worker initializer panicked).
+    Broken {
+        /// What broke the executor.
+        reason: String,
+    },
+    /// The executor refused the task (used by `map`, which submits for you).
+    Rejected(RejectReason),
+    /// The result was not ready within the time given to `join_timeout`.
+    /// The task itself goes on.
+    TimedOut,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Panicked { message } => write!(f, "task panicked: {message}"),
+            TaskError::Cancelled => f.write_str("task was cancelled before it started"),
+            TaskError::Broken { reason } => write!(f, "executor is broken: {reason}"),
+            TaskError::Rejected(reason) => write!(f, "task rejected: {reason}"),
+            TaskError::TimedOut => f.write_str("timed out waiting for the task"),
+        }
+    }
+}
+
+impl Error for TaskError {}
+
+/// The text of a panic payload, for [`TaskError::Panicked`].
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic payload is not a string".to_owned()
+    }
+}

@@ -1,0 +1,226 @@
+//! The [`Executor`] trait every pool implements, and the [`Task`] it runs.
+
+use std::any::Any;
+use std::fmt;
+
+/// A unit of work handed to an [`Executor`]: a boxed `FnOnce() + Send + 'static`.
+///
+/// An executor either runs a task ([`Task::run`]), gives it back ([`Rejected`]),
+/// or drops it. Dropping a task that came from an instrumented proxy counts it as
+/// cancelled, so an executor that discards work on shutdown never leaves a task
+/// unaccounted for. An executor that can no longer run anything (for example,
+/// its workers cannot start) should call [`Task::abandon`] instead, so that the
+/// submitter sees why.
+///
+/// ```
+/// use executor_exporter::Task;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+///
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let flag = ran.clone();
+/// let task = Task::new(move || flag.store(true, Ordering::SeqCst));
+/// task.run();
+/// assert!(ran.load(Ordering::SeqCst));
+/// ```
+pub struct Task {
+    inner: Box<dyn Runnable>,
+}
+
+/// What the crate's own task wrappers implement; plain closures get [`Plain`].
+pub(crate) trait Runnable: Send + 'static {
+    fn run(self: Box<Self>);
+    fn abandon(self: Box<Self>, reason: String);
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+struct Plain<F>(F);
+
+impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
+    fn run(self: Box<Self>) {
+        (self.0)()
+    }
+    fn abandon(self: Box<Self>, _reason: String) {}
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+impl Task {
+    /// Wraps a closure as a task.
+    pub fn new<F>(f: F) -> Task
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Task {
+            inner: Box::new(Plain(f)),
+        }
+    }
+
+    pub(crate) fn from_runnable(inner: Box<dyn Runnable>) -> Task {
+        Task { inner }
+    }
+
+    pub(crate) fn into_any(self) -> Box<dyn Any + Send> {
+        self.inner.into_any()
+    }
+
+    /// Runs the task on the current thread.
+    ///
+    /// A task submitted through an instrumented executor catches its own panics
+    /// (they are counted and reported to whoever joins it); a plain task's panic
+    /// propagates to the caller.
+    pub fn run(self) {
+        self.inner.run()
+    }
+
+    /// Gives the task up without running it because the executor is broken
+    /// and will never be able to run it.
+    ///
+    /// An instrumented task then fails with [`TaskError::Broken`](crate::TaskError::Broken)
+    /// carrying `reason`, and is counted as failed with reason `broken`. Use
+    /// plain `drop` for work that is discarded on purpose (it counts as
+    /// cancelled).
+    pub fn abandon(self, reason: impl Into<String>) {
+        self.inner.abandon(reason.into())
+    }
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task").finish_non_exhaustive()
+    }
+}
+
+/// Why an executor refused a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The executor was shut down and accepts no new work.
+    Shutdown,
+    /// The executor's queue is full.
+    Full,
+    /// The executor can no longer run tasks (for example, its workers cannot start).
+    Broken,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RejectReason::Shutdown => "the executor is shut down",
+            RejectReason::Full => "the executor's queue is full",
+            RejectReason::Broken => "the executor is broken and cannot run tasks",
+        })
+    }
+}
+
+/// A task an [`Executor`] refused, handed back to the caller with the reason.
+pub struct Rejected {
+    task: Task,
+    reason: RejectReason,
+}
+
+impl Rejected {
+    /// Wraps a refused task with the reason it was refused.
+    pub fn new(task: Task, reason: RejectReason) -> Rejected {
+        Rejected { task, reason }
+    }
+
+    /// Why the task was refused.
+    pub fn reason(&self) -> RejectReason {
+        self.reason
+    }
+
+    /// Gives the task back.
+    pub fn into_task(self) -> Task {
+        self.task
+    }
+}
+
+impl fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejected")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task rejected: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// Anything that can run a [`Task`] on some thread.
+///
+/// Implementing it takes one method; the others have defaults. Wrap any
+/// executor in an [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy)
+/// to get its metrics.
+///
+/// ```
+/// use executor_exporter::{Executor, Rejected, Task};
+///
+/// /// Runs every task on a fresh thread.
+/// struct ThreadPerTask;
+///
+/// impl Executor for ThreadPerTask {
+///     fn execute(&self, task: Task) -> Result<(), Rejected> {
+///         std::thread::spawn(move || task.run());
+///         Ok(())
+///     }
+/// }
+///
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// ThreadPerTask.execute(Task::new(move || tx.send(42).unwrap())).unwrap();
+/// assert_eq!(rx.recv().unwrap(), 42);
+/// ```
+pub trait Executor {
+    /// Runs `task` at some point, or hands it back in [`Rejected`].
+    fn execute(&self, task: Task) -> Result<(), Rejected>;
+
+    /// The most tasks this executor runs at once, if it knows.
+    fn max_workers(&self) -> Option<usize> {
+        None
+    }
+
+    /// The `executor_type` label used when none is configured.
+    fn executor_type(&self) -> &str {
+        "custom"
+    }
+
+    /// Stops accepting tasks, waits for accepted ones to finish and releases
+    /// the workers. Must be idempotent. The default does nothing.
+    fn shutdown(&self) {}
+}
+
+impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        (**self).execute(task)
+    }
+    fn max_workers(&self) -> Option<usize> {
+        (**self).max_workers()
+    }
+    fn executor_type(&self) -> &str {
+        (**self).executor_type()
+    }
+    fn shutdown(&self) {
+        (**self).shutdown()
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for &E {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        (**self).execute(task)
+    }
+    fn max_workers(&self) -> Option<usize> {
+        (**self).max_workers()
+    }
+    fn executor_type(&self) -> &str {
+        (**self).executor_type()
+    }
+    fn shutdown(&self) {
+        (**self).shutdown()
+    }
+}

@@ -1,0 +1,866 @@
+//! [`ExecutorExporter`]: the metric families, their labels and buckets, and the
+//! registry they live in.
+//!
+//! Every family is declared once, in [`METRICS`]. Series for one
+//! (`exporter_id`, `executor_type`) pair are created once, when the first
+//! exporter for that pair is built, and shared by every exporter with the same
+//! pair in the same registry: that is how pools with one id are combined.
+//! All series of one namespace in one registry are exposed by a single
+//! collector, so label values are kept apart exactly (never joined into one
+//! hash key) and the hot path touches only atomics.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc, Metric as _};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Histogram, HistogramOpts, Registry};
+
+use crate::error::{BuildError, BuildErrorKind};
+
+/// Metric type of a family in [`METRICS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family: its name after the namespace, type, extra label, unit and help.
+#[derive(Debug)]
+pub(crate) struct MetricDef {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) extra_label: Option<&'static str>,
+    pub(crate) help: &'static str,
+}
+
+/// Index of each family in [`METRICS`].
+mod idx {
+    pub(super) const MAX_WORKERS: usize = 0;
+    pub(super) const INITIALIZED_WORKERS: usize = 1;
+    pub(super) const SUBMITTED: usize = 2;
+    pub(super) const REJECTED: usize = 3;
+    pub(super) const QUEUED: usize = 4;
+    pub(super) const RUNNING: usize = 5;
+    pub(super) const CANCELLED: usize = 6;
+    pub(super) const WAIT: usize = 7;
+    pub(super) const DURATION: usize = 8;
+    pub(super) const FAILURES: usize = 9;
+    pub(super) const RESTARTS: usize = 10;
+}
+
+/// Every family the exporter exposes, declared once. The full name is
+/// `{namespace}_{name}`; every series also carries `executor` and `executor_type`.
+pub(crate) const METRICS: &[MetricDef] = &[
+    MetricDef {
+        name: "max_workers_total",
+        kind: Kind::Counter,
+        extra_label: None,
+        help: "Maximum number of workers, added up over every pool built with this exporter id.",
+    },
+    MetricDef {
+        name: "initialized_workers_total",
+        kind: Kind::Counter,
+        extra_label: None,
+        help: "Workers that finished starting (initializer included).",
+    },
+    MetricDef {
+        name: "submitted_tasks_total",
+        kind: Kind::Counter,
+        extra_label: None,
+        help: "Tasks accepted by the executor (rejected submits are not counted).",
+    },
+    MetricDef {
+        name: "rejected_tasks_total",
+        kind: Kind::Counter,
+        extra_label: None,
+        help: "Submits refused by the executor (shut down, full or broken).",
+    },
+    MetricDef {
+        name: "queued_tasks",
+        kind: Kind::Gauge,
+        extra_label: None,
+        help: "Tasks accepted and not yet started.",
+    },
+    MetricDef {
+        name: "running_tasks",
+        kind: Kind::Gauge,
+        extra_label: None,
+        help: "Tasks started and not yet finished.",
+    },
+    MetricDef {
+        name: "cancelled_tasks_total",
+        kind: Kind::Counter,
+        extra_label: None,
+        help: "Tasks cancelled before they started; they never ran.",
+    },
+    MetricDef {
+        name: "task_wait_seconds",
+        kind: Kind::Histogram,
+        extra_label: None,
+        help: "Time from submit to the start of the task, in seconds.",
+    },
+    MetricDef {
+        name: "tasks_duration_seconds",
+        kind: Kind::Histogram,
+        extra_label: Some("result"),
+        help: "Time from the start to the end of the task, in seconds, by result (completed or failed).",
+    },
+    MetricDef {
+        name: "task_failures_total",
+        kind: Kind::Counter,
+        extra_label: Some("reason"),
+        help: "Failed tasks by reason (panic, error, broken, worker_died, timeout, serialization, unknown_task).",
+    },
+    MetricDef {
+        name: "worker_restarts_total",
+        kind: Kind::Counter,
+        extra_label: None,
+        help: "Workers replaced after a crash, a timeout or reaching their task limit.",
+    },
+];
+
+/// Why a task failed: the `reason` label of `task_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// The task panicked.
+    Panic,
+    /// The task returned `Err` (through `submit_fallible` or `map_fallible`).
+    Error,
+    /// The executor could not run the task (it is broken).
+    Broken,
+    /// The worker process running the task died.
+    WorkerDied,
+    /// The task ran past its timeout and its worker was killed.
+    Timeout,
+    /// The task's input or output could not be serialized.
+    Serialization,
+    /// The worker does not know the task's name.
+    UnknownTask,
+}
+
+impl FailureReason {
+    /// Every reason, in label order.
+    pub const ALL: [FailureReason; 7] = [
+        FailureReason::Panic,
+        FailureReason::Error,
+        FailureReason::Broken,
+        FailureReason::WorkerDied,
+        FailureReason::Timeout,
+        FailureReason::Serialization,
+        FailureReason::UnknownTask,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Panic => "panic",
+            FailureReason::Error => "error",
+            FailureReason::Broken => "broken",
+            FailureReason::WorkerDied => "worker_died",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Serialization => "serialization",
+            FailureReason::UnknownTask => "unknown_task",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The default bucket bounds of both histograms, in seconds: 1 µs to 5 min,
+/// in steps of 1, 2.5 and 5 per decade. Thread-pool waits are often a few
+/// microseconds; batch tasks can take minutes.
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    60.0,
+    120.0,
+    300.0,
+];
+
+/// The series of one (`exporter_id`, `executor_type`) pair: plain atomics and
+/// two histograms, read by the collector at scrape time.
+pub(crate) struct Series {
+    id: String,
+    ty: String,
+    max_workers: AtomicU64,
+    initialized_workers: AtomicU64,
+    submitted: AtomicU64,
+    rejected: AtomicU64,
+    queued: AtomicI64,
+    running: AtomicI64,
+    cancelled: AtomicU64,
+    restarts: AtomicU64,
+    failures: [AtomicU64; FailureReason::ALL.len()],
+    wait: Histogram,
+    completed: Histogram,
+    failed: Histogram,
+    wait_bounds: Vec<f64>,
+    duration_bounds: Vec<f64>,
+}
+
+impl fmt::Debug for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Series")
+            .field("exporter_id", &self.id)
+            .field("executor_type", &self.ty)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram(bounds: &[f64]) -> Histogram {
+    // The name and help are never exposed: the collector writes its own.
+    Histogram::with_opts(HistogramOpts::new("h", "h").buckets(bounds.to_vec()))
+        .expect("bounds are validated before a histogram is built")
+}
+
+impl Series {
+    fn new(id: &str, ty: &str, wait_bounds: Vec<f64>, duration_bounds: Vec<f64>) -> Series {
+        Series {
+            id: id.to_owned(),
+            ty: ty.to_owned(),
+            max_workers: AtomicU64::new(0),
+            initialized_workers: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            queued: AtomicI64::new(0),
+            running: AtomicI64::new(0),
+            cancelled: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            failures: Default::default(),
+            wait: histogram(&wait_bounds),
+            completed: histogram(&duration_bounds),
+            failed: histogram(&duration_bounds),
+            wait_bounds,
+            duration_bounds,
+        }
+    }
+
+    pub(crate) fn add_max_workers(&self, n: u64) {
+        self.max_workers.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_started(&self) {
+        self.initialized_workers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A submit is being attempted: the task counts as queued until it is
+    /// either accepted ([`Series::accepted`]) or refused ([`Series::rejected`]).
+    pub(crate) fn enqueue(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn accepted(&self) {
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rejected(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a submit refused before anything was queued.
+    pub(crate) fn rejected_unqueued(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn started(&self, wait: Duration) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.wait.observe(wait.as_secs_f64());
+    }
+
+    pub(crate) fn finished(&self, duration: Duration, failure: Option<FailureReason>) {
+        match failure {
+            None => self.completed.observe(duration.as_secs_f64()),
+            Some(reason) => {
+                self.failed.observe(duration.as_secs_f64());
+                self.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A queued task that will never start fails (duration 0).
+    pub(crate) fn failed_unstarted(&self, reason: FailureReason) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.failed.observe(0.0);
+        self.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn labels(&self, extra: Option<(&str, &str)>) -> Vec<proto::LabelPair> {
+        let mut labels = Vec::with_capacity(3);
+        let mut push = |name: &str, value: &str| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name(name.to_owned());
+            pair.set_value(value.to_owned());
+            labels.push(pair);
+        };
+        push("executor", &self.id);
+        push("executor_type", &self.ty);
+        if let Some((name, value)) = extra {
+            push(name, value);
+        }
+        labels
+    }
+
+    fn counter(&self, value: u64, extra: Option<(&str, &str)>) -> proto::Metric {
+        let mut counter = proto::Counter::default();
+        counter.set_value(value as f64);
+        let mut m = proto::Metric::default();
+        m.set_label(self.labels(extra));
+        m.set_counter(counter);
+        m
+    }
+
+    fn gauge(&self, value: i64) -> proto::Metric {
+        let mut gauge = proto::Gauge::default();
+        gauge.set_value(value as f64);
+        let mut m = proto::Metric::default();
+        m.set_label(self.labels(None));
+        m.set_gauge(gauge);
+        m
+    }
+
+    fn histogram(&self, h: &Histogram, extra: Option<(&str, &str)>) -> proto::Metric {
+        let mut m = h.metric();
+        m.set_label(self.labels(extra));
+        m
+    }
+
+    /// Appends this series' samples to `families` (indexed like [`METRICS`]).
+    fn collect_into(&self, families: &mut [Vec<proto::Metric>]) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // The histograms are read before the gauges and counters that a task
+        // moves before them, so one scrape never shows more finished tasks
+        // than were submitted.
+        let completed = self.histogram(&self.completed, Some(("result", "completed")));
+        let failed = self.histogram(&self.failed, Some(("result", "failed")));
+        let wait = self.histogram(&self.wait, None);
+        families[idx::MAX_WORKERS].push(self.counter(load(&self.max_workers), None));
+        families[idx::INITIALIZED_WORKERS]
+            .push(self.counter(load(&self.initialized_workers), None));
+        families[idx::QUEUED].push(self.gauge(self.queued.load(Ordering::Relaxed)));
+        families[idx::RUNNING].push(self.gauge(self.running.load(Ordering::Relaxed)));
+        families[idx::CANCELLED].push(self.counter(load(&self.cancelled), None));
+        families[idx::SUBMITTED].push(self.counter(load(&self.submitted), None));
+        families[idx::REJECTED].push(self.counter(load(&self.rejected), None));
+        families[idx::RESTARTS].push(self.counter(load(&self.restarts), None));
+        families[idx::WAIT].push(wait);
+        families[idx::DURATION].push(completed);
+        families[idx::DURATION].push(failed);
+        for reason in FailureReason::ALL {
+            families[idx::FAILURES].push(self.counter(
+                load(&self.failures[reason.index()]),
+                Some(("reason", reason.as_str())),
+            ));
+        }
+    }
+}
+
+/// All series of one namespace in one registry, exposed by one collector.
+struct Families {
+    namespace: String,
+    marker: u64,
+    descs: Vec<Desc>,
+    series: Mutex<BTreeMap<(String, String), Arc<Series>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half
+    // written (every critical section is a single insert or read).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn marker_desc(marker: u64) -> Desc {
+    let mut labels = std::collections::HashMap::new();
+    labels.insert("collector".to_owned(), marker.to_string());
+    Desc::new(
+        "executor_exporter_collector_marker".to_owned(),
+        "Identifies one executor-exporter collector; never exposed.".to_owned(),
+        vec![],
+        labels,
+    )
+    .expect("the marker's name and labels are valid")
+}
+
+impl Families {
+    fn new(namespace: &str, marker: u64) -> Result<Families, BuildError> {
+        let mut descs = Vec::with_capacity(METRICS.len() + 1);
+        for def in METRICS {
+            let mut labels = vec!["executor".to_owned(), "executor_type".to_owned()];
+            labels.extend(def.extra_label.map(str::to_owned));
+            let desc = Desc::new(
+                format!("{namespace}_{}", def.name),
+                def.help.to_owned(),
+                labels,
+                Default::default(),
+            )
+            .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
+            descs.push(desc);
+        }
+        descs.push(marker_desc(marker));
+        Ok(Families {
+            namespace: namespace.to_owned(),
+            marker,
+            descs,
+            series: Mutex::new(BTreeMap::new()),
+        })
+    }
+}
+
+/// The collector registered in a registry: a shared handle to [`Families`].
+#[derive(Clone)]
+struct FamiliesCollector(Arc<Families>);
+
+impl Collector for FamiliesCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut samples: Vec<Vec<proto::Metric>> = METRICS.iter().map(|_| Vec::new()).collect();
+        for series in lock(&self.0.series).values() {
+            series.collect_into(&mut samples);
+        }
+        METRICS
+            .iter()
+            .zip(samples)
+            .map(|(def, metrics)| {
+                let mut family = MetricFamily::default();
+                family.set_name(format!("{}_{}", self.0.namespace, def.name));
+                family.set_help(def.help.to_owned());
+                family.set_field_type(match def.kind {
+                    Kind::Counter => MetricType::COUNTER,
+                    Kind::Gauge => MetricType::GAUGE,
+                    Kind::Histogram => MetricType::HISTOGRAM,
+                });
+                family.set_metric(metrics);
+                family
+            })
+            .collect()
+    }
+}
+
+/// Registers nothing but a marker desc: used to ask a registry whether a
+/// given collector of ours is already in it.
+struct MarkerProbe(Desc);
+
+impl Collector for MarkerProbe {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0]
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        Vec::new()
+    }
+}
+
+/// Every collector this process has registered, in any registry.
+fn known_families() -> &'static Mutex<Vec<Arc<Families>>> {
+    static KNOWN: OnceLock<Mutex<Vec<Arc<Families>>>> = OnceLock::new();
+    KNOWN.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// True when `families`' collector is registered in `registry`.
+///
+/// A registry cannot be compared with another, so we ask it: registering a
+/// collector whose only desc is the marker fails with `AlreadyReg` exactly
+/// when that marker is already there. The probe collects nothing, so even a
+/// scrape racing with it sees no change; it is unregistered at once.
+fn registered_in(families: &Families, registry: &Registry) -> bool {
+    match registry.register(Box::new(MarkerProbe(marker_desc(families.marker)))) {
+        Err(prometheus::Error::AlreadyReg) => true,
+        Ok(()) => {
+            let _ = registry.unregister(Box::new(MarkerProbe(marker_desc(families.marker))));
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Finds (or creates and registers) the families of `namespace` in `registry`.
+fn families_for(registry: &Registry, namespace: &str) -> Result<Arc<Families>, BuildError> {
+    let mut known = lock(known_families());
+    for families in known.iter() {
+        if families.namespace == namespace && registered_in(families, registry) {
+            return Ok(families.clone());
+        }
+    }
+    let families = Arc::new(Families::new(namespace, known.len() as u64)?);
+    registry
+        .register(Box::new(FamiliesCollector(families.clone())))
+        .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
+    known.push(families.clone());
+    Ok(families)
+}
+
+/// How a histogram's buckets are chosen.
+#[derive(Debug, Clone, PartialEq)]
+enum BucketSpec {
+    Explicit(Vec<f64>),
+    Exponential { min: f64, max: f64, factor: f64 },
+}
+
+fn resolve_buckets(
+    explicit: &Option<Vec<f64>>,
+    exponential: &Option<(f64, f64, f64)>,
+    which: &str,
+) -> Result<Vec<f64>, BuildError> {
+    let err = |why: String| BuildError::new(BuildErrorKind::Buckets(format!("{which}: {why}")));
+    let spec = match (explicit, exponential) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "both an explicit list and exponential buckets were given; choose one".into(),
+            ))
+        }
+        (Some(list), None) => BucketSpec::Explicit(list.clone()),
+        (None, Some((min, max, factor))) => BucketSpec::Exponential {
+            min: *min,
+            max: *max,
+            factor: *factor,
+        },
+        (None, None) => return Ok(DEFAULT_BUCKETS.to_vec()),
+    };
+    let bounds = match spec {
+        BucketSpec::Explicit(list) => list,
+        BucketSpec::Exponential { min, max, factor } => {
+            if !(min.is_finite() && max.is_finite() && factor.is_finite()) {
+                return Err(err("min, max and factor must be finite numbers".into()));
+            }
+            if min <= 0.0 {
+                return Err(err(format!("min must be greater than 0, got {min}")));
+            }
+            if factor <= 1.0 {
+                return Err(err(format!("factor must be greater than 1, got {factor}")));
+            }
+            if max < min {
+                return Err(err(format!(
+                    "max ({max}) must not be less than min ({min})"
+                )));
+            }
+            let mut bounds = Vec::new();
+            let mut bound = min;
+            while bound <= max * (1.0 + 1e-9) && bounds.len() < 1000 {
+                bounds.push(bound);
+                bound *= factor;
+            }
+            if bounds.len() >= 1000 {
+                return Err(err("more than 1000 buckets; raise the factor".into()));
+            }
+            bounds
+        }
+    };
+    if bounds.is_empty() {
+        return Err(err("the list is empty".into()));
+    }
+    for (i, b) in bounds.iter().enumerate() {
+        if !b.is_finite() {
+            return Err(err(format!(
+                "bound {b} is not a finite number (+Inf is always added)"
+            )));
+        }
+        if *b < 0.0 {
+            return Err(err(format!(
+                "bound {b} is negative; times are never negative"
+            )));
+        }
+        if i > 0 && bounds[i - 1] >= *b {
+            return Err(err(format!(
+                "bounds must be strictly increasing ({} then {b})",
+                bounds[i - 1]
+            )));
+        }
+    }
+    Ok(bounds)
+}
+
+fn validate_namespace(namespace: &str) -> Result<(), BuildError> {
+    let err = |why: String| BuildError::new(BuildErrorKind::Namespace(why));
+    let mut chars = namespace.chars();
+    match chars.next() {
+        None => return Err(err("it is empty".into())),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return Err(err(format!(
+                "{namespace:?} must start with a letter or '_'"
+            )))
+        }
+        _ => {}
+    }
+    if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+        return Err(err(format!(
+            "{namespace:?} contains {c:?}; use letters, digits and '_'"
+        )));
+    }
+    Ok(())
+}
+
+/// Owns the metric series of one (`exporter_id`, `executor_type`) pair in one
+/// registry, and records into them.
+///
+/// Cloning is cheap and clones share the series. Exporters built with the same
+/// id, type and namespace in the same registry share one set of series, so
+/// their pools are combined; different ids are separate series of the same
+/// families.
+///
+/// ```
+/// use executor_exporter::ExecutorExporter;
+/// use prometheus::{Encoder, Registry, TextEncoder};
+///
+/// let registry = Registry::new();
+/// let exporter = ExecutorExporter::builder()
+///     .exporter_id("ingest")
+///     .executor_type("my_pool")
+///     .registry(registry.clone())
+///     .build()
+///     .unwrap();
+/// // A custom executor reports what it does:
+/// exporter.add_max_workers(4);
+/// exporter.worker_started();
+///
+/// let mut text = Vec::new();
+/// TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
+/// let text = String::from_utf8(text).unwrap();
+/// assert!(text.contains(
+///     r#"executor_initialized_workers_total{executor="ingest",executor_type="my_pool"} 1"#
+/// ));
+/// ```
+#[derive(Clone)]
+pub struct ExecutorExporter {
+    series: Arc<Series>,
+    registry: Registry,
+    namespace: Arc<str>,
+}
+
+impl fmt::Debug for ExecutorExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecutorExporter")
+            .field("exporter_id", &self.series.id)
+            .field("executor_type", &self.series.ty)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecutorExporter {
+    /// Starts building an exporter.
+    pub fn builder() -> ExecutorExporterBuilder {
+        ExecutorExporterBuilder::default()
+    }
+
+    pub(crate) fn series(&self) -> &Arc<Series> {
+        &self.series
+    }
+
+    /// The `executor` label value.
+    pub fn exporter_id(&self) -> &str {
+        &self.series.id
+    }
+
+    /// The `executor_type` label value.
+    pub fn executor_type(&self) -> &str {
+        &self.series.ty
+    }
+
+    /// The metric namespace (the prefix of every family name).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The registry the families are registered in; register your own metrics
+    /// there to serve them from the same `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The bucket bounds of the wait histogram, in seconds.
+    pub fn wait_buckets(&self) -> &[f64] {
+        &self.series.wait_bounds
+    }
+
+    /// The bucket bounds of the duration histogram, in seconds.
+    pub fn duration_buckets(&self) -> &[f64] {
+        &self.series.duration_bounds
+    }
+
+    /// Adds `n` to `max_workers_total`: call once per pool built.
+    pub fn add_max_workers(&self, n: usize) {
+        self.series.add_max_workers(n as u64);
+    }
+
+    /// Counts one worker that finished starting (`initialized_workers_total`).
+    pub fn worker_started(&self) {
+        self.series.worker_started();
+    }
+
+    /// Counts one worker replaced after a crash, timeout or task limit
+    /// (`worker_restarts_total`).
+    pub fn worker_restarted(&self) {
+        self.series.worker_restarted();
+    }
+}
+
+/// Options of an [`ExecutorExporter`]; every setter takes and returns the
+/// builder, and [`build`](ExecutorExporterBuilder::build) checks them all.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorExporterBuilder {
+    exporter_id: Option<String>,
+    executor_type: Option<String>,
+    registry: Option<Registry>,
+    namespace: Option<String>,
+    wait_explicit: Option<Vec<f64>>,
+    wait_exponential: Option<(f64, f64, f64)>,
+    duration_explicit: Option<Vec<f64>>,
+    duration_exponential: Option<(f64, f64, f64)>,
+}
+
+impl ExecutorExporterBuilder {
+    /// The `executor` label (default `"default"`). Pools with the same id are
+    /// combined. Any UTF-8 is accepted and escaped in the exposition.
+    pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
+        self.exporter_id = Some(id.into());
+        self
+    }
+
+    /// The `executor_type` label (default: the pool's own, e.g. `thread_pool`;
+    /// `custom` for an exporter built alone).
+    pub fn executor_type(mut self, ty: impl Into<String>) -> Self {
+        self.executor_type = Some(ty.into());
+        self
+    }
+
+    pub(crate) fn executor_type_or(mut self, ty: &str) -> Self {
+        if self.executor_type.is_none() {
+            self.executor_type = Some(ty.to_owned());
+        }
+        self
+    }
+
+    /// The registry to register the families in (default:
+    /// [`prometheus::default_registry`]).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The prefix of every family name (default `executor`): letters, digits
+    /// and `_`, not starting with a digit.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Explicit bucket bounds of the wait histogram, in seconds (strictly
+    /// increasing, finite, not negative).
+    pub fn wait_buckets(mut self, bounds: Vec<f64>) -> Self {
+        self.wait_explicit = Some(bounds);
+        self
+    }
+
+    /// Exponential bucket bounds of the wait histogram: `min`, `min*factor`,
+    /// ... up to `max` (`min > 0`, `factor > 1`).
+    pub fn wait_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+        self.wait_exponential = Some((min, max, factor));
+        self
+    }
+
+    /// Explicit bucket bounds of the duration histogram, in seconds.
+    pub fn duration_buckets(mut self, bounds: Vec<f64>) -> Self {
+        self.duration_explicit = Some(bounds);
+        self
+    }
+
+    /// Exponential bucket bounds of the duration histogram.
+    pub fn duration_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+        self.duration_exponential = Some((min, max, factor));
+        self
+    }
+
+    /// Checks the options, registers the families (once per registry and
+    /// namespace) and resolves this exporter's series.
+    ///
+    /// Errors: bad buckets or namespace; a family of the same name with other
+    /// labels or help already in the registry; an existing series with the
+    /// same id and type but other buckets.
+    pub fn build(self) -> Result<ExecutorExporter, BuildError> {
+        let namespace = self.namespace.unwrap_or_else(|| "executor".to_owned());
+        validate_namespace(&namespace)?;
+        let wait = resolve_buckets(&self.wait_explicit, &self.wait_exponential, "wait buckets")?;
+        let duration = resolve_buckets(
+            &self.duration_explicit,
+            &self.duration_exponential,
+            "duration buckets",
+        )?;
+        let registry = self
+            .registry
+            .unwrap_or_else(|| prometheus::default_registry().clone());
+        let id = self.exporter_id.unwrap_or_else(|| "default".to_owned());
+        let ty = self.executor_type.unwrap_or_else(|| "custom".to_owned());
+
+        let families = families_for(&registry, &namespace)?;
+        let mut all = lock(&families.series);
+        let series = match all.get(&(id.clone(), ty.clone())) {
+            Some(existing) => {
+                if existing.wait_bounds != wait || existing.duration_bounds != duration {
+                    return Err(BuildError::new(BuildErrorKind::IncompatibleSeries(format!(
+                        "exporter id {id:?} with type {ty:?} already exists in this registry with other buckets"
+                    ))));
+                }
+                existing.clone()
+            }
+            None => {
+                let series = Arc::new(Series::new(&id, &ty, wait, duration));
+                all.insert((id, ty), series.clone());
+                series
+            }
+        };
+        drop(all);
+        Ok(ExecutorExporter {
+            series,
+            registry,
+            namespace: namespace.into(),
+        })
+    }
+}

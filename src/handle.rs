@@ -1,0 +1,351 @@
+//! [`TaskHandle`]: join, timeout, cancel and `Future` over one task, and the
+//! task state machine that makes every task end exactly once.
+//!
+//! A task moves `QUEUED -> RUNNING -> DONE`, or `QUEUED -> CANCELLED`, or
+//! `QUEUED -> DONE` when it fails without starting. Each move is one
+//! compare-and-swap, so the worker starting a task and a caller cancelling it
+//! cannot both win, and the metric of each move is recorded by the one thread
+//! that made it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::TaskError;
+use crate::exporter::{FailureReason, Series};
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CANCELLED: u8 = 3;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here only move an `Option` in or out: a panic cannot
+    // leave them half done, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bookkeeping shared by every task of one instrumented executor: its series,
+/// how many accepted tasks have not ended yet, and the shutdown flags.
+#[derive(Debug)]
+pub(crate) struct Accounting {
+    pub(crate) series: Arc<Series>,
+    in_flight: AtomicUsize,
+    waiters: AtomicUsize,
+    closed: AtomicBool,
+    cancel_pending: AtomicBool,
+    idle: Mutex<()>,
+    idle_cv: Condvar,
+}
+
+impl Accounting {
+    pub(crate) fn new(series: Arc<Series>) -> Accounting {
+        Accounting {
+            series,
+            in_flight: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            cancel_pending: AtomicBool::new(false),
+            idle: Mutex::new(()),
+            idle_cv: Condvar::new(),
+        }
+    }
+
+    /// Reserves a place for a task about to be submitted; `false` once closed.
+    pub(crate) fn admit(&self) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.ended();
+            return false;
+        }
+        true
+    }
+
+    /// One admitted task ended (finished, cancelled, failed or rejected).
+    pub(crate) fn ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.waiters.load(Ordering::SeqCst) > 0
+        {
+            let _guard = lock(&self.idle);
+            self.idle_cv.notify_all();
+        }
+    }
+
+    /// Blocks until every admitted task has ended.
+    pub(crate) fn wait_idle(&self) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = lock(&self.idle);
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            guard = self.idle_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// From now on, tasks that have not started are cancelled when an executor
+    /// picks them up instead of running.
+    pub(crate) fn cancel_pending(&self) {
+        self.cancel_pending.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+struct Slot<T> {
+    result: Option<Result<T, TaskError>>,
+    waker: Option<Waker>,
+}
+
+/// The shared state of one task: its state word, its result, and who waits.
+pub(crate) struct TaskCore<T> {
+    state: AtomicU8,
+    slot: Mutex<Slot<T>>,
+    done: Condvar,
+    acct: Arc<Accounting>,
+    submitted_at: Instant,
+}
+
+impl<T> TaskCore<T> {
+    pub(crate) fn new(acct: Arc<Accounting>) -> TaskCore<T> {
+        TaskCore {
+            state: AtomicU8::new(QUEUED),
+            slot: Mutex::new(Slot {
+                result: None,
+                waker: None,
+            }),
+            done: Condvar::new(),
+            acct,
+            submitted_at: Instant::now(),
+        }
+    }
+
+    fn publish(&self, result: Result<T, TaskError>) {
+        let waker = {
+            let mut slot = lock(&self.slot);
+            slot.result = Some(result);
+            slot.waker.take()
+        };
+        self.done.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        self.acct.ended();
+    }
+
+    /// Moves the task to running and records its wait. `None` when it was
+    /// cancelled (or a `shutdown_now` cancels it now): it must not run.
+    pub(crate) fn start(&self) -> Option<Instant> {
+        if self.acct.cancel_pending.load(Ordering::SeqCst) {
+            self.cancel();
+            return None;
+        }
+        if self
+            .state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None;
+        }
+        let now = Instant::now();
+        self.acct
+            .series
+            .started(now.saturating_duration_since(self.submitted_at));
+        Some(now)
+    }
+
+    /// Ends a started task with its result.
+    pub(crate) fn finish(
+        &self,
+        started: Instant,
+        result: Result<T, TaskError>,
+        failure: Option<FailureReason>,
+    ) {
+        self.acct.series.finished(started.elapsed(), failure);
+        self.state.store(DONE, Ordering::Release);
+        self.publish(result);
+    }
+
+    /// Cancels the task if it has not started. True if this call cancelled it.
+    pub(crate) fn cancel(&self) -> bool {
+        if self
+            .state
+            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.acct.series.cancelled();
+        self.publish(Err(TaskError::Cancelled));
+        true
+    }
+
+    /// Fails a task that never started (the executor cannot run it).
+    pub(crate) fn fail_unstarted(&self, error: TaskError, reason: FailureReason) -> bool {
+        if self
+            .state
+            .compare_exchange(QUEUED, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.acct.series.failed_unstarted(reason);
+        self.publish(Err(error));
+        true
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+/// Where a task is in its life, as seen by [`TaskHandle::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Accepted, not started.
+    Pending,
+    /// Started, not finished.
+    Running,
+    /// Finished, with a value or an error.
+    Finished,
+    /// Cancelled before it started; it never ran.
+    Cancelled,
+}
+
+/// The submitter's side of one task: wait for its result, cancel it, or
+/// `.await` it.
+///
+/// Dropping the handle does not cancel the task; it runs and is counted as
+/// usual, and its result is discarded.
+///
+/// ```
+/// use executor_exporter::ThreadPoolExecutor;
+///
+/// let pool = ThreadPoolExecutor::builder()
+///     .max_workers(2)
+///     .registry(prometheus::Registry::new())
+///     .build()
+///     .unwrap();
+/// let handle = pool.submit(|| 6 * 7).unwrap();
+/// assert_eq!(handle.join(), Ok(42));
+/// ```
+pub struct TaskHandle<T> {
+    core: Arc<TaskCore<T>>,
+}
+
+impl<T> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl<T> TaskHandle<T> {
+    pub(crate) fn new(core: Arc<TaskCore<T>>) -> TaskHandle<T> {
+        TaskHandle { core }
+    }
+
+    /// Waits for the task and returns its value, or why there is none.
+    pub fn join(self) -> Result<T, TaskError> {
+        let mut slot = lock(&self.core.slot);
+        loop {
+            if let Some(result) = slot.result.take() {
+                return result;
+            }
+            slot = self.core.done.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits up to `timeout` for the task to end; true if it has ended.
+    /// Can be called any number of times.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut slot = lock(&self.core.slot);
+        loop {
+            if slot.result.is_some() {
+                return true;
+            }
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if left.is_zero() {
+                return false;
+            }
+            slot = self
+                .core
+                .done
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` and returns the task's value, or
+    /// [`TaskError::TimedOut`] if it has not ended by then (the task goes on;
+    /// use [`wait_timeout`](Self::wait_timeout) to wait again).
+    pub fn join_timeout(self, timeout: Duration) -> Result<T, TaskError> {
+        if self.wait_timeout(timeout) {
+            self.join()
+        } else {
+            Err(TaskError::TimedOut)
+        }
+    }
+
+    /// Cancels the task if it has not started: it then never runs, its
+    /// `join` gives [`TaskError::Cancelled`] and it is counted as cancelled.
+    /// True if the task is cancelled (now or before); false if it has
+    /// started or finished.
+    pub fn cancel(&self) -> bool {
+        self.core.cancel() || self.core.state() == CANCELLED
+    }
+
+    /// True once the task has ended (finished or cancelled).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.core.state(), DONE | CANCELLED)
+    }
+
+    /// Where the task is in its life.
+    pub fn state(&self) -> TaskState {
+        match self.core.state() {
+            QUEUED => TaskState::Pending,
+            RUNNING => TaskState::Running,
+            CANCELLED => TaskState::Cancelled,
+            _ => TaskState::Finished,
+        }
+    }
+}
+
+/// Resolves to the task's result, like [`TaskHandle::join`], without blocking
+/// a thread and without depending on any async runtime. Polling again after it
+/// resolved stays pending.
+impl<T> Future for TaskHandle<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = lock(&self.core.slot);
+        if let Some(result) = slot.result.take() {
+            return Poll::Ready(result);
+        }
+        match &slot.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}

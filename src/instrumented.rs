@@ -1,0 +1,202 @@
+//! [`ThreadPoolExecutor`]: the drop-in instrumented thread pool.
+
+use std::fmt;
+use std::ops::Deref;
+
+use prometheus::Registry;
+
+use crate::error::BuildError;
+use crate::executor::{Executor, Rejected, Task};
+use crate::exporter::ExecutorExporterBuilder;
+use crate::proxy::InstrumentedExecutorProxy;
+use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
+
+/// A thread pool that is instrumented out of the box: a [`ThreadPool`] inside
+/// an [`InstrumentedExecutorProxy`], with `executor_type="thread_pool"`.
+///
+/// It dereferences to the proxy, so `submit`, `submit_fallible`, `map`,
+/// `join`, `shutdown`, `shutdown_now` and `exporter` are all there. It also
+/// implements [`Executor`], so it can stand wherever a plain pool stood.
+/// Dropping it waits for every accepted task and joins the threads.
+///
+/// ```
+/// use executor_exporter::ThreadPoolExecutor;
+///
+/// let registry = prometheus::Registry::new();
+/// let pool = ThreadPoolExecutor::builder()
+///     .max_workers(4)
+///     .exporter_id("thumbnails")
+///     .registry(registry.clone())
+///     .build()
+///     .unwrap();
+/// let squares: Vec<u64> = pool.map(|x: u64| x * x, 0..5).map(Result::unwrap).collect();
+/// assert_eq!(squares, [0, 1, 4, 9, 16]);
+/// pool.shutdown();
+///
+/// let families = registry.gather();
+/// let submitted = families
+///     .iter()
+///     .find(|f| f.name() == "executor_submitted_tasks_total")
+///     .unwrap();
+/// assert_eq!(submitted.get_metric()[0].get_counter().get_value(), 5.0);
+/// ```
+pub struct ThreadPoolExecutor {
+    proxy: InstrumentedExecutorProxy<ThreadPool>,
+}
+
+impl fmt::Debug for ThreadPoolExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolExecutor")
+            .field("pool", self.proxy.inner())
+            .field("exporter", self.proxy.exporter())
+            .finish()
+    }
+}
+
+impl ThreadPoolExecutor {
+    /// An instrumented pool of at most `max_workers` threads, recording into
+    /// the default registry with exporter id `"default"`.
+    pub fn new(max_workers: usize) -> Result<ThreadPoolExecutor, BuildError> {
+        ThreadPoolExecutor::builder()
+            .max_workers(max_workers)
+            .build()
+    }
+
+    /// Starts building a pool: the pool's options and the exporter's together.
+    pub fn builder() -> ThreadPoolExecutorBuilder {
+        ThreadPoolExecutorBuilder::default()
+    }
+
+    /// Threads started so far.
+    pub fn workers(&self) -> usize {
+        self.proxy.inner().workers()
+    }
+}
+
+impl Deref for ThreadPoolExecutor {
+    type Target = InstrumentedExecutorProxy<ThreadPool>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.proxy
+    }
+}
+
+impl Executor for ThreadPoolExecutor {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        self.proxy.execute(task)
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        self.proxy.max_workers()
+    }
+
+    fn executor_type(&self) -> &str {
+        self.proxy.exporter().executor_type()
+    }
+
+    fn shutdown(&self) {
+        self.proxy.shutdown()
+    }
+}
+
+/// Options of a [`ThreadPoolExecutor`]: the pool's (see [`ThreadPoolBuilder`])
+/// and the exporter's (see [`ExecutorExporterBuilder`]).
+#[derive(Debug, Default)]
+pub struct ThreadPoolExecutorBuilder {
+    pool: ThreadPoolBuilder,
+    exporter: ExecutorExporterBuilder,
+}
+
+impl ThreadPoolExecutorBuilder {
+    /// See [`ThreadPoolBuilder::max_workers`].
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.pool = self.pool.max_workers(n);
+        self
+    }
+
+    /// See [`ThreadPoolBuilder::thread_name_prefix`].
+    pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.pool = self.pool.thread_name_prefix(prefix);
+        self
+    }
+
+    /// See [`ThreadPoolBuilder::stack_size`].
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.pool = self.pool.stack_size(bytes);
+        self
+    }
+
+    /// See [`ThreadPoolBuilder::initializer`].
+    pub fn initializer<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.pool = self.pool.initializer(f);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::exporter_id`].
+    pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
+        self.exporter = self.exporter.exporter_id(id);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::executor_type`] (default `thread_pool`).
+    pub fn executor_type(mut self, ty: impl Into<String>) -> Self {
+        self.exporter = self.exporter.executor_type(ty);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::registry`].
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.exporter = self.exporter.registry(registry);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::namespace`].
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.exporter = self.exporter.namespace(namespace);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::wait_buckets`].
+    pub fn wait_buckets(mut self, bounds: Vec<f64>) -> Self {
+        self.exporter = self.exporter.wait_buckets(bounds);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::wait_buckets_exponential`].
+    pub fn wait_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+        self.exporter = self.exporter.wait_buckets_exponential(min, max, factor);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::duration_buckets`].
+    pub fn duration_buckets(mut self, bounds: Vec<f64>) -> Self {
+        self.exporter = self.exporter.duration_buckets(bounds);
+        self
+    }
+
+    /// See [`ExecutorExporterBuilder::duration_buckets_exponential`].
+    pub fn duration_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+        self.exporter = self.exporter.duration_buckets_exponential(min, max, factor);
+        self
+    }
+
+    /// Builds the exporter (registering its families) and the pool; every
+    /// series exists, at zero, when this returns.
+    pub fn build(self) -> Result<ThreadPoolExecutor, BuildError> {
+        // Check the pool's options first, so a bad pool never creates series.
+        self.pool.check()?;
+        let exporter = self.exporter.executor_type_or("thread_pool").build()?;
+        let counter = exporter.clone();
+        let pool = self
+            .pool
+            .on_worker_start(move || counter.worker_started())
+            .build()?;
+        let max_workers = pool.max_workers();
+        Ok(ThreadPoolExecutor {
+            proxy: InstrumentedExecutorProxy::new(pool, exporter, Some(max_workers)),
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! Prometheus metrics for thread pools and process pools.
+//!
+//! Services run CPU-bound and blocking work on pools, and operators need to
+//! see them: how long tasks wait before they start, how many run, how long
+//! they take and how many fail. This crate gives that with one line:
+//!
+//! - [`ThreadPoolExecutor`]: a drop-in thread pool, instrumented out of the box;
+//! - [`InstrumentedExecutorProxy`]: wraps *any* [`Executor`] (the plain
+//!   [`ThreadPool`], rayon with the `rayon` feature, or your own pool) and
+//!   instruments it the same way;
+//! - [`ExecutorExporter`]: the metric families, labelled by `executor` (the
+//!   exporter id) and `executor_type`, in a `prometheus` registry of your
+//!   choice;
+//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line.
+//!
+//! # Quickstart
+//!
+//! ```
+//! use executor_exporter::{ThreadPoolExecutor, TaskError};
+//!
+//! let registry = prometheus::Registry::new();
+//! let pool = ThreadPoolExecutor::builder()
+//!     .max_workers(4)
+//!     .exporter_id("images")
+//!     .registry(registry.clone())
+//!     .build()?;
+//!
+//! let ok = pool.submit(|| 2 + 2)?;
+//! let boom = pool.submit(|| -> u32 { panic!("corrupt input") })?;
+//! assert_eq!(ok.join(), Ok(4));
+//! assert!(matches!(boom.join(), Err(TaskError::Panicked { .. })));
+//! pool.shutdown();
+//!
+//! // Serve it: executor_exporter::MetricsServer::start("127.0.0.1:9100", registry)?;
+//! let text = {
+//!     use prometheus::Encoder;
+//!     let mut buf = Vec::new();
+//!     prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf)?;
+//!     String::from_utf8(buf)?
+//! };
+//! assert!(text.contains(
+//!     r#"executor_task_failures_total{executor="images",executor_type="thread_pool",reason="panic"} 1"#
+//! ));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Metrics
+//!
+//! With the default namespace `executor`; every series carries
+//! `executor` and `executor_type` labels.
+//!
+//! | name | type | extra label | meaning |
+//! |---|---|---|---|
+//! | `executor_max_workers_total` | counter | | max workers added by each pool built with this id |
+//! | `executor_initialized_workers_total` | counter | | workers that finished starting |
+//! | `executor_submitted_tasks_total` | counter | | tasks accepted |
+//! | `executor_rejected_tasks_total` | counter | | submits refused |
+//! | `executor_queued_tasks` | gauge | | accepted, not yet started |
+//! | `executor_running_tasks` | gauge | | started, not finished |
+//! | `executor_cancelled_tasks_total` | counter | | cancelled before they started |
+//! | `executor_task_wait_seconds` | histogram | | submit to start |
+//! | `executor_tasks_duration_seconds` | histogram | `result` | start to end, `completed` or `failed` |
+//! | `executor_task_failures_total` | counter | `reason` | why tasks failed |
+//! | `executor_worker_restarts_total` | counter | | workers replaced (process pools) |
+//!
+//! Whenever no task is in flight, `submitted = queued + running + completed +
+//! failed + cancelled`, where completed and failed are the duration
+//! histogram's counts. Every task is counted exactly once, whichever way it
+//! ends: a panic, an `Err` from [`submit_fallible`](InstrumentedExecutorProxy::submit_fallible),
+//! a cancel, a `shutdown_now`, or an executor that drops it.
+//!
+//! Histograms default to [`DEFAULT_BUCKETS`] (1 µs to 5 min).
+
+#![deny(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+mod error;
+mod executor;
+mod exporter;
+mod handle;
+#[cfg(feature = "http")]
+mod http;
+mod instrumented;
+mod map;
+mod proxy;
+mod thread_pool;
+
+pub use error::{BuildError, SubmitError, TaskError};
+pub use executor::{Executor, RejectReason, Rejected, Task};
+pub use exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
+pub use handle::{TaskHandle, TaskState};
+#[cfg(feature = "http")]
+pub use http::MetricsServer;
+pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
+pub use map::Map;
+pub use proxy::InstrumentedExecutorProxy;
+pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
+
+/// The `prometheus` crate this one is built on, so your types match ours.
+pub use prometheus;

@@ -1,0 +1,374 @@
+//! [`InstrumentedExecutorProxy`]: wraps any [`Executor`] and counts every task.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
+use crate::executor::{Executor, Rejected, Runnable, Task};
+use crate::exporter::{ExecutorExporter, FailureReason};
+use crate::handle::{Accounting, TaskCore, TaskHandle};
+use crate::map::Map;
+
+/// Decides whether a task's value counts as a failure (`reason="error"`).
+pub(crate) type Classify<T> = fn(&T) -> bool;
+
+fn never_failed<T>(_: &T) -> bool {
+    false
+}
+
+fn is_err<T, E>(result: &Result<T, E>) -> bool {
+    result.is_err()
+}
+
+/// One submitted closure with its state: what the inner executor runs.
+///
+/// If the inner executor drops it without running it, `Drop` cancels it, so
+/// no task can vanish from the counts.
+struct Job<F, T> {
+    f: Option<F>,
+    core: Arc<TaskCore<T>>,
+    classify: Classify<T>,
+}
+
+impl<F, T> Runnable for Job<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(mut self: Box<Self>) {
+        let Some(f) = self.f.take() else { return };
+        let Some(started) = self.core.start() else {
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(value) => {
+                let failure = (self.classify)(&value).then_some(FailureReason::Error);
+                self.core.finish(started, Ok(value), failure);
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                // The payload may itself panic when dropped; never let that
+                // escape into the worker.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                self.core.finish(
+                    started,
+                    Err(TaskError::Panicked { message }),
+                    Some(FailureReason::Panic),
+                );
+            }
+        }
+    }
+
+    fn abandon(mut self: Box<Self>, reason: String) {
+        self.f = None;
+        self.core
+            .fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+impl<F, T> Drop for Job<F, T> {
+    fn drop(&mut self) {
+        if self.f.is_some() {
+            self.core.cancel();
+        }
+    }
+}
+
+/// Wraps any [`Executor`] and records, for every task given to it, the
+/// submit, the wait, the run and the result into an [`ExecutorExporter`].
+///
+/// It implements [`Executor`] itself, so it can stand wherever the wrapped
+/// executor stood; tasks given through [`Executor::execute`] are counted
+/// exactly like submitted ones.
+///
+/// ```
+/// use executor_exporter::{ExecutorExporter, InstrumentedExecutorProxy, ThreadPool};
+///
+/// let registry = prometheus::Registry::new();
+/// let exporter = ExecutorExporter::builder()
+///     .exporter_id("resize")
+///     .registry(registry.clone())
+///     .build()
+///     .unwrap();
+/// let pool = ThreadPool::new(2).unwrap();
+/// let proxy = InstrumentedExecutorProxy::new(pool, exporter, None);
+/// let doubled: Vec<_> = proxy.map(|x: u32| x * 2, 1..=3).map(Result::unwrap).collect();
+/// assert_eq!(doubled, [2, 4, 6]);
+/// ```
+pub struct InstrumentedExecutorProxy<E: Executor> {
+    inner: E,
+    exporter: ExecutorExporter,
+    acct: Arc<Accounting>,
+    max_workers: Option<usize>,
+}
+
+impl<E: Executor> fmt::Debug for InstrumentedExecutorProxy<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentedExecutorProxy")
+            .field("exporter", &self.exporter)
+            .field("max_workers", &self.max_workers)
+            .field("in_flight", &self.acct.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Executor> InstrumentedExecutorProxy<E> {
+    /// Wraps `executor`. `max_workers` is added to the exporter's
+    /// `max_workers_total`; with `None`, the executor's own
+    /// [`Executor::max_workers`] is used, if it knows.
+    pub fn new(
+        executor: E,
+        exporter: ExecutorExporter,
+        max_workers: Option<usize>,
+    ) -> InstrumentedExecutorProxy<E> {
+        let max_workers = max_workers.or_else(|| executor.max_workers());
+        if let Some(n) = max_workers {
+            exporter.add_max_workers(n);
+        }
+        let acct = Arc::new(Accounting::new(exporter.series().clone()));
+        InstrumentedExecutorProxy {
+            inner: executor,
+            exporter,
+            acct,
+            max_workers,
+        }
+    }
+
+    /// The wrapped executor.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    /// The exporter this proxy records into.
+    pub fn exporter(&self) -> &ExecutorExporter {
+        &self.exporter
+    }
+
+    /// The maximum number of workers, as given or as the executor reported it.
+    pub fn max_workers(&self) -> Option<usize> {
+        self.max_workers
+    }
+
+    pub(crate) fn submit_classified<F, T>(
+        &self,
+        f: F,
+        classify: Classify<T>,
+    ) -> Result<TaskHandle<T>, SubmitError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let series = &self.acct.series;
+        if !self.acct.admit() {
+            series.rejected_unqueued();
+            return Err(SubmitError::new(f, crate::executor::RejectReason::Shutdown));
+        }
+        let core = Arc::new(TaskCore::new(self.acct.clone()));
+        let job = Job {
+            f: Some(f),
+            core: core.clone(),
+            classify,
+        };
+        series.enqueue();
+        match self.inner.execute(Task::from_runnable(Box::new(job))) {
+            Ok(()) => {
+                series.accepted();
+                Ok(TaskHandle::new(core))
+            }
+            Err(rejected) => {
+                let reason = rejected.reason();
+                series.rejected();
+                self.acct.ended();
+                match rejected.into_task().into_any().downcast::<Job<F, T>>() {
+                    Ok(mut job) => {
+                        let f = job.f.take().expect("a rejected job was never run");
+                        Err(SubmitError::new(f, reason))
+                    }
+                    // An executor that hands back another task than the one
+                    // it was given breaks the trait's contract; the closure
+                    // is then lost with that task.
+                    Err(_) => unreachable_task(reason),
+                }
+            }
+        }
+    }
+
+    /// Submits `f` and returns a handle to its result.
+    ///
+    /// The task is counted as submitted, its wait and duration are recorded,
+    /// and it ends counted as completed, or as failed with reason `panic` if
+    /// it panics (the panic message reaches [`TaskHandle::join`]). A refused
+    /// submit hands `f` back and is counted as rejected.
+    pub fn submit<F, T>(&self, f: F) -> Result<TaskHandle<T>, SubmitError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_classified(f, never_failed::<T>)
+    }
+
+    /// Submits a task that returns a `Result`: an `Err` is counted as failed
+    /// with reason `error`, with no metric code in the task. The `Result`
+    /// itself is returned unchanged by [`TaskHandle::join`].
+    ///
+    /// ```
+    /// use executor_exporter::ThreadPoolExecutor;
+    ///
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = pool.submit_fallible(|| "x".parse::<u32>()).unwrap();
+    /// assert!(handle.join().unwrap().is_err()); // counted as result="failed"
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn submit_fallible<F, T, Er>(
+        &self,
+        f: F,
+    ) -> Result<TaskHandle<Result<T, Er>>, SubmitError<F>>
+    where
+        F: FnOnce() -> Result<T, Er> + Send + 'static,
+        T: Send + 'static,
+        Er: Send + 'static,
+    {
+        self.submit_classified(f, is_err::<T, Er>)
+    }
+
+    /// Applies `f` to every item, each item its own task, and yields the
+    /// results in input order.
+    ///
+    /// Items are read lazily, with at most twice `max_workers` (or 16 when
+    /// unknown) submitted and not yet yielded, so an endless iterator works.
+    /// Dropping the iterator cancels the items that have not started.
+    pub fn map<F, I, T>(&self, f: F, items: I) -> Map<'_, E, F, I::IntoIter, T>
+    where
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        T: Send + 'static,
+    {
+        let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
+        Map::new(self, f, items.into_iter(), in_flight, never_failed::<T>)
+    }
+
+    /// Like [`map`](Self::map), with at most `in_flight` items submitted and
+    /// not yet yielded. An `in_flight` of 0 is an error.
+    pub fn map_in_flight<F, I, T>(
+        &self,
+        f: F,
+        items: I,
+        in_flight: usize,
+    ) -> Result<Map<'_, E, F, I::IntoIter, T>, BuildError>
+    where
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        T: Send + 'static,
+    {
+        if in_flight == 0 {
+            return Err(BuildError::new(BuildErrorKind::ZeroBound("in_flight")));
+        }
+        Ok(Map::new(
+            self,
+            f,
+            items.into_iter(),
+            in_flight,
+            never_failed::<T>,
+        ))
+    }
+
+    /// Like [`map`](Self::map) for a function returning `Result`: each `Err`
+    /// is counted as failed with reason `error`.
+    pub fn map_fallible<F, I, T, Er>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Map<'_, E, F, I::IntoIter, Result<T, Er>>
+    where
+        F: Fn(I::Item) -> Result<T, Er> + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        T: Send + 'static,
+        Er: Send + 'static,
+    {
+        let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
+        Map::new(self, f, items.into_iter(), in_flight, is_err::<T, Er>)
+    }
+
+    /// Waits until every task accepted so far has ended. The executor stays
+    /// usable (like `threadpool::ThreadPool::join`).
+    pub fn join(&self) {
+        self.acct.wait_idle();
+    }
+
+    /// Stops accepting tasks, waits for every accepted task to end, then shuts
+    /// the inner executor down (joining its workers). Idempotent.
+    ///
+    /// Do not call it from inside one of this executor's tasks: it would wait
+    /// for itself.
+    pub fn shutdown(&self) {
+        self.acct.close();
+        self.acct.wait_idle();
+        self.inner.shutdown();
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but tasks that have not started are
+    /// cancelled (counted as cancelled; their handles give
+    /// [`TaskError::Cancelled`]). Running tasks finish. Idempotent.
+    pub fn shutdown_now(&self) {
+        self.acct.close();
+        self.acct.cancel_pending();
+        self.acct.wait_idle();
+        self.inner.shutdown();
+    }
+
+    /// True once [`shutdown`](Self::shutdown) or
+    /// [`shutdown_now`](Self::shutdown_now) was called.
+    pub fn is_shutdown(&self) -> bool {
+        self.acct.is_closed()
+    }
+}
+
+#[cold]
+fn unreachable_task<F, T>(
+    reason: crate::executor::RejectReason,
+) -> Result<TaskHandle<T>, SubmitError<F>> {
+    // Reaching this means an `Executor` returned a task it was not given; the
+    // submit is still reported as refused, but the closure cannot be returned.
+    panic!("an executor handed back a different task than it was given ({reason})")
+}
+
+impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        self.submit(move || task.run()).map(drop).map_err(|e| {
+            let reason = e.reason();
+            Rejected::new(Task::new(e.into_inner()), reason)
+        })
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        self.max_workers
+    }
+
+    fn executor_type(&self) -> &str {
+        self.exporter.executor_type()
+    }
+
+    fn shutdown(&self) {
+        InstrumentedExecutorProxy::shutdown(self)
+    }
+}
+
+impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
+    /// Same as [`shutdown`](InstrumentedExecutorProxy::shutdown): waits for
+    /// accepted tasks and joins the workers.
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,382 @@
+//! [`ThreadPool`]: the plain, uninstrumented thread pool.
+//!
+//! Workers start lazily: a submit starts a new worker only while no worker is
+//! idle and fewer than `max_workers` exist, so a pool that runs one task at a
+//! time keeps one thread. Tasks wait in one unbounded FIFO channel.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{panic_message, BuildError, BuildErrorKind};
+use crate::executor::{Executor, RejectReason, Rejected, Task};
+
+#[cfg(test)]
+mod tests;
+
+type Hook = Arc<dyn Fn() + Send + Sync + 'static>;
+
+enum Message {
+    Run(Task),
+    Stop,
+}
+
+struct Shared {
+    max_workers: usize,
+    prefix: String,
+    stack_size: Option<usize>,
+    initializer: Option<Hook>,
+    on_worker_start: Option<Hook>,
+    sender: Sender<Message>,
+    receiver: Receiver<Message>,
+    /// Workers started (a slot is claimed before the thread is spawned).
+    workers: AtomicUsize,
+    /// Idle credits: a worker adds one when it finishes a task, a submit
+    /// takes one instead of starting a new worker.
+    idle: AtomicUsize,
+    /// Submits between their closed check and their send.
+    submitting: AtomicUsize,
+    closed: AtomicBool,
+    broken: OnceLock<String>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A plain thread pool: runs [`Task`]s on up to `max_workers` threads that
+/// start on demand, and counts nothing.
+///
+/// Wrap it in an [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy)
+/// (or use [`ThreadPoolExecutor`](crate::ThreadPoolExecutor), which does) to
+/// get metrics. Dropping the pool waits for every accepted task and joins its
+/// threads.
+///
+/// ```
+/// use executor_exporter::{Executor, Task, ThreadPool};
+///
+/// let pool = ThreadPool::builder().max_workers(2).thread_name_prefix("io").build().unwrap();
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// pool.execute(Task::new(move || {
+///     tx.send(std::thread::current().name().unwrap().to_owned()).unwrap();
+/// }))
+/// .unwrap();
+/// assert_eq!(rx.recv().unwrap(), "io-0");
+/// ```
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("max_workers", &self.shared.max_workers)
+            .field("workers", &self.workers())
+            .field("prefix", &self.shared.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`ThreadPool`]; [`build`](ThreadPoolBuilder::build) checks them.
+#[derive(Default)]
+pub struct ThreadPoolBuilder {
+    max_workers: Option<usize>,
+    prefix: Option<String>,
+    stack_size: Option<usize>,
+    initializer: Option<Hook>,
+    on_worker_start: Option<Hook>,
+}
+
+impl fmt::Debug for ThreadPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolBuilder")
+            .field("max_workers", &self.max_workers)
+            .field("thread_name_prefix", &self.prefix)
+            .field("stack_size", &self.stack_size)
+            .field("initializer", &self.initializer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn next_pool_number() -> usize {
+    static POOLS: AtomicUsize = AtomicUsize::new(0);
+    POOLS.fetch_add(1, Ordering::Relaxed)
+}
+
+impl ThreadPoolBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most threads the pool starts (default: the number of CPUs this
+    /// process may use). 0 is an error at [`build`](Self::build).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// Threads are named `{prefix}-{i}` for `i` in `0..max_workers` (default
+    /// prefix: `pool{n}`, unique per pool in the process).
+    pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The stack size of each worker thread, in bytes (default: the standard
+    /// library's).
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Runs in each worker before its first task. If it panics, the pool is
+    /// broken: queued tasks are abandoned with the panic message and every
+    /// later submit is rejected with [`RejectReason::Broken`].
+    pub fn initializer<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.initializer = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs in each worker after its initializer succeeded: the hook to count
+    /// started workers (see
+    /// [`ExecutorExporter::worker_started`](crate::ExecutorExporter::worker_started)).
+    pub fn on_worker_start<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.on_worker_start = Some(Arc::new(f));
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), BuildError> {
+        if self.max_workers == Some(0) {
+            return Err(BuildError::new(BuildErrorKind::ZeroWorkers));
+        }
+        if self.stack_size == Some(0) {
+            return Err(BuildError::new(BuildErrorKind::ZeroBound("stack_size")));
+        }
+        Ok(())
+    }
+
+    /// Checks the options and builds the pool. No thread starts until the
+    /// first task is submitted.
+    pub fn build(self) -> Result<ThreadPool, BuildError> {
+        self.check()?;
+        let max_workers = self.max_workers.unwrap_or_else(|| num_cpus::get().max(1));
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let prefix = self
+            .prefix
+            .unwrap_or_else(|| format!("pool{}", next_pool_number()));
+        Ok(ThreadPool {
+            shared: Arc::new(Shared {
+                max_workers,
+                prefix,
+                stack_size: self.stack_size,
+                initializer: self.initializer,
+                on_worker_start: self.on_worker_start,
+                sender,
+                receiver,
+                workers: AtomicUsize::new(0),
+                idle: AtomicUsize::new(0),
+                submitting: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+                broken: OnceLock::new(),
+                handles: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+}
+
+impl ThreadPool {
+    /// A pool of at most `max_workers` threads, with the other defaults.
+    pub fn new(max_workers: usize) -> Result<ThreadPool, BuildError> {
+        ThreadPoolBuilder::new().max_workers(max_workers).build()
+    }
+
+    /// Starts building a pool.
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::new()
+    }
+
+    /// The most threads this pool starts.
+    pub fn max_workers(&self) -> usize {
+        self.shared.max_workers
+    }
+
+    /// Threads started so far (they live until shutdown).
+    pub fn workers(&self) -> usize {
+        self.shared.workers.load(Ordering::SeqCst)
+    }
+
+    /// Why the pool is broken, if it is.
+    pub fn broken_reason(&self) -> Option<&str> {
+        self.shared.broken.get().map(String::as_str)
+    }
+
+    /// Stops accepting tasks, runs every accepted one, and joins the threads.
+    /// Idempotent; also what `Drop` does.
+    pub fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::SeqCst);
+        // A submit that passed its closed check before the store above is
+        // still about to send; let it, so its task is queued before the stops.
+        while shared.submitting.load(Ordering::SeqCst) > 0 {
+            thread::yield_now();
+        }
+        let handles = std::mem::take(&mut *lock(&shared.handles));
+        for _ in &handles {
+            let _ = shared.sender.send(Message::Stop);
+        }
+        let current = thread::current().id();
+        for handle in handles {
+            // A task that shuts its own pool down cannot join its own thread.
+            if handle.thread().id() != current {
+                let _ = handle.join();
+            }
+        }
+        // No worker is left to run what remains (only possible if threads
+        // failed to start): give it up rather than lose it silently.
+        while let Ok(message) = shared.receiver.try_recv() {
+            if let Message::Run(task) = message {
+                match shared.broken.get() {
+                    Some(reason) => task.abandon(reason.clone()),
+                    None => drop(task),
+                }
+            }
+        }
+    }
+
+    fn spawn_worker(&self, index: usize) {
+        let shared = &self.shared;
+        let mut builder = thread::Builder::new().name(format!("{}-{}", shared.prefix, index));
+        if let Some(size) = shared.stack_size {
+            builder = builder.stack_size(size);
+        }
+        let worker_shared = shared.clone();
+        let mut handles = lock(&shared.handles);
+        match builder.spawn(move || worker_loop(&worker_shared)) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                shared.workers.fetch_sub(1, Ordering::SeqCst);
+                if shared.workers.load(Ordering::SeqCst) == 0 {
+                    drop(handles);
+                    // This submit is itself counted in `submitting`: don't wait for it.
+                    break_pool(shared, format!("cannot start a worker thread: {e}"), false);
+                }
+            }
+        }
+    }
+}
+
+fn break_pool(shared: &Shared, reason: String, wait_for_submits: bool) {
+    let _ = shared.broken.set(reason);
+    let reason = shared.broken.get().cloned().unwrap_or_default();
+    // Submits that passed their broken check are about to send: wait for them
+    // so their tasks are drained below, not stranded.
+    while wait_for_submits && shared.submitting.load(Ordering::SeqCst) > 0 {
+        thread::yield_now();
+    }
+    while let Ok(message) = shared.receiver.try_recv() {
+        if let Message::Run(task) = message {
+            task.abandon(reason.clone());
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared) {
+    if let Some(init) = &shared.initializer {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| init())) {
+            let message = panic_message(&*payload);
+            eprintln!(
+                "executor-exporter: worker initializer panicked, the pool is broken: {message}"
+            );
+            break_pool(
+                shared,
+                format!("the worker initializer panicked: {message}"),
+                true,
+            );
+            return;
+        }
+    }
+    if let Some(hook) = &shared.on_worker_start {
+        let _ = catch_unwind(AssertUnwindSafe(|| hook()));
+    }
+    while let Ok(message) = shared.receiver.recv() {
+        match message {
+            Message::Run(task) => {
+                // An instrumented task catches its own panics; a plain one's
+                // panic must not take the worker down with it.
+                let _ = catch_unwind(AssertUnwindSafe(|| task.run()));
+                shared.idle.fetch_add(1, Ordering::SeqCst);
+            }
+            Message::Stop => return,
+        }
+    }
+}
+
+impl Executor for ThreadPool {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        let shared = &self.shared;
+        shared.submitting.fetch_add(1, Ordering::SeqCst);
+        let refuse = if shared.broken.get().is_some() {
+            Some(RejectReason::Broken)
+        } else if shared.closed.load(Ordering::SeqCst) {
+            Some(RejectReason::Shutdown)
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            shared.submitting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Rejected::new(task, reason));
+        }
+        // The channel is unbounded and the pool holds a receiver: send
+        // cannot fail.
+        let _ = shared.sender.send(Message::Run(task));
+        // Reuse an idle worker if there is one; otherwise start one if allowed.
+        let claimed_idle = shared
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed_idle {
+            if let Ok(index) =
+                shared
+                    .workers
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n < shared.max_workers).then_some(n + 1)
+                    })
+            {
+                self.spawn_worker(index);
+            }
+        }
+        shared.submitting.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        Some(self.shared.max_workers)
+    }
+
+    fn executor_type(&self) -> &str {
+        "thread_pool"
+    }
+
+    fn shutdown(&self) {
+        ThreadPool::shutdown(self)
+    }
+}
+
+impl Drop for ThreadPool {
+    /// Waits for every accepted task, then joins the threads.
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
