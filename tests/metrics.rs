@@ -1,0 +1,560 @@
+//! Every metric, read back from a real registry's text exposition.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{counts, scrape, Gate};
+use executor_exporter::prometheus::{self, IntCounter, Opts, Registry};
+use executor_exporter::{
+    ExecutorExporter, FailureReason, RejectReason, TaskError, ThreadPoolExecutor, DEFAULT_BUCKETS,
+};
+
+fn pool(registry: &Registry, id: &str, workers: usize) -> ThreadPoolExecutor {
+    ThreadPoolExecutor::builder()
+        .max_workers(workers)
+        .exporter_id(id)
+        .registry(registry.clone())
+        .build()
+        .unwrap()
+}
+
+const FAMILIES: &[(&str, &str)] = &[
+    ("executor_max_workers_total", "counter"),
+    ("executor_initialized_workers_total", "counter"),
+    ("executor_submitted_tasks_total", "counter"),
+    ("executor_rejected_tasks_total", "counter"),
+    ("executor_queued_tasks", "gauge"),
+    ("executor_running_tasks", "gauge"),
+    ("executor_cancelled_tasks_total", "counter"),
+    ("executor_task_wait_seconds", "histogram"),
+    ("executor_tasks_duration_seconds", "histogram"),
+    ("executor_task_failures_total", "counter"),
+    ("executor_worker_restarts_total", "counter"),
+];
+
+#[test]
+fn every_series_exists_at_zero_when_the_pool_is_built() {
+    let registry = Registry::new();
+    let _pool = pool(&registry, "fresh", 3);
+    let exp = scrape(&registry);
+    for (name, ty) in FAMILIES {
+        assert_eq!(
+            exp.types.get(*name).map(String::as_str),
+            Some(*ty),
+            "{name}"
+        );
+        assert!(!exp.helps.get(*name).unwrap().is_empty(), "{name} has help");
+    }
+    let l = [("executor", "fresh"), ("executor_type", "thread_pool")];
+    assert_eq!(exp.value("executor_max_workers_total", &l), 3.0);
+    for name in [
+        "executor_initialized_workers_total",
+        "executor_submitted_tasks_total",
+        "executor_rejected_tasks_total",
+        "executor_queued_tasks",
+        "executor_running_tasks",
+        "executor_cancelled_tasks_total",
+        "executor_worker_restarts_total",
+        "executor_task_wait_seconds_count",
+    ] {
+        assert_eq!(exp.value(name, &l), 0.0, "{name}");
+    }
+    for result in ["completed", "failed"] {
+        assert_eq!(
+            exp.value(
+                "executor_tasks_duration_seconds_count",
+                &[("executor", "fresh"), ("result", result)]
+            ),
+            0.0
+        );
+    }
+    for reason in FailureReason::ALL {
+        assert_eq!(
+            exp.value(
+                "executor_task_failures_total",
+                &[("executor", "fresh"), ("reason", reason.as_str())]
+            ),
+            0.0
+        );
+    }
+    // Default buckets: microseconds to minutes.
+    let bounds: Vec<f64> = exp
+        .matching(
+            "executor_task_wait_seconds_bucket",
+            &[("executor", "fresh")],
+        )
+        .map(|s| s.labels["le"].parse::<f64>().unwrap())
+        .collect();
+    assert_eq!(bounds.len(), DEFAULT_BUCKETS.len() + 1);
+    assert_eq!(bounds[0], 0.000_001);
+    assert!(bounds[bounds.len() - 2] >= 60.0);
+}
+
+#[test]
+fn a_mixed_workload_is_counted_exactly() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "mixed", 2);
+    let mut handles = Vec::new();
+    for i in 0..30u32 {
+        handles.push(
+            pool.submit_fallible(move || if i % 3 == 0 { Err("bad") } else { Ok(i) })
+                .unwrap(),
+        );
+    }
+    let panics: Vec<_> = (0..4)
+        .map(|_| pool.submit(|| -> u32 { panic!("kaput") }).unwrap())
+        .collect();
+    let errs = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(Result::is_err)
+        .count();
+    assert_eq!(errs, 10);
+    for p in panics {
+        assert_eq!(
+            p.join(),
+            Err(TaskError::Panicked {
+                message: "kaput".into()
+            })
+        );
+    }
+    pool.join();
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "mixed");
+    assert_eq!(c.submitted, 34.0);
+    assert_eq!(c.completed, 20.0);
+    assert_eq!(c.failed, 14.0);
+    assert_eq!(c.wait_count, 34.0);
+    assert_eq!(
+        (c.queued, c.running, c.cancelled, c.rejected),
+        (0.0, 0.0, 0.0, 0.0)
+    );
+    c.assert_invariant();
+    let l = |r| [("executor", "mixed"), ("reason", r)];
+    assert_eq!(exp.value("executor_task_failures_total", &l("error")), 10.0);
+    assert_eq!(exp.value("executor_task_failures_total", &l("panic")), 4.0);
+    let started = exp.value(
+        "executor_initialized_workers_total",
+        &[("executor", "mixed")],
+    );
+    assert!((1.0..=2.0).contains(&started), "workers started: {started}");
+}
+
+#[test]
+fn queued_and_running_gauges_follow_the_tasks() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "gauges", 2);
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let (gate, started) = (gate.clone(), started.clone());
+            pool.submit(move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                gate.wait()
+            })
+            .unwrap()
+        })
+        .collect();
+    common::eventually(30, "two tasks running", || {
+        started.load(Ordering::SeqCst) == 2
+    });
+    let c = counts(&scrape(&registry), "executor", "gauges");
+    assert_eq!((c.submitted, c.running, c.queued), (5.0, 2.0, 3.0));
+    c.assert_invariant();
+    // Cancel one queued task: it never runs.
+    assert!(handles[4].cancel());
+    let c = counts(&scrape(&registry), "executor", "gauges");
+    assert_eq!((c.queued, c.cancelled), (2.0, 1.0));
+    c.assert_invariant();
+    gate.open();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join();
+        if i == 4 {
+            assert_eq!(r, Err(TaskError::Cancelled));
+        } else {
+            assert_eq!(r, Ok(()));
+        }
+    }
+    pool.join();
+    assert_eq!(started.load(Ordering::SeqCst), 4);
+    let c = counts(&scrape(&registry), "executor", "gauges");
+    assert_eq!(
+        (c.running, c.queued, c.completed, c.cancelled),
+        (0.0, 0.0, 4.0, 1.0)
+    );
+    c.assert_invariant();
+}
+
+#[test]
+fn submit_after_shutdown_is_rejected_counted_and_handed_back() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "closed", 1);
+    pool.submit(|| ()).unwrap().join().unwrap();
+    pool.shutdown();
+    pool.shutdown(); // idempotent
+    let err = pool.submit(|| 7).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+    assert_eq!((err.into_inner())(), 7);
+    let c = counts(&scrape(&registry), "executor", "closed");
+    assert_eq!((c.submitted, c.rejected, c.completed), (1.0, 1.0, 1.0));
+    c.assert_invariant();
+}
+
+#[test]
+fn shutdown_now_cancels_queued_tasks_and_finishes_running_ones() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "now", 1);
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let running = {
+        let (gate, started) = (gate.clone(), started.clone());
+        pool.submit(move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            gate.wait();
+            "done"
+        })
+        .unwrap()
+    };
+    let ran = Arc::new(AtomicUsize::new(0));
+    let queued: Vec<_> = (0..10)
+        .map(|_| {
+            let ran = ran.clone();
+            pool.submit(move || ran.fetch_add(1, Ordering::SeqCst))
+                .unwrap()
+        })
+        .collect();
+    common::eventually(30, "the first task to start", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            gate.open()
+        })
+    };
+    common::watchdog(60, {
+        let pool = Arc::new(pool);
+        let p = pool.clone();
+        move || {
+            p.shutdown_now();
+            p.shutdown_now(); // idempotent
+        }
+    });
+    opener.join().unwrap();
+    assert_eq!(running.join(), Ok("done"));
+    for h in queued {
+        assert_eq!(h.join(), Err(TaskError::Cancelled));
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    let c = counts(&scrape(&registry), "executor", "now");
+    assert_eq!((c.submitted, c.completed, c.cancelled), (11.0, 1.0, 10.0));
+    c.assert_invariant();
+}
+
+#[test]
+fn pools_sharing_an_id_are_combined_and_distinct_ids_are_separate() {
+    let registry = Registry::new();
+    let a1 = pool(&registry, "shared", 2);
+    let a2 = pool(&registry, "shared", 3);
+    let b = pool(&registry, "other", 4);
+    a1.submit(|| ()).unwrap().join().unwrap();
+    a2.submit(|| ()).unwrap().join().unwrap();
+    b.submit(|| ()).unwrap().join().unwrap();
+    let exp = scrape(&registry);
+    assert_eq!(
+        exp.value("executor_max_workers_total", &[("executor", "shared")]),
+        5.0
+    );
+    assert_eq!(
+        exp.value("executor_max_workers_total", &[("executor", "other")]),
+        4.0
+    );
+    assert_eq!(
+        exp.value("executor_submitted_tasks_total", &[("executor", "shared")]),
+        2.0
+    );
+    assert_eq!(
+        exp.value("executor_submitted_tasks_total", &[("executor", "other")]),
+        1.0
+    );
+    // One family each, holding both ids.
+    assert_eq!(
+        exp.text
+            .matches("# TYPE executor_submitted_tasks_total")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn separate_registries_keep_the_same_id_apart() {
+    let r1 = Registry::new();
+    let r2 = Registry::new();
+    let p1 = pool(&r1, "same", 1);
+    let _p2 = pool(&r2, "same", 1);
+    p1.submit(|| ()).unwrap().join().unwrap();
+    assert_eq!(
+        scrape(&r1).value("executor_submitted_tasks_total", &[("executor", "same")]),
+        1.0
+    );
+    assert_eq!(
+        scrape(&r2).value("executor_submitted_tasks_total", &[("executor", "same")]),
+        0.0
+    );
+}
+
+#[test]
+fn custom_namespace_and_registry_with_a_users_own_metric() {
+    let registry = Registry::new();
+    let mine = IntCounter::with_opts(Opts::new("app_requests_total", "Requests.")).unwrap();
+    registry.register(Box::new(mine.clone())).unwrap();
+    let pool = ThreadPoolExecutor::builder()
+        .namespace("render")
+        .exporter_id("ns")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    pool.submit(|| ()).unwrap().join().unwrap();
+    mine.inc();
+    let exp = scrape(&registry);
+    assert_eq!(
+        exp.value("render_submitted_tasks_total", &[("executor", "ns")]),
+        1.0
+    );
+    assert!(exp
+        .try_value("executor_submitted_tasks_total", &[])
+        .is_none());
+    assert_eq!(exp.value("app_requests_total", &[]), 1.0);
+    // The exporter hands back the registry it uses.
+    assert!(scrape(pool.exporter().registry())
+        .try_value("app_requests_total", &[])
+        .is_some());
+    assert_eq!(pool.exporter().namespace(), "render");
+}
+
+#[test]
+fn explicit_and_exponential_buckets() {
+    let registry = Registry::new();
+    let pool = ThreadPoolExecutor::builder()
+        .exporter_id("buckets")
+        .registry(registry.clone())
+        .wait_buckets(vec![0.001, 0.01, 0.1])
+        .duration_buckets_exponential(0.001, 1.0, 10.0)
+        .build()
+        .unwrap();
+    assert_eq!(pool.exporter().wait_buckets(), &[0.001, 0.01, 0.1]);
+    pool.submit(|| ()).unwrap().join().unwrap();
+    let exp = scrape(&registry);
+    let les = |name: &str| -> Vec<String> {
+        exp.matching(name, &[("executor", "buckets")])
+            .filter(|s| s.labels.get("result").map_or(true, |r| r == "completed"))
+            .map(|s| s.labels["le"].clone())
+            .collect()
+    };
+    assert_eq!(
+        les("executor_task_wait_seconds_bucket"),
+        ["0.001", "0.01", "0.1", "+Inf"]
+    );
+    assert_eq!(
+        les("executor_tasks_duration_seconds_bucket"),
+        ["0.001", "0.01", "0.1", "1", "+Inf"]
+    );
+}
+
+#[test]
+fn bad_buckets_are_build_errors() {
+    let build = |b: executor_exporter::ExecutorExporterBuilder| {
+        b.registry(Registry::new()).build().unwrap_err()
+    };
+    let cases = vec![
+        ("empty", ExecutorExporter::builder().wait_buckets(vec![])),
+        (
+            "unsorted",
+            ExecutorExporter::builder().wait_buckets(vec![0.1, 0.01]),
+        ),
+        (
+            "duplicate",
+            ExecutorExporter::builder().duration_buckets(vec![0.1, 0.1]),
+        ),
+        (
+            "nan",
+            ExecutorExporter::builder().wait_buckets(vec![0.1, f64::NAN]),
+        ),
+        (
+            "negative",
+            ExecutorExporter::builder().wait_buckets(vec![-1.0, 1.0]),
+        ),
+        (
+            "infinite",
+            ExecutorExporter::builder().wait_buckets(vec![1.0, f64::INFINITY]),
+        ),
+        (
+            "factor 1",
+            ExecutorExporter::builder().wait_buckets_exponential(0.1, 10.0, 1.0),
+        ),
+        (
+            "factor 0.5",
+            ExecutorExporter::builder().duration_buckets_exponential(0.1, 10.0, 0.5),
+        ),
+        (
+            "min 0",
+            ExecutorExporter::builder().wait_buckets_exponential(0.0, 10.0, 2.0),
+        ),
+        (
+            "max < min",
+            ExecutorExporter::builder().wait_buckets_exponential(1.0, 0.5, 2.0),
+        ),
+        (
+            "both",
+            ExecutorExporter::builder()
+                .wait_buckets(vec![1.0])
+                .wait_buckets_exponential(0.1, 1.0, 2.0),
+        ),
+    ];
+    for (what, builder) in cases {
+        let err = build(builder);
+        assert!(err.is_buckets(), "{what}: {err}");
+        assert!(err.to_string().contains("bucket"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn bad_namespace_and_zero_workers_are_build_errors() {
+    for ns in ["", "9lives", "has-dash", "space bar", "colon:s"] {
+        let err = ExecutorExporter::builder()
+            .namespace(ns)
+            .registry(Registry::new())
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{ns:?}: {err}");
+    }
+    let registry = Registry::new();
+    let err = ThreadPoolExecutor::builder()
+        .max_workers(0)
+        .registry(registry.clone())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "max_workers must be greater than 0");
+    // A pool that failed to build created no series.
+    assert!(scrape(&registry).samples.is_empty());
+}
+
+#[test]
+fn an_incompatible_family_already_registered_is_an_error_not_a_panic() {
+    let registry = Registry::new();
+    let clash =
+        IntCounter::with_opts(Opts::new("executor_submitted_tasks_total", "Mine.")).unwrap();
+    registry.register(Box::new(clash)).unwrap();
+    let err = ExecutorExporter::builder()
+        .registry(registry.clone())
+        .build()
+        .unwrap_err();
+    assert!(err.is_registry(), "{err}");
+    // Same id and type with other buckets in the same registry: refused.
+    let registry = Registry::new();
+    let _first = ExecutorExporter::builder()
+        .exporter_id("x")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let err = ExecutorExporter::builder()
+        .exporter_id("x")
+        .registry(registry.clone())
+        .wait_buckets(vec![1.0])
+        .build()
+        .unwrap_err();
+    assert!(err.is_registry(), "{err}");
+}
+
+#[test]
+fn label_values_needing_escapes_round_trip_and_never_collide() {
+    let registry = Registry::new();
+    let nasty = "quote\" backslash\\ newline\n emoji 🦀";
+    let a = ExecutorExporter::builder()
+        .exporter_id(nasty)
+        .executor_type("t")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    // Joined naively, ("a", "bc") and ("ab", "c") are the same string.
+    let x = ExecutorExporter::builder()
+        .exporter_id("a")
+        .executor_type("bc")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let y = ExecutorExporter::builder()
+        .exporter_id("ab")
+        .executor_type("c")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    a.add_max_workers(1);
+    x.add_max_workers(2);
+    y.add_max_workers(3);
+    let exp = scrape(&registry);
+    let v = |id, ty| {
+        exp.value(
+            "executor_max_workers_total",
+            &[("executor", id), ("executor_type", ty)],
+        )
+    };
+    assert_eq!(v(nasty, "t"), 1.0);
+    assert_eq!(v("a", "bc"), 2.0);
+    assert_eq!(v("ab", "c"), 3.0);
+}
+
+#[test]
+fn custom_exporter_recording_methods() {
+    let registry = Registry::new();
+    let exporter = ExecutorExporter::builder()
+        .exporter_id("by-hand")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    exporter.add_max_workers(8);
+    exporter.worker_started();
+    exporter.worker_started();
+    exporter.worker_restarted();
+    let exp = scrape(&registry);
+    let l = [("executor", "by-hand"), ("executor_type", "custom")];
+    assert_eq!(exp.value("executor_max_workers_total", &l), 8.0);
+    assert_eq!(exp.value("executor_initialized_workers_total", &l), 2.0);
+    assert_eq!(exp.value("executor_worker_restarts_total", &l), 1.0);
+}
+
+#[test]
+fn default_registry_and_default_id() {
+    let pool = ThreadPoolExecutor::new(1).unwrap();
+    pool.submit(|| ()).unwrap().join().unwrap();
+    pool.join();
+    let exp = scrape(prometheus::default_registry());
+    assert!(exp.value("executor_submitted_tasks_total", &[("executor", "default")]) >= 1.0);
+}
+
+#[test]
+fn wait_is_observed_per_task_and_duration_has_the_sleep() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "timing", 1);
+    pool.submit(|| std::thread::sleep(std::time::Duration::from_millis(20)))
+        .unwrap()
+        .join()
+        .unwrap();
+    let exp = scrape(&registry);
+    let sum = exp.value(
+        "executor_tasks_duration_seconds_sum",
+        &[("executor", "timing"), ("result", "completed")],
+    );
+    assert!(sum >= 0.020, "duration sum {sum}");
+    assert_eq!(
+        exp.value(
+            "executor_task_wait_seconds_count",
+            &[("executor", "timing")]
+        ),
+        1.0
+    );
+}
