@@ -29,7 +29,11 @@ pub struct Task {
 
 /// What the crate's own task wrappers implement; plain closures get [`Plain`].
 pub(crate) trait Runnable: Send + 'static {
-    fn run(self: Box<Self>);
+    /// Runs the task; `body_done` is called once the task's own code has
+    /// returned (or did not run), before its result becomes visible to
+    /// anyone waiting. Pools use it to mark the worker idle first, so that a
+    /// submit made right after a `join` reuses this worker.
+    fn run(self: Box<Self>, body_done: &dyn Fn());
     fn abandon(self: Box<Self>, reason: String);
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
@@ -37,8 +41,9 @@ pub(crate) trait Runnable: Send + 'static {
 struct Plain<F>(F);
 
 impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
-    fn run(self: Box<Self>) {
-        (self.0)()
+    fn run(self: Box<Self>, body_done: &dyn Fn()) {
+        (self.0)();
+        body_done();
     }
     fn abandon(self: Box<Self>, _reason: String) {}
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -71,7 +76,11 @@ impl Task {
     /// (they are counted and reported to whoever joins it); a plain task's panic
     /// propagates to the caller.
     pub fn run(self) {
-        self.inner.run()
+        self.inner.run(&|| {})
+    }
+
+    pub(crate) fn run_then(self, body_done: &dyn Fn()) {
+        self.inner.run(body_done)
     }
 
     /// Gives the task up without running it because the executor is broken

@@ -37,12 +37,16 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    fn run(mut self: Box<Self>) {
-        let Some(f) = self.f.take() else { return };
-        let Some(started) = self.core.start() else {
-            return;
+    fn run(mut self: Box<Self>, body_done: &dyn Fn()) {
+        let Some(f) = self.f.take() else {
+            return body_done();
         };
-        match catch_unwind(AssertUnwindSafe(f)) {
+        let Some(started) = self.core.start() else {
+            return body_done();
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(f));
+        body_done();
+        match outcome {
             Ok(value) => {
                 let failure = (self.classify)(&value).then_some(FailureReason::Error);
                 self.core.finish(started, Ok(value), failure);

@@ -313,10 +313,18 @@ fn worker_loop(shared: &Shared) {
     while let Ok(message) = shared.receiver.recv() {
         match message {
             Message::Run(task) => {
+                // The idle credit is given as soon as the task's code is done,
+                // before its result is published (see `Runnable::run`).
+                let credited = std::cell::Cell::new(false);
+                let mark_idle = || {
+                    if !credited.replace(true) {
+                        shared.idle.fetch_add(1, Ordering::SeqCst);
+                    }
+                };
                 // An instrumented task catches its own panics; a plain one's
                 // panic must not take the worker down with it.
-                let _ = catch_unwind(AssertUnwindSafe(|| task.run()));
-                shared.idle.fetch_add(1, Ordering::SeqCst);
+                let _ = catch_unwind(AssertUnwindSafe(|| task.run_then(&mark_idle)));
+                mark_idle();
             }
             Message::Stop => return,
         }

@@ -1,0 +1,644 @@
+//! The thread-pool rows of `shared/spec/behaviours.md`, each test named by its ID.
+
+mod common;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use common::{counts, eventually, scrape, watchdog, Gate};
+use executor_exporter::prometheus::Registry;
+use executor_exporter::{
+    Executor, RejectReason, Task, TaskError, TaskState, ThreadPool, ThreadPoolExecutor,
+};
+
+fn pool_in(registry: &Registry, workers: usize) -> ThreadPoolExecutor {
+    ThreadPoolExecutor::builder()
+        .max_workers(workers)
+        .registry(registry.clone())
+        .build()
+        .unwrap()
+}
+
+fn pool(workers: usize) -> ThreadPoolExecutor {
+    pool_in(&Registry::new(), workers)
+}
+
+#[test]
+fn cfg_1_zero_max_workers_is_rejected() {
+    assert!(ThreadPool::new(0).is_err());
+    assert!(ThreadPoolExecutor::builder()
+        .max_workers(0)
+        .registry(Registry::new())
+        .build()
+        .is_err());
+}
+
+#[test]
+fn cfg_2_default_max_workers_is_the_cpus_available() {
+    let p = ThreadPoolExecutor::builder().registry(Registry::new()).build().unwrap();
+    assert_eq!(p.max_workers(), Some(num_cpus()));
+    assert_eq!(ThreadPool::builder().build().unwrap().max_workers(), num_cpus());
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[test]
+fn lazy_1_idle_worker_is_reused() {
+    let p = pool(5);
+    let mut threads = HashSet::new();
+    for _ in 0..3 {
+        let id = p.submit(|| std::thread::current().id()).unwrap().join().unwrap();
+        threads.insert(id);
+    }
+    assert_eq!(p.workers(), 1);
+    assert_eq!(threads.len(), 1);
+}
+
+#[test]
+fn lazy_2_saturation_starts_exactly_max_workers() {
+    let registry = Registry::new();
+    let p = pool_in(&registry, 4);
+    let gate = Gate::new();
+    let handles: Vec<_> = (0..60)
+        .map(|_| {
+            let gate = gate.clone();
+            p.submit(move || gate.wait()).unwrap()
+        })
+        .collect();
+    eventually(30, "4 workers", || p.workers() == 4);
+    assert_eq!(p.workers(), 4);
+    gate.open();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(p.workers(), 4);
+    let exp = scrape(&registry);
+    assert_eq!(exp.value("executor_initialized_workers_total", &[]), 4.0);
+}
+
+#[test]
+fn lazy_3_three_blocking_tasks_start_three_workers_and_all_exit_on_shutdown() {
+    let p = pool(5);
+    let gate = Gate::new();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let (gate, seen) = (gate.clone(), seen.clone());
+            p.submit(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+                gate.wait()
+            })
+            .unwrap()
+        })
+        .collect();
+    eventually(30, "3 tasks started", || seen.load(Ordering::SeqCst) == 3);
+    assert_eq!(p.workers(), 3);
+    gate.open();
+    for h in handles {
+        h.join().unwrap();
+    }
+    watchdog(60, move || p.shutdown());
+}
+
+#[test]
+fn lazy_4_threads_are_named_prefix_dash_index() {
+    let p = ThreadPoolExecutor::builder()
+        .max_workers(5)
+        .thread_name_prefix("Pool")
+        .registry(Registry::new())
+        .build()
+        .unwrap();
+    let name = p
+        .submit(|| std::thread::current().name().unwrap().to_owned())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        name.starts_with("Pool-") && name[5..].parse::<usize>().unwrap() < 5,
+        "{name}"
+    );
+    // The default prefix is unique per pool.
+    let name_of = |p: &ThreadPoolExecutor| {
+        p.submit(|| std::thread::current().name().unwrap().to_owned())
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    assert_ne!(name_of(&pool(1)), name_of(&pool(1)));
+}
+
+#[test]
+fn exc_1_result_or_error_and_the_pool_stays_usable() {
+    let p = pool(2);
+    assert_eq!(p.submit(|| 3 * 4).unwrap().join(), Ok(12));
+    let err = p.submit(|| -> i32 { panic!("boom {}", 7) }).unwrap().join();
+    assert_eq!(err, Err(TaskError::Panicked { message: "boom 7".into() }));
+    assert!(err.unwrap_err().to_string().contains("boom 7"));
+    let e = p.submit_fallible(|| "nope".parse::<i32>()).unwrap().join().unwrap();
+    assert!(e.is_err());
+    assert_eq!(p.submit(|| 1).unwrap().join(), Ok(1));
+}
+
+#[test]
+fn map_1_results_in_input_order() {
+    let p = pool(3);
+    let out: Vec<u64> = p
+        .map(
+            |x: u64| {
+                std::thread::sleep(Duration::from_micros((10 - x % 10) * 100));
+                x * x
+            },
+            0..40,
+        )
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, (0..40).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn map_2_iteration_carries_on_past_a_failed_item() {
+    let registry = Registry::new();
+    let p = pool_in(&registry, 2);
+    let out: Vec<_> = p
+        .map(|x: i32| if x == 2 { panic!("two") } else { x }, 0..4)
+        .collect();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0], Ok(0));
+    assert_eq!(out[1], Ok(1));
+    assert!(matches!(out[2], Err(TaskError::Panicked { .. })));
+    assert_eq!(out[3], Ok(3));
+    // Every item is its own task, with its own count (the reference counted
+    // one per iterable).
+    p.join();
+    let c = counts(&scrape(&registry), "executor", "default");
+    assert_eq!((c.submitted, c.completed, c.failed), (4.0, 3.0, 1.0));
+}
+
+#[test]
+fn map_fallible_counts_errs_as_failed() {
+    let registry = Registry::new();
+    let p = pool_in(&registry, 2);
+    let out: Vec<_> = p
+        .map_fallible(|x: u8| if x % 2 == 0 { Ok(x) } else { Err(x) }, 0..6)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, [Ok(0), Err(1), Ok(2), Err(3), Ok(4), Err(5)]);
+    p.join();
+    let exp = scrape(&registry);
+    assert_eq!(exp.value("executor_task_failures_total", &[("reason", "error")]), 3.0);
+}
+
+#[test]
+fn map_5_dropping_the_iterator_cancels_waiting_items() {
+    let registry = Registry::new();
+    let p = pool_in(&registry, 1);
+    let gate = Gate::new();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    {
+        let (gate, ran, s) = (gate.clone(), ran.clone(), started.clone());
+        let it = p
+            .map_in_flight(
+                move |x: usize| {
+                    if x == 0 {
+                        s.fetch_add(1, Ordering::SeqCst);
+                        gate.wait();
+                    }
+                    ran.fetch_add(1, Ordering::SeqCst);
+                },
+                0..100,
+                10,
+            )
+            .unwrap();
+        eventually(30, "the first item to start", || started.load(Ordering::SeqCst) == 1);
+        drop(it); // 10 in flight: 1 running (blocked), 9 queued
+    }
+    gate.open();
+    p.join();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let c = counts(&scrape(&registry), "executor", "default");
+    assert_eq!((c.submitted, c.completed, c.cancelled), (10.0, 1.0, 9.0));
+    c.assert_invariant();
+}
+
+#[test]
+fn map_7_unconsumed_map_then_shutdown_does_not_deadlock() {
+    let p = Arc::new(pool(2));
+    let q = p.clone();
+    watchdog(60, move || {
+        let it = q.map(|x: u32| x + 1, 0..3);
+        std::mem::forget(it); // never consumed, never dropped
+        q.shutdown();
+    });
+}
+
+#[test]
+fn map_9_in_flight_bound_is_validated_and_results_are_equal() {
+    let p = pool(2);
+    assert!(p.map_in_flight(|x: u8| x, 0..3, 0).is_err());
+    let expected: Vec<u32> = (0..20).map(|x| x * 3).collect();
+    for n in [1, 2, 20, 40] {
+        let got: Vec<u32> = p
+            .map_in_flight(|x: u32| x * 3, 0..20, n)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, expected, "in_flight {n}");
+    }
+}
+
+#[test]
+fn map_10_input_is_read_lazily_and_endless_input_works() {
+    let p = pool(2);
+    let read = Arc::new(AtomicUsize::new(0));
+    let r = read.clone();
+    let endless = (0..).inspect(move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let it = p.map_in_flight(|x: u64| x.to_string(), endless, 2).unwrap();
+    assert_eq!(read.load(Ordering::SeqCst), 2, "only the in-flight bound is read");
+    let first: Vec<_> = it.take(3).map(Result::unwrap).collect();
+    assert_eq!(first, ["0", "1", "2"]);
+    let empty: Vec<_> = p.map(|x: u8| x, std::iter::empty()).collect();
+    assert!(empty.is_empty());
+}
+
+#[test]
+fn shut_1_submit_after_shutdown_is_refused_and_shutdown_twice_is_harmless() {
+    let p = pool(1);
+    p.shutdown();
+    p.shutdown();
+    assert!(p.is_shutdown());
+    let err = p.submit(|| ()).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+    let err = p.execute(Task::new(|| ())).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+}
+
+#[test]
+fn shut_2_shutdown_runs_every_queued_task() {
+    let p = pool(2);
+    let handles: Vec<_> = (0..50)
+        .map(|i| p.submit(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            i
+        }).unwrap())
+        .collect();
+    let p = watchdog(60, move || {
+        p.shutdown();
+        p
+    });
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join(), Ok(i));
+    }
+    assert!(p.is_shutdown());
+}
+
+#[test]
+fn shut_3_drop_waits_for_submitted_work() {
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = {
+        let p = pool(2);
+        (0..20)
+            .map(|_| {
+                let done = done.clone();
+                p.submit(move || {
+                    std::thread::sleep(Duration::from_millis(2));
+                    done.fetch_add(1, Ordering::SeqCst)
+                })
+                .unwrap()
+            })
+            .collect()
+        // dropped here
+    };
+    assert_eq!(done.load(Ordering::SeqCst), 20);
+    assert!(handles.iter().all(|h| h.is_finished()));
+}
+
+#[test]
+fn shut_5_shutdown_now_cancels_pending_and_never_running_tasks() {
+    let p = Arc::new(pool(5));
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            p.submit(|| std::thread::sleep(Duration::from_millis(100)))
+                .unwrap()
+        })
+        .collect();
+    let q = p.clone();
+    watchdog(60, move || q.shutdown_now());
+    let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    let cancelled = results.iter().filter(|r| **r == Err(TaskError::Cancelled)).count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(cancelled > 20, "cancelled {cancelled}");
+    assert!(ok >= 1);
+    assert_eq!(cancelled + ok, 50, "every uncancelled task finished without error");
+}
+
+#[test]
+fn shut_7_task_cancelled_right_before_shutdown_does_not_hang_it() {
+    let p = Arc::new(pool(1));
+    let gate = Gate::new();
+    let g = gate.clone();
+    let first = p.submit(move || g.wait()).unwrap();
+    let second = p.submit(|| ()).unwrap();
+    assert!(second.cancel());
+    gate.open();
+    let q = p.clone();
+    watchdog(5, move || q.shutdown());
+    assert_eq!(first.join(), Ok(()));
+    assert_eq!(second.join(), Err(TaskError::Cancelled));
+}
+
+/// SHUT-8: run in a child process (this test binary again) whose `main`
+/// ends while a task runs: drop must still let it finish.
+#[test]
+fn shut_8_process_exit_while_a_task_runs_still_finishes_it() {
+    if std::env::var_os("SHUT_8_CHILD").is_some() {
+        let p = pool(1);
+        p.submit(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            println!("apple");
+        })
+        .unwrap();
+        return; // the pool is dropped here, before the task ends
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "shut_8_process_exit_while_a_task_runs_still_finishes_it",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SHUT_8_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("apple"));
+}
+
+#[test]
+fn fut_1_and_2_states_and_cancel() {
+    let p = pool(1);
+    let gate = Gate::new();
+    let g = gate.clone();
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let running = p
+        .submit(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            g.wait()
+        })
+        .unwrap();
+    let pending = p.submit(|| ()).unwrap();
+    eventually(30, "the first task to start", || started.load(Ordering::SeqCst) == 1);
+    assert_eq!(running.state(), TaskState::Running);
+    assert_eq!(pending.state(), TaskState::Pending);
+    assert!(!pending.is_finished());
+    assert!(!running.cancel(), "a running task is not cancelled");
+    assert_eq!(running.state(), TaskState::Running);
+    assert!(pending.cancel());
+    assert!(pending.cancel(), "cancelling twice still says cancelled");
+    assert_eq!(pending.state(), TaskState::Cancelled);
+    assert!(pending.is_finished());
+    gate.open();
+    assert!(running.wait_timeout(Duration::from_secs(30)));
+    assert_eq!(running.state(), TaskState::Finished);
+    assert!(!running.cancel(), "a finished task is not cancelled");
+    assert_eq!(running.join(), Ok(()));
+    assert_eq!(pending.join(), Err(TaskError::Cancelled));
+}
+
+#[test]
+fn fut_3_join_timeout_zero_for_each_state() {
+    let p = pool(1);
+    let gate = Gate::new();
+    let g = gate.clone();
+    let running = p.submit(move || g.wait()).unwrap();
+    let pending = p.submit(|| 5).unwrap();
+    let cancelled = p.submit(|| 6).unwrap();
+    assert!(cancelled.cancel());
+    assert_eq!(cancelled.join_timeout(Duration::ZERO), Err(TaskError::Cancelled));
+    assert!(!pending.wait_timeout(Duration::ZERO));
+    assert!(!running.wait_timeout(Duration::ZERO));
+    assert_eq!(running.join_timeout(Duration::ZERO), Err(TaskError::TimedOut));
+    gate.open();
+    assert!(pending.wait_timeout(Duration::from_secs(30)));
+    assert_eq!(pending.join_timeout(Duration::ZERO), Ok(5));
+    let failed = p.submit(|| -> u8 { panic!("x") }).unwrap();
+    assert!(failed.wait_timeout(Duration::from_secs(30)));
+    assert!(matches!(failed.join_timeout(Duration::ZERO), Err(TaskError::Panicked { .. })));
+}
+
+#[test]
+fn fut_4_a_blocked_waiter_wakes_on_finish_and_on_cancel() {
+    let p = pool(1);
+    let gate = Gate::new();
+    let g = gate.clone();
+    let first = p.submit(move || g.wait()).unwrap();
+    let second = Arc::new(p.submit(|| 1).unwrap());
+    let s = second.clone();
+    let waiter = std::thread::spawn(move || s.wait_timeout(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(second.cancel());
+    assert!(waiter.join().unwrap(), "the waiter woke on cancel");
+    let waiter = std::thread::spawn(move || first.join());
+    gate.open();
+    assert_eq!(waiter.join().unwrap(), Ok(()));
+}
+
+#[test]
+fn init_1_initializer_runs_in_each_worker_before_its_first_task() {
+    thread_local!(static READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    let inits = Arc::new(AtomicUsize::new(0));
+    let i = inits.clone();
+    let registry = Registry::new();
+    let p = ThreadPoolExecutor::builder()
+        .max_workers(2)
+        .registry(registry.clone())
+        .initializer(move || {
+            i.fetch_add(1, Ordering::SeqCst);
+            READY.with(|r| r.set(true));
+        })
+        .build()
+        .unwrap();
+    let all_ready = p
+        .map(|_: u32| {
+            std::thread::sleep(Duration::from_millis(5));
+            READY.with(|r| r.get())
+        }, 0..20)
+        .all(|r| r == Ok(true));
+    assert!(all_ready);
+    assert_eq!(inits.load(Ordering::SeqCst), p.workers());
+    let exp = scrape(&registry);
+    assert_eq!(
+        exp.value("executor_initialized_workers_total", &[]),
+        p.workers() as f64
+    );
+}
+
+#[test]
+fn init_2_failing_initializer_breaks_the_pool() {
+    let registry = Registry::new();
+    let p = ThreadPoolExecutor::builder()
+        .max_workers(2)
+        .registry(registry.clone())
+        .initializer(|| panic!("no database"))
+        .build()
+        .unwrap();
+    let first = p.submit(|| 1).unwrap_or_else(|_| panic!("the first submit is accepted"));
+    let r = watchdog(30, move || first.join());
+    match r {
+        Err(TaskError::Broken { reason }) => assert!(reason.contains("no database"), "{reason}"),
+        other => panic!("expected Broken, got {other:?}"),
+    }
+    eventually(30, "later submits to be refused", || p.submit(|| 2).is_err());
+    let err = p.submit(|| 3).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Broken);
+    assert_eq!(p.inner().broken_reason().map(|r| r.contains("no database")), Some(true));
+    p.join();
+    let exp = scrape(&registry);
+    assert_eq!(exp.value("executor_task_failures_total", &[("reason", "broken")]), 1.0);
+    assert_eq!(exp.value("executor_initialized_workers_total", &[]), 0.0);
+    let c = counts(&exp, "executor", "default");
+    assert!(c.rejected >= 1.0);
+    c.assert_invariant();
+}
+
+/// A minimal executor: every task on its own thread.
+struct ThreadPerTask {
+    spawned: AtomicUsize,
+}
+
+impl Executor for ThreadPerTask {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        self.spawned.fetch_add(1, Ordering::SeqCst);
+        std::thread::spawn(move || task.run());
+        Ok(())
+    }
+}
+
+/// An executor that refuses everything, and one that drops everything.
+struct Refuses;
+impl Executor for Refuses {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        Err(executor_exporter::Rejected::new(task, RejectReason::Full))
+    }
+}
+struct Drops;
+impl Executor for Drops {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        drop(task);
+        Ok(())
+    }
+}
+
+fn exporter(registry: &Registry, id: &str) -> executor_exporter::ExecutorExporter {
+    executor_exporter::ExecutorExporter::builder()
+        .exporter_id(id)
+        .executor_type("mine")
+        .registry(registry.clone())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_user_defined_executor_in_the_proxy() {
+    use executor_exporter::InstrumentedExecutorProxy;
+    let registry = Registry::new();
+    let proxy = InstrumentedExecutorProxy::new(
+        ThreadPerTask { spawned: AtomicUsize::new(0) },
+        exporter(&registry, "tpt"),
+        Some(8),
+    );
+    let out: Vec<_> = proxy.map(|x: u8| x + 1, 0..5).map(Result::unwrap).collect();
+    assert_eq!(out, [1, 2, 3, 4, 5]);
+    assert_eq!(proxy.submit(|| "hi").unwrap().join(), Ok("hi"));
+    proxy.join();
+    assert_eq!(proxy.inner().spawned.load(Ordering::SeqCst), 6);
+    let exp = scrape(&registry);
+    let l = [("executor", "tpt"), ("executor_type", "mine")];
+    assert_eq!(exp.value("executor_max_workers_total", &l), 8.0);
+    let c = counts(&exp, "executor", "tpt");
+    assert_eq!((c.submitted, c.completed), (6.0, 6.0));
+
+    // Refused: counted as rejected, the closure comes back.
+    let refusing = InstrumentedExecutorProxy::new(Refuses, exporter(&registry, "refuses"), None);
+    let err = refusing.submit(|| 9).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Full);
+    assert_eq!((err.into_inner())(), 9);
+    // Dropped without running: counted as cancelled, never lost.
+    let dropping = InstrumentedExecutorProxy::new(Drops, exporter(&registry, "drops"), None);
+    assert_eq!(dropping.submit(|| 1).unwrap().join(), Err(TaskError::Cancelled));
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "refuses");
+    assert_eq!((c.submitted, c.rejected, c.queued), (0.0, 1.0, 0.0));
+    let c = counts(&exp, "executor", "drops");
+    assert_eq!((c.submitted, c.cancelled, c.queued), (1.0, 1.0, 0.0));
+    c.assert_invariant();
+}
+
+#[test]
+fn the_instrumented_pool_is_itself_an_executor() {
+    let registry = Registry::new();
+    let p = pool_in(&registry, 2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    fn run_on(e: &dyn Executor, tx: std::sync::mpsc::Sender<u8>) {
+        e.execute(Task::new(move || tx.send(1).unwrap())).unwrap();
+    }
+    run_on(&*p, tx.clone());
+    run_on(&p, tx);
+    assert_eq!(rx.recv().unwrap() + rx.recv().unwrap(), 2);
+    p.join();
+    let c = counts(&scrape(&registry), "executor", "default");
+    assert_eq!((c.submitted, c.completed), (2.0, 2.0));
+}
+
+struct ThreadWaker(std::thread::Thread);
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drives a future to completion on this thread, with no runtime.
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_task_handle_is_a_future() {
+    let p = pool(2);
+    let polls = Arc::new(Mutex::new(0));
+    let gate = Gate::new();
+    let g = gate.clone();
+    let h = p.submit(move || {
+        g.wait();
+        "awaited"
+    })
+    .unwrap();
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        gate.open();
+    });
+    let out = watchdog(30, move || {
+        *polls.lock().unwrap() += 1;
+        block_on(async move { h.await })
+    });
+    opener.join().unwrap();
+    assert_eq!(out, Ok("awaited"));
+}
