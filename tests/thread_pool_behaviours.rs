@@ -40,9 +40,15 @@ fn cfg_1_zero_max_workers_is_rejected() {
 
 #[test]
 fn cfg_2_default_max_workers_is_the_cpus_available() {
-    let p = ThreadPoolExecutor::builder().registry(Registry::new()).build().unwrap();
+    let p = ThreadPoolExecutor::builder()
+        .registry(Registry::new())
+        .build()
+        .unwrap();
     assert_eq!(p.max_workers(), Some(num_cpus()));
-    assert_eq!(ThreadPool::builder().build().unwrap().max_workers(), num_cpus());
+    assert_eq!(
+        ThreadPool::builder().build().unwrap().max_workers(),
+        num_cpus()
+    );
 }
 
 fn num_cpus() -> usize {
@@ -54,7 +60,11 @@ fn lazy_1_idle_worker_is_reused() {
     let p = pool(5);
     let mut threads = HashSet::new();
     for _ in 0..3 {
-        let id = p.submit(|| std::thread::current().id()).unwrap().join().unwrap();
+        let id = p
+            .submit(|| std::thread::current().id())
+            .unwrap()
+            .join()
+            .unwrap();
         threads.insert(id);
     }
     assert_eq!(p.workers(), 1);
@@ -141,9 +151,18 @@ fn exc_1_result_or_error_and_the_pool_stays_usable() {
     let p = pool(2);
     assert_eq!(p.submit(|| 3 * 4).unwrap().join(), Ok(12));
     let err = p.submit(|| -> i32 { panic!("boom {}", 7) }).unwrap().join();
-    assert_eq!(err, Err(TaskError::Panicked { message: "boom 7".into() }));
+    assert_eq!(
+        err,
+        Err(TaskError::Panicked {
+            message: "boom 7".into()
+        })
+    );
     assert!(err.unwrap_err().to_string().contains("boom 7"));
-    let e = p.submit_fallible(|| "nope".parse::<i32>()).unwrap().join().unwrap();
+    let e = p
+        .submit_fallible(|| "nope".parse::<i32>())
+        .unwrap()
+        .join()
+        .unwrap();
     assert!(e.is_err());
     assert_eq!(p.submit(|| 1).unwrap().join(), Ok(1));
 }
@@ -194,7 +213,10 @@ fn map_fallible_counts_errs_as_failed() {
     assert_eq!(out, [Ok(0), Err(1), Ok(2), Err(3), Ok(4), Err(5)]);
     p.join();
     let exp = scrape(&registry);
-    assert_eq!(exp.value("executor_task_failures_total", &[("reason", "error")]), 3.0);
+    assert_eq!(
+        exp.value("executor_task_failures_total", &[("reason", "error")]),
+        3.0
+    );
 }
 
 #[test]
@@ -219,7 +241,9 @@ fn map_5_dropping_the_iterator_cancels_waiting_items() {
                 10,
             )
             .unwrap();
-        eventually(30, "the first item to start", || started.load(Ordering::SeqCst) == 1);
+        eventually(30, "the first item to start", || {
+            started.load(Ordering::SeqCst) == 1
+        });
         drop(it); // 10 in flight: 1 running (blocked), 9 queued
     }
     gate.open();
@@ -265,7 +289,11 @@ fn map_10_input_is_read_lazily_and_endless_input_works() {
         r.fetch_add(1, Ordering::SeqCst);
     });
     let it = p.map_in_flight(|x: u64| x.to_string(), endless, 2).unwrap();
-    assert_eq!(read.load(Ordering::SeqCst), 2, "only the in-flight bound is read");
+    assert_eq!(
+        read.load(Ordering::SeqCst),
+        2,
+        "only the in-flight bound is read"
+    );
     let first: Vec<_> = it.take(3).map(Result::unwrap).collect();
     assert_eq!(first, ["0", "1", "2"]);
     let empty: Vec<_> = p.map(|x: u8| x, std::iter::empty()).collect();
@@ -288,10 +316,13 @@ fn shut_1_submit_after_shutdown_is_refused_and_shutdown_twice_is_harmless() {
 fn shut_2_shutdown_runs_every_queued_task() {
     let p = pool(2);
     let handles: Vec<_> = (0..50)
-        .map(|i| p.submit(move || {
-            std::thread::sleep(Duration::from_millis(1));
-            i
-        }).unwrap())
+        .map(|i| {
+            p.submit(move || {
+                std::thread::sleep(Duration::from_millis(1));
+                i
+            })
+            .unwrap()
+        })
         .collect();
     let p = watchdog(60, move || {
         p.shutdown();
@@ -336,11 +367,18 @@ fn shut_5_shutdown_now_cancels_pending_and_never_running_tasks() {
     let q = p.clone();
     watchdog(60, move || q.shutdown_now());
     let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
-    let cancelled = results.iter().filter(|r| **r == Err(TaskError::Cancelled)).count();
+    let cancelled = results
+        .iter()
+        .filter(|r| **r == Err(TaskError::Cancelled))
+        .count();
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert!(cancelled > 20, "cancelled {cancelled}");
     assert!(ok >= 1);
-    assert_eq!(cancelled + ok, 50, "every uncancelled task finished without error");
+    assert_eq!(
+        cancelled + ok,
+        50,
+        "every uncancelled task finished without error"
+    );
 }
 
 #[test]
@@ -399,7 +437,9 @@ fn fut_1_and_2_states_and_cancel() {
         })
         .unwrap();
     let pending = p.submit(|| ()).unwrap();
-    eventually(30, "the first task to start", || started.load(Ordering::SeqCst) == 1);
+    eventually(30, "the first task to start", || {
+        started.load(Ordering::SeqCst) == 1
+    });
     assert_eq!(running.state(), TaskState::Running);
     assert_eq!(pending.state(), TaskState::Pending);
     assert!(!pending.is_finished());
@@ -426,16 +466,25 @@ fn fut_3_join_timeout_zero_for_each_state() {
     let pending = p.submit(|| 5).unwrap();
     let cancelled = p.submit(|| 6).unwrap();
     assert!(cancelled.cancel());
-    assert_eq!(cancelled.join_timeout(Duration::ZERO), Err(TaskError::Cancelled));
+    assert_eq!(
+        cancelled.join_timeout(Duration::ZERO),
+        Err(TaskError::Cancelled)
+    );
     assert!(!pending.wait_timeout(Duration::ZERO));
     assert!(!running.wait_timeout(Duration::ZERO));
-    assert_eq!(running.join_timeout(Duration::ZERO), Err(TaskError::TimedOut));
+    assert_eq!(
+        running.join_timeout(Duration::ZERO),
+        Err(TaskError::TimedOut)
+    );
     gate.open();
     assert!(pending.wait_timeout(Duration::from_secs(30)));
     assert_eq!(pending.join_timeout(Duration::ZERO), Ok(5));
     let failed = p.submit(|| -> u8 { panic!("x") }).unwrap();
     assert!(failed.wait_timeout(Duration::from_secs(30)));
-    assert!(matches!(failed.join_timeout(Duration::ZERO), Err(TaskError::Panicked { .. })));
+    assert!(matches!(
+        failed.join_timeout(Duration::ZERO),
+        Err(TaskError::Panicked { .. })
+    ));
 }
 
 #[test]
@@ -471,10 +520,13 @@ fn init_1_initializer_runs_in_each_worker_before_its_first_task() {
         .build()
         .unwrap();
     let all_ready = p
-        .map(|_: u32| {
-            std::thread::sleep(Duration::from_millis(5));
-            READY.with(|r| r.get())
-        }, 0..20)
+        .map(
+            |_: u32| {
+                std::thread::sleep(Duration::from_millis(5));
+                READY.with(|r| r.get())
+            },
+            0..20,
+        )
         .all(|r| r == Ok(true));
     assert!(all_ready);
     assert_eq!(inits.load(Ordering::SeqCst), p.workers());
@@ -494,19 +546,29 @@ fn init_2_failing_initializer_breaks_the_pool() {
         .initializer(|| panic!("no database"))
         .build()
         .unwrap();
-    let first = p.submit(|| 1).unwrap_or_else(|_| panic!("the first submit is accepted"));
+    let first = p
+        .submit(|| 1)
+        .unwrap_or_else(|_| panic!("the first submit is accepted"));
     let r = watchdog(30, move || first.join());
     match r {
         Err(TaskError::Broken { reason }) => assert!(reason.contains("no database"), "{reason}"),
         other => panic!("expected Broken, got {other:?}"),
     }
-    eventually(30, "later submits to be refused", || p.submit(|| 2).is_err());
+    eventually(30, "later submits to be refused", || {
+        p.submit(|| 2).is_err()
+    });
     let err = p.submit(|| 3).unwrap_err();
     assert_eq!(err.reason(), RejectReason::Broken);
-    assert_eq!(p.inner().broken_reason().map(|r| r.contains("no database")), Some(true));
+    assert_eq!(
+        p.inner().broken_reason().map(|r| r.contains("no database")),
+        Some(true)
+    );
     p.join();
     let exp = scrape(&registry);
-    assert_eq!(exp.value("executor_task_failures_total", &[("reason", "broken")]), 1.0);
+    assert_eq!(
+        exp.value("executor_task_failures_total", &[("reason", "broken")]),
+        1.0
+    );
     assert_eq!(exp.value("executor_initialized_workers_total", &[]), 0.0);
     let c = counts(&exp, "executor", "default");
     assert!(c.rejected >= 1.0);
@@ -555,7 +617,9 @@ fn a_user_defined_executor_in_the_proxy() {
     use executor_exporter::InstrumentedExecutorProxy;
     let registry = Registry::new();
     let proxy = InstrumentedExecutorProxy::new(
-        ThreadPerTask { spawned: AtomicUsize::new(0) },
+        ThreadPerTask {
+            spawned: AtomicUsize::new(0),
+        },
         exporter(&registry, "tpt"),
         Some(8),
     );
@@ -577,7 +641,10 @@ fn a_user_defined_executor_in_the_proxy() {
     assert_eq!((err.into_inner())(), 9);
     // Dropped without running: counted as cancelled, never lost.
     let dropping = InstrumentedExecutorProxy::new(Drops, exporter(&registry, "drops"), None);
-    assert_eq!(dropping.submit(|| 1).unwrap().join(), Err(TaskError::Cancelled));
+    assert_eq!(
+        dropping.submit(|| 1).unwrap().join(),
+        Err(TaskError::Cancelled)
+    );
     let exp = scrape(&registry);
     let c = counts(&exp, "executor", "refuses");
     assert_eq!((c.submitted, c.rejected, c.queued), (0.0, 1.0, 0.0));
@@ -628,11 +695,12 @@ fn a_task_handle_is_a_future() {
     let polls = Arc::new(Mutex::new(0));
     let gate = Gate::new();
     let g = gate.clone();
-    let h = p.submit(move || {
-        g.wait();
-        "awaited"
-    })
-    .unwrap();
+    let h = p
+        .submit(move || {
+            g.wait();
+            "awaited"
+        })
+        .unwrap();
     let opener = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
         gate.open();
