@@ -106,10 +106,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     for line in String::from_utf8(out)?.lines() {
-        if !line.starts_with('#') && !line.contains("_bucket") {
-            if line.contains("_total") || line.contains("_count") || line.contains("tasks{") {
-                println!("{line}");
-            }
+        let sample = !line.starts_with('#') && !line.contains("_bucket");
+        if sample && (line.contains("_total") || line.contains("_count") || line.contains("tasks{"))
+        {
+            println!("{line}");
         }
     }
     Ok(())

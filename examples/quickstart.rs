@@ -81,7 +81,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         eprintln!(
             "[{}] task panicked: {}",
             thread.name().unwrap_or("?"),
-            info.payload_as_str().unwrap_or("?")
+            info.payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("?")
         );
     }));
     let registry = Registry::new();

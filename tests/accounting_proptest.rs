@@ -62,6 +62,9 @@ fn body(kind: Kind) -> Result<u32, String> {
     }
 }
 
+type Output = Result<u32, String>;
+type Outcome = Result<Output, TaskError>;
+
 #[derive(Default, Debug, PartialEq)]
 struct Tally {
     submitted: u64,
@@ -115,8 +118,8 @@ fn run(workers: usize, ops: Vec<Op>) {
         .unwrap();
     let mut tally = Tally::default();
     // (kind, handle, cancel() said true)
-    let mut live: Vec<(Kind, TaskHandle<Result<u32, String>>, bool)> = Vec::new();
-    let mut done: Vec<(Kind, Result<Result<u32, String>, TaskError>, bool)> = Vec::new();
+    let mut live: Vec<(Kind, TaskHandle<Output>, bool)> = Vec::new();
+    let mut done: Vec<(Kind, Outcome, bool)> = Vec::new();
     for op in ops {
         match op {
             Op::Submit(kind) => match pool.submit_fallible(move || body(kind)) {
@@ -214,7 +217,7 @@ fn quiet_planned_panics() {
     ONCE.call_once(|| {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if info.payload_as_str() != Some("planned panic") {
+            if info.payload().downcast_ref::<&str>() != Some(&"planned panic") {
                 hook(info);
             }
         }));
