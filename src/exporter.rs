@@ -864,3 +864,38 @@ impl ExecutorExporterBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_buckets_include_both_ends() {
+        let b = resolve_buckets(&None, &Some((0.001, 1.0, 10.0)), "w").unwrap();
+        assert_eq!(b.len(), 4);
+        assert!((b[3] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn default_buckets_are_valid_and_span_microseconds_to_minutes() {
+        let b = resolve_buckets(&Some(DEFAULT_BUCKETS.to_vec()), &None, "w").unwrap();
+        assert_eq!(b[0], 1e-6);
+        assert!(*b.last().unwrap() >= 60.0);
+    }
+
+    #[test]
+    fn metrics_table_names_are_unique_and_counters_end_in_total() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+        for m in METRICS {
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+        }
+    }
+}
