@@ -58,7 +58,7 @@ fn promtool_accepts_the_quickstarts_metrics_with_labels_needing_escapes() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     // "serving http://127.0.0.1:PORT/metrics" comes first; then wait until the
     // workload is done ("serving ... for 30 s more").
-    let mut addr = None;
+    let addr;
     let mut line = String::new();
     let mut log = String::new();
     loop {
@@ -69,12 +69,11 @@ fn promtool_accepts_the_quickstarts_metrics_with_labels_needing_escapes() {
         if let Some(url) = line.trim().strip_prefix("serving http://") {
             let a = url.split('/').next().unwrap().to_owned();
             if line.contains("more") {
-                addr = Some(a);
+                addr = a;
                 break;
             }
         }
     }
-    let addr = addr.unwrap();
     let (head, body) = http_get(&addr, "/metrics");
     let (head404, _) = http_get(&addr, "/nope");
     let _ = child.kill();
