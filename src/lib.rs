@@ -87,6 +87,9 @@ mod http;
 mod instrumented;
 mod map;
 mod proxy;
+#[cfg(feature = "rayon")]
+#[path = "rayon.rs"]
+mod rayon_support;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};
@@ -98,6 +101,8 @@ pub use http::MetricsServer;
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
 pub use proxy::InstrumentedExecutorProxy;
+#[cfg(feature = "rayon")]
+pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 
 /// The `prometheus` crate this one is built on, so your types match ours.
