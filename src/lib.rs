@@ -87,6 +87,8 @@ mod http;
 mod instrumented;
 mod map;
 mod proxy;
+#[cfg(feature = "push")]
+mod push;
 #[cfg(feature = "rayon")]
 #[path = "rayon.rs"]
 mod rayon_support;
@@ -101,6 +103,10 @@ pub use http::MetricsServer;
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
 pub use proxy::InstrumentedExecutorProxy;
+#[cfg(feature = "push")]
+pub use push::{
+    PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
+};
 #[cfg(feature = "rayon")]
 pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
