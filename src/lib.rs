@@ -97,6 +97,7 @@ mod thread_pool;
 pub use error::{BuildError, SubmitError, TaskError};
 pub use executor::{Executor, RejectReason, Rejected, Task};
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
+pub use exporter::{Step, StepTimer};
 pub use handle::{TaskHandle, TaskState};
 #[cfg(feature = "http")]
 pub use http::MetricsServer;
