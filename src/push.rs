@@ -315,10 +315,10 @@ impl PushGatewayBuilder {
                 let target = target.clone();
                 let thread = thread::Builder::new()
                     .name("executor-exporter-push".into())
-                    .spawn(move || loop {
-                        match stopped.recv_timeout(interval) {
-                            Err(RecvTimeoutError::Timeout) => target.push_logged("periodic"),
-                            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                    .spawn(move || {
+                        // Ends when the PushGateway is dropped (the sender goes).
+                        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                            target.push_logged("periodic");
                         }
                     })
                     .map_err(|e| err(format!("cannot start the push thread: {e}")))?;

@@ -1,34 +1,6 @@
 //! rayon support (feature `rayon`): [`rayon::ThreadPool`] as an [`Executor`],
 //! and [`RayonExecutor`], an instrumented rayon pool built from a
 //! [`rayon::ThreadPoolBuilder`].
-//!
-//! # What is seen, and what is not
-//!
-//! rayon has no queue-depth or job hooks of its own; the metrics come from the
-//! [`InstrumentedExecutorProxy`] in front of the pool, so they cover exactly
-//! the work that goes *through the proxy*:
-//!
-//! - **Seen**: every task given to [`RayonExecutor::spawn`], `submit`,
-//!   `submit_fallible`, `map`, `map_fallible` or [`Executor::execute`]: it is
-//!   counted as submitted, queued until a rayon worker picks it up (the wait),
-//!   running, then completed or failed (the duration).
-//! - **Part of a task**: parallel work a task starts itself, such as a
-//!   `par_iter` or `rayon::join` inside the task, runs on the pool's threads
-//!   and is part of that one task's duration. While it runs, other workers
-//!   help with it, yet `running_tasks` counts one task, so busy threads can
-//!   exceed `running_tasks`. A worker blocked in such a call may also run
-//!   another queued task in the meantime (rayon's work stealing), whose time
-//!   is then included in the first task's duration too.
-//! - **Not seen**: work given to the pool directly, around the proxy:
-//!   [`RayonExecutor::install`], `inner().scope(..)`, `inner().spawn(..)`,
-//!   `inner().join(..)`, and anything on rayon's global pool. Neither are
-//!   threads that other pools or `rayon::spawn` use.
-//!
-//! Worker start-up is counted (`initialized_workers_total`) only for pools
-//! built by [`RayonExecutorBuilder`], which installs rayon's `start_handler`.
-//! A pool that already exists can still be wrapped with
-//! [`InstrumentedExecutorProxy::new`], since `rayon::ThreadPool` implements
-//! [`Executor`]; its workers have started already and are not counted.
 
 use std::fmt;
 use std::ops::Deref;
@@ -61,11 +33,11 @@ const EXECUTOR_TYPE: &str = "rayon";
 /// let registry = prometheus::Registry::new();
 /// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
 /// let exporter = ExecutorExporter::builder()
-///     .exporter_id("existing")
-///     .executor_type("rayon")
-///     .registry(registry)
-///     .build()
-///     .unwrap();
+///    .exporter_id("existing")
+///    .executor_type("rayon")
+///    .registry(registry)
+///    .build()
+///    .unwrap();
 /// let proxy = InstrumentedExecutorProxy::new(pool, exporter, None);
 /// assert_eq!(proxy.max_workers(), Some(2));
 /// assert_eq!(proxy.submit(|| 6 * 7).unwrap().join(), Ok(42));
@@ -92,9 +64,35 @@ impl Executor for rayon::ThreadPool {
 /// `shutdown`, `exporter`, `inner` for the rayon pool itself), and has rayon's
 /// own [`spawn`](Self::spawn), [`install`](Self::install) and
 /// [`current_num_threads`](Self::current_num_threads), so code written for a
-/// `rayon::ThreadPool` keeps compiling. See the [module docs](self) for what
-/// is measured: work spawned or submitted through it, not work given to
-/// rayon around it.
+/// `rayon::ThreadPool` keeps compiling.
+///
+/// # What is measured, and what is not
+///
+/// rayon has no queue-depth or job hooks of its own; the metrics come from the
+/// [`InstrumentedExecutorProxy`] in front of the pool, so they cover exactly
+/// the work that goes *through the proxy*:
+///
+/// - **Seen**: every task given to [`RayonExecutor::spawn`], `submit`,
+///   `submit_fallible`, `map`, `map_fallible` or [`Executor::execute`]: it is
+///   counted as submitted, queued until a rayon worker picks it up (the wait),
+///   running, then completed or failed (the duration).
+/// - **Part of a task**: parallel work a task starts itself, such as a
+///   `par_iter` or `rayon::join` inside the task, runs on the pool's threads
+///   and is part of that one task's duration. While it runs, other workers
+///   help with it, yet `running_tasks` counts one task, so busy threads can
+///   exceed `running_tasks`. A worker blocked in such a call may also run
+///   another queued task in the meantime (rayon's work stealing), whose time
+///   is then included in the first task's duration too.
+/// - **Not seen**: work given to the pool directly, around the proxy:
+///   [`RayonExecutor::install`], `inner().scope(..)`, `inner().spawn(..)`,
+///   `inner().join(..)`, and anything run on rayon's global pool
+///   (`rayon::spawn`, a `par_iter` outside any task).
+///
+/// Worker start-up is counted (`initialized_workers_total`) only for pools
+/// built by [`RayonExecutorBuilder`], which installs rayon's `start_handler`.
+/// A pool that already exists can still be wrapped with
+/// [`InstrumentedExecutorProxy::new`], since `rayon::ThreadPool` implements
+/// [`Executor`]; its workers have started already and are not counted.
 ///
 /// Dropping it waits for every task accepted through it (like the other
 /// instrumented executors), then drops the rayon pool.
@@ -105,10 +103,10 @@ impl Executor for rayon::ThreadPool {
 ///
 /// let registry = prometheus::Registry::new();
 /// let pool = RayonExecutor::builder(rayon::ThreadPoolBuilder::new().num_threads(2))
-///     .exporter_id("render")
-///     .registry(registry.clone())
-///     .build()
-///     .unwrap();
+///    .exporter_id("render")
+///    .registry(registry.clone())
+///    .build()
+///    .unwrap();
 /// // The par_iter is part of this one task's duration.
 /// let sum = pool.submit(|| (1..=100u64).into_par_iter().sum::<u64>()).unwrap();
 /// assert_eq!(sum.join(), Ok(5050));
@@ -116,9 +114,9 @@ impl Executor for rayon::ThreadPool {
 ///
 /// let families = registry.gather();
 /// let submitted = families
-///     .iter()
-///     .find(|f| f.name() == "executor_submitted_tasks_total")
-///     .unwrap();
+///    .iter()
+///    .find(|f| f.name() == "executor_submitted_tasks_total")
+///    .unwrap();
 /// assert_eq!(submitted.get_metric()[0].get_counter().get_value(), 1.0);
 /// ```
 pub struct RayonExecutor {

@@ -10,6 +10,7 @@
 //! deadline, and the servers are stopped when each test ends. Without the
 //! tools the tests print SKIPPED and pass, except in CI (env `CI` set), where
 //! they fail.
+#![cfg(feature = "http")]
 
 mod common;
 mod support;
