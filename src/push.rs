@@ -334,7 +334,28 @@ impl PushGatewayBuilder {
     }
 }
 
-/// A push that did not succeed.
+/// A push that did not succeed: the gateway could not be reached in time
+/// ([`is_transport`](Self::is_transport)), answered with an error status
+/// ([`status`](Self::status), and its message in `Display`), or the registry
+/// could not be encoded.
+///
+/// ```
+/// use executor_exporter::PushGateway;
+/// use std::time::Duration;
+///
+/// // A port nobody listens on.
+/// let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+/// let pusher = PushGateway::builder(format!("http://127.0.0.1:{port}"), "offline")
+///     .registry(prometheus::Registry::new())
+///     .env_proxy(false)
+///     .timeout(Duration::from_secs(2))
+///     .push_on_drop(false)
+///     .build()
+///     .unwrap();
+/// let err = pusher.push().unwrap_err();
+/// assert!(err.is_transport());
+/// assert_eq!(err.status(), None);
+/// ```
 #[derive(Debug)]
 pub struct PushError {
     kind: PushErrorKind,
