@@ -21,6 +21,12 @@ pub(crate) enum BuildErrorKind {
     Namespace(String),
     IncompatibleSeries(String),
     Registry(prometheus::Error),
+    /// The wrapped pool could not be built (for example, rayon's builder failed).
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    Pool(Box<dyn Error + Send + Sync>),
+    /// A Pushgateway option is invalid (URL, job name or grouping label).
+    #[cfg_attr(not(feature = "push"), allow(dead_code))]
+    Push(String),
 }
 
 impl BuildError {
@@ -54,6 +60,8 @@ impl fmt::Display for BuildError {
                 write!(f, "incompatible with the series already registered: {why}")
             }
             BuildErrorKind::Registry(e) => write!(f, "could not register the metric families: {e}"),
+            BuildErrorKind::Pool(e) => write!(f, "could not build the pool: {e}"),
+            BuildErrorKind::Push(why) => write!(f, "invalid Pushgateway option: {why}"),
         }
     }
 }
@@ -62,6 +70,7 @@ impl Error for BuildError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match &self.kind {
             BuildErrorKind::Registry(e) => Some(e),
+            BuildErrorKind::Pool(e) => Some(&**e),
             _ => None,
         }
     }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc, Metric as _};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -51,6 +51,7 @@ mod idx {
     pub(super) const DURATION: usize = 8;
     pub(super) const FAILURES: usize = 9;
     pub(super) const RESTARTS: usize = 10;
+    pub(super) const STEP: usize = 11;
 }
 
 /// Every family the exporter exposes, declared once. The full name is
@@ -121,6 +122,13 @@ pub(crate) const METRICS: &[MetricDef] = &[
         kind: Kind::Counter,
         extra_label: None,
         help: "Workers replaced after a crash, a timeout or reaching their task limit.",
+    },
+    // Has series only once a step is created with `ExecutorExporter::step`.
+    MetricDef {
+        name: "step_duration_seconds",
+        kind: Kind::Histogram,
+        extra_label: Some("step"),
+        help: "Time spent in a named step inside tasks, in seconds.",
     },
 ];
 
@@ -231,6 +239,8 @@ pub(crate) struct Series {
     failed: Histogram,
     wait_bounds: Vec<f64>,
     duration_bounds: Vec<f64>,
+    /// `step_duration_seconds`, one histogram per step name.
+    steps: Mutex<BTreeMap<String, Histogram>>,
 }
 
 impl fmt::Debug for Series {
@@ -267,6 +277,7 @@ impl Series {
             failed: histogram(&duration_bounds),
             wait_bounds,
             duration_bounds,
+            steps: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -398,6 +409,20 @@ impl Series {
                 Some(("reason", reason.as_str())),
             ));
         }
+        for (name, h) in lock(&self.steps).iter() {
+            families[idx::STEP].push(self.histogram(h, Some(("step", name))));
+        }
+    }
+
+    /// The histogram of step `name`, created at zero the first time.
+    fn step(&self, name: &str) -> Histogram {
+        let mut steps = lock(&self.steps);
+        if let Some(h) = steps.get(name) {
+            return h.clone();
+        }
+        let h = histogram(&self.duration_bounds);
+        steps.insert(name.to_owned(), h.clone());
+        h
     }
 }
 
@@ -739,6 +764,153 @@ impl ExecutorExporter {
     /// (`worker_restarts_total`).
     pub fn worker_restarted(&self) {
         self.series.worker_restarted();
+    }
+
+    /// A handle timing step `name` into `step_duration_seconds{step=name}`,
+    /// with this exporter's `executor` and `executor_type` labels and its
+    /// duration buckets.
+    ///
+    /// The series is created at zero by the first call for a name and shared
+    /// by later ones; until then the family has no series and does not
+    /// appear in the exposition. Resolve a step once, outside the hot path,
+    /// and clone it into tasks: recording is then a clock read and one
+    /// histogram observation, with no lookup. Every name is a series: use a
+    /// few fixed names, never per-item values.
+    ///
+    /// ```
+    /// use executor_exporter::ThreadPoolExecutor;
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .exporter_id("ingest")
+    ///     .registry(registry.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// let decode = pool.exporter().step("decode");
+    /// let store = pool.exporter().step("store");
+    /// pool.submit(move || {
+    ///     let rows = decode.time(|| vec![1, 2, 3]);
+    ///     let _timer = store.start(); // observed when dropped
+    ///     rows.len()
+    /// })
+    /// .unwrap()
+    /// .join()
+    /// .unwrap();
+    ///
+    /// let families = registry.gather();
+    /// let steps = families
+    ///     .iter()
+    ///     .find(|f| f.name() == "executor_step_duration_seconds")
+    ///     .unwrap();
+    /// assert_eq!(steps.get_metric().len(), 2);
+    /// assert_eq!(steps.get_metric()[0].get_histogram().get_sample_count(), 1);
+    /// ```
+    pub fn step(&self, name: &str) -> Step {
+        Step {
+            histogram: self.series.step(name),
+        }
+    }
+}
+
+/// Times one named step inside tasks into `step_duration_seconds`; made by
+/// [`ExecutorExporter::step`].
+///
+/// The series is resolved when the handle is made, so timing never looks it
+/// up. Cloning is cheap (a reference count) and clones record into the same
+/// series; it is `Send` and `Sync`, so clone it into the tasks that use it.
+#[derive(Clone)]
+pub struct Step {
+    histogram: Histogram,
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("count", &self.histogram.get_sample_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Step {
+    /// Runs `f` and records how long it took, also when it panics.
+    pub fn time<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _timer = self.start();
+        f()
+    }
+
+    /// Starts timing; the time is recorded when the returned timer is dropped
+    /// (at the end of the scope, or during unwinding), or by
+    /// [`StepTimer::stop`].
+    pub fn start(&self) -> StepTimer<'_> {
+        StepTimer {
+            histogram: &self.histogram,
+            start: Instant::now(),
+            armed: true,
+        }
+    }
+
+    /// Records a duration measured some other way.
+    pub fn observe(&self, duration: Duration) {
+        self.histogram.observe(duration.as_secs_f64());
+    }
+}
+
+/// A running measurement of a [`Step`]: records the time since
+/// [`Step::start`] when dropped.
+///
+/// ```
+/// use executor_exporter::ExecutorExporter;
+///
+/// let exporter = ExecutorExporter::builder()
+///     .registry(prometheus::Registry::new())
+///     .build()
+///     .unwrap();
+/// let parse = exporter.step("parse");
+/// {
+///     let _timer = parse.start();
+///     // ... the step's work ...
+/// } // recorded here
+/// let timer = parse.start();
+/// let took = timer.stop(); // recorded, and returned
+/// parse.start().discard(); // not recorded
+/// # let _ = took;
+/// ```
+#[must_use = "the step is timed until this is dropped; `let _ = step.start()` drops it at once"]
+pub struct StepTimer<'a> {
+    histogram: &'a Histogram,
+    start: Instant,
+    armed: bool,
+}
+
+impl fmt::Debug for StepTimer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepTimer")
+            .field("elapsed", &self.start.elapsed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepTimer<'_> {
+    /// Records the time so far and returns it.
+    pub fn stop(mut self) -> Duration {
+        self.armed = false;
+        let elapsed = self.start.elapsed();
+        self.histogram.observe(elapsed.as_secs_f64());
+        elapsed
+    }
+
+    /// Ends the measurement without recording it (for example when the step
+    /// did not really happen).
+    pub fn discard(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StepTimer<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.histogram.observe(self.start.elapsed().as_secs_f64());
+        }
     }
 }
 

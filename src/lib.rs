@@ -87,17 +87,29 @@ mod http;
 mod instrumented;
 mod map;
 mod proxy;
+#[cfg(feature = "push")]
+mod push;
+#[cfg(feature = "rayon")]
+#[path = "rayon.rs"]
+mod rayon_support;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};
 pub use executor::{Executor, RejectReason, Rejected, Task};
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
+pub use exporter::{Step, StepTimer};
 pub use handle::{TaskHandle, TaskState};
 #[cfg(feature = "http")]
 pub use http::MetricsServer;
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
 pub use proxy::InstrumentedExecutorProxy;
+#[cfg(feature = "push")]
+pub use push::{
+    PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
+};
+#[cfg(feature = "rayon")]
+pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 
 /// The `prometheus` crate this one is built on, so your types match ours.

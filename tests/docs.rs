@@ -1,0 +1,53 @@
+//! The documents under `docs/` stay true to the code they show.
+
+use std::path::Path;
+
+fn read(relative: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+}
+
+/// The diff in docs/migrate-from-threadpool.md, applied to its "before"
+/// side, gives examples/migrate_threadpool.rs exactly where it shows it.
+#[test]
+fn migration_diff_matches_the_example() {
+    let doc = read("docs/migrate-from-threadpool.md");
+    let example = read("examples/migrate_threadpool.rs");
+    let diff = doc
+        .split("```diff\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a ```diff block");
+    let example_lines: Vec<&str> = example.lines().collect();
+    let mut hunks = 0;
+    // Index in the example of the next line on the diff's new side.
+    let mut at = None;
+    for line in diff.lines() {
+        if line.starts_with("@@") {
+            // "@@ -a,b +c,d @@": the new side starts at line c.
+            let new_side = line
+                .split_whitespace()
+                .find_map(|part| part.strip_prefix('+'))
+                .expect("hunk header");
+            let first: usize = new_side.split(',').next().unwrap().parse().unwrap();
+            at = Some(first - 1);
+            hunks += 1;
+            continue;
+        }
+        let Some(index) = at.as_mut() else {
+            continue; // the ---/+++ file header
+        };
+        if line.starts_with('-') {
+            continue;
+        }
+        let kept = line.strip_prefix(['+', ' ']).unwrap_or(line);
+        assert_eq!(
+            example_lines.get(*index).copied(),
+            Some(kept),
+            "line {} of the example differs from the diff",
+            *index + 1
+        );
+        *index += 1;
+    }
+    assert!(hunks > 0, "no hunk in the diff:\n{diff}");
+}

@@ -1,0 +1,526 @@
+//! End to end with the real thing: a `ThreadPoolExecutor` runs a known
+//! workload in this process, and a real Prometheus (Debian package
+//! `prometheus`) scrapes it, either from `MetricsServer` or through a real
+//! Pushgateway (`prometheus-pushgateway`). Every value is asserted through
+//! Prometheus's query API, and every dashboard query and alert rule is
+//! evaluated against this live data. `promtool check metrics` checks the
+//! served exposition with label values that need escaping.
+//!
+//! Everything listens on 127.0.0.1 with ports chosen free, every wait has a
+//! deadline, and the servers are stopped when each test ends. Without the
+//! tools the tests print SKIPPED and pass, except in CI (env `CI` set), where
+//! they fail.
+#![cfg(feature = "http")]
+
+mod common;
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Gate;
+use executor_exporter::prometheus::Registry;
+use executor_exporter::{MetricsServer, TaskError, ThreadPoolExecutor};
+use serde_json::Value;
+use support::{require_tool, run_with_timeout, PrometheusConfig, PrometheusServer, TempDir};
+
+/// Deadline for Prometheus to discover its targets and scrape them (it picks
+/// static targets up about 5 s after start).
+const TARGETS_UP: Duration = Duration::from_secs(20);
+
+/// Deadline for a value to show up in Prometheus after the program set it
+/// (a few scrape intervals).
+const SCRAPED: Duration = Duration::from_secs(15);
+
+/// An exporter id that needs escaping in the exposition and in PromQL.
+const ID: &str = r#"img "thumbs" \ v2 ✓"#;
+
+const WORKERS: usize = 3;
+const COMPLETED_FIRST: usize = 12;
+const COMPLETED_LATER: usize = 8;
+const PANICS: usize = 3;
+const ERRORS: usize = 4;
+const CANCELS: usize = 2;
+const REJECTS: usize = 2;
+
+/// What the program did, as it counted it itself.
+#[derive(Debug, Default)]
+struct Done {
+    submitted: usize,
+    completed: usize,
+    panics: usize,
+    errors: usize,
+    cancelled: usize,
+    rejected: usize,
+}
+
+fn crate_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A PromQL string literal holding `value`.
+fn promql_string(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str(r"\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn pool(registry: &Registry) -> ThreadPoolExecutor {
+    ThreadPoolExecutor::builder()
+        .max_workers(WORKERS)
+        .exporter_id(ID)
+        .registry(registry.clone())
+        .build()
+        .unwrap()
+}
+
+/// `n` tasks that complete, each taking about a millisecond.
+fn complete(pool: &ThreadPoolExecutor, n: usize, done: &mut Done) {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            pool.submit(move || {
+                std::thread::sleep(Duration::from_millis(1));
+                i
+            })
+            .unwrap()
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.join(), Ok(i));
+    }
+    done.submitted += n;
+    done.completed += n;
+}
+
+/// Panics, `Err`s, cancels (while every worker is held busy) and rejects.
+fn fail_cancel_reject(pool: &ThreadPoolExecutor, done: &mut Done, reject: bool) {
+    for i in 0..PANICS {
+        let handle = pool
+            .submit(move || -> u8 { panic!("e2e panic {i}") })
+            .unwrap();
+        assert!(matches!(handle.join(), Err(TaskError::Panicked { .. })));
+    }
+    for _ in 0..ERRORS {
+        let handle = pool
+            .submit_fallible(|| "not a number".parse::<u32>())
+            .unwrap();
+        assert!(handle.join().unwrap().is_err());
+    }
+    done.submitted += PANICS + ERRORS;
+    done.panics += PANICS;
+    done.errors += ERRORS;
+
+    let gate = Gate::new();
+    let busy: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let gate = gate.clone();
+            pool.submit(move || gate.wait()).unwrap()
+        })
+        .collect();
+    let queued: Vec<_> = (0..CANCELS).map(|_| pool.submit(|| ()).unwrap()).collect();
+    for handle in &queued {
+        assert!(handle.cancel(), "a queued task behind busy workers cancels");
+    }
+    gate.open();
+    for handle in busy {
+        assert_eq!(handle.join(), Ok(()));
+    }
+    for handle in queued {
+        assert_eq!(handle.join(), Err(TaskError::Cancelled));
+    }
+    done.submitted += WORKERS + CANCELS;
+    done.completed += WORKERS;
+    done.cancelled += CANCELS;
+
+    if reject {
+        pool.shutdown();
+        for _ in 0..REJECTS {
+            assert!(pool.submit(|| ()).is_err());
+        }
+        done.rejected += REJECTS;
+    }
+}
+
+/// The single value of `promql`, which must give exactly one series.
+fn single(prometheus: &PrometheusServer, promql: &str) -> f64 {
+    let samples = prometheus
+        .query_vector(promql)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(samples.len(), 1, "{promql}: {samples:?}");
+    samples[0].value
+}
+
+/// Waits until `promql` gives one series equal to `expected`.
+fn wait_value(prometheus: &PrometheusServer, promql: &str, expected: usize) {
+    prometheus
+        .wait_for(
+            promql,
+            |s| s.len() == 1 && s[0].value == expected as f64,
+            SCRAPED,
+        )
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+}
+
+/// Asserts every count Prometheus holds for the executor selected by
+/// `selector` (a PromQL label matcher list without braces).
+fn assert_counts(prometheus: &PrometheusServer, selector: &str, done: &Done) {
+    let value =
+        |metric: &str, extra: &str| single(prometheus, &format!("{metric}{{{selector}{extra}}}"));
+    let expected = [
+        ("executor_submitted_tasks_total", "", done.submitted),
+        (
+            "executor_tasks_duration_seconds_count",
+            r#",result="completed""#,
+            done.completed,
+        ),
+        (
+            "executor_tasks_duration_seconds_count",
+            r#",result="failed""#,
+            done.panics + done.errors,
+        ),
+        (
+            "executor_task_failures_total",
+            r#",reason="panic""#,
+            done.panics,
+        ),
+        (
+            "executor_task_failures_total",
+            r#",reason="error""#,
+            done.errors,
+        ),
+        ("executor_cancelled_tasks_total", "", done.cancelled),
+        ("executor_rejected_tasks_total", "", done.rejected),
+        ("executor_max_workers_total", "", WORKERS),
+        ("executor_initialized_workers_total", "", WORKERS),
+        ("executor_queued_tasks", "", 0),
+        ("executor_running_tasks", "", 0),
+        (
+            "executor_task_wait_seconds_count",
+            "",
+            done.submitted - done.cancelled,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (metric, extra, want) in expected {
+        let got = value(metric, extra);
+        if got != want as f64 {
+            wrong.push(format!(
+                "{metric}{{{selector}{extra}}} = {got}, want {want}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "values in Prometheus:\n{}",
+        wrong.join("\n")
+    );
+    // No other executor reports a failure reason: the others are 0.
+    let total_failures = single(
+        prometheus,
+        &format!("sum(executor_task_failures_total{{{selector}}})"),
+    );
+    assert_eq!(total_failures, (done.panics + done.errors) as f64);
+}
+
+/// `histogram_quantile` over the wait and duration buckets gives a number.
+fn assert_quantiles_finite(prometheus: &PrometheusServer, selector: &str) {
+    for family in [
+        "executor_task_wait_seconds",
+        "executor_tasks_duration_seconds",
+    ] {
+        let promql = format!(
+            "histogram_quantile(0.99, sum by (le) (rate({family}_bucket{{{selector}}}[1m])))"
+        );
+        let value = single(prometheus, &promql);
+        assert!(value.is_finite(), "{promql} = {value}");
+        assert!(value >= 0.0, "{promql} = {value}");
+    }
+}
+
+/// `(panel title, expr)` of every query of the dashboard, with Grafana's
+/// variables replaced the way Grafana would ("All" executors, 1m windows).
+fn dashboard_queries() -> Vec<(String, String)> {
+    fn walk(list: &Value, out: &mut Vec<(String, String)>) {
+        for panel in list.as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    out.push((title.to_owned(), expr.to_owned()));
+                }
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    let text = std::fs::read_to_string(crate_path("dashboards/executor-exporter.json"))
+        .expect("read the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    walk(&dashboard["panels"], &mut queries);
+    for (_, expr) in &mut queries {
+        for (variable, value) in [
+            ("${executor}", ".*"),
+            ("$executor", ".*"),
+            ("${__rate_interval}", "1m"),
+            ("$__rate_interval", "1m"),
+            ("${__interval}", "1m"),
+            ("$__interval", "1m"),
+            ("${__range}", "5m"),
+            ("$__range", "5m"),
+        ] {
+            *expr = expr.replace(variable, value);
+        }
+    }
+    queries
+}
+
+/// Every dashboard query evaluates without error; most return data.
+fn assert_dashboard_evaluates(prometheus: &PrometheusServer) {
+    let queries = dashboard_queries();
+    assert!(!queries.is_empty(), "no dashboard query found");
+    let mut errors = Vec::new();
+    let mut with_data = 0;
+    for (title, expr) in &queries {
+        match prometheus.query(expr) {
+            Ok(answer) => {
+                let result = &answer["data"]["result"];
+                if result.as_array().is_some_and(|r| !r.is_empty()) {
+                    with_data += 1;
+                }
+            }
+            Err(err) => errors.push(format!("panel {title:?}: {err}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "dashboard queries failed:\n{}",
+        errors.join("\n")
+    );
+    assert!(with_data > 0, "no dashboard query returned data");
+    eprintln!(
+        "dashboard: {} queries evaluated on live data, {with_data} with data",
+        queries.len()
+    );
+}
+
+/// Every alert rule has been evaluated on live data, with health `ok`.
+fn assert_rules_evaluate(prometheus: &PrometheusServer) {
+    let deadline = std::time::Instant::now() + SCRAPED;
+    loop {
+        let answer = prometheus.rules().unwrap_or_else(|err| panic!("{err}"));
+        let rules: Vec<Value> = answer["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let bad: Vec<String> = rules
+            .iter()
+            .filter(|rule| rule["health"] != "ok")
+            .map(|rule| format!("{}: {} {}", rule["name"], rule["health"], rule["lastError"]))
+            .collect();
+        if !rules.is_empty() && bad.is_empty() {
+            for rule in &rules {
+                let query = rule["query"].as_str().unwrap_or_default();
+                prometheus
+                    .query(query)
+                    .unwrap_or_else(|err| panic!("{err}"));
+            }
+            eprintln!("alerts: {} rules evaluated on live data", rules.len());
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rules not all healthy: {bad:?} ({} loaded)",
+            rules.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn scraped_values_equal_what_the_program_did() {
+    let registry = Registry::new();
+    let pool = pool(&registry);
+    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let config = PrometheusConfig {
+        rule_files: vec![crate_path("alerts/executor-exporter.rules.yml")],
+        ..PrometheusConfig::scraping([server.local_addr().to_string()])
+    };
+    let Some(prometheus) = PrometheusServer::start(&config) else {
+        return;
+    };
+    prometheus
+        .wait_for_targets_up(TARGETS_UP)
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+
+    let selector = format!("executor={}", promql_string(ID));
+    let submitted = format!("executor_submitted_tasks_total{{{selector}}}");
+    // The work is done in two rounds, each seen by a scrape, so that rates
+    // over the histograms have an increase to work on.
+    let mut done = Done::default();
+    complete(&pool, COMPLETED_FIRST, &mut done);
+    wait_value(&prometheus, &submitted, done.submitted);
+    complete(&pool, COMPLETED_LATER, &mut done);
+    fail_cancel_reject(&pool, &mut done, true);
+    wait_value(&prometheus, &submitted, done.submitted);
+    wait_value(
+        &prometheus,
+        &format!("executor_rejected_tasks_total{{{selector}}}"),
+        done.rejected,
+    );
+
+    assert_counts(&prometheus, &selector, &done);
+    // The label came through unchanged, escapes and all.
+    let samples = prometheus.query_vector(&submitted).unwrap();
+    assert_eq!(samples[0].label("executor"), ID);
+    assert_eq!(samples[0].label("executor_type"), "thread_pool");
+    assert_quantiles_finite(&prometheus, &selector);
+    assert_dashboard_evaluates(&prometheus);
+    assert_rules_evaluate(&prometheus);
+}
+
+#[cfg(feature = "push")]
+#[test]
+fn pushed_values_reach_prometheus_through_the_gateway() {
+    use executor_exporter::PushGateway;
+    use support::Pushgateway;
+
+    let Some(gateway) = Pushgateway::start() else {
+        return;
+    };
+    let config = PrometheusConfig {
+        honor_labels: true,
+        ..PrometheusConfig::scraping([gateway.address()])
+    };
+    let Some(prometheus) = PrometheusServer::start(&config) else {
+        return;
+    };
+
+    let registry = Registry::new();
+    let pool = pool(&registry);
+    let pusher = PushGateway::builder(gateway.url(), "e2e batch")
+        .grouping_label("instance", "host/7")
+        .registry(registry.clone())
+        .env_proxy(false)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut done = Done::default();
+    complete(&pool, COMPLETED_FIRST, &mut done);
+    pusher.push().unwrap();
+    prometheus
+        .wait_for_targets_up(TARGETS_UP)
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+
+    let selector = format!(
+        r#"job="e2e batch",instance="host/7",executor={}"#,
+        promql_string(ID)
+    );
+    let submitted = format!("executor_submitted_tasks_total{{{selector}}}");
+    wait_value(&prometheus, &submitted, done.submitted);
+    complete(&pool, COMPLETED_LATER, &mut done);
+    fail_cancel_reject(&pool, &mut done, true);
+    // The batch ends: the final push happens on drop.
+    drop(pusher);
+    wait_value(&prometheus, &submitted, done.submitted);
+
+    assert_counts(&prometheus, &selector, &done);
+    assert_quantiles_finite(&prometheus, &selector);
+    assert_eq!(
+        single(
+            &prometheus,
+            r#"executor_exporter_push_failures_total{job="e2e batch",instance="host/7"}"#
+        ),
+        0.0
+    );
+}
+
+/// `promtool check metrics` on the served exposition, with label values
+/// that need escaping (quotes, backslash, newline, emoji).
+#[test]
+fn promtool_accepts_the_served_exposition() {
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    let registry = Registry::new();
+    let pool = ThreadPoolExecutor::builder()
+        .max_workers(2)
+        .exporter_id("quote \" backslash \\ newline \n emoji 🦀")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let step = pool.exporter().step("parse \"csv\"\\\n🙂");
+    for i in 0..10u32 {
+        let step = step.clone();
+        pool.submit(move || step.time(|| i)).unwrap();
+    }
+    pool.submit(|| panic!("promtool panic")).unwrap();
+    pool.submit_fallible(|| Err::<(), _>("no")).unwrap();
+    pool.join();
+
+    let server = MetricsServer::start("127.0.0.1:0", registry).unwrap();
+    let body = get_metrics(&server);
+    assert!(
+        body.contains(r#"executor="quote \" backslash \\ newline \n emoji 🦀""#),
+        "{body}"
+    );
+    assert!(
+        body.contains("executor_step_duration_seconds_bucket"),
+        "{body}"
+    );
+
+    let dir = TempDir::new("promtool-metrics");
+    let check = |text: &str| {
+        let file = dir.path().join("metrics.txt");
+        std::fs::write(&file, text).unwrap();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"exec "$0" check metrics < "$1""#)
+            .arg(&promtool)
+            .arg(&file);
+        let output = run_with_timeout(&mut command, Duration::from_secs(30))
+            .unwrap_or_else(|err| panic!("{err}"));
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), said)
+    };
+    // The check can fail: a counter without `_total` is refused.
+    let (ok, said) =
+        check("# HELP bad_counter A counter.\n# TYPE bad_counter counter\nbad_counter 1\n");
+    assert!(!ok, "promtool accepted a bad counter: {said}");
+    let (ok, said) = check(&body);
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{said}\n--- exposition ---\n{body}"
+    );
+}
+
+fn get_metrics(server: &MetricsServer) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
