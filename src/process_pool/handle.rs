@@ -103,8 +103,7 @@ impl<E: fmt::Display> fmt::Display for TaskError<E> {
 impl<E: fmt::Display + fmt::Debug> std::error::Error for TaskError<E> {}
 
 /// The result of a [`ProcessTask`] call.
-pub type TaskResult<T> =
-    Result<<T as ProcessTask>::Output, TaskError<<T as ProcessTask>::Error>>;
+pub type TaskResult<T> = Result<<T as ProcessTask>::Output, TaskError<<T as ProcessTask>::Error>>;
 
 /// The caller's side of a submitted task: wait for it, or cancel it before it is sent to a worker.
 pub struct ProcessHandle<T: ProcessTask> {

@@ -184,13 +184,7 @@ impl ProcessPoolBuilder {
     /// test.
     #[must_use]
     pub fn worker_test_entry(self, test: &str) -> Self {
-        self.worker_args([
-            test,
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
+        self.worker_args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
     }
 
     /// Runs task `T` with `input` in every worker before it accepts tasks (its output is ignored). If it
@@ -226,7 +220,9 @@ impl ProcessPoolBuilder {
             None => num_cpus::get().max(1),
         };
         if self.max_tasks_per_child == Some(0) {
-            return Err(BuildError::new("max_tasks_per_child must be greater than 0"));
+            return Err(BuildError::new(
+                "max_tasks_per_child must be greater than 0",
+            ));
         }
         if self.max_start_failures == 0 {
             return Err(BuildError::new("max_start_failures must be greater than 0"));
@@ -294,6 +290,7 @@ impl ProcessPoolBuilder {
             next_id: 0,
             start_failures: 0,
             broken: None,
+            next_start: None,
             scratch: vec![0; 64 << 10],
             pollfds: Vec::new(),
         };
@@ -378,7 +375,10 @@ impl ProcessPool {
         timeout: Option<Duration>,
     ) -> Result<ProcessHandle<T>, SubmitError> {
         let payload = postcard::to_stdvec(input).map_err(|e| {
-            SubmitError::Serialization(format!("cannot encode the input of task `{}`: {e}", T::NAME))
+            SubmitError::Serialization(format!(
+                "cannot encode the input of task `{}`: {e}",
+                T::NAME
+            ))
         })?;
         let (sink, handle) = handle::channel::<T>();
         let spec = JobSpec {
@@ -393,11 +393,7 @@ impl ProcessPool {
 
     /// Queues an encoded job whose lifecycle goes to `sink`. On rejection the sink is handed back
     /// untouched, with the reason.
-    pub(crate) fn submit_job(
-        &self,
-        spec: JobSpec,
-        sink: Box<dyn JobSink>,
-    ) -> Result<(), Rejected> {
+    pub(crate) fn submit_job(&self, spec: JobSpec, sink: Box<dyn JobSink>) -> Result<(), Rejected> {
         let size = spec.payload.len() + spec.task.len() + RUN_OVERHEAD;
         if size > self.max_frame {
             let error = SubmitError::Serialization(format!(
@@ -409,7 +405,8 @@ impl ProcessPool {
             return Err(Rejected { error, sink });
         }
         if spec.timeout == Some(Duration::ZERO) {
-            let error = SubmitError::Serialization("a task timeout must be greater than zero".into());
+            let error =
+                SubmitError::Serialization("a task timeout must be greater than zero".into());
             return Err(Rejected { error, sink });
         }
         {
@@ -626,6 +623,8 @@ struct Dispatcher {
     /// Consecutive failed starts; reset by a successful handshake.
     start_failures: u32,
     broken: Option<String>,
+    /// After a failed start, no new start before this instant (a short backoff).
+    next_start: Option<Instant>,
     scratch: Vec<u8>,
     pollfds: Vec<libc::pollfd>,
 }
@@ -716,13 +715,23 @@ impl Dispatcher {
         if self.broken.is_some() {
             return;
         }
+        if let Some(at) = self.next_start {
+            if Instant::now() < at {
+                return;
+            }
+            self.next_start = None;
+        }
         let starting = self
             .workers
             .iter()
             .filter(|w| matches!(w.state, WState::Starting))
             .count();
         let mut wanted = self.queue.len().saturating_sub(starting);
-        while wanted > 0 && self.workers.len() < self.cfg.max_workers && self.broken.is_none() {
+        while wanted > 0
+            && self.workers.len() < self.cfg.max_workers
+            && self.broken.is_none()
+            && self.next_start.is_none()
+        {
             self.spawn();
             wanted -= 1;
         }
@@ -822,6 +831,9 @@ impl Dispatcher {
     fn start_failed(&mut self, message: String) {
         self.cfg.observer.worker_start_failed(&message);
         self.start_failures += 1;
+        // Back off 25 ms, 50 ms, ... up to 1 s, so a transient failure (EMFILE, EAGAIN) can clear.
+        let backoff = Duration::from_millis(25 << self.start_failures.min(6)) / 2;
+        self.next_start = Some(Instant::now() + backoff.min(Duration::from_secs(1)));
         if self.start_failures >= self.cfg.max_start_failures && self.broken.is_none() {
             let message = format!(
                 "{} worker processes in a row failed to start; the last one: {message}",
@@ -838,10 +850,13 @@ impl Dispatcher {
     /// Sleeps until a submission, a worker message, or the nearest deadline, and handles what happened.
     fn wait_for_events(&mut self) {
         let now = Instant::now();
+        // A pending restart after a backoff is a deadline too, but only when there is work waiting.
+        let restart = self.next_start.filter(|_| !self.queue.is_empty());
         let timeout_ms = self
             .workers
             .iter()
             .filter_map(|w| w.deadline)
+            .chain(restart)
             .min()
             .map_or(-1, |d| {
                 let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
@@ -856,7 +871,11 @@ impl Dispatcher {
         });
         for w in &self.workers {
             pollfds.push(libc::pollfd {
-                fd: if w.dead.is_some() { -1 } else { w.sock.as_raw_fd() },
+                fd: if w.dead.is_some() {
+                    -1
+                } else {
+                    w.sock.as_raw_fd()
+                },
                 events: libc::POLLIN,
                 revents: 0,
             });
@@ -995,8 +1014,9 @@ impl Dispatcher {
         if self.workers.iter().all(|w| w.dead.is_none()) {
             return false;
         }
-        let (dead, alive): (Vec<Worker>, Vec<Worker>) =
-            mem::take(&mut self.workers).into_iter().partition(|w| w.dead.is_some());
+        let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| w.dead.is_some());
         self.workers = alive;
         self.publish_pids();
         for w in dead {

@@ -135,7 +135,11 @@ pub(crate) fn borrow_channel_fd(fd: RawFd) -> BorrowedFd<'static> {
 /// Runs in the forked child between `fork` and `exec`: only async-signal-safe calls, no allocation.
 /// Puts the channel on `target`, asks for SIGKILL when the parent thread dies, and closes the race where
 /// the parent already died before the request took effect.
-pub(crate) fn child_after_fork(channel: RawFd, target: RawFd, parent_pid: libc::pid_t) -> io::Result<()> {
+pub(crate) fn child_after_fork(
+    channel: RawFd,
+    target: RawFd,
+    parent_pid: libc::pid_t,
+) -> io::Result<()> {
     // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe and touch no memory of ours; `channel`
     // is open in the child because the parent keeps it open across the fork.
     unsafe {
@@ -149,7 +153,14 @@ pub(crate) fn child_after_fork(channel: RawFd, target: RawFd, parent_pid: libc::
             // dup2 gives the new descriptor without FD_CLOEXEC, so it survives exec.
             return Err(io::Error::last_os_error());
         }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         if libc::getppid() != parent_pid {

@@ -82,7 +82,10 @@ pub(crate) struct Call<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ToWorker<'a> {
     /// First frame: protocol version and the initializer to run before `Ready`.
-    Hello { version: u32, init: Option<Call<'a>> },
+    Hello {
+        version: u32,
+        init: Option<Call<'a>>,
+    },
     /// Run a task; `id` is echoed back in `Started` and `Finished`.
     Run { id: u64, call: Call<'a> },
     /// Exit after the current frame.
@@ -198,7 +201,9 @@ impl FrameReader {
 
     /// The next whole message, `Ok(None)` if more bytes are needed. The length is checked as soon as the
     /// header is complete, before the body arrives.
-    pub(crate) fn next_message<T: de::DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub(crate) fn next_message<T: de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<T>, FrameError> {
         let pending = &self.buf[self.start..];
         if pending.len() < HEADER_LEN {
             return Ok(None);
