@@ -553,12 +553,7 @@ proptest! {
             let n = (*cut).min(rest.len());
             r.push(&rest[..n]);
             rest = &rest[n..];
-            loop {
-                match r.next_message::<FromWorker>() {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = r.next_message::<FromWorker>() {}
         }
     }
 
