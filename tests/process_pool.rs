@@ -898,3 +898,62 @@ fn dl_7_crash_during_shutdown_still_returns() {
     assert!(wait(crash).is_ok());
     assert_eq!(failure(abort).reason(), "worker_died");
 }
+
+// ---- workers die with their parent ----
+
+/// Runs only when re-executed by `workers_die_with_the_pool_process`: a pool owner that reports its
+/// worker's pid, then waits to be killed.
+#[test]
+fn pool_owner_entry() {
+    if std::env::var_os("PP_TEST_POOL_OWNER").is_none() {
+        return;
+    }
+    let pool = pool(1).build().unwrap();
+    let pid = wait(pool.submit::<Pid>(&()).unwrap()).unwrap();
+    println!("WORKER_PID={pid}");
+    thread::sleep(WATCHDOG);
+}
+
+#[test]
+fn workers_die_with_the_pool_process() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "pool_owner_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PP_TEST_POOL_OWNER", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = owner.stdout.take().unwrap();
+    let worker = within_watchdog("the pool owner's report", move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("WORKER_PID=")
+                    .map(|p| p.parse::<u32>().unwrap())
+            })
+            .expect("the owner printed its worker's pid")
+    });
+    assert!(is_alive(worker));
+    owner.kill().unwrap(); // SIGKILL: the owner gets no chance to clean up
+    owner.wait().unwrap();
+    // PR_SET_PDEATHSIG kills the worker; whoever inherits it reaps it (or it lingers as a zombie).
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()));
+        match state {
+            None | Some('Z') | Some('X') => break,
+            Some(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Some(s) => panic!("worker {worker} still alive (state {s}) after its parent died"),
+        }
+    }
+}
