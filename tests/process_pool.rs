@@ -749,6 +749,25 @@ fn pp_5_unstartable_program_breaks_the_pool() {
 }
 
 #[test]
+fn pp_5_worker_that_never_reads_its_channel_breaks_the_pool() {
+    // `sleep` ignores descriptor 3: the 1 MiB handshake cannot be delivered, and the send must not hang.
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_program("/bin/sleep")
+        .worker_args(["60"])
+        .initializer::<Echo>(&vec![0u8; 1 << 20])
+        .start_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let f = failure(pool.submit::<Square>(&2).unwrap());
+    assert!(
+        matches!(&f, JobFailure::Broken { message } if message.contains("did not read")),
+        "{f}"
+    );
+    within_watchdog("drop", move || drop(pool));
+}
+
+#[test]
 fn cfg_1_and_cfg_3_invalid_options_are_rejected() {
     assert!(ProcessPool::builder().max_workers(0).build().is_err());
     assert!(ProcessPool::builder()

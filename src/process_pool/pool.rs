@@ -127,7 +127,8 @@ impl ProcessPoolBuilder {
     }
 
     /// How long a new worker may take to start and run the initializer (default: 30 s). A worker that
-    /// takes longer is killed and counts as a start failure.
+    /// takes longer is killed and counts as a start failure. It also bounds how long a write to a worker
+    /// may stall (a worker that stops reading its channel for that long is killed).
     #[must_use]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
@@ -592,8 +593,10 @@ impl WState {
 enum Death {
     /// Its channel reached end of stream (or failed): the process is gone or going.
     Eof,
-    /// Sending to it failed.
+    /// Sending to it failed (it is gone).
     SendFailed,
+    /// A send to it made no progress for the stall bound: it stopped reading.
+    Stalled,
     Protocol(String),
     InitFailed(String),
     StartTimeout,
@@ -761,8 +764,8 @@ impl Dispatcher {
         let limit = job.spec.timeout.or(self.cfg.task_timeout);
         let w = &mut self.workers[i];
         w.deadline = limit.map(|l| Instant::now() + l);
-        if sys::send_all(w.sock.as_fd(), &frame).is_err() {
-            w.dead = Some(Death::SendFailed);
+        if let Err(e) = sys::send_all(w.sock.as_fd(), &frame) {
+            w.dead = Some(send_failure(&e));
         }
         w.state = WState::Busy {
             job,
@@ -786,6 +789,10 @@ impl Dispatcher {
     fn start_worker(&self) -> Result<Worker, String> {
         let (ours, theirs) =
             sys::socketpair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+        // The dispatcher writes with blocking sends; a worker that stops reading (a program that is not a
+        // worker, a wedged process) must not stall it forever: a send stuck this long fails the worker.
+        sys::set_send_timeout(ours.as_fd(), self.cfg.start_timeout)
+            .map_err(|e| format!("cannot set a send timeout: {e}"))?;
         let mut cmd = Command::new(&self.cfg.program);
         if let Some(arg0) = &self.cfg.arg0 {
             cmd.arg0(arg0);
@@ -815,7 +822,7 @@ impl Dispatcher {
         // A worker that dies at once makes this fail; its end of stream then reports the start failure.
         let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
             .err()
-            .map(|_| Death::SendFailed);
+            .map(|e| send_failure(&e));
         Ok(Worker {
             child,
             pid,
@@ -1049,6 +1056,11 @@ impl Dispatcher {
                     Death::Protocol(m) => {
                         format!("worker process {pid} broke the handshake: {m}")
                     }
+                    Death::Stalled => format!(
+                        "worker process {pid} did not read its channel for {:?}; does the program \
+                         call `run_if_worker` first thing in `main`?",
+                        self.cfg.start_timeout
+                    ),
                     _ => format!(
                         "worker process {pid} ended before its handshake ({exit}); does the program \
                          call `run_if_worker` first thing in `main` (under `cargo test`: is \
@@ -1075,6 +1087,7 @@ impl Dispatcher {
                     Death::Protocol(message) => JobFailure::Protocol { pid, message },
                     _ => JobFailure::WorkerDied { pid, exit },
                 };
+                // Died or stalled before acknowledging: it never ran the task.
                 let never_ran = !started && matches!(failure, JobFailure::WorkerDied { .. });
                 if started {
                     if !discard {
@@ -1150,6 +1163,14 @@ impl Drop for Dispatcher {
         }
         self.broken = Some(message);
         self.kill_all();
+    }
+}
+
+fn send_failure(e: &io::Error) -> Death {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Death::Stalled
+    } else {
+        Death::SendFailed
     }
 }
 

@@ -94,6 +94,29 @@ pub(crate) fn recv_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<bool>
     Ok(true)
 }
 
+/// Bounds how long one blocking `send` may wait for the peer to make room (`SO_SNDTIMEO`): past it the
+/// send fails with `WouldBlock` instead of blocking forever on a peer that stopped reading.
+pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: passes a valid `timeval` and its exact size, as SO_SNDTIMEO requires.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets or clears `FD_CLOEXEC`.
 pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD only read and write the descriptor flags; an invalid fd gives EBADF.
