@@ -976,3 +976,42 @@ fn workers_die_with_the_pool_process() {
         }
     }
 }
+
+// ---- stress ----
+
+#[test]
+fn stress_cancel_races_with_dispatch() {
+    let pool = pool(2).build().unwrap();
+    let handles: Vec<_> = (0..600u64)
+        .map(|i| pool.submit::<Square>(&i).unwrap())
+        .collect();
+    let mut cancelled = 0;
+    let mut outcomes = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        let was_cancelled = i % 2 == 1 && h.cancel();
+        cancelled += usize::from(was_cancelled);
+        outcomes.push((i as u64, was_cancelled, h));
+    }
+    for (i, was_cancelled, h) in outcomes {
+        match wait(h) {
+            Ok(v) => {
+                assert!(!was_cancelled, "task {i} ran after a successful cancel");
+                assert_eq!(v, i * i);
+            }
+            Err(TaskError::Pool(JobFailure::Cancelled)) => assert!(was_cancelled, "task {i}"),
+            Err(e) => panic!("task {i}: {e}"),
+        }
+    }
+    assert!(cancelled > 0, "some cancels won the race");
+    within_watchdog("shutdown", move || pool.shutdown());
+}
+
+#[test]
+fn pool_and_handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<ProcessPool>();
+    check::<ProcessHandle<Square>>();
+    check::<WorkerRegistry>();
+    check::<SubmitError>();
+    check::<TaskError<MyError>>();
+}
