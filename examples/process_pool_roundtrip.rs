@@ -13,7 +13,9 @@
 fn main() {
     use std::time::{Duration, Instant};
 
-    use executor_exporter::process_pool::{run_if_worker, ProcessPool, ProcessTask, WorkerRegistry};
+    use executor_exporter::process_pool::{
+        run_if_worker, ProcessPool, ProcessTask, WorkerRegistry,
+    };
 
     struct Tiny;
     impl ProcessTask for Tiny {
@@ -86,7 +88,9 @@ fn main() {
     }
     let total = 100_000u64;
     let t = Instant::now();
-    let handles: Vec<_> = (0..total).map(|i| pool.submit::<Tiny>(&i).unwrap()).collect();
+    let handles: Vec<_> = (0..total)
+        .map(|i| pool.submit::<Tiny>(&i).unwrap())
+        .collect();
     for h in handles {
         h.join().unwrap();
     }

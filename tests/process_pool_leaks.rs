@@ -86,19 +86,29 @@ fn no_zombies_and_no_fd_growth_over_10_000_tasks() {
         }
         for _ in 0..3 {
             let h = pool.submit::<Crash>(&()).unwrap();
-            assert_eq!(h.join_timeout(WATCHDOG).ok().unwrap().unwrap_err().reason(), "worker_died");
+            assert_eq!(
+                h.join_timeout(WATCHDOG).ok().unwrap().unwrap_err().reason(),
+                "worker_died"
+            );
         }
         let t = pool
             .submit_with_timeout::<Pid>(&30_000, Duration::from_millis(100))
             .unwrap();
-        assert!(matches!(t.join_timeout(WATCHDOG).ok().unwrap(), Err(TaskError::Pool(_))));
+        assert!(matches!(
+            t.join_timeout(WATCHDOG).ok().unwrap(),
+            Err(TaskError::Pool(_))
+        ));
         if round == 1 {
             pool.kill();
         }
         drop(pool);
         assert!(children().is_empty(), "round {round}: {:?}", children());
     }
-    assert!(all_pids.len() >= 8, "recycling started new workers: {}", all_pids.len());
+    assert!(
+        all_pids.len() >= 8,
+        "recycling started new workers: {}",
+        all_pids.len()
+    );
     let after = open_fds();
     assert_eq!(before, after, "descriptors before and after");
 }

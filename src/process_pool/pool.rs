@@ -182,7 +182,8 @@ impl ProcessPoolBuilder {
     /// the worker is started as `<test binary> <test> --exact --nocapture --test-threads=1 -q`, and that
     /// test must call [`run_if_worker`](super::run_if_worker). `test` is the test's full path in the
     /// binary, e.g. `worker_entry` in an integration test file or `my_mod::tests::worker_entry` in a unit
-    /// test.
+    /// test. The harness of each worker prints its `running 1 test` banner on stdout when it starts; the
+    /// channel on descriptor 3 is untouched by it.
     #[must_use]
     pub fn worker_test_entry(self, test: &str) -> Self {
         self.worker_args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
