@@ -18,6 +18,26 @@ use serde::{Deserialize, Serialize};
 /// Every blocking wait in these tests gives up after this long: a hang fails, it does not block CI.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
+/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog: covers the
+/// blocking waits no helper wraps (implicit drops and shutdowns at the end of a test).
+#[must_use]
+fn test_watchdog(name: &'static str) -> impl Drop {
+    struct Guard(Option<crossbeam_channel::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::spawn(move || {
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG * 2) {
+            eprintln!("test {name} hung for {:?}: aborting", WATCHDOG * 2);
+            std::process::abort();
+        }
+    });
+    Guard(Some(tx))
+}
+
 fn registry() -> WorkerRegistry {
     WorkerRegistry::new()
         .register::<Square>()
@@ -345,6 +365,7 @@ impl ProcessTask for Unregistered {
 
 #[test]
 fn exc_1_results_in_order() {
+    let _watchdog = test_watchdog("exc_1_results_in_order");
     let pool = pool(2).build().unwrap();
     let handles: Vec<_> = (0..50u64)
         .map(|i| pool.submit::<Square>(&i).unwrap())
@@ -355,6 +376,7 @@ fn exc_1_results_in_order() {
 
 #[test]
 fn exc_1_task_error_is_returned_unchanged_and_pool_survives() {
+    let _watchdog = test_watchdog("exc_1_task_error_is_returned_unchanged_and_pool_survives");
     let pool = pool(1).build().unwrap();
     match wait(pool.submit::<Fail>(&42).unwrap()) {
         Err(TaskError::Failed(e)) => assert_eq!(e, MyError::TooBig(42)),
@@ -365,6 +387,7 @@ fn exc_1_task_error_is_returned_unchanged_and_pool_survives() {
 
 #[test]
 fn exc_2_panic_message_is_returned_and_worker_stays() {
+    let _watchdog = test_watchdog("exc_2_panic_message_is_returned_and_worker_stays");
     let pool = pool(1).build().unwrap();
     let before = wait(pool.submit::<Pid>(&()).unwrap()).unwrap();
     let f = failure(pool.submit::<Panic>(&"kaboom 17".to_owned()).unwrap());
@@ -384,6 +407,7 @@ fn exc_2_panic_message_is_returned_and_worker_stays() {
 
 #[test]
 fn pp_1_sigkill_mid_task_fails_only_that_task() {
+    let _watchdog = test_watchdog("pp_1_sigkill_mid_task_fails_only_that_task");
     let pool = pool(2).build().unwrap();
     let slow = pool.submit::<SleepMs>(&300).unwrap();
     let killed = pool.submit::<SelfKill>(&()).unwrap();
@@ -413,6 +437,7 @@ fn pp_1_sigkill_mid_task_fails_only_that_task() {
 
 #[test]
 fn dl_3_abort_fails_the_task_with_sigabrt() {
+    let _watchdog = test_watchdog("dl_3_abort_fails_the_task_with_sigabrt");
     let pool = pool(2).build().unwrap();
     let f = failure(pool.submit::<Abort>(&vec![]).unwrap());
     assert!(
@@ -433,6 +458,7 @@ fn dl_3_abort_fails_the_task_with_sigabrt() {
 
 #[test]
 fn pp_2_exit_code_is_named() {
+    let _watchdog = test_watchdog("pp_2_exit_code_is_named");
     let pool = pool(1).build().unwrap();
     let f = failure(pool.submit::<Exit>(&3).unwrap());
     assert!(
@@ -451,6 +477,7 @@ fn pp_2_exit_code_is_named() {
 
 #[test]
 fn dl_9_crash_with_big_arguments_does_not_deadlock() {
+    let _watchdog = test_watchdog("dl_9_crash_with_big_arguments_does_not_deadlock");
     let pool = pool(2).build().unwrap();
     let big = vec![0xa5u8; 1 << 20];
     let echoes: Vec<_> = (0..10)
@@ -465,6 +492,7 @@ fn dl_9_crash_with_big_arguments_does_not_deadlock() {
 
 #[test]
 fn idle_worker_death_loses_no_task() {
+    let _watchdog = test_watchdog("idle_worker_death_loses_no_task");
     let pool = pool(1).build().unwrap();
     let pid = wait(pool.submit::<Pid>(&()).unwrap()).unwrap();
     // SAFETY: kill(2) with a valid signal on a pid this test's pool owns.
@@ -484,6 +512,7 @@ fn idle_worker_death_loses_no_task() {
 
 #[test]
 fn corrupt_frame_from_a_worker_fails_that_task_and_replaces_it() {
+    let _watchdog = test_watchdog("corrupt_frame_from_a_worker_fails_that_task_and_replaces_it");
     let pool = pool(1).build().unwrap();
     let f = failure(pool.submit::<WriteGarbage>(&()).unwrap());
     match &f {
@@ -503,6 +532,7 @@ fn corrupt_frame_from_a_worker_fails_that_task_and_replaces_it() {
 
 #[test]
 fn dl_1_arguments_that_fail_to_serialize_fail_in_the_caller() {
+    let _watchdog = test_watchdog("dl_1_arguments_that_fail_to_serialize_fail_in_the_caller");
     let pool = pool(1).build().unwrap();
     match pool.submit::<BadArgs>(&Unserializable) {
         // postcard reports a generic serialization error; the message names the task.
@@ -514,6 +544,7 @@ fn dl_1_arguments_that_fail_to_serialize_fail_in_the_caller() {
 
 #[test]
 fn dl_5_output_that_fails_to_serialize_in_the_worker() {
+    let _watchdog = test_watchdog("dl_5_output_that_fails_to_serialize_in_the_worker");
     let pool = pool(1).build().unwrap();
     let f = failure(pool.submit::<BadOutput>(&()).unwrap());
     assert_eq!(f.reason(), "serialization", "{f}");
@@ -522,6 +553,7 @@ fn dl_5_output_that_fails_to_serialize_in_the_worker() {
 
 #[test]
 fn dl_6_result_that_fails_to_decode_in_the_caller() {
+    let _watchdog = test_watchdog("dl_6_result_that_fails_to_decode_in_the_caller");
     let pool = pool(1).build().unwrap();
     let f = match wait(pool.submit::<UndecodableOutput>(&()).unwrap()) {
         Err(TaskError::Pool(f)) => f,
@@ -534,6 +566,7 @@ fn dl_6_result_that_fails_to_decode_in_the_caller() {
 
 #[test]
 fn oversized_input_is_rejected_at_submit() {
+    let _watchdog = test_watchdog("oversized_input_is_rejected_at_submit");
     let pool = pool(1).max_frame_size(64 << 10).build().unwrap();
     let err = pool.submit::<Echo>(&vec![0u8; 100 << 10]).unwrap_err();
     assert!(matches!(err, SubmitError::Serialization(_)), "{err}");
@@ -553,6 +586,7 @@ fn oversized_input_is_rejected_at_submit() {
 
 #[test]
 fn unknown_task_fails_only_that_task() {
+    let _watchdog = test_watchdog("unknown_task_fails_only_that_task");
     let pool = pool(1).build().unwrap();
     let f = failure(pool.submit::<Unregistered>(&()).unwrap());
     assert!(
@@ -566,6 +600,7 @@ fn unknown_task_fails_only_that_task() {
 
 #[test]
 fn task_timeout_kills_and_replaces_the_worker() {
+    let _watchdog = test_watchdog("task_timeout_kills_and_replaces_the_worker");
     let pool = pool(1).build().unwrap();
     let first = wait(pool.submit::<Pid>(&()).unwrap()).unwrap();
     let t0 = Instant::now();
@@ -592,6 +627,7 @@ fn task_timeout_kills_and_replaces_the_worker() {
 
 #[test]
 fn pool_wide_timeout_applies_to_every_task() {
+    let _watchdog = test_watchdog("pool_wide_timeout_applies_to_every_task");
     let pool = pool(2)
         .task_timeout(Duration::from_millis(500))
         .build()
@@ -605,6 +641,7 @@ fn pool_wide_timeout_applies_to_every_task() {
 
 #[test]
 fn pp_3_max_tasks_per_child_recycles() {
+    let _watchdog = test_watchdog("pp_3_max_tasks_per_child_recycles");
     let pool = pool(1).max_tasks_per_child(3).build().unwrap();
     let pids: Vec<u32> = (0..7)
         .map(|_| wait(pool.submit::<Pid>(&()).unwrap()).unwrap())
@@ -625,6 +662,7 @@ fn pp_3_max_tasks_per_child_recycles() {
 
 #[test]
 fn pp_4_max_tasks_backlog_finishes_in_order() {
+    let _watchdog = test_watchdog("pp_4_max_tasks_backlog_finishes_in_order");
     let pool = pool(3).max_tasks_per_child(1).build().unwrap();
     let handles: Vec<_> = (0..12u64)
         .map(|i| pool.submit::<Square>(&i).unwrap())
@@ -638,6 +676,7 @@ fn pp_4_max_tasks_backlog_finishes_in_order() {
 
 #[test]
 fn lazy_1_idle_worker_is_reused() {
+    let _watchdog = test_watchdog("lazy_1_idle_worker_is_reused");
     let pool = pool(4).build().unwrap();
     let pids: HashSet<u32> = (0..3)
         .map(|_| wait(pool.submit::<Pid>(&()).unwrap()).unwrap())
@@ -648,6 +687,7 @@ fn lazy_1_idle_worker_is_reused() {
 
 #[test]
 fn lazy_3_workers_start_on_demand() {
+    let _watchdog = test_watchdog("lazy_3_workers_start_on_demand");
     let pool = pool(5).build().unwrap();
     assert_eq!(pool.workers(), 0, "no worker before the first task");
     let handles: Vec<_> = (0..3)
@@ -663,6 +703,7 @@ fn lazy_3_workers_start_on_demand() {
 
 #[test]
 fn lazy_2_saturation_never_exceeds_max_workers() {
+    let _watchdog = test_watchdog("lazy_2_saturation_never_exceeds_max_workers");
     let pool = pool(2).build().unwrap();
     let handles: Vec<_> = (0..12)
         .map(|_| pool.submit::<SleepMs>(&30).unwrap())
@@ -677,6 +718,7 @@ fn lazy_2_saturation_never_exceeds_max_workers() {
 
 #[test]
 fn init_1_initializer_runs_in_each_worker() {
+    let _watchdog = test_watchdog("init_1_initializer_runs_in_each_worker");
     let pool = pool(2)
         .initializer::<SetInit>(&"warm cache".to_owned())
         .build()
@@ -692,6 +734,7 @@ fn init_1_initializer_runs_in_each_worker() {
 
 #[test]
 fn init_2_failing_initializer_breaks_the_pool_fast() {
+    let _watchdog = test_watchdog("init_2_failing_initializer_breaks_the_pool_fast");
     let pool = pool(2).initializer::<FailInit>(&()).build().unwrap();
     let t0 = Instant::now();
     let queued: Vec<_> = (0..5).map(|_| pool.submit::<Square>(&1).unwrap()).collect();
@@ -717,6 +760,7 @@ fn init_2_failing_initializer_breaks_the_pool_fast() {
 
 #[test]
 fn pp_5_binary_not_prepared_as_worker_breaks_the_pool() {
+    let _watchdog = test_watchdog("pp_5_binary_not_prepared_as_worker_breaks_the_pool");
     // The test named here does not exist, so the re-executed harness runs nothing and exits.
     let pool = ProcessPool::builder()
         .max_workers(1)
@@ -736,6 +780,7 @@ fn pp_5_binary_not_prepared_as_worker_breaks_the_pool() {
 
 #[test]
 fn pp_5_unstartable_program_breaks_the_pool() {
+    let _watchdog = test_watchdog("pp_5_unstartable_program_breaks_the_pool");
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_program("/nonexistent/worker")
@@ -750,6 +795,7 @@ fn pp_5_unstartable_program_breaks_the_pool() {
 
 #[test]
 fn pp_5_worker_that_never_reads_its_channel_breaks_the_pool() {
+    let _watchdog = test_watchdog("pp_5_worker_that_never_reads_its_channel_breaks_the_pool");
     // `sleep` ignores descriptor 3: the 1 MiB handshake cannot be delivered, and the send must not hang.
     let pool = ProcessPool::builder()
         .max_workers(1)
@@ -769,6 +815,7 @@ fn pp_5_worker_that_never_reads_its_channel_breaks_the_pool() {
 
 #[test]
 fn cfg_1_and_cfg_3_invalid_options_are_rejected() {
+    let _watchdog = test_watchdog("cfg_1_and_cfg_3_invalid_options_are_rejected");
     assert!(ProcessPool::builder().max_workers(0).build().is_err());
     assert!(ProcessPool::builder()
         .max_tasks_per_child(0)
@@ -787,6 +834,7 @@ fn cfg_1_and_cfg_3_invalid_options_are_rejected() {
 
 #[test]
 fn cfg_2_default_max_workers_is_the_cpu_count() {
+    let _watchdog = test_watchdog("cfg_2_default_max_workers_is_the_cpu_count");
     let pool = ProcessPool::new().unwrap();
     assert_eq!(pool.max_workers(), num_cpus::get());
 }
@@ -795,6 +843,7 @@ fn cfg_2_default_max_workers_is_the_cpu_count() {
 
 #[test]
 fn shut_1_submit_after_shutdown_is_rejected() {
+    let _watchdog = test_watchdog("shut_1_submit_after_shutdown_is_rejected");
     let pool = pool(1).build().unwrap();
     assert_eq!(wait(pool.submit::<Square>(&2).unwrap()).unwrap(), 4);
     pool.shutdown();
@@ -808,6 +857,7 @@ fn shut_1_submit_after_shutdown_is_rejected() {
 
 #[test]
 fn shut_2_shutdown_waits_for_queued_work() {
+    let _watchdog = test_watchdog("shut_2_shutdown_waits_for_queued_work");
     let pool = pool(2).build().unwrap();
     let handles: Vec<_> = (0..50u64)
         .map(|i| pool.submit::<Square>(&i).unwrap())
@@ -821,6 +871,7 @@ fn shut_2_shutdown_waits_for_queued_work() {
 
 #[test]
 fn shut_3_drop_waits_for_submitted_work_and_reaps_workers() {
+    let _watchdog = test_watchdog("shut_3_drop_waits_for_submitted_work_and_reaps_workers");
     let pool = pool(2).build().unwrap();
     let handles: Vec<_> = (0..6)
         .map(|_| pool.submit::<SleepMs>(&50).unwrap())
@@ -832,6 +883,7 @@ fn shut_3_drop_waits_for_submitted_work_and_reaps_workers() {
 
 #[test]
 fn shut_5_shutdown_now_cancels_queued_tasks() {
+    let _watchdog = test_watchdog("shut_5_shutdown_now_cancels_queued_tasks");
     let pool = pool(1).build().unwrap();
     wait(pool.submit::<Pid>(&()).unwrap()).unwrap();
     let running = pool.submit::<SleepMs>(&500).unwrap();
@@ -854,6 +906,7 @@ fn shut_5_shutdown_now_cancels_queued_tasks() {
 
 #[test]
 fn fut_2_cancel_queued_but_not_running() {
+    let _watchdog = test_watchdog("fut_2_cancel_queued_but_not_running");
     let pool = pool(1).build().unwrap();
     wait(pool.submit::<Pid>(&()).unwrap()).unwrap();
     let running = pool.submit::<SleepMs>(&400).unwrap();
@@ -870,6 +923,7 @@ fn fut_2_cancel_queued_but_not_running() {
 
 #[test]
 fn pp_6_kill_fails_running_tasks_and_reaps_workers() {
+    let _watchdog = test_watchdog("pp_6_kill_fails_running_tasks_and_reaps_workers");
     let pool = pool(2).build().unwrap();
     let running: Vec<_> = (0..2)
         .map(|_| pool.submit::<SleepMs>(&30_000).unwrap())
@@ -903,6 +957,7 @@ fn pp_6_kill_fails_running_tasks_and_reaps_workers() {
 
 #[test]
 fn pp_6_kill_without_workers_does_nothing() {
+    let _watchdog = test_watchdog("pp_6_kill_without_workers_does_nothing");
     let pool = pool(2).build().unwrap();
     pool.kill();
     assert_eq!(pool.workers(), 0);
@@ -910,6 +965,7 @@ fn pp_6_kill_without_workers_does_nothing() {
 
 #[test]
 fn dl_7_crash_during_shutdown_still_returns() {
+    let _watchdog = test_watchdog("dl_7_crash_during_shutdown_still_returns");
     let pool = pool(2).build().unwrap();
     let crash = pool.submit::<SleepMs>(&100).unwrap();
     let abort = pool.submit::<Abort>(&vec![]).unwrap();
@@ -935,6 +991,7 @@ fn pool_owner_entry() {
 
 #[test]
 fn workers_die_with_the_pool_process() {
+    let _watchdog = test_watchdog("workers_die_with_the_pool_process");
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
@@ -981,6 +1038,7 @@ fn workers_die_with_the_pool_process() {
 
 #[test]
 fn stress_cancel_races_with_dispatch() {
+    let _watchdog = test_watchdog("stress_cancel_races_with_dispatch");
     let pool = pool(2).build().unwrap();
     let handles: Vec<_> = (0..600u64)
         .map(|i| pool.submit::<Square>(&i).unwrap())

@@ -12,6 +12,26 @@ use executor_exporter::process_pool::{
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
+/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog: covers the
+/// blocking waits no helper wraps (implicit drops and shutdowns at the end of a test).
+#[must_use]
+fn test_watchdog(name: &'static str) -> impl Drop {
+    struct Guard(Option<crossbeam_channel::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::spawn(move || {
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG * 2) {
+            eprintln!("test {name} hung for {:?}: aborting", WATCHDOG * 2);
+            std::process::abort();
+        }
+    });
+    Guard(Some(tx))
+}
+
 struct Pid;
 impl ProcessTask for Pid {
     const NAME: &'static str = "pid";
@@ -70,6 +90,7 @@ fn children() -> Vec<(u32, char)> {
 
 #[test]
 fn no_zombies_and_no_fd_growth_over_10_000_tasks() {
+    let _watchdog = test_watchdog("no_zombies_and_no_fd_growth_over_10_000_tasks");
     let before = open_fds();
     assert!(children().is_empty(), "{:?}", children());
     let mut all_pids = HashSet::new();

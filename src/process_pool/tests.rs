@@ -22,6 +22,26 @@ use super::{
 const ENTRY: &str = "process_pool::tests::worker_entry";
 const WATCHDOG: Duration = Duration::from_secs(60);
 
+/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog: covers the
+/// blocking waits no helper wraps (implicit drops and shutdowns at the end of a test).
+#[must_use]
+fn test_watchdog(name: &'static str) -> impl Drop {
+    struct Guard(Option<crossbeam_channel::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::spawn(move || {
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG * 2) {
+            eprintln!("test {name} hung for {:?}: aborting", WATCHDOG * 2);
+            std::process::abort();
+        }
+    });
+    Guard(Some(tx))
+}
+
 // ---- test-only worker hook ----
 
 /// Task names starting with these prefixes make the worker die after receiving the task and before
@@ -219,6 +239,7 @@ fn enc(v: u64) -> Vec<u8> {
 
 #[test]
 fn sink_gets_started_then_exactly_one_finished() {
+    let _watchdog = test_watchdog("sink_gets_started_then_exactly_one_finished");
     let (b, obs) = observed(1);
     let pool = b.build().unwrap();
     let (s, rx) = sink();
@@ -232,6 +253,7 @@ fn sink_gets_started_then_exactly_one_finished() {
 
 #[test]
 fn unknown_task_is_failed_unstarted_without_start() {
+    let _watchdog = test_watchdog("unknown_task_is_failed_unstarted_without_start");
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_test_entry(ENTRY)
@@ -254,6 +276,7 @@ fn unknown_task_is_failed_unstarted_without_start() {
 
 #[test]
 fn dl_2_worker_dying_before_ack_is_retried_on_another_worker() {
+    let _watchdog = test_watchdog("dl_2_worker_dying_before_ack_is_retried_on_another_worker");
     let (b, obs) = observed(1);
     let pool = b.build().unwrap();
     let marker = std::env::temp_dir().join(format!("pp-die-once-{}", std::process::id()));
@@ -279,6 +302,7 @@ fn dl_2_worker_dying_before_ack_is_retried_on_another_worker() {
 
 #[test]
 fn dl_2_retries_are_bounded() {
+    let _watchdog = test_watchdog("dl_2_retries_are_bounded");
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_test_entry(ENTRY)
@@ -307,6 +331,7 @@ fn dl_2_retries_are_bounded() {
 
 #[test]
 fn observer_sees_restarts_by_reason() {
+    let _watchdog = test_watchdog("observer_sees_restarts_by_reason");
     let (b, obs) = observed(1);
     let pool = b.max_tasks_per_child(2).build().unwrap();
     let run = |job: JobSpec| {
@@ -362,6 +387,7 @@ fn observer_sees_restarts_by_reason() {
 
 #[test]
 fn cancelled_sink_is_dropped_without_any_call() {
+    let _watchdog = test_watchdog("cancelled_sink_is_dropped_without_any_call");
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_test_entry(ENTRY)
@@ -384,6 +410,7 @@ fn cancelled_sink_is_dropped_without_any_call() {
 
 #[test]
 fn start_refused_by_sink_discards_the_outcome() {
+    let _watchdog = test_watchdog("start_refused_by_sink_discards_the_outcome");
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_test_entry(ENTRY)
@@ -400,6 +427,7 @@ fn start_refused_by_sink_discards_the_outcome() {
 
 #[test]
 fn rejected_submit_hands_the_sink_back() {
+    let _watchdog = test_watchdog("rejected_submit_hands_the_sink_back");
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_test_entry(ENTRY)
@@ -415,6 +443,7 @@ fn rejected_submit_hands_the_sink_back() {
 
 #[test]
 fn init_2_start_failures_are_observed_then_the_pool_breaks() {
+    let _watchdog = test_watchdog("init_2_start_failures_are_observed_then_the_pool_breaks");
     let (b, obs) = observed(2);
     let pool = b
         .initializer::<FailInit>(&())
@@ -493,6 +522,7 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
 
 #[test]
 fn every_message_round_trips() {
+    let _watchdog = test_watchdog("every_message_round_trips");
     let (to, from) = sample_messages();
     for m in to {
         let f = wire::encode_frame(&m, 1 << 20).unwrap();
@@ -512,6 +542,7 @@ fn every_message_round_trips() {
 
 #[test]
 fn oversized_frame_is_refused_from_its_header_alone() {
+    let _watchdog = test_watchdog("oversized_frame_is_refused_from_its_header_alone");
     let mut r = FrameReader::new(1024);
     r.push(&u32::MAX.to_le_bytes());
     assert_eq!(
@@ -526,6 +557,7 @@ fn oversized_frame_is_refused_from_its_header_alone() {
 
 #[test]
 fn trailing_bytes_in_a_frame_are_corrupt() {
+    let _watchdog = test_watchdog("trailing_bytes_in_a_frame_are_corrupt");
     let mut f = wire::encode_frame(&FromWorker::Started { id: 1 }, 1024).unwrap();
     f.push(0);
     let len = (f.len() - HEADER_LEN) as u32;
