@@ -87,6 +87,9 @@ mod http;
 mod instrumented;
 mod map;
 mod proxy;
+/// The process pool: tasks run in worker processes that survive crashes (Linux).
+#[cfg(target_os = "linux")]
+pub mod process_pool;
 #[cfg(feature = "push")]
 mod push;
 #[cfg(feature = "rayon")]

@@ -1,0 +1,1242 @@
+//! The plain process pool: builder, submission, and the dispatcher thread that owns the workers.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::error::{BuildError, SubmitError};
+use super::handle::{self, ProcessHandle};
+use super::job::{
+    JobFailure, JobOutcome, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
+};
+use super::sys;
+use super::task::ProcessTask;
+use super::wire::{
+    self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, DEFAULT_MAX_FRAME,
+    MIN_MAX_FRAME, PROTOCOL_VERSION,
+};
+use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+
+/// How often a job is sent again after its worker died before acknowledging it.
+const MAX_ATTEMPTS: u32 = 3;
+/// Room for the message framing around a task's input (tag, id, name length, payload length).
+const RUN_OVERHEAD: usize = 32;
+/// How long a worker that closed its channel gets to become reapable before it is killed.
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(2);
+
+/// Builds a [`ProcessPool`]. Setters never fail; [`build`](Self::build) validates.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use executor_exporter::process_pool::ProcessPool;
+///
+/// let pool = ProcessPool::builder()
+///     .max_workers(4)
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()?;
+/// # Ok::<(), executor_exporter::process_pool::BuildError>(())
+/// ```
+pub struct ProcessPoolBuilder {
+    max_workers: Option<usize>,
+    max_tasks_per_child: Option<u64>,
+    task_timeout: Option<Duration>,
+    start_timeout: Duration,
+    shutdown_grace: Duration,
+    max_start_failures: u32,
+    max_frame: usize,
+    program: PathBuf,
+    args: Vec<OsString>,
+    init: Option<(String, Result<Vec<u8>, String>)>,
+    observer: Arc<dyn PoolObserver>,
+    thread_name: Option<String>,
+}
+
+impl Default for ProcessPoolBuilder {
+    fn default() -> Self {
+        Self {
+            max_workers: None,
+            max_tasks_per_child: None,
+            task_timeout: None,
+            start_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            max_start_failures: 3,
+            max_frame: DEFAULT_MAX_FRAME,
+            program: PathBuf::from("/proc/self/exe"),
+            args: Vec::new(),
+            init: None,
+            observer: Arc::new(NoObserver),
+            thread_name: None,
+        }
+    }
+}
+
+impl fmt::Debug for ProcessPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessPoolBuilder")
+            .field("max_workers", &self.max_workers)
+            .field("max_tasks_per_child", &self.max_tasks_per_child)
+            .field("task_timeout", &self.task_timeout)
+            .field("start_timeout", &self.start_timeout)
+            .field("max_start_failures", &self.max_start_failures)
+            .field("max_frame_size", &self.max_frame)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("initializer", &self.init.as_ref().map(|(name, _)| name))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessPoolBuilder {
+    /// A builder with the defaults: one worker per CPU, no timeout, no recycling.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most worker processes alive at once (default: the number of CPUs). Must be at least 1.
+    #[must_use]
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// Retire a worker after it ran this many tasks and start a fresh one when needed (default: never).
+    /// Must be at least 1.
+    #[must_use]
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Default timeout of every task (default: none). On expiry the worker is killed and replaced and the
+    /// task fails with [`JobFailure::Timeout`]. [`ProcessPool::submit_with_timeout`] overrides it per task.
+    #[must_use]
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a new worker may take to start and run the initializer (default: 30 s). A worker that
+    /// takes longer is killed and counts as a start failure. It also bounds how long a write to a worker
+    /// may stall (a worker that stops reading its channel for that long is killed).
+    #[must_use]
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown waits for an idle worker to exit before killing it (default: 10 s).
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// After this many workers in a row fail to start, the pool is broken: queued and later tasks fail
+    /// at once with [`JobFailure::Broken`] (default: 3). Must be at least 1.
+    #[must_use]
+    pub fn max_start_failures(mut self, n: u32) -> Self {
+        self.max_start_failures = n;
+        self
+    }
+
+    /// The largest message, in bytes, either side accepts (default: 256 MiB). Inputs larger than this
+    /// fail at submit; larger results fail the task with [`JobFailure::Serialization`]; a worker that
+    /// announces a larger frame is killed. Between 4 KiB and 4 GiB − 1.
+    #[must_use]
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// The program started as a worker (default: `/proc/self/exe`, the running binary, even if the file
+    /// was replaced on disk). It must call [`run_if_worker`](super::run_if_worker) first thing.
+    #[must_use]
+    pub fn worker_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// Arguments passed to every worker (default: none).
+    #[must_use]
+    pub fn worker_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Runs the workers through a test of the current test binary, for pools built under `cargo test`:
+    /// the worker is started as `<test binary> <test> --exact --nocapture --test-threads=1 -q`, and that
+    /// test must call [`run_if_worker`](super::run_if_worker). `test` is the test's full path in the
+    /// binary, e.g. `worker_entry` in an integration test file or `my_mod::tests::worker_entry` in a unit
+    /// test. The harness of each worker prints its `running 1 test` banner on stdout when it starts; the
+    /// channel on descriptor 3 is untouched by it.
+    #[must_use]
+    pub fn worker_test_entry(self, test: &str) -> Self {
+        self.worker_args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
+    }
+
+    /// Runs task `T` with `input` in every worker before it accepts tasks (its output is ignored). If it
+    /// fails or panics, the worker does not start (see [`max_start_failures`](Self::max_start_failures)).
+    /// `T` must be registered in the worker's registry like any task.
+    #[must_use]
+    pub fn initializer<T: ProcessTask>(mut self, input: &T::Input) -> Self {
+        let payload = postcard::to_stdvec(input).map_err(|e| e.to_string());
+        self.init = Some((T::NAME.to_owned(), payload));
+        self
+    }
+
+    /// Worker lifecycle events go to `observer` (crate accounting).
+    #[must_use]
+    #[allow(dead_code)] // used by the instrumented pool once it lands
+    pub(crate) fn observer(mut self, observer: Arc<dyn PoolObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The name of the dispatcher thread (default: `process-pool`).
+    #[must_use]
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.thread_name = Some(name.into());
+        self
+    }
+
+    /// Validates the options and starts the dispatcher thread. Workers start lazily, on demand.
+    pub fn build(self) -> Result<ProcessPool, BuildError> {
+        let max_workers = match self.max_workers {
+            Some(0) => return Err(BuildError::new("max_workers must be greater than 0")),
+            Some(n) => n,
+            None => num_cpus::get().max(1),
+        };
+        if self.max_tasks_per_child == Some(0) {
+            return Err(BuildError::new(
+                "max_tasks_per_child must be greater than 0",
+            ));
+        }
+        if self.max_start_failures == 0 {
+            return Err(BuildError::new("max_start_failures must be greater than 0"));
+        }
+        if !(MIN_MAX_FRAME..=u32::MAX as usize).contains(&self.max_frame) {
+            return Err(BuildError::new(format!(
+                "max_frame_size must be between {MIN_MAX_FRAME} and {} bytes",
+                u32::MAX
+            )));
+        }
+        if self.task_timeout == Some(Duration::ZERO) || self.start_timeout.is_zero() {
+            return Err(BuildError::new("timeouts must be greater than zero"));
+        }
+        let init = match self.init {
+            None => None,
+            Some((task, Ok(payload))) => Some(Call {
+                task: Cow::Owned(task),
+                payload: Blob(Cow::Owned(payload)),
+            }),
+            Some((task, Err(e))) => {
+                return Err(BuildError::new(format!(
+                    "cannot encode the input of initializer `{task}`: {e}"
+                )))
+            }
+        };
+        let hello = wire::encode_frame(
+            &ToWorker::Hello {
+                version: PROTOCOL_VERSION,
+                init,
+            },
+            self.max_frame,
+        )
+        .map_err(|e| BuildError::new(format!("initializer input: {e}")))?;
+        let wake = sys::EventFd::new()
+            .map_err(|e| BuildError::new(format!("cannot create an eventfd: {e}")))?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                mode: Mode::Running,
+                queue: VecDeque::new(),
+                broken: None,
+                pids: Vec::new(),
+            }),
+            wake,
+        });
+        let cfg = Config {
+            max_workers,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
+            start_timeout: self.start_timeout,
+            shutdown_grace: self.shutdown_grace,
+            max_start_failures: self.max_start_failures,
+            max_frame: self.max_frame,
+            program: self.program,
+            arg0: std::env::args_os().next(),
+            args: self.args,
+            hello,
+            observer: self.observer,
+        };
+        let max_frame = cfg.max_frame;
+        let mut dispatcher = Dispatcher {
+            shared: Arc::clone(&shared),
+            cfg,
+            workers: Vec::new(),
+            queue: VecDeque::new(),
+            next_id: 0,
+            start_failures: 0,
+            broken: None,
+            next_start: None,
+            scratch: vec![0; 64 << 10],
+            pollfds: Vec::new(),
+        };
+        // PR_SET_PDEATHSIG fires when the *thread* that started a worker exits, so workers are started
+        // only by this thread, which lives until every worker has been reaped.
+        let thread = thread::Builder::new()
+            .name(self.thread_name.unwrap_or_else(|| "process-pool".into()))
+            .spawn(move || dispatcher.run())
+            .map_err(|e| BuildError::new(format!("cannot start the dispatcher thread: {e}")))?;
+        Ok(ProcessPool {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            max_workers,
+            max_frame,
+        })
+    }
+}
+
+/// A pool of worker processes running [`ProcessTask`]s, with crash isolation.
+///
+/// Workers are the current binary re-executed with a marker and start lazily, up to
+/// [`max_workers`](ProcessPoolBuilder::max_workers); the binary must call
+/// [`run_if_worker`](super::run_if_worker) at the top of `main`. A worker that crashes, aborts, exits or is
+/// killed fails only the task it was running (with its pid and exit code or signal) and is replaced; a
+/// task its worker never acknowledged is sent to another worker. Only when workers cannot start at all
+/// (N failures in a row) is the pool *broken*, and then every queued and later task fails at once.
+///
+/// Dropping the pool is [`shutdown`](Self::shutdown): it waits for accepted work and reaps every worker.
+pub struct ProcessPool {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    max_workers: usize,
+    max_frame: usize,
+}
+
+impl fmt::Debug for ProcessPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.shared.lock();
+        f.debug_struct("ProcessPool")
+            .field("max_workers", &self.max_workers)
+            .field("workers", &inner.pids)
+            .field("mode", &inner.mode)
+            .field("broken", &inner.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessPool {
+    /// A pool with the default options (one worker per CPU).
+    pub fn new() -> Result<Self, BuildError> {
+        ProcessPoolBuilder::new().build()
+    }
+
+    /// A builder for a pool with custom options.
+    pub fn builder() -> ProcessPoolBuilder {
+        ProcessPoolBuilder::new()
+    }
+
+    /// Queues task `T` with `input`. The input is encoded here: an input that cannot be encoded (or is
+    /// larger than the maximum frame size) fails now, with nothing queued.
+    pub fn submit<T: ProcessTask>(
+        &self,
+        input: &T::Input,
+    ) -> Result<ProcessHandle<T>, SubmitError> {
+        self.submit_typed::<T>(input, None)
+    }
+
+    /// Like [`submit`](Self::submit), with a timeout for this task: on expiry its worker is killed and
+    /// replaced, and the task fails with [`JobFailure::Timeout`]. The clock starts when the task is sent to
+    /// a worker.
+    pub fn submit_with_timeout<T: ProcessTask>(
+        &self,
+        input: &T::Input,
+        timeout: Duration,
+    ) -> Result<ProcessHandle<T>, SubmitError> {
+        self.submit_typed::<T>(input, Some(timeout))
+    }
+
+    fn submit_typed<T: ProcessTask>(
+        &self,
+        input: &T::Input,
+        timeout: Option<Duration>,
+    ) -> Result<ProcessHandle<T>, SubmitError> {
+        let payload = postcard::to_stdvec(input).map_err(|e| {
+            SubmitError::Serialization(format!(
+                "cannot encode the input of task `{}`: {e}",
+                T::NAME
+            ))
+        })?;
+        let (sink, handle) = handle::channel::<T>();
+        let spec = JobSpec {
+            task: T::NAME.to_owned(),
+            payload,
+            timeout,
+        };
+        self.submit_job(spec, Box::new(sink))
+            .map_err(|rejected| rejected.error)?;
+        Ok(handle)
+    }
+
+    /// Queues an encoded job whose lifecycle goes to `sink`. On rejection the sink is handed back
+    /// untouched, with the reason.
+    pub(crate) fn submit_job(&self, spec: JobSpec, sink: Box<dyn JobSink>) -> Result<(), Rejected> {
+        let size = spec.payload.len() + spec.task.len() + RUN_OVERHEAD;
+        if size > self.max_frame {
+            let error = SubmitError::Serialization(format!(
+                "the input of task `{}` is {} bytes, over the maximum frame size of {} bytes",
+                spec.task,
+                spec.payload.len(),
+                self.max_frame
+            ));
+            return Err(Rejected { error, sink });
+        }
+        if spec.timeout == Some(Duration::ZERO) {
+            let error =
+                SubmitError::Serialization("a task timeout must be greater than zero".into());
+            return Err(Rejected { error, sink });
+        }
+        {
+            let mut inner = self.shared.lock();
+            if let Some(msg) = &inner.broken {
+                let error = SubmitError::Broken(msg.clone());
+                return Err(Rejected { error, sink });
+            }
+            if inner.mode != Mode::Running {
+                return Err(Rejected {
+                    error: SubmitError::Shutdown,
+                    sink,
+                });
+            }
+            inner.queue.push_back(Job {
+                spec,
+                sink,
+                attempts: 0,
+            });
+        }
+        self.shared.wake.notify();
+        Ok(())
+    }
+
+    /// The configured maximum number of worker processes.
+    pub fn max_workers(&self) -> usize {
+        self.max_workers
+    }
+
+    /// Worker processes alive now (starting, idle, busy or retiring).
+    pub fn workers(&self) -> usize {
+        self.shared.lock().pids.len()
+    }
+
+    /// The process ids of the workers alive now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared.lock().pids.clone()
+    }
+
+    /// Whether the pool is broken (workers could not be started); submits then fail with
+    /// [`SubmitError::Broken`].
+    pub fn is_broken(&self) -> bool {
+        self.shared.lock().broken.is_some()
+    }
+
+    /// Stops accepting tasks, waits for every accepted task to end, then stops and reaps the workers.
+    /// Calling it again, or after [`kill`](Self::kill), does nothing more.
+    pub fn shutdown(&self) {
+        self.stop(Mode::Shutdown);
+    }
+
+    /// Stops accepting tasks, cancels the tasks not yet sent to a worker ([`JobFailure::Cancelled`]),
+    /// waits for the running ones, then stops and reaps the workers.
+    pub fn shutdown_now(&self) {
+        self.stop(Mode::ShutdownNow);
+    }
+
+    /// Stops accepting tasks and kills every worker with SIGKILL now: running tasks fail with
+    /// [`JobFailure::Killed`], queued ones too. Returns once every worker is reaped.
+    pub fn kill(&self) {
+        self.stop(Mode::Kill);
+    }
+
+    fn stop(&self, mode: Mode) {
+        {
+            let mut inner = self.shared.lock();
+            if inner.mode < mode && inner.mode != Mode::Terminated {
+                inner.mode = mode;
+            }
+        }
+        self.shared.wake.notify();
+        // Holding the lock while joining makes a concurrent caller wait for the end too.
+        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ProcessPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A submit the pool refused, with the sink handed back untouched.
+pub(crate) struct Rejected {
+    pub(crate) error: SubmitError,
+    #[allow(dead_code)] // read by the instrumented pool once it lands
+    pub(crate) sink: Box<dyn JobSink>,
+}
+
+impl fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lifecycle of the pool; ordered so a stop request only ever escalates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Running,
+    Shutdown,
+    ShutdownNow,
+    Kill,
+    Terminated,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    wake: sys::EventFd,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Sink and observer calls happen outside this lock, so a poisoned lock still holds valid state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Inner {
+    mode: Mode,
+    /// Submitted jobs the dispatcher has not taken yet.
+    queue: VecDeque<Job>,
+    broken: Option<String>,
+    pids: Vec<u32>,
+}
+
+struct Job {
+    spec: JobSpec,
+    sink: Box<dyn JobSink>,
+    attempts: u32,
+}
+
+struct Config {
+    max_workers: usize,
+    max_tasks_per_child: Option<u64>,
+    task_timeout: Option<Duration>,
+    start_timeout: Duration,
+    shutdown_grace: Duration,
+    max_start_failures: u32,
+    max_frame: usize,
+    program: PathBuf,
+    arg0: Option<OsString>,
+    args: Vec<OsString>,
+    /// The `Hello` frame, the same for every worker.
+    hello: Vec<u8>,
+    observer: Arc<dyn PoolObserver>,
+}
+
+enum WState {
+    /// Started, handshake not done.
+    Starting,
+    Idle,
+    Busy {
+        job: Job,
+        id: u64,
+        /// `Started` arrived.
+        started: bool,
+        /// The sink said the owner cancelled it: drop the outcome.
+        discard: bool,
+        limit: Option<Duration>,
+    },
+    /// Sent `Shutdown` after `max_tasks_per_child`; waiting for it to exit.
+    Retiring,
+}
+
+impl WState {
+    fn name(&self) -> &'static str {
+        match self {
+            WState::Starting => "starting",
+            WState::Idle => "idle",
+            WState::Busy { started: false, .. } => "dispatched",
+            WState::Busy { started: true, .. } => "running a task",
+            WState::Retiring => "retiring",
+        }
+    }
+}
+
+/// Why a worker is being removed.
+enum Death {
+    /// Its channel reached end of stream (or failed): the process is gone or going.
+    Eof,
+    /// Sending to it failed (it is gone).
+    SendFailed,
+    /// A send to it made no progress for the stall bound: it stopped reading.
+    Stalled,
+    Protocol(String),
+    InitFailed(String),
+    StartTimeout,
+    Timeout,
+    RetireTimeout,
+}
+
+struct Worker {
+    child: Child,
+    pid: u32,
+    sock: OwnedFd,
+    reader: FrameReader,
+    state: WState,
+    /// Start timeout, task timeout or retire grace, depending on the state.
+    deadline: Option<Instant>,
+    tasks_done: u64,
+    dead: Option<Death>,
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    cfg: Config,
+    workers: Vec<Worker>,
+    /// Jobs taken from `Inner::queue`, in order, not yet sent.
+    queue: VecDeque<Job>,
+    next_id: u64,
+    /// Consecutive failed starts; reset by a successful handshake.
+    start_failures: u32,
+    broken: Option<String>,
+    /// After a failed start, no new start before this instant (a short backoff).
+    next_start: Option<Instant>,
+    scratch: Vec<u8>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl Dispatcher {
+    fn run(&mut self) {
+        loop {
+            let mode = self.take_submissions();
+            match mode {
+                Mode::Kill | Mode::Terminated => {
+                    self.kill_all();
+                    break;
+                }
+                Mode::ShutdownNow => self.fail_queued(|| JobFailure::Cancelled),
+                Mode::Running | Mode::Shutdown => {}
+            }
+            if let Some(msg) = &self.broken {
+                let message = msg.clone();
+                self.fail_queued(|| JobFailure::Broken {
+                    message: message.clone(),
+                });
+            }
+            self.dispatch();
+            if self.sweep() {
+                continue; // re-queued jobs or freed slots: dispatch again before sleeping
+            }
+            let busy = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.state, WState::Busy { .. }));
+            if mode != Mode::Running && self.queue.is_empty() && !busy {
+                self.stop_workers();
+                break;
+            }
+            self.wait_for_events();
+            self.sweep();
+        }
+        let leftover: Vec<Job> = {
+            let mut inner = self.shared.lock();
+            inner.mode = Mode::Terminated;
+            inner.pids.clear();
+            inner.queue.drain(..).collect()
+        };
+        for job in leftover.into_iter().chain(self.queue.drain(..)) {
+            job.sink.failed_unstarted(JobFailure::Cancelled);
+        }
+    }
+
+    /// Moves new submissions into the local queue; returns the requested mode.
+    fn take_submissions(&mut self) -> Mode {
+        let mut inner = self.shared.lock();
+        self.queue.extend(inner.queue.drain(..));
+        inner.mode
+    }
+
+    fn publish_pids(&self) {
+        let pids = self.workers.iter().map(|w| w.pid).collect();
+        self.shared.lock().pids = pids;
+    }
+
+    fn fail_queued(&mut self, failure: impl Fn() -> JobFailure) {
+        for job in self.queue.drain(..) {
+            if !job.sink.is_cancelled() {
+                job.sink.failed_unstarted(failure());
+            }
+        }
+    }
+
+    /// Sends queued jobs to idle workers and starts workers for the rest, up to the maximum.
+    fn dispatch(&mut self) {
+        loop {
+            while self.queue.front().is_some_and(|j| j.sink.is_cancelled()) {
+                self.queue.pop_front();
+            }
+            if self.queue.is_empty() {
+                break;
+            }
+            let Some(i) = self
+                .workers
+                .iter()
+                .position(|w| w.dead.is_none() && matches!(w.state, WState::Idle))
+            else {
+                break;
+            };
+            let job = self.queue.pop_front().expect("queue is not empty");
+            self.send_job(i, job);
+        }
+        if self.broken.is_some() {
+            return;
+        }
+        if let Some(at) = self.next_start {
+            if Instant::now() < at {
+                return;
+            }
+            self.next_start = None;
+        }
+        let starting = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state, WState::Starting))
+            .count();
+        let mut wanted = self.queue.len().saturating_sub(starting);
+        while wanted > 0
+            && self.workers.len() < self.cfg.max_workers
+            && self.broken.is_none()
+            && self.next_start.is_none()
+        {
+            self.spawn();
+            wanted -= 1;
+        }
+    }
+
+    fn send_job(&mut self, i: usize, job: Job) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = wire::encode_frame(
+            &ToWorker::Run {
+                id,
+                call: Call {
+                    task: Cow::Borrowed(&job.spec.task),
+                    payload: Blob(Cow::Borrowed(&job.spec.payload)),
+                },
+            },
+            self.cfg.max_frame,
+        );
+        let frame = match frame {
+            Ok(f) => f,
+            Err(message) => {
+                job.sink
+                    .failed_unstarted(JobFailure::Serialization { message });
+                return;
+            }
+        };
+        let limit = job.spec.timeout.or(self.cfg.task_timeout);
+        let w = &mut self.workers[i];
+        w.deadline = limit.map(|l| Instant::now() + l);
+        if let Err(e) = sys::send_all(w.sock.as_fd(), &frame) {
+            w.dead = Some(send_failure(&e));
+        }
+        w.state = WState::Busy {
+            job,
+            id,
+            started: false,
+            discard: false,
+            limit,
+        };
+    }
+
+    fn spawn(&mut self) {
+        match self.start_worker() {
+            Ok(w) => {
+                self.workers.push(w);
+                self.publish_pids();
+            }
+            Err(msg) => self.start_failed(msg),
+        }
+    }
+
+    fn start_worker(&self) -> Result<Worker, String> {
+        let (ours, theirs) =
+            sys::socketpair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+        // The dispatcher writes with blocking sends; a worker that stops reading (a program that is not a
+        // worker, a wedged process) must not stall it forever: a send stuck this long fails the worker.
+        sys::set_send_timeout(ours.as_fd(), self.cfg.start_timeout)
+            .map_err(|e| format!("cannot set a send timeout: {e}"))?;
+        let mut cmd = Command::new(&self.cfg.program);
+        if let Some(arg0) = &self.cfg.arg0 {
+            cmd.arg0(arg0);
+        }
+        cmd.args(&self.cfg.args)
+            .env(ENV_WORKER, CHANNEL_FD.to_string())
+            .env(ENV_MAX_FRAME, self.cfg.max_frame.to_string())
+            .stdin(Stdio::null());
+        let channel = theirs.as_raw_fd();
+        let parent = sys::getpid();
+        // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe calls
+        // are allowed: `child_after_fork` makes only such calls (dup2, fcntl, prctl, getppid, _exit) and
+        // allocates nothing; it captures two integers. `channel` is open in the parent across the spawn.
+        // Descriptor 3 cannot be the spawn's internal error pipe: the socket pair, created just before,
+        // took the lowest free descriptors, so 3 is in use (by it or by something older) during the spawn.
+        unsafe {
+            cmd.pre_exec(move || sys::child_after_fork(channel, CHANNEL_FD, parent));
+        }
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start worker program {}: {e}",
+                self.cfg.program.display()
+            )
+        })?;
+        drop(theirs);
+        let pid = child.id();
+        // A worker that dies at once makes this fail; its end of stream then reports the start failure.
+        let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
+            .err()
+            .map(|e| send_failure(&e));
+        Ok(Worker {
+            child,
+            pid,
+            sock: ours,
+            reader: FrameReader::new(self.cfg.max_frame),
+            state: WState::Starting,
+            deadline: Some(Instant::now() + self.cfg.start_timeout),
+            tasks_done: 0,
+            dead,
+        })
+    }
+
+    fn start_failed(&mut self, message: String) {
+        self.cfg.observer.worker_start_failed(&message);
+        self.start_failures += 1;
+        // Back off 25 ms, 50 ms, ... up to 1 s, so a transient failure (EMFILE, EAGAIN) can clear.
+        let backoff = Duration::from_millis(25 << self.start_failures.min(6)) / 2;
+        self.next_start = Some(Instant::now() + backoff.min(Duration::from_secs(1)));
+        if self.start_failures >= self.cfg.max_start_failures && self.broken.is_none() {
+            let message = format!(
+                "{} worker processes in a row failed to start; the last one: {message}",
+                self.start_failures
+            );
+            self.shared.lock().broken = Some(message.clone());
+            self.broken = Some(message.clone());
+            self.fail_queued(|| JobFailure::Broken {
+                message: message.clone(),
+            });
+        }
+    }
+
+    /// Sleeps until a submission, a worker message, or the nearest deadline, and handles what happened.
+    fn wait_for_events(&mut self) {
+        let now = Instant::now();
+        // A pending restart after a backoff is a deadline too, but only when there is work waiting.
+        let restart = self.next_start.filter(|_| !self.queue.is_empty());
+        let timeout_ms = self
+            .workers
+            .iter()
+            .filter_map(|w| w.deadline)
+            .chain(restart)
+            .min()
+            .map_or(-1, |d| {
+                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                ms.min(i32::MAX as u128) as i32
+            });
+        let mut pollfds = mem::take(&mut self.pollfds);
+        pollfds.clear();
+        pollfds.push(libc::pollfd {
+            fd: self.shared.wake.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for w in &self.workers {
+            pollfds.push(libc::pollfd {
+                fd: if w.dead.is_some() {
+                    -1
+                } else {
+                    w.sock.as_raw_fd()
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Err(e) = sys::poll(&mut pollfds, timeout_ms) {
+            // Only EFAULT/EINVAL/ENOMEM: back off instead of spinning.
+            eprintln!("executor-exporter: process pool poll failed: {e}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        if pollfds[0].revents != 0 {
+            self.shared.wake.drain();
+        }
+        for i in 0..self.workers.len() {
+            if pollfds[i + 1].revents != 0 {
+                self.read_worker(i);
+            }
+        }
+        self.pollfds = pollfds;
+
+        let now = Instant::now();
+        for w in &mut self.workers {
+            if w.dead.is_some() || !w.deadline.is_some_and(|d| d <= now) {
+                continue;
+            }
+            w.dead = Some(match w.state {
+                WState::Starting => Death::StartTimeout,
+                WState::Busy { .. } => Death::Timeout,
+                WState::Retiring => Death::RetireTimeout,
+                WState::Idle => continue,
+            });
+        }
+    }
+
+    /// Reads what worker `i` sent and handles every whole message.
+    fn read_worker(&mut self, i: usize) {
+        let mut eof = false;
+        {
+            let w = &mut self.workers[i];
+            loop {
+                match sys::recv_nonblocking(w.sock.as_fd(), &mut self.scratch) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => w.reader.push(&self.scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+        }
+        loop {
+            if self.workers[i].dead.is_some() {
+                return;
+            }
+            match self.workers[i].reader.next_message::<FromWorker>() {
+                Ok(Some(msg)) => self.on_message(i, msg),
+                Ok(None) => break,
+                Err(e) => {
+                    self.workers[i].dead = Some(Death::Protocol(e.to_string()));
+                    return;
+                }
+            }
+        }
+        if eof {
+            self.workers[i].dead = Some(Death::Eof);
+        }
+    }
+
+    fn on_message(&mut self, i: usize, msg: FromWorker) {
+        let w = &mut self.workers[i];
+        let pid = w.pid;
+        match (&mut w.state, msg) {
+            (WState::Starting, FromWorker::Ready { version }) if version == PROTOCOL_VERSION => {
+                w.state = WState::Idle;
+                w.deadline = None;
+                self.start_failures = 0;
+                self.cfg.observer.worker_started(pid);
+            }
+            (WState::Starting, FromWorker::InitFailed(msg)) => {
+                w.dead = Some(Death::InitFailed(msg));
+            }
+            (
+                WState::Busy {
+                    job,
+                    id,
+                    started,
+                    discard,
+                    ..
+                },
+                FromWorker::Started { id: got },
+            ) if *id == got && !*started => {
+                *started = true;
+                *discard = !job.sink.started();
+            }
+            (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
+                let WState::Busy {
+                    job,
+                    started,
+                    discard,
+                    ..
+                } = mem::replace(&mut w.state, WState::Idle)
+                else {
+                    unreachable!("matched Busy above")
+                };
+                w.deadline = None;
+                w.tasks_done += 1;
+                if self
+                    .cfg
+                    .max_tasks_per_child
+                    .is_some_and(|n| w.tasks_done >= n)
+                {
+                    if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
+                        let _ = sys::send_all(w.sock.as_fd(), &frame);
+                    }
+                    w.state = WState::Retiring;
+                    w.deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+                    self.cfg
+                        .observer
+                        .worker_restarted(pid, RestartReason::Recycled);
+                }
+                deliver(job, started, discard, outcome);
+            }
+            (state, msg) => {
+                let message = format!("unexpected message {msg:?} while {}", state.name());
+                w.dead = Some(Death::Protocol(message));
+            }
+        }
+    }
+
+    /// Removes dead workers: reaps them, reports them, and fails or re-queues their jobs. Returns whether
+    /// anything was removed.
+    fn sweep(&mut self) -> bool {
+        if self.workers.iter().all(|w| w.dead.is_none()) {
+            return false;
+        }
+        let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| w.dead.is_some());
+        self.workers = alive;
+        self.publish_pids();
+        for w in dead {
+            self.bury(w);
+        }
+        true
+    }
+
+    fn bury(&mut self, mut w: Worker) {
+        let death = w.dead.take().expect("only dead workers are buried");
+        let exit = match death {
+            Death::Eof | Death::SendFailed => reap_after_eof(&mut w.child),
+            _ => kill_and_reap(&mut w.child),
+        };
+        let pid = w.pid;
+        drop(w.sock);
+        let reason = match death {
+            Death::Timeout => RestartReason::Timeout,
+            Death::Protocol(_) => RestartReason::Protocol,
+            _ => RestartReason::Died(exit),
+        };
+        match w.state {
+            WState::Starting => {
+                let message = match death {
+                    Death::InitFailed(m) => format!("worker process {pid}: {m}"),
+                    Death::StartTimeout => format!(
+                        "worker process {pid} did not complete its handshake within {:?}",
+                        self.cfg.start_timeout
+                    ),
+                    Death::Protocol(m) => {
+                        format!("worker process {pid} broke the handshake: {m}")
+                    }
+                    Death::Stalled => format!(
+                        "worker process {pid} did not read its channel for {:?}; does the program \
+                         call `run_if_worker` first thing in `main`?",
+                        self.cfg.start_timeout
+                    ),
+                    _ => format!(
+                        "worker process {pid} ended before its handshake ({exit}); does the program \
+                         call `run_if_worker` first thing in `main` (under `cargo test`: is \
+                         `worker_test_entry` set to a test that calls it)?"
+                    ),
+                };
+                self.start_failed(message);
+            }
+            WState::Idle => self.cfg.observer.worker_restarted(pid, reason),
+            WState::Retiring => {}
+            WState::Busy {
+                mut job,
+                started,
+                discard,
+                limit,
+                ..
+            } => {
+                self.cfg.observer.worker_restarted(pid, reason);
+                let failure = match death {
+                    Death::Timeout => JobFailure::Timeout {
+                        pid,
+                        limit: limit.unwrap_or_default(),
+                    },
+                    Death::Protocol(message) => JobFailure::Protocol { pid, message },
+                    _ => JobFailure::WorkerDied { pid, exit },
+                };
+                // Died or stalled before acknowledging: it never ran the task.
+                let never_ran = !started && matches!(failure, JobFailure::WorkerDied { .. });
+                if started {
+                    if !discard {
+                        job.sink.finished(Err(failure));
+                    }
+                } else if never_ran && job.attempts + 1 < MAX_ATTEMPTS {
+                    // It never acknowledged the start, so it provably did not run: try again.
+                    job.attempts += 1;
+                    self.queue.push_front(job);
+                } else {
+                    job.sink.failed_unstarted(failure);
+                }
+            }
+        }
+    }
+
+    /// Graceful end: asks every worker to exit, waits up to the grace period, kills the rest.
+    fn stop_workers(&mut self) {
+        if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
+            for w in &self.workers {
+                if !matches!(w.state, WState::Retiring) {
+                    let _ = sys::send_all(w.sock.as_fd(), &frame);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        for mut w in mem::take(&mut self.workers) {
+            wait_until(&mut w.child, deadline);
+        }
+        self.publish_pids();
+    }
+
+    /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
+    fn kill_all(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+        }
+        for mut w in mem::take(&mut self.workers) {
+            let _ = w.child.wait();
+            if let WState::Busy {
+                job,
+                started,
+                discard,
+                ..
+            } = w.state
+            {
+                if !started {
+                    job.sink.failed_unstarted(JobFailure::Killed);
+                } else if !discard {
+                    job.sink.finished(Err(JobFailure::Killed));
+                }
+            }
+        }
+        self.publish_pids();
+        self.fail_queued(|| JobFailure::Killed);
+    }
+}
+
+impl Drop for Dispatcher {
+    /// Normally there is nothing left here. If the dispatcher panicked, this keeps the promises anyway:
+    /// no worker outlives the pool, no job waits forever, later submits fail.
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            return;
+        }
+        let message = "internal error: the process pool's dispatcher thread panicked".to_owned();
+        {
+            let mut inner = self.shared.lock();
+            inner.mode = Mode::Terminated;
+            inner.broken = Some(message.clone());
+            inner.pids.clear();
+            self.queue.extend(inner.queue.drain(..));
+        }
+        self.broken = Some(message);
+        self.kill_all();
+    }
+}
+
+fn send_failure(e: &io::Error) -> Death {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Death::Stalled
+    } else {
+        Death::SendFailed
+    }
+}
+
+/// Hands the worker's report of a job to its sink.
+fn deliver(job: Job, started: bool, discard: bool, outcome: WireOutcome) {
+    let mut sink = job.sink;
+    if let WireOutcome::UnknownTask(name) = outcome {
+        if !started {
+            sink.failed_unstarted(JobFailure::UnknownTask { name });
+            return;
+        }
+        return sink.finished(Err(JobFailure::UnknownTask { name }));
+    }
+    // A `Finished` without `Started` is tolerated: the start and the end are reported together.
+    if discard || (!started && !sink.started()) {
+        return;
+    }
+    let outcome: JobOutcome = match outcome {
+        WireOutcome::Ok(bytes) => Ok(bytes.into_vec()),
+        WireOutcome::Err { payload, display } => Err(JobFailure::Error {
+            payload: payload.into_vec(),
+            message: display,
+        }),
+        WireOutcome::Panicked(message) => Err(JobFailure::Panic { message }),
+        WireOutcome::UnknownTask(name) => Err(JobFailure::UnknownTask { name }),
+        WireOutcome::DecodeFailed(message) | WireOutcome::EncodeFailed(message) => {
+            Err(JobFailure::Serialization { message })
+        }
+    };
+    sink.finished(outcome);
+}
+
+/// Reaps a worker whose channel closed: it is exiting, so wait briefly, then kill it (it may have closed
+/// the channel without exiting).
+fn reap_after_eof(child: &mut Child) -> WorkerExit {
+    if let Some(exit) = wait_until(child, Instant::now() + EXIT_AFTER_EOF) {
+        return exit;
+    }
+    kill_and_reap(child)
+}
+
+fn kill_and_reap(child: &mut Child) -> WorkerExit {
+    let _ = child.kill();
+    match child.wait() {
+        Ok(status) => WorkerExit::from_status(status),
+        Err(_) => WorkerExit::Unknown,
+    }
+}
+
+/// Waits for `child` to exit until `deadline`; past it, kills and reaps it. Returns the exit if it
+/// ended by itself.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<WorkerExit> {
+    let mut pause = Duration::from_micros(20);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(WorkerExit::from_status(status)),
+            Ok(None) => {}
+            Err(_) => return Some(WorkerExit::Unknown),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_and_reap(child);
+            return None;
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}

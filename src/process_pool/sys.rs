@@ -1,0 +1,248 @@
+//! Thin wrappers over the Linux system calls the pool needs. Every `unsafe` block of the module tree lives
+//! here, so the rest of the code is safe Rust over owned file descriptors.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Retries `f` while it fails with `EINTR`.
+fn retry_eintr(mut f: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = f();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two ints, as socketpair(2) requires.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success both descriptors are freshly created and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends all of `buf`, blocking. `MSG_NOSIGNAL` turns a dead peer into `EPIPE` instead of a SIGPIPE that
+/// would kill the process.
+pub(crate) fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = retry_eintr(|| {
+            // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the whole call.
+            unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            }
+        })?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Receives what is available without blocking (`MSG_DONTWAIT`). `Ok(0)` means end of stream;
+/// `WouldBlock` means nothing is available now.
+pub(crate) fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the whole call.
+        unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        }
+    })
+}
+
+/// Fills `buf` completely, blocking. Returns `Ok(false)` on end of stream before the first byte, and
+/// `UnexpectedEof` on end of stream in the middle.
+pub(crate) fn recv_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let n = retry_eintr(|| {
+            // SAFETY: `rest` is a valid writable region of `rest.len()` bytes for the whole call.
+            unsafe { libc::recv(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), 0) }
+        })?;
+        if n == 0 {
+            if done == 0 {
+                return Ok(false);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n;
+    }
+    Ok(true)
+}
+
+/// Bounds how long one blocking `send` may wait for the peer to make room (`SO_SNDTIMEO`): past it the
+/// send fails with `WouldBlock` instead of blocking forever on a peer that stopped reading.
+pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: passes a valid `timeval` and its exact size, as SO_SNDTIMEO requires.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets or clears `FD_CLOEXEC`.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only read and write the descriptor flags; an invalid fd gives EBADF.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` is open and is a socket.
+pub(crate) fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: `stat` is plain old data, so all-zero is a valid value that fstat(2) then overwrites.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`; an invalid fd only makes fstat fail with EBADF.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    r == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+}
+
+/// Borrows the worker's channel descriptor for the rest of the process's life.
+///
+/// Callers must have checked (with [`is_socket`]) that `fd` is open; it is never closed afterwards.
+pub(crate) fn borrow_channel_fd(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the worker checked that `fd` is open before calling this, and nothing in the worker ever
+    // closes it, so it stays valid for the `'static` lifetime.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Runs in the forked child between `fork` and `exec`: only async-signal-safe calls, no allocation.
+/// Puts the channel on `target`, asks for SIGKILL when the parent thread dies, and closes the race where
+/// the parent already died before the request took effect.
+pub(crate) fn child_after_fork(
+    channel: RawFd,
+    target: RawFd,
+    parent_pid: libc::pid_t,
+) -> io::Result<()> {
+    // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe and touch no memory of ours; `channel`
+    // is open in the child because the parent keeps it open across the fork.
+    unsafe {
+        if channel == target {
+            // dup2 onto itself is a no-op that would leave FD_CLOEXEC set: clear it explicitly.
+            let flags = libc::fcntl(target, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(channel, target) < 0 {
+            // dup2 gives the new descriptor without FD_CLOEXEC, so it survives exec.
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent_pid {
+            // The parent died before PR_SET_PDEATHSIG took effect: nobody will ever talk to us.
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> libc::pid_t {
+    // SAFETY: getpid(2) cannot fail and has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// An `eventfd` used to wake the dispatcher thread out of `poll`.
+#[derive(Debug)]
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: eventfd(2) takes no pointers; the flags are valid.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wakes the poller. Cannot block (the counter saturates long after 2^63 wakes).
+    pub(crate) fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one`, a valid readable u64, as eventfd(2) requires.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter after a wake-up.
+    pub(crate) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into `v`, a valid writable u64; non-blocking, so EAGAIN is fine.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// poll(2) over `fds`; `timeout_ms` < 0 waits forever. `EINTR` counts as a wake-up with no events.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
+    // SAFETY: `fds` is a valid, writable slice of `fds.len()` pollfd structures.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,637 @@
+//! Unit tests: the wire format (with property tests over arbitrary bytes) and the crate-internal seams,
+//! `JobSink` and `PoolObserver`, which the behaviour tests in `tests/` cannot reach.
+//!
+//! This test binary is its own worker: `worker_entry` below runs the hook, and pools here are built with
+//! `worker_test_entry(ENTRY)`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use proptest::prelude::*;
+
+use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
+use super::wire::{
+    self, Blob, Call, FrameError, FrameReader, FromWorker, ToWorker, WireOutcome, HEADER_LEN,
+};
+use super::{
+    run_if_worker, ProcessPool, ProcessPoolBuilder, ProcessTask, WorkerExit, WorkerRegistry,
+};
+
+const ENTRY: &str = "process_pool::tests::worker_entry";
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog: covers the
+/// blocking waits no helper wraps (implicit drops and shutdowns at the end of a test).
+#[must_use]
+fn test_watchdog(name: &'static str) -> impl Drop {
+    struct Guard(Option<crossbeam_channel::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::spawn(move || {
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG * 2) {
+            eprintln!("test {name} hung for {:?}: aborting", WATCHDOG * 2);
+            std::process::abort();
+        }
+    });
+    Guard(Some(tx))
+}
+
+// ---- test-only worker hook ----
+
+/// Task names starting with these prefixes make the worker die after receiving the task and before
+/// acknowledging it: the only way to reach the retry path deterministically.
+const DIE_ONCE: &str = "test:die_before_ack_once:";
+const DIE_ALWAYS: &str = "test:die_before_ack_always:";
+
+/// Called by the worker loop (test builds only) on every `Run`. `test:die_before_ack_once:<file>|<task>`
+/// dies if `<file>` exists (removing it), else runs `<task>`; `..._always:<task>` always dies.
+pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
+    if call.task.starts_with(DIE_ALWAYS) {
+        std::process::exit(9);
+    }
+    if let Some(rest) = call.task.strip_prefix(DIE_ONCE) {
+        let (file, task) = rest.split_once('|').expect("file|task");
+        if std::fs::remove_file(file).is_ok() {
+            std::process::exit(9);
+        }
+        return Call {
+            task: task.to_owned().into(),
+            payload: call.payload,
+        };
+    }
+    call
+}
+
+// ---- tasks ----
+
+struct Square;
+impl ProcessTask for Square {
+    const NAME: &'static str = "square";
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+    fn run(x: u64) -> Result<u64, String> {
+        Ok(x * x)
+    }
+}
+
+struct SleepMs;
+impl ProcessTask for SleepMs {
+    const NAME: &'static str = "sleep_ms";
+    type Input = u64;
+    type Output = ();
+    type Error = String;
+    fn run(ms: u64) -> Result<(), String> {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(())
+    }
+}
+
+struct SelfKill;
+impl ProcessTask for SelfKill {
+    const NAME: &'static str = "self_kill";
+    type Input = ();
+    type Output = ();
+    type Error = String;
+    fn run((): ()) -> Result<(), String> {
+        // SAFETY: kill(2) on our own pid with a valid signal.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        unreachable!()
+    }
+}
+
+struct FailInit;
+impl ProcessTask for FailInit {
+    const NAME: &'static str = "fail_init";
+    type Input = ();
+    type Output = ();
+    type Error = String;
+    fn run((): ()) -> Result<(), String> {
+        Err("no config".into())
+    }
+}
+
+#[test]
+fn worker_entry() {
+    run_if_worker(
+        &WorkerRegistry::new()
+            .register::<Square>()
+            .register::<SleepMs>()
+            .register::<SelfKill>()
+            .register::<FailInit>(),
+    );
+}
+
+// ---- recording sink and observer ----
+
+#[derive(Debug, PartialEq)]
+enum Ev {
+    Started,
+    Finished(JobOutcome),
+    Unstarted(JobFailure),
+}
+
+struct RecSink {
+    tx: Sender<Ev>,
+    accept_start: bool,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl JobSink for RecSink {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+    fn started(&mut self) -> bool {
+        let _ = self.tx.send(Ev::Started);
+        self.accept_start
+    }
+    fn finished(self: Box<Self>, outcome: JobOutcome) {
+        let _ = self.tx.send(Ev::Finished(outcome));
+    }
+    fn failed_unstarted(self: Box<Self>, failure: JobFailure) {
+        let _ = self.tx.send(Ev::Unstarted(failure));
+    }
+}
+
+fn sink() -> (Box<RecSink>, Receiver<Ev>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let s = RecSink {
+        tx,
+        accept_start: true,
+        cancelled: Arc::new(AtomicBool::new(false)),
+    };
+    (Box::new(s), rx)
+}
+
+/// Every event until the sink is gone (terminal call made, or dropped).
+fn events(rx: &Receiver<Ev>) -> Vec<Ev> {
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(WATCHDOG) {
+            Ok(ev) => out.push(ev),
+            Err(RecvTimeoutError::Disconnected) => return out,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("sink still alive after {WATCHDOG:?}: {out:?}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Obs {
+    Started(u32),
+    Restarted(u32, RestartReason),
+    StartFailed(String),
+}
+
+#[derive(Default)]
+struct RecObserver(Mutex<Vec<Obs>>);
+
+impl PoolObserver for RecObserver {
+    fn worker_started(&self, pid: u32) {
+        self.0.lock().unwrap().push(Obs::Started(pid));
+    }
+    fn worker_restarted(&self, pid: u32, reason: RestartReason) {
+        self.0.lock().unwrap().push(Obs::Restarted(pid, reason));
+    }
+    fn worker_start_failed(&self, message: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Obs::StartFailed(message.to_owned()));
+    }
+}
+
+impl RecObserver {
+    fn take(&self) -> Vec<Obs> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+fn observed(max_workers: usize) -> (ProcessPoolBuilder, Arc<RecObserver>) {
+    let obs = Arc::new(RecObserver::default());
+    let builder = ProcessPool::builder()
+        .max_workers(max_workers)
+        .worker_test_entry(ENTRY)
+        .observer(obs.clone());
+    (builder, obs)
+}
+
+fn spec<T: ProcessTask>(input: &T::Input) -> JobSpec {
+    JobSpec {
+        task: T::NAME.to_owned(),
+        payload: postcard::to_stdvec(input).unwrap(),
+        timeout: None,
+    }
+}
+
+fn enc(v: u64) -> Vec<u8> {
+    postcard::to_stdvec(&v).unwrap()
+}
+
+// ---- sink and observer ----
+
+#[test]
+fn sink_gets_started_then_exactly_one_finished() {
+    let _watchdog = test_watchdog("sink_gets_started_then_exactly_one_finished");
+    let (b, obs) = observed(1);
+    let pool = b.build().unwrap();
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&7), s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(49)))]);
+    pool.shutdown();
+    let o = obs.take();
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert!(matches!(o[0], Obs::Started(_)));
+}
+
+#[test]
+fn unknown_task_is_failed_unstarted_without_start() {
+    let _watchdog = test_watchdog("unknown_task_is_failed_unstarted_without_start");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .build()
+        .unwrap();
+    let (s, rx) = sink();
+    let job = JobSpec {
+        task: "nope".into(),
+        payload: vec![],
+        timeout: None,
+    };
+    pool.submit_job(job, s).unwrap();
+    assert_eq!(
+        events(&rx),
+        vec![Ev::Unstarted(JobFailure::UnknownTask {
+            name: "nope".into()
+        })]
+    );
+}
+
+#[test]
+fn dl_2_worker_dying_before_ack_is_retried_on_another_worker() {
+    let _watchdog = test_watchdog("dl_2_worker_dying_before_ack_is_retried_on_another_worker");
+    let (b, obs) = observed(1);
+    let pool = b.build().unwrap();
+    let marker = std::env::temp_dir().join(format!("pp-die-once-{}", std::process::id()));
+    std::fs::write(&marker, b"x").unwrap();
+    let (s, rx) = sink();
+    let mut job = spec::<Square>(&6);
+    job.task = format!("{DIE_ONCE}{}|square", marker.display());
+    pool.submit_job(job, s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(36)))]);
+    assert!(!marker.exists(), "the first worker took the die-once path");
+    pool.shutdown();
+    let o = obs.take();
+    let started: Vec<_> = o.iter().filter(|e| matches!(e, Obs::Started(_))).collect();
+    assert_eq!(started.len(), 2, "{o:?}");
+    assert!(
+        o.iter().any(|e| matches!(
+            e,
+            Obs::Restarted(_, RestartReason::Died(WorkerExit::Code(9)))
+        )),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn dl_2_retries_are_bounded() {
+    let _watchdog = test_watchdog("dl_2_retries_are_bounded");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .build()
+        .unwrap();
+    let (s, rx) = sink();
+    let mut job = spec::<Square>(&6);
+    job.task = format!("{DIE_ALWAYS}square");
+    pool.submit_job(job, s).unwrap();
+    let ev = events(&rx);
+    assert!(
+        matches!(
+            &ev[..],
+            [Ev::Unstarted(JobFailure::WorkerDied {
+                exit: WorkerExit::Code(9),
+                ..
+            })]
+        ),
+        "{ev:?}"
+    );
+    assert!(
+        !pool.is_broken(),
+        "workers did start: the pool is not broken"
+    );
+}
+
+#[test]
+fn observer_sees_restarts_by_reason() {
+    let _watchdog = test_watchdog("observer_sees_restarts_by_reason");
+    let (b, obs) = observed(1);
+    let pool = b.max_tasks_per_child(2).build().unwrap();
+    let run = |job: JobSpec| {
+        let (s, rx) = sink();
+        pool.submit_job(job, s).unwrap();
+        events(&rx)
+    };
+    run(spec::<Square>(&1));
+    run(spec::<Square>(&2)); // second task: the worker retires
+    let ev = run(spec::<SelfKill>(&()));
+    assert!(
+        matches!(
+            &ev[..],
+            [
+                Ev::Started,
+                Ev::Finished(Err(JobFailure::WorkerDied { .. }))
+            ]
+        ),
+        "{ev:?}"
+    );
+    let mut slow = spec::<SleepMs>(&30_000);
+    slow.timeout = Some(Duration::from_millis(200));
+    let ev = run(slow);
+    assert!(
+        matches!(
+            &ev[..],
+            [Ev::Started, Ev::Finished(Err(JobFailure::Timeout { .. }))]
+        ),
+        "{ev:?}"
+    );
+    pool.shutdown();
+    let reasons: Vec<RestartReason> = obs
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Obs::Restarted(_, r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let sigkill = WorkerExit::Signal {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+    assert_eq!(
+        reasons,
+        vec![
+            RestartReason::Recycled,
+            RestartReason::Died(sigkill),
+            RestartReason::Timeout
+        ]
+    );
+}
+
+#[test]
+fn cancelled_sink_is_dropped_without_any_call() {
+    let _watchdog = test_watchdog("cancelled_sink_is_dropped_without_any_call");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .build()
+        .unwrap();
+    let (busy, busy_rx) = sink();
+    pool.submit_job(spec::<SleepMs>(&300), busy).unwrap();
+    let (s, rx) = sink();
+    s.cancelled.store(true, Ordering::SeqCst);
+    pool.submit_job(spec::<Square>(&3), s).unwrap();
+    assert_eq!(events(&rx), vec![]);
+    assert_eq!(
+        events(&busy_rx),
+        vec![
+            Ev::Started,
+            Ev::Finished(Ok(postcard::to_stdvec(&()).unwrap()))
+        ]
+    );
+}
+
+#[test]
+fn start_refused_by_sink_discards_the_outcome() {
+    let _watchdog = test_watchdog("start_refused_by_sink_discards_the_outcome");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .build()
+        .unwrap();
+    let (mut s, rx) = sink();
+    s.accept_start = false;
+    pool.submit_job(spec::<Square>(&3), s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started]);
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&4), s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(16)))]);
+}
+
+#[test]
+fn rejected_submit_hands_the_sink_back() {
+    let _watchdog = test_watchdog("rejected_submit_hands_the_sink_back");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .build()
+        .unwrap();
+    pool.shutdown();
+    let (s, rx) = sink();
+    let rejected = pool.submit_job(spec::<Square>(&3), s).unwrap_err();
+    assert_eq!(rejected.error, super::SubmitError::Shutdown);
+    rejected.sink.failed_unstarted(JobFailure::Cancelled);
+    assert_eq!(events(&rx), vec![Ev::Unstarted(JobFailure::Cancelled)]);
+}
+
+#[test]
+fn init_2_start_failures_are_observed_then_the_pool_breaks() {
+    let _watchdog = test_watchdog("init_2_start_failures_are_observed_then_the_pool_breaks");
+    let (b, obs) = observed(2);
+    let pool = b
+        .initializer::<FailInit>(&())
+        .max_start_failures(2)
+        .build()
+        .unwrap();
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&3), s).unwrap();
+    let ev = events(&rx);
+    assert!(
+        matches!(&ev[..], [Ev::Unstarted(JobFailure::Broken { .. })]),
+        "{ev:?}"
+    );
+    let o = obs.take();
+    assert_eq!(o.len(), 2, "{o:?}");
+    assert!(
+        o.iter()
+            .all(|e| matches!(e, Obs::StartFailed(m) if m.contains("no config"))),
+        "{o:?}"
+    );
+}
+
+// ---- wire format ----
+
+fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
+    let call = Call {
+        task: "t".into(),
+        payload: Blob(vec![1, 2, 3].into()),
+    };
+    let to = vec![
+        ToWorker::Hello {
+            version: 1,
+            init: None,
+        },
+        ToWorker::Hello {
+            version: 1,
+            init: Some(call.clone()),
+        },
+        ToWorker::Run { id: u64::MAX, call },
+        ToWorker::Shutdown,
+    ];
+    let from = vec![
+        FromWorker::Ready { version: 1 },
+        FromWorker::InitFailed("x".into()),
+        FromWorker::Started { id: 7 },
+        FromWorker::Finished {
+            id: 7,
+            outcome: WireOutcome::Ok(Blob(vec![0; 300].into())),
+        },
+        FromWorker::Finished {
+            id: 8,
+            outcome: WireOutcome::Err {
+                payload: Blob(vec![9].into()),
+                display: "e".into(),
+            },
+        },
+        FromWorker::Finished {
+            id: 9,
+            outcome: WireOutcome::Panicked("p".into()),
+        },
+        FromWorker::Finished {
+            id: 9,
+            outcome: WireOutcome::UnknownTask("u".into()),
+        },
+        FromWorker::Finished {
+            id: 9,
+            outcome: WireOutcome::DecodeFailed("d".into()),
+        },
+        FromWorker::Finished {
+            id: 9,
+            outcome: WireOutcome::EncodeFailed("e".into()),
+        },
+    ];
+    (to, from)
+}
+
+#[test]
+fn every_message_round_trips() {
+    let _watchdog = test_watchdog("every_message_round_trips");
+    let (to, from) = sample_messages();
+    for m in to {
+        let f = wire::encode_frame(&m, 1 << 20).unwrap();
+        assert_eq!(
+            wire::decode_body::<ToWorker<'static>>(&f[HEADER_LEN..]).unwrap(),
+            m
+        );
+    }
+    for m in from {
+        let f = wire::encode_frame(&m, 1 << 20).unwrap();
+        assert_eq!(
+            wire::decode_body::<FromWorker>(&f[HEADER_LEN..]).unwrap(),
+            m
+        );
+    }
+}
+
+#[test]
+fn oversized_frame_is_refused_from_its_header_alone() {
+    let _watchdog = test_watchdog("oversized_frame_is_refused_from_its_header_alone");
+    let mut r = FrameReader::new(1024);
+    r.push(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        r.next_message::<FromWorker>(),
+        Err(FrameError::Oversized {
+            len: u32::MAX as usize,
+            max: 1024
+        })
+    );
+    assert!(wire::encode_frame(&FromWorker::InitFailed("x".repeat(2000)), 1024).is_err());
+}
+
+#[test]
+fn trailing_bytes_in_a_frame_are_corrupt() {
+    let _watchdog = test_watchdog("trailing_bytes_in_a_frame_are_corrupt");
+    let mut f = wire::encode_frame(&FromWorker::Started { id: 1 }, 1024).unwrap();
+    f.push(0);
+    let len = (f.len() - HEADER_LEN) as u32;
+    f[..HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+    let mut r = FrameReader::new(1024);
+    r.push(&f);
+    assert!(matches!(
+        r.next_message::<FromWorker>(),
+        Err(FrameError::Corrupt(_))
+    ));
+}
+
+proptest! {
+    /// Arbitrary bytes, fed in arbitrary pieces, never panic the reader: each step gives a message,
+    /// "need more", or an error.
+    #[test]
+    fn reader_never_panics_on_arbitrary_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        cuts in proptest::collection::vec(1usize..512, 0..16),
+        max in 0usize..8192,
+    ) {
+        let mut r = FrameReader::new(max);
+        let mut rest = &bytes[..];
+        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            let n = (*cut).min(rest.len());
+            r.push(&rest[..n]);
+            rest = &rest[n..];
+            while let Ok(Some(_)) = r.next_message::<FromWorker>() {}
+        }
+    }
+
+    /// Arbitrary frame bodies decode to a message or an error, for both directions.
+    #[test]
+    fn decoder_never_panics_on_arbitrary_bodies(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = wire::decode_body::<FromWorker>(&body);
+        let _ = wire::decode_body::<ToWorker<'static>>(&body);
+    }
+
+    /// Valid frames split anywhere come out whole and in order; a truncated stream yields nothing extra.
+    #[test]
+    fn frames_survive_any_split(
+        picks in proptest::collection::vec(0usize..9, 1..20),
+        cuts in proptest::collection::vec(1usize..64, 0..40),
+        truncate in 0usize..6, // the shortest frame is 6 bytes: cut into the last one only
+    ) {
+        let (_, all) = sample_messages();
+        let msgs: Vec<FromWorker> = picks.iter().map(|&i| all[i].clone()).collect();
+        let mut stream = Vec::new();
+        for m in &msgs {
+            stream.extend(wire::encode_frame(m, 4096).unwrap());
+        }
+        let complete = stream.len();
+        stream.truncate(complete.saturating_sub(truncate));
+        let mut r = FrameReader::new(4096);
+        let mut got = Vec::new();
+        let mut rest = &stream[..];
+        for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            let n = (*cut).min(rest.len());
+            r.push(&rest[..n]);
+            rest = &rest[n..];
+            while let Some(m) = r.next_message::<FromWorker>().unwrap() {
+                got.push(m);
+            }
+        }
+        let expected = if truncate == 0 { msgs.len() } else { msgs.len() - 1 };
+        prop_assert_eq!(&got[..], &msgs[..expected]);
+    }
+
+    /// A header announcing more than the maximum is refused before any body byte arrives.
+    #[test]
+    fn oversized_headers_are_refused(len in 1025u32.., max in 0usize..1025) {
+        let mut r = FrameReader::new(max);
+        r.push(&len.to_le_bytes());
+        let refused = matches!(r.next_message::<FromWorker>(), Err(FrameError::Oversized { .. }));
+        prop_assert!(refused);
+    }
+}

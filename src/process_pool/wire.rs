@@ -1,0 +1,264 @@
+//! The wire protocol between the pool and its workers.
+//!
+//! A frame is a `u32` little-endian body length followed by the body, one postcard-encoded message. The
+//! length is checked against the maximum frame size before any buffer is sized for the body, so a corrupt
+//! or hostile length cannot make the reader allocate. Decoding never panics: bad input is an error.
+//!
+//! A conversation: the pool sends `Hello` (with the optional initializer call); the worker answers `Ready`
+//! or `InitFailed`. Then, per task, `Run` → `Started` → `Finished`, or `Run` → `Finished(UnknownTask)`
+//! when the name is not registered (the task never ran). `Shutdown` asks the worker to exit.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::sys;
+
+/// Bumped on every incompatible change of the messages below.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// Length of the frame header.
+pub(crate) const HEADER_LEN: usize = 4;
+
+/// Default upper bound of a frame body: 256 MiB.
+pub(crate) const DEFAULT_MAX_FRAME: usize = 256 << 20;
+
+/// Smallest maximum frame size the builder accepts (handshake and error messages must fit).
+pub(crate) const MIN_MAX_FRAME: usize = 4 << 10;
+
+/// Opaque bytes, encoded as one length-prefixed byte string (not a sequence of `u8`, which postcard
+/// would decode byte by byte).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Blob<'a>(pub(crate) Cow<'a, [u8]>);
+
+impl fmt::Debug for Blob<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+
+impl Blob<'_> {
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.0.into_owned()
+    }
+}
+
+impl Serialize for Blob<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de, 'a> Deserialize<'de> for Blob<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'a> Visitor<'_> for V<'a> {
+            type Value = Blob<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Blob(Cow::Owned(v.to_vec())))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(Blob(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_byte_buf(V(std::marker::PhantomData))
+    }
+}
+
+/// A call of a registered task: its name and its postcard-encoded input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Call<'a> {
+    pub(crate) task: Cow<'a, str>,
+    pub(crate) payload: Blob<'a>,
+}
+
+/// Pool → worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ToWorker<'a> {
+    /// First frame: protocol version and the initializer to run before `Ready`.
+    Hello {
+        version: u32,
+        init: Option<Call<'a>>,
+    },
+    /// Run a task; `id` is echoed back in `Started` and `Finished`.
+    Run { id: u64, call: Call<'a> },
+    /// Exit after the current frame.
+    Shutdown,
+}
+
+/// Worker → pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The initializer (if any) ran; the worker waits for `Run`.
+    Ready { version: u32 },
+    /// The worker cannot serve: initializer failed, unknown initializer, bad registry, wrong version.
+    InitFailed(String),
+    /// The task was received and is about to run (the metric's start time).
+    Started { id: u64 },
+    /// The task ended.
+    Finished { id: u64, outcome: WireOutcome },
+}
+
+/// How a task ended in the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireOutcome {
+    /// `run` returned `Ok`: the encoded output.
+    Ok(Blob<'static>),
+    /// `run` returned `Err`: the encoded error and its `Display` text.
+    Err {
+        payload: Blob<'static>,
+        display: String,
+    },
+    /// `run` panicked: the panic message.
+    Panicked(String),
+    /// No task of that name is registered in the worker (the task did not run).
+    UnknownTask(String),
+    /// The input could not be decoded in the worker.
+    DecodeFailed(String),
+    /// The output or error could not be encoded in the worker (or is larger than a frame).
+    EncodeFailed(String),
+}
+
+/// Why a frame could not be read or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// The header announces a body larger than the maximum frame size.
+    Oversized { len: usize, max: usize },
+    /// The body is not a valid message.
+    Corrupt(String),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Oversized { len, max } => write!(
+                f,
+                "frame of {len} bytes exceeds the maximum frame size of {max} bytes"
+            ),
+            FrameError::Corrupt(msg) => write!(f, "corrupt frame: {msg}"),
+        }
+    }
+}
+
+/// Encodes `msg` as one frame. Fails if it cannot be encoded or the body would exceed `max`.
+pub(crate) fn encode_frame<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, String> {
+    let buf = postcard::to_extend(msg, vec![0u8; HEADER_LEN]).map_err(|e| e.to_string())?;
+    let len = buf.len() - HEADER_LEN;
+    if len > max || len > u32::MAX as usize {
+        return Err(format!(
+            "message of {len} bytes exceeds the maximum frame size of {max} bytes"
+        ));
+    }
+    let mut buf = buf;
+    buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes one frame body. Trailing bytes are an error: a frame holds exactly one message.
+pub(crate) fn decode_body<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    match postcard::take_from_bytes::<T>(body) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(FrameError::Corrupt(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        ))),
+        Err(e) => Err(FrameError::Corrupt(e.to_string())),
+    }
+}
+
+/// Incremental frame reader for a non-blocking stream: feed it bytes as they arrive, take whole
+/// messages out.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    max: usize,
+}
+
+impl FrameReader {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max,
+        }
+    }
+
+    /// Appends received bytes.
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole message, `Ok(None)` if more bytes are needed. The length is checked as soon as the
+    /// header is complete, before the body arrives.
+    pub(crate) fn next_message<T: de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<T>, FrameError> {
+        let pending = &self.buf[self.start..];
+        if pending.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = frame_len(pending);
+        if len > self.max {
+            return Err(FrameError::Oversized { len, max: self.max });
+        }
+        if pending.len() < HEADER_LEN + len {
+            // Reserve the rest of this frame once, now that its (allowed) length is known.
+            self.buf.reserve(HEADER_LEN + len - pending.len());
+            return Ok(None);
+        }
+        let msg = decode_body(&pending[HEADER_LEN..HEADER_LEN + len]);
+        self.start += HEADER_LEN + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        msg.map(Some)
+    }
+}
+
+fn frame_len(header: &[u8]) -> usize {
+    u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize
+}
+
+/// Why a blocking read failed.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The stream failed or ended inside a frame.
+    Io,
+    /// The frame is oversized.
+    Frame(FrameError),
+}
+
+/// Reads one whole frame body from a blocking stream. `Ok(None)` on a clean end of stream between frames.
+pub(crate) fn read_frame_blocking(
+    fd: BorrowedFd<'_>,
+    max: usize,
+) -> Result<Option<Vec<u8>>, ReadError> {
+    let mut header = [0u8; HEADER_LEN];
+    if !sys::recv_exact(fd, &mut header).map_err(|_| ReadError::Io)? {
+        return Ok(None);
+    }
+    let len = frame_len(&header);
+    if len > max {
+        return Err(ReadError::Frame(FrameError::Oversized { len, max }));
+    }
+    let mut body = vec![0u8; len];
+    match sys::recv_exact(fd, &mut body) {
+        Ok(true) => Ok(Some(body)),
+        Ok(false) | Err(_) => Err(ReadError::Io),
+    }
+}

@@ -1,0 +1,203 @@
+//! The worker side: the `main` hook and the request loop.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::os::fd::BorrowedFd;
+
+use super::sys;
+use super::task::WorkerRegistry;
+use super::wire::{
+    self, FromWorker, ReadError, ToWorker, WireOutcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+
+/// Set (to the channel's descriptor number) in the environment of every worker the pool starts.
+pub(crate) const ENV_WORKER: &str = "EXECUTOR_EXPORTER_PROCESS_WORKER";
+/// The maximum frame size, so the worker checks frames against the same bound as the pool.
+pub(crate) const ENV_MAX_FRAME: &str = "EXECUTOR_EXPORTER_PROCESS_MAX_FRAME";
+/// The descriptor the worker's end of the channel is placed on.
+pub(crate) const CHANNEL_FD: i32 = 3;
+
+/// Exit code of a worker whose channel is unusable (missing, corrupt frames, protocol violation).
+const EXIT_PROTOCOL: i32 = 70;
+
+/// Turns this process into a worker if the pool started it as one; otherwise returns at once.
+///
+/// Call it first thing in `main`, with every task the pool may ask for, before anything else runs (the
+/// worker is the same binary re-executed, so whatever `main` does before this call happens in every
+/// worker too). In a worker it never returns: it serves tasks until the pool shuts it down, then exits
+/// the process.
+///
+/// ```no_run
+/// use executor_exporter::process_pool::{run_if_worker, ProcessTask, WorkerRegistry};
+/// # struct Square;
+/// # impl ProcessTask for Square {
+/// #     const NAME: &'static str = "square";
+/// #     type Input = u64; type Output = u64; type Error = String;
+/// #     fn run(x: u64) -> Result<u64, String> { Ok(x * x) }
+/// # }
+///
+/// fn main() {
+///     run_if_worker(&WorkerRegistry::new().register::<Square>());
+///     // ... the program proper: build a ProcessPool and submit Square tasks ...
+/// }
+/// ```
+///
+/// Under `cargo test` the test binary is the worker: put the call in a dedicated test and point the
+/// pool at it with [`ProcessPoolBuilder::worker_test_entry`](super::ProcessPoolBuilder::worker_test_entry):
+///
+/// ```no_run
+/// # use executor_exporter::process_pool::{run_if_worker, WorkerRegistry};
+/// # fn registry() -> WorkerRegistry { WorkerRegistry::new() }
+/// #[test]
+/// fn worker_entry() {
+///     run_if_worker(&registry()); // returns at once when the harness runs it as a test
+/// }
+/// ```
+///
+/// The worker talks to the pool over a socket on descriptor 3; stdout and stderr are the pool process's
+/// own, free for the tasks' output. The marker variables are removed from the worker's environment so
+/// processes it starts are not mistaken for workers.
+pub fn run_if_worker(registry: &WorkerRegistry) {
+    let Some(value) = std::env::var_os(ENV_WORKER) else {
+        return;
+    };
+    let max_frame = std::env::var(ENV_MAX_FRAME)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_FRAME);
+    // Removing variables races with threads reading the environment; at the top of `main` there are none
+    // yet, and under the test harness the entry test runs alone (`--test-threads=1`).
+    std::env::remove_var(ENV_WORKER);
+    std::env::remove_var(ENV_MAX_FRAME);
+    if value.to_str() != Some(&CHANNEL_FD.to_string()) || !sys::is_socket(CHANNEL_FD) {
+        eprintln!(
+            "executor-exporter: {ENV_WORKER} is set but descriptor {CHANNEL_FD} is not a pool \
+             channel; this process was not started by a process pool"
+        );
+        exit(EXIT_PROTOCOL);
+    }
+    let fd = sys::borrow_channel_fd(CHANNEL_FD);
+    // Processes the tasks start must not inherit the channel (they would keep it open past our exit).
+    let _ = sys::set_cloexec(CHANNEL_FD, true);
+    exit(serve(fd, registry, max_frame));
+}
+
+/// Whether the current process was started as a pool worker (and has not yet entered [`run_if_worker`]).
+pub fn is_worker_process() -> bool {
+    std::env::var_os(ENV_WORKER).is_some()
+}
+
+/// A frame from the pool was unusable: a bug or a version skew, worth a line on stderr.
+fn protocol_error(e: &wire::FrameError) -> i32 {
+    eprintln!("executor-exporter worker {}: {e}", std::process::id());
+    EXIT_PROTOCOL
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}
+
+/// Sends a message; a failed send means the pool is gone, so the worker exits quietly.
+fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
+    let frame = match wire::encode_frame(msg, max_frame) {
+        Ok(f) => f,
+        Err(e) => {
+            // Only a `Finished` can be too large; report that instead of the result.
+            let FromWorker::Finished { id, .. } = msg else {
+                exit(EXIT_PROTOCOL)
+            };
+            let fallback = FromWorker::Finished {
+                id: *id,
+                outcome: WireOutcome::EncodeFailed(format!("the task's result: {e}")),
+            };
+            match wire::encode_frame(&fallback, max_frame) {
+                Ok(f) => f,
+                Err(_) => exit(EXIT_PROTOCOL),
+            }
+        }
+    };
+    if sys::send_all(fd, &frame).is_err() {
+        exit(0);
+    }
+}
+
+/// The worker's life: handshake, then one task at a time. Returns the exit code.
+fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize) -> i32 {
+    // Err(exit code): end of stream (the pool is gone) exits 0, a protocol violation EXIT_PROTOCOL.
+    let read = |fd| -> Result<ToWorker<'static>, i32> {
+        match wire::read_frame_blocking(fd, max_frame) {
+            Ok(None) => Err(0),
+            Ok(Some(body)) => wire::decode_body(&body).map_err(|e| protocol_error(&e)),
+            Err(ReadError::Io) => Err(0),
+            Err(ReadError::Frame(e)) => Err(protocol_error(&e)),
+        }
+    };
+
+    let init = match read(fd) {
+        Ok(ToWorker::Hello { version, init }) if version == PROTOCOL_VERSION => init,
+        Ok(ToWorker::Hello { version, .. }) => {
+            let msg = format!(
+                "worker speaks protocol version {PROTOCOL_VERSION}, the pool speaks {version}"
+            );
+            send(fd, &FromWorker::InitFailed(msg), max_frame);
+            return EXIT_PROTOCOL;
+        }
+        Ok(ToWorker::Shutdown) => return 0,
+        Ok(_) => return EXIT_PROTOCOL,
+        Err(code) => return code,
+    };
+    if let Some(problem) = registry.problem() {
+        send(fd, &FromWorker::InitFailed(problem), max_frame);
+        return 1;
+    }
+    if let Some(call) = init {
+        let failure = match registry.get(&call.task) {
+            None => Some(format!(
+                "the initializer task `{}` is not registered in the worker",
+                call.task
+            )),
+            Some(runner) => match runner(&call.payload.0) {
+                WireOutcome::Ok(_) => None,
+                WireOutcome::Err { display, .. } => Some(format!("initializer failed: {display}")),
+                WireOutcome::Panicked(m) => Some(format!("initializer panicked: {m}")),
+                WireOutcome::UnknownTask(m)
+                | WireOutcome::DecodeFailed(m)
+                | WireOutcome::EncodeFailed(m) => Some(format!("initializer failed: {m}")),
+            },
+        };
+        if let Some(msg) = failure {
+            send(fd, &FromWorker::InitFailed(msg), max_frame);
+            return 1;
+        }
+    }
+    send(
+        fd,
+        &FromWorker::Ready {
+            version: PROTOCOL_VERSION,
+        },
+        max_frame,
+    );
+
+    loop {
+        match read(fd) {
+            Ok(ToWorker::Run { id, call }) => {
+                #[cfg(test)]
+                let call = super::tests::before_ack_hook(call);
+                let outcome = match registry.get(&call.task) {
+                    None => WireOutcome::UnknownTask(call.task.into_owned()),
+                    Some(runner) => {
+                        send(fd, &FromWorker::Started { id }, max_frame);
+                        let payload: Cow<'_, [u8]> = call.payload.0;
+                        runner(&payload)
+                    }
+                };
+                send(fd, &FromWorker::Finished { id, outcome }, max_frame);
+            }
+            Ok(ToWorker::Shutdown) => return 0,
+            Ok(ToWorker::Hello { .. }) => return EXIT_PROTOCOL,
+            Err(code) => return code,
+        }
+    }
+}
