@@ -22,7 +22,7 @@ pub(crate) enum BuildErrorKind {
     IncompatibleSeries(String),
     Registry(prometheus::Error),
     /// The wrapped pool could not be built (for example, rayon's builder failed).
-    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "rayon", target_os = "linux")), allow(dead_code))]
     Pool(Box<dyn Error + Send + Sync>),
     /// A Pushgateway option is invalid (URL, job name or grouping label).
     #[cfg_attr(not(feature = "push"), allow(dead_code))]
@@ -147,6 +147,16 @@ pub enum TaskError {
     },
     /// The executor refused the task (used by `map`, which submits for you).
     Rejected(RejectReason),
+    /// The task failed for a reason other than its own code: its worker
+    /// process died, it timed out, its data could not be serialized, the
+    /// worker does not know it, or the pool was killed. `message` names the
+    /// worker's pid and exit code or signal where there is one.
+    Failed {
+        /// The metric reason label this failure was counted under.
+        reason: crate::FailureReason,
+        /// What happened.
+        message: String,
+    },
     /// The result was not ready within the time given to `join_timeout`.
     /// The task itself goes on.
     TimedOut,
@@ -159,6 +169,7 @@ impl fmt::Display for TaskError {
             TaskError::Cancelled => f.write_str("task was cancelled before it started"),
             TaskError::Broken { reason } => write!(f, "executor is broken: {reason}"),
             TaskError::Rejected(reason) => write!(f, "task rejected: {reason}"),
+            TaskError::Failed { message, .. } => f.write_str(message),
             TaskError::TimedOut => f.write_str("timed out waiting for the task"),
         }
     }

@@ -115,7 +115,7 @@ pub(crate) const METRICS: &[MetricDef] = &[
         name: "task_failures_total",
         kind: Kind::Counter,
         extra_label: Some("reason"),
-        help: "Failed tasks by reason (panic, error, broken, worker_died, timeout, serialization, unknown_task).",
+        help: "Failed tasks by reason (panic, error, broken, worker_died, timeout, serialization, unknown_task, protocol, killed).",
     },
     MetricDef {
         name: "worker_restarts_total",
@@ -150,11 +150,15 @@ pub enum FailureReason {
     Serialization,
     /// The worker does not know the task's name.
     UnknownTask,
+    /// The worker sent something unreadable and was replaced.
+    Protocol,
+    /// The pool was killed while the task was queued or running.
+    Killed,
 }
 
 impl FailureReason {
     /// Every reason, in label order.
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::Panic,
         FailureReason::Error,
         FailureReason::Broken,
@@ -162,6 +166,8 @@ impl FailureReason {
         FailureReason::Timeout,
         FailureReason::Serialization,
         FailureReason::UnknownTask,
+        FailureReason::Protocol,
+        FailureReason::Killed,
     ];
 
     /// The label value.
@@ -174,6 +180,8 @@ impl FailureReason {
             FailureReason::Timeout => "timeout",
             FailureReason::Serialization => "serialization",
             FailureReason::UnknownTask => "unknown_task",
+            FailureReason::Protocol => "protocol",
+            FailureReason::Killed => "killed",
         }
     }
 

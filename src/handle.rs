@@ -210,6 +210,10 @@ impl<T> TaskCore<T> {
     fn state(&self) -> u8 {
         self.state.load(Ordering::Acquire)
     }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.state() == CANCELLED
+    }
 }
 
 /// Where a task is in its life, as seen by [`TaskHandle::state`].

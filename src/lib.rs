@@ -86,10 +86,10 @@ mod handle;
 mod http;
 mod instrumented;
 mod map;
-mod proxy;
 /// The process pool: tasks run in worker processes that survive crashes (Linux).
 #[cfg(target_os = "linux")]
 pub mod process_pool;
+mod proxy;
 #[cfg(feature = "push")]
 mod push;
 #[cfg(feature = "rayon")]
@@ -106,6 +106,8 @@ pub use handle::{TaskHandle, TaskState};
 pub use http::MetricsServer;
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
+#[cfg(target_os = "linux")]
+pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use proxy::InstrumentedExecutorProxy;
 #[cfg(feature = "push")]
 pub use push::{

@@ -230,6 +230,10 @@ pub(crate) trait JobSink: Send + 'static {
     /// The job ends without having started: unknown task, pool broken, cancelled by `shutdown_now`,
     /// pool killed, or its worker died before acknowledging it on every attempt.
     fn failed_unstarted(self: Box<Self>, failure: JobFailure);
+
+    /// The pool refused the job at submit; the sink is handed back and will
+    /// be dropped by its owner without any other call.
+    fn refused(&mut self) {}
 }
 
 /// Why a worker left the pool and will be replaced.

@@ -58,6 +58,7 @@
 
 mod error;
 mod handle;
+mod instrumented;
 mod job;
 mod pool;
 mod sys;
@@ -70,6 +71,9 @@ mod tests;
 
 pub use error::{BuildError, SubmitError};
 pub use handle::{ProcessHandle, TaskError, TaskResult};
+pub use instrumented::{
+    ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
+};
 pub use job::{JobFailure, WorkerExit};
 pub use pool::{ProcessPool, ProcessPoolBuilder};
 pub use task::{ProcessTask, WorkerRegistry};
