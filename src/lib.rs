@@ -86,7 +86,6 @@ mod handle;
 mod http;
 mod instrumented;
 mod map;
-/// The process pool: tasks run in worker processes that survive crashes (Linux).
 #[cfg(target_os = "linux")]
 pub mod process_pool;
 mod proxy;
