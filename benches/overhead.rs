@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::{share, spin, Latch, SIZES, WORKERS};
@@ -74,7 +73,7 @@ fn instrumented_handles(
             .map(|_| pool.submit(move || spin(nanos)).unwrap())
             .collect();
         for h in handles {
-            black_box(h.join().unwrap());
+            h.join().unwrap();
         }
     });
     start.elapsed()

@@ -44,7 +44,7 @@ fn scoped(iters: u64, nanos: u64) -> Duration {
                 let n = common::share(batch, WORKERS as u64, i);
                 s.spawn(move || {
                     for _ in 0..n {
-                        black_box(spin(black_box(nanos)));
+                        spin(black_box(nanos));
                     }
                 });
             }
