@@ -1,0 +1,146 @@
+//! Helpers shared by the benches: the criterion configuration (full or quick),
+//! busy tasks, a completion latch and small executors used as baselines.
+
+#![allow(dead_code)] // each bench uses its own subset
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use executor_exporter::{Executor, Rejected, Task};
+
+/// Workers in every pool: one per core of the 2-core machine the targets are
+/// set for.
+pub const WORKERS: usize = 2;
+
+/// True when `BENCH_QUICK=1`: every bench then takes well under a second, so
+/// CI can run them all to keep them from rotting.
+pub fn quick() -> bool {
+    std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// The criterion configuration: the defaults for full runs, short windows and
+/// few samples in quick mode.
+pub fn criterion() -> Criterion {
+    let c = Criterion::default();
+    if quick() {
+        c.warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_millis(400))
+            .sample_size(10)
+            .without_plots()
+    } else {
+        c.warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(4))
+            .sample_size(50)
+    }
+}
+
+/// Task sizes measured: empty, ~1 us and ~10 us of busy work, in ns.
+pub const SIZES: [(&str, u64); 3] = [("empty", 0), ("1us", 1_000), ("10us", 10_000)];
+
+/// Busy work for `nanos` ns, spinning on the clock (never sleeping, so the
+/// core stays busy as with real CPU-bound work).
+#[inline]
+pub fn spin(nanos: u64) {
+    if nanos == 0 {
+        return;
+    }
+    let start = Instant::now();
+    let d = Duration::from_nanos(nanos);
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// Counts tasks down to zero and wakes one waiter then. Each task pays one
+/// atomic decrement; only the last one takes the lock.
+pub struct Latch {
+    left: AtomicUsize,
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Latch {
+    pub const fn new() -> Latch {
+        Latch {
+            left: AtomicUsize::new(0),
+            done: Mutex::new(false),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Arms the latch for `n` tasks; call before submitting them.
+    pub fn reset(&self, n: usize) {
+        *self.done.lock().unwrap() = n == 0;
+        self.left.store(n, Ordering::SeqCst);
+    }
+
+    #[inline]
+    pub fn count_down(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.done.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+    }
+
+    pub fn wait(&self) {
+        let mut done = self.done.lock().unwrap();
+        while !*done {
+            done = self.cv.wait(done).unwrap();
+        }
+    }
+}
+
+/// Runs each task on the calling thread: an executor with no cost of its
+/// own, so a proxy over it shows the instrumentation alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Inline;
+
+impl Executor for Inline {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        task.run();
+        Ok(())
+    }
+}
+
+/// `rayon::ThreadPool` as an [`Executor`]: `spawn` per task. The crate's own
+/// `rayon` feature does not implement `Executor` for rayon in this tree yet,
+/// so the benches carry this newtype.
+#[derive(Debug)]
+pub struct Rayon(pub rayon::ThreadPool);
+
+impl Executor for Rayon {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        self.0.spawn(move || task.run());
+        Ok(())
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        Some(self.0.current_num_threads())
+    }
+
+    fn executor_type(&self) -> &str {
+        "rayon"
+    }
+}
+
+pub fn rayon_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+}
+
+/// Splits `n` tasks between `submitters` threads: how many the `i`th submits.
+pub fn share(n: u64, submitters: u64, i: u64) -> u64 {
+    n / submitters + u64::from(i < n % submitters)
+}
+
+/// Reads a line like `VmRSS:  1234 kB` of /proc/self/status, in bytes.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,143 @@
+//! The pools users would pick instead, on the same tasks: the `threadpool`
+//! crate (`execute` + `join`), `rayon::ThreadPool::spawn` (+ a latch),
+//! `std::thread::scope` spawning threads per batch, our plain `ThreadPool`
+//! and `ThreadPoolExecutor`, and our proxy over rayon beside bare rayon.
+//! Every pool has two workers; one thread submits.
+//!
+//! One criterion iteration is one task (see `overhead.rs`).
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use common::{rayon_pool, spin, Latch, Rayon, SIZES, WORKERS};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use executor_exporter::{
+    Executor, ExecutorExporter, InstrumentedExecutorProxy, Task, ThreadPool, ThreadPoolExecutor,
+};
+
+static LATCH: Latch = Latch::new();
+
+/// Tasks run per `std::thread::scope`: each batch spawns `WORKERS` threads
+/// that share it.
+const SCOPE_BATCH: u64 = 1024;
+
+fn timed(iters: u64, submit: impl Fn()) -> Duration {
+    LATCH.reset(iters as usize);
+    let start = Instant::now();
+    for _ in 0..iters {
+        submit();
+    }
+    LATCH.wait();
+    start.elapsed()
+}
+
+fn scoped(iters: u64, nanos: u64) -> Duration {
+    let start = Instant::now();
+    let mut left = iters;
+    while left > 0 {
+        let batch = left.min(SCOPE_BATCH);
+        left -= batch;
+        std::thread::scope(|s| {
+            for i in 0..WORKERS as u64 {
+                let n = common::share(batch, WORKERS as u64, i);
+                s.spawn(move || {
+                    for _ in 0..n {
+                        spin(black_box(nanos));
+                    }
+                });
+            }
+        });
+    }
+    start.elapsed()
+}
+
+fn pools(c: &mut Criterion) {
+    let threadpool_crate = threadpool::ThreadPool::new(WORKERS);
+    let rayon_bare = rayon_pool(WORKERS);
+    let plain = ThreadPool::new(WORKERS).unwrap();
+    let registry = prometheus::Registry::new();
+    let executor = ThreadPoolExecutor::builder()
+        .max_workers(WORKERS)
+        .exporter_id("pools")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let rayon_exporter = ExecutorExporter::builder()
+        .exporter_id("pools_rayon")
+        .executor_type("rayon")
+        .registry(registry)
+        .build()
+        .unwrap();
+    let rayon_proxy =
+        InstrumentedExecutorProxy::new(Rayon(rayon_pool(WORKERS)), rayon_exporter, None);
+
+    for (size, nanos) in SIZES {
+        let mut g = c.benchmark_group(format!("pools_{size}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("threadpool_crate", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    threadpool_crate.execute(move || spin(nanos));
+                }
+                threadpool_crate.join();
+                start.elapsed()
+            })
+        });
+        g.bench_function("rayon_spawn", |b| {
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    rayon_bare.spawn(move || {
+                        spin(nanos);
+                        LATCH.count_down();
+                    })
+                })
+            })
+        });
+        g.bench_function("thread_scope", |b| {
+            b.iter_custom(|iters| scoped(iters, nanos))
+        });
+        g.bench_function("thread_pool", |b| {
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    plain
+                        .execute(Task::new(move || {
+                            spin(nanos);
+                            LATCH.count_down();
+                        }))
+                        .unwrap()
+                })
+            })
+        });
+        g.bench_function("executor", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    drop(executor.submit(move || spin(nanos)).unwrap());
+                }
+                executor.join();
+                start.elapsed()
+            })
+        });
+        g.bench_function("rayon_proxy", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    drop(rayon_proxy.submit(move || spin(nanos)).unwrap());
+                }
+                rayon_proxy.join();
+                start.elapsed()
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = pools
+}
+criterion_main!(benches);

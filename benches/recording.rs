@@ -1,0 +1,164 @@
+//! Recording cost per task, measured through the public surface:
+//!
+//! - `bare`: an inline executor (runs the task on the calling thread) given
+//!   a boxed closure; no instrumentation at all;
+//! - `proxy_drop` / `proxy_join`: `InstrumentedExecutorProxy` over the same
+//!   inline executor, submit then drop (or join) the handle. The difference
+//!   from `bare` is the full instrumentation cost per task: three clock
+//!   reads, counters, gauges, two histogram observations, the task's state
+//!   word, its handle (an `Arc` with a `Mutex` and a `Condvar`) and the
+//!   in-flight count;
+//! - `bundle`: the metric bundle alone, as `Series` records it (three
+//!   `Instant::now`, the submitted counter, the queued and running gauges, a
+//!   wait and a duration observation on `prometheus` histograms with the
+//!   default buckets), written here with the same public types.
+//!
+//! Each runs on 1 thread, then on 2 threads recording into the same exporter
+//! at once (the figure is the wall time per task per thread).
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use common::Inline;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use executor_exporter::{
+    Executor, ExecutorExporter, InstrumentedExecutorProxy, Task, DEFAULT_BUCKETS,
+};
+use prometheus::{Histogram, HistogramOpts};
+
+/// The per-task metric bundle of one series, with the same types and
+/// orderings as the crate's `Series`.
+struct Bundle {
+    submitted: AtomicU64,
+    queued: AtomicI64,
+    running: AtomicI64,
+    wait: Histogram,
+    completed: Histogram,
+}
+
+impl Bundle {
+    fn new() -> Bundle {
+        let h = || {
+            Histogram::with_opts(HistogramOpts::new("h", "h").buckets(DEFAULT_BUCKETS.to_vec()))
+                .unwrap()
+        };
+        Bundle {
+            submitted: AtomicU64::new(0),
+            queued: AtomicI64::new(0),
+            running: AtomicI64::new(0),
+            wait: h(),
+            completed: h(),
+        }
+    }
+
+    #[inline(never)]
+    fn task(&self, f: impl FnOnce()) {
+        let submitted_at = Instant::now();
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.wait.observe(
+            started
+                .saturating_duration_since(submitted_at)
+                .as_secs_f64(),
+        );
+        f();
+        self.completed.observe(started.elapsed().as_secs_f64());
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work(iters)` on `threads` threads started together; the wall time
+/// from the start signal until all are done.
+fn on_threads(threads: usize, iters: u64, work: impl Fn(u64) + Sync) -> Duration {
+    if threads == 1 {
+        let start = Instant::now();
+        work(iters);
+        return start.elapsed();
+    }
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                barrier.wait();
+                work(iters);
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        // Leaving the scope joins the threads.
+        start
+    })
+    .elapsed()
+}
+
+fn recording(c: &mut Criterion) {
+    let registry = prometheus::Registry::new();
+    let exporter = ExecutorExporter::builder()
+        .exporter_id("recording")
+        .registry(registry)
+        .build()
+        .unwrap();
+    let proxy = InstrumentedExecutorProxy::new(Inline, exporter, None);
+    let bundle = Bundle::new();
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("recording_{threads}thread"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("bare", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |n| {
+                    for i in 0..n {
+                        Inline
+                            .execute(Task::new(move || {
+                                black_box(i);
+                            }))
+                            .unwrap();
+                    }
+                })
+            })
+        });
+        g.bench_function("proxy_drop", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |n| {
+                    for i in 0..n {
+                        drop(proxy.submit(move || black_box(i)).unwrap());
+                    }
+                })
+            })
+        });
+        g.bench_function("proxy_join", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |n| {
+                    for i in 0..n {
+                        black_box(proxy.submit(move || black_box(i)).unwrap().join().unwrap());
+                    }
+                })
+            })
+        });
+        g.bench_function("bundle", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |n| {
+                    for i in 0..n {
+                        bundle.task(|| {
+                            black_box(i);
+                        });
+                    }
+                })
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = recording
+}
+criterion_main!(benches);
