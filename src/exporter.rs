@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Histogram, HistogramOpts, Registry};
 
 use crate::error::{BuildError, BuildErrorKind};
+use crate::shards::{bounds_in_nanos, Buckets, Shard, Shards};
 
 /// Metric type of a family in [`METRICS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,25 +229,20 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
     300.0,
 ];
 
-/// The series of one (`exporter_id`, `executor_type`) pair: plain atomics and
-/// two histograms, read by the collector at scrape time.
+/// The series of one (`exporter_id`, `executor_type`) pair. Task counts and
+/// the two histograms live in per-thread [`Shards`]; worker counts, which
+/// change rarely, are plain atomics. The collector reads them at scrape time.
 pub(crate) struct Series {
     id: String,
     ty: String,
     max_workers: AtomicU64,
     initialized_workers: AtomicU64,
-    submitted: AtomicU64,
-    rejected: AtomicU64,
-    queued: AtomicI64,
-    running: AtomicI64,
-    cancelled: AtomicU64,
     restarts: AtomicU64,
-    failures: [AtomicU64; FailureReason::ALL.len()],
-    wait: Histogram,
-    completed: Histogram,
-    failed: Histogram,
+    shards: Shards,
     wait_bounds: Vec<f64>,
     duration_bounds: Vec<f64>,
+    wait_nanos: Box<[u64]>,
+    duration_nanos: Box<[u64]>,
     /// `step_duration_seconds`, one histogram per step name.
     steps: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -273,16 +269,10 @@ impl Series {
             ty: ty.to_owned(),
             max_workers: AtomicU64::new(0),
             initialized_workers: AtomicU64::new(0),
-            submitted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            queued: AtomicI64::new(0),
-            running: AtomicI64::new(0),
-            cancelled: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
-            failures: Default::default(),
-            wait: histogram(&wait_bounds),
-            completed: histogram(&duration_bounds),
-            failed: histogram(&duration_bounds),
+            shards: Shards::new(wait_bounds.len(), duration_bounds.len()),
+            wait_nanos: bounds_in_nanos(&wait_bounds),
+            duration_nanos: bounds_in_nanos(&duration_bounds),
             wait_bounds,
             duration_bounds,
             steps: Mutex::new(BTreeMap::new()),
@@ -303,51 +293,63 @@ impl Series {
 
     /// A submit is being attempted: the task counts as queued until it is
     /// either accepted ([`Series::accepted`]) or refused ([`Series::rejected`]).
+    #[inline]
     pub(crate) fn enqueue(&self) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.shards.local().queued.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn accepted(&self) {
-        self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.shards
+            .local()
+            .submitted
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn rejected(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shards.local();
+        shard.queued.fetch_sub(1, Ordering::Relaxed);
+        shard.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a submit refused before anything was queued.
     pub(crate) fn rejected_unqueued(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.shards.local().rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn started(&self, wait: Duration) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.running.fetch_add(1, Ordering::Relaxed);
-        self.wait.observe(wait.as_secs_f64());
+        let shard = self.shards.local();
+        shard.queued.fetch_sub(1, Ordering::Relaxed);
+        shard.running.fetch_add(1, Ordering::Relaxed);
+        shard.wait.observe(&self.wait_nanos, wait);
     }
 
+    #[inline]
     pub(crate) fn finished(&self, duration: Duration, failure: Option<FailureReason>) {
+        let shard = self.shards.local();
         match failure {
-            None => self.completed.observe(duration.as_secs_f64()),
+            None => shard.completed.observe(&self.duration_nanos, duration),
             Some(reason) => {
-                self.failed.observe(duration.as_secs_f64());
-                self.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+                shard.failed.observe(&self.duration_nanos, duration);
+                shard.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.running.fetch_sub(1, Ordering::Relaxed);
+        shard.running.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn cancelled(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.cancelled.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shards.local();
+        shard.queued.fetch_sub(1, Ordering::Relaxed);
+        shard.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A queued task that will never start fails (duration 0).
     pub(crate) fn failed_unstarted(&self, reason: FailureReason) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.failed.observe(0.0);
-        self.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+        let shard = self.shards.local();
+        shard.queued.fetch_sub(1, Ordering::Relaxed);
+        shard.failed.observe(&self.duration_nanos, Duration::ZERO);
+        shard.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     fn labels(&self, extra: Option<(&str, &str)>) -> Vec<proto::LabelPair> {
@@ -390,32 +392,80 @@ impl Series {
         m
     }
 
+    /// Sums one histogram over the shards into a sample.
+    fn sharded_histogram(
+        &self,
+        bounds: &[f64],
+        which: impl Fn(&Shard) -> &Buckets,
+        extra: Option<(&str, &str)>,
+    ) -> proto::Metric {
+        let mut counts = vec![0u64; bounds.len() + 1];
+        let mut sum_nanos = 0u128;
+        for shard in self.shards.iter() {
+            which(shard).add_to(&mut counts, &mut sum_nanos);
+        }
+        let mut cumulative = 0u64;
+        let buckets = bounds
+            .iter()
+            .zip(&counts)
+            .map(|(bound, count)| {
+                cumulative += count;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(cumulative + counts[bounds.len()]);
+        h.set_sample_sum(sum_nanos as f64 / 1e9);
+        h.set_bucket(buckets);
+        let mut m = proto::Metric::default();
+        m.set_label(self.labels(extra));
+        m.set_histogram(h);
+        m
+    }
+
     /// Appends this series' samples to `families` (indexed like [`METRICS`]).
     fn collect_into(&self, families: &mut [Vec<proto::Metric>]) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // The histograms are read before the gauges and counters that a task
-        // moves before them, so one scrape never shows more finished tasks
-        // than were submitted.
-        let completed = self.histogram(&self.completed, Some(("result", "completed")));
-        let failed = self.histogram(&self.failed, Some(("result", "failed")));
-        let wait = self.histogram(&self.wait, None);
+        let shards = &self.shards;
+        // Finished tasks are read before the counts a task moves earlier in
+        // its life, so one scrape never shows more tasks ended than submitted.
+        let completed = self.sharded_histogram(
+            &self.duration_bounds,
+            |s| &s.completed,
+            Some(("result", "completed")),
+        );
+        let failed = self.sharded_histogram(
+            &self.duration_bounds,
+            |s| &s.failed,
+            Some(("result", "failed")),
+        );
+        let failures: Vec<u64> = FailureReason::ALL
+            .iter()
+            .map(|r| shards.sum_u64(|s| &s.failures[r.index()]))
+            .collect();
+        let cancelled = shards.sum_u64(|s| &s.cancelled);
+        let running = shards.sum_i64(|s| &s.running);
+        let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, None);
+        let queued = shards.sum_i64(|s| &s.queued);
+        let submitted = shards.sum_u64(|s| &s.submitted);
+        let rejected = shards.sum_u64(|s| &s.rejected);
         families[idx::MAX_WORKERS].push(self.counter(load(&self.max_workers), None));
         families[idx::INITIALIZED_WORKERS]
             .push(self.counter(load(&self.initialized_workers), None));
-        families[idx::QUEUED].push(self.gauge(self.queued.load(Ordering::Relaxed)));
-        families[idx::RUNNING].push(self.gauge(self.running.load(Ordering::Relaxed)));
-        families[idx::CANCELLED].push(self.counter(load(&self.cancelled), None));
-        families[idx::SUBMITTED].push(self.counter(load(&self.submitted), None));
-        families[idx::REJECTED].push(self.counter(load(&self.rejected), None));
+        families[idx::QUEUED].push(self.gauge(queued));
+        families[idx::RUNNING].push(self.gauge(running));
+        families[idx::CANCELLED].push(self.counter(cancelled, None));
+        families[idx::SUBMITTED].push(self.counter(submitted, None));
+        families[idx::REJECTED].push(self.counter(rejected, None));
         families[idx::RESTARTS].push(self.counter(load(&self.restarts), None));
         families[idx::WAIT].push(wait);
         families[idx::DURATION].push(completed);
         families[idx::DURATION].push(failed);
-        for reason in FailureReason::ALL {
-            families[idx::FAILURES].push(self.counter(
-                load(&self.failures[reason.index()]),
-                Some(("reason", reason.as_str())),
-            ));
+        for (reason, value) in FailureReason::ALL.iter().zip(failures) {
+            families[idx::FAILURES].push(self.counter(value, Some(("reason", reason.as_str()))));
         }
         for (name, h) in lock(&self.steps).iter() {
             families[idx::STEP].push(self.histogram(h, Some(("step", name))));
@@ -1005,6 +1055,9 @@ impl ExecutorExporterBuilder {
     /// labels or help already in the registry; an existing series with the
     /// same id and type but other buckets.
     pub fn build(self) -> Result<ExecutorExporter, BuildError> {
+        // The task clock calibrates itself on first use; pay that here, not
+        // in the first task's submit.
+        let _ = crate::handle::Clock::now();
         let namespace = self.namespace.unwrap_or_else(|| "executor".to_owned());
         validate_namespace(&namespace)?;
         let wait = resolve_buckets(&self.wait_explicit, &self.wait_exponential, "wait buckets")?;

@@ -94,6 +94,7 @@ mod push;
 #[cfg(feature = "rayon")]
 #[path = "rayon.rs"]
 mod rayon_support;
+mod shards;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};

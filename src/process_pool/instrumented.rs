@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::Registry;
 
@@ -20,7 +20,7 @@ use super::task::ProcessTask;
 use super::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
-use crate::handle::{Accounting, TaskCore, TaskHandle};
+use crate::handle::{Accounting, Clock, TaskCore, TaskHandle};
 
 /// What a process task's handle yields: the task's own `Result`, whose `Err`
 /// is counted as failed with reason `error`.
@@ -82,12 +82,12 @@ fn classify(failure: JobFailure) -> (TaskError, FailureReason) {
 /// One job's link to its task state: the pool's reports move the task.
 struct Sink<T: ProcessTask> {
     core: Arc<TaskCore<ProcessOutput<T>>>,
-    started: Option<Instant>,
+    started: Option<Clock>,
     ended: bool,
 }
 
 impl<T: ProcessTask> Sink<T> {
-    fn finish_failed(&self, started: Instant, failure: JobFailure) {
+    fn finish_failed(&self, started: Clock, failure: JobFailure) {
         let (error, reason) = classify(failure);
         self.core.finish(started, Err(error), Some(reason));
     }
