@@ -62,6 +62,7 @@
 //! | `executor_tasks_duration_seconds` | histogram | `result` | start to end, `completed` or `failed` |
 //! | `executor_task_failures_total` | counter | `reason` | why tasks failed |
 //! | `executor_worker_restarts_total` | counter | | workers replaced (process pools) |
+//! | `executor_step_duration_seconds` | histogram | `step` | steps timed with [`ExecutorExporter::step`] |
 //!
 //! Whenever no task is in flight, `submitted = queued + running + completed +
 //! failed + cancelled`, where completed and failed are the duration
