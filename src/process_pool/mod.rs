@@ -72,7 +72,7 @@ mod tests;
 pub use error::{BuildError, SubmitError};
 pub use handle::{ProcessHandle, TaskError, TaskResult};
 pub use instrumented::{
-    ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
+    ProcessChunkedMap, ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
 };
 pub use job::{JobFailure, WorkerExit};
 pub use pool::{ProcessPool, ProcessPoolBuilder};
