@@ -115,7 +115,7 @@ mod linux {
         g.bench_function("procspawn", |b| {
             b.iter(|| {
                 x += 1;
-                let mut h = spawn.spawn(black_box(x), square);
+                let h = spawn.spawn(black_box(x), square);
                 black_box(h.join().unwrap())
             })
         });
@@ -171,7 +171,7 @@ mod linux {
                 batched(iters, |first, n| {
                     let handles: Vec<_> =
                         (first..first + n).map(|x| spawn.spawn(x, square)).collect();
-                    for mut h in handles {
+                    for h in handles {
                         black_box(h.join().unwrap());
                     }
                 })
