@@ -93,8 +93,10 @@ r = throughput_ratio("pools_empty", "threadpool_crate", "pools_empty", "executor
 row("`ThreadPoolExecutor` / `threadpool` crate throughput, empty tasks", ">= 1.0", r, "", 1.0, True)
 r = throughput_ratio("pools_empty", "rayon_spawn", "pools_empty", "rayon_proxy")
 row("proxy over rayon / bare rayon throughput, empty tasks", ">= 0.90", r, "", 0.90, True)
-rows.append("| process pool / procspawn pool throughput, tiny tasks | >= 1.5 | not run | | "
-            "not run | no process pool in this tree yet |")
+for bench, name in (("process_pool", "plain `ProcessPool`"), ("executor", "`ProcessPoolExecutor`")):
+    r = throughput_ratio("process_pool_throughput", "procspawn", "process_pool_throughput", bench)
+    row(f"process pool / procspawn pool throughput, tiny tasks: {name}", ">= 1.5", r, "", 1.5, True,
+        note="2 workers, batches of 512")
 s = est("scrape_encode", "100")
 s = tuple(v / 1e6 for v in s) if s else None
 row("scrape (gather + text encode) with 100 exporters", "<= 2 ms", s, " ms", 2.0, False, 3)

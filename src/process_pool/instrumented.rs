@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use prometheus::Registry;
 
 use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
 use super::pool::{ProcessPool, ProcessPoolBuilder};
-use super::task::ProcessTask;
+use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
+use super::wire::{Blob, WireOutcome};
 use super::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
@@ -79,26 +81,165 @@ fn classify(failure: JobFailure) -> (TaskError, FailureReason) {
     )
 }
 
-/// One job's link to its task state: the pool's reports move the task.
-struct Sink<T: ProcessTask> {
-    core: Arc<TaskCore<ProcessOutput<T>>>,
-    started: Option<Clock>,
-    ended: bool,
+/// What one item of a task yields: the task's own `Result`, or why there is none.
+type ItemResult<T> = Result<ProcessOutput<T>, TaskError>;
+
+/// What a chunk's handle yields: one result per item sent, in order.
+type ChunkValue<T> = Vec<ItemResult<T>>;
+
+/// Turns the outcome of one run of `T` (a task, or one item of a chunk) into
+/// its result and the failure reason it counts under (`None`: completed).
+fn decode_item<T: ProcessTask>(outcome: JobOutcome) -> (ItemResult<T>, Option<FailureReason>) {
+    let decode_failed = |what: &str, e: postcard::Error| JobFailure::Serialization {
+        message: format!("cannot decode the {what} of task `{}`: {e}", T::NAME),
+    };
+    let failure = match outcome {
+        Ok(bytes) => match postcard::from_bytes::<T::Output>(&bytes) {
+            Ok(value) => return (Ok(Ok(value)), None),
+            Err(e) => decode_failed("output", e),
+        },
+        Err(JobFailure::Error { payload, .. }) => {
+            match postcard::from_bytes::<T::Error>(&payload) {
+                Ok(error) => return (Ok(Err(error)), Some(FailureReason::Error)),
+                Err(e) => decode_failed("error", e),
+            }
+        }
+        Err(failure) => failure,
+    };
+    let (error, reason) = classify(failure);
+    (Err(error), Some(reason))
 }
 
-impl<T: ProcessTask> Sink<T> {
-    fn finish_failed(&self, started: Clock, failure: JobFailure) {
-        let (error, reason) = classify(failure);
-        self.core.finish(started, Err(error), Some(reason));
+/// How a job's reports become its handle's value: one task, or a chunk.
+trait Decode: Send + 'static {
+    type Value: Send + 'static;
+    /// The value of a job that ended (a started job's outcome) and the
+    /// failure reason it counts under.
+    fn decode(
+        &self,
+        outcome: JobOutcome,
+    ) -> (Result<Self::Value, TaskError>, Option<FailureReason>);
+    /// A failure the pool reports, as the user should see it.
+    fn failure(&self, failure: JobFailure) -> JobFailure {
+        failure
     }
 }
 
-impl<T> JobSink for Sink<T>
+/// One task of type `T`.
+struct One<T>(PhantomData<fn() -> T>);
+
+impl<T> Decode for One<T>
 where
     T: ProcessTask,
     T::Output: Send,
     T::Error: Send,
 {
+    type Value = ProcessOutput<T>;
+
+    fn decode(
+        &self,
+        outcome: JobOutcome,
+    ) -> (Result<Self::Value, TaskError>, Option<FailureReason>) {
+        decode_item::<T>(outcome)
+    }
+}
+
+/// A chunk of `items` inputs of `T`, sent as one job under the derived chunk
+/// name. Its reason: `panic` if an item panicked, else `serialization` if an
+/// item's data could not be encoded or decoded, else `error` if an item
+/// returned `Err`, else none (completed).
+struct Chunk<T> {
+    items: usize,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T> Decode for Chunk<T>
+where
+    T: ProcessTask,
+    T::Output: Send,
+    T::Error: Send,
+{
+    type Value = ChunkValue<T>;
+
+    fn decode(
+        &self,
+        outcome: JobOutcome,
+    ) -> (Result<Self::Value, TaskError>, Option<FailureReason>) {
+        let outcomes = match outcome {
+            Ok(bytes) => match postcard::from_bytes::<Vec<WireOutcome>>(&bytes) {
+                Ok(outcomes) if outcomes.len() == self.items => outcomes,
+                Ok(outcomes) => {
+                    return fail(JobFailure::Serialization {
+                        message: format!(
+                            "a chunk of {} inputs of task `{}` came back with {} results",
+                            self.items,
+                            T::NAME,
+                            outcomes.len()
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return fail(JobFailure::Serialization {
+                        message: format!(
+                            "cannot decode the results of a chunk of task `{}`: {e}",
+                            T::NAME
+                        ),
+                    })
+                }
+            },
+            Err(failure) => return fail(self.failure(failure)),
+        };
+        let mut worst: Option<FailureReason> = None;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| {
+                let (result, reason) = decode_item::<T>(outcome.into_job_outcome());
+                if rank(reason) > rank(worst) {
+                    worst = reason;
+                }
+                result
+            })
+            .collect();
+        (Ok(results), worst)
+    }
+
+    /// The chunk's derived name is an implementation detail: an unknown chunk
+    /// is reported under the task's own name.
+    fn failure(&self, failure: JobFailure) -> JobFailure {
+        match failure {
+            JobFailure::UnknownTask { .. } => JobFailure::UnknownTask {
+                name: T::NAME.to_owned(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Which item failure decides a chunk's reason: `panic` over
+/// `serialization` over `error` (the only reasons an item alone can have).
+fn rank(reason: Option<FailureReason>) -> u8 {
+    match reason {
+        None => 0,
+        Some(FailureReason::Error) => 1,
+        Some(FailureReason::Panic) => 3,
+        Some(_) => 2,
+    }
+}
+
+fn fail<V>(failure: JobFailure) -> (Result<V, TaskError>, Option<FailureReason>) {
+    let (error, reason) = classify(failure);
+    (Err(error), Some(reason))
+}
+
+/// One job's link to its task state: the pool's reports move the task.
+struct Sink<D: Decode> {
+    core: Arc<TaskCore<D::Value>>,
+    decode: D,
+    started: Option<Clock>,
+    ended: bool,
+}
+
+impl<D: Decode> JobSink for Sink<D> {
     fn is_cancelled(&self) -> bool {
         self.core.is_cancelled()
     }
@@ -111,25 +252,8 @@ where
     fn finished(mut self: Box<Self>, outcome: JobOutcome) {
         self.ended = true;
         let Some(started) = self.started else { return };
-        let decode_failed = |what: &str, e: postcard::Error| JobFailure::Serialization {
-            message: format!("cannot decode the {what} of task `{}`: {e}", T::NAME),
-        };
-        match outcome {
-            Ok(bytes) => match postcard::from_bytes::<T::Output>(&bytes) {
-                Ok(value) => self.core.finish(started, Ok(Ok(value)), None),
-                Err(e) => self.finish_failed(started, decode_failed("output", e)),
-            },
-            Err(JobFailure::Error { payload, .. }) => {
-                match postcard::from_bytes::<T::Error>(&payload) {
-                    Ok(error) => {
-                        self.core
-                            .finish(started, Ok(Err(error)), Some(FailureReason::Error))
-                    }
-                    Err(e) => self.finish_failed(started, decode_failed("error", e)),
-                }
-            }
-            Err(failure) => self.finish_failed(started, failure),
-        }
+        let (result, reason) = self.decode.decode(outcome);
+        self.core.finish(started, result, reason);
     }
 
     fn refused(&mut self) {
@@ -142,12 +266,12 @@ where
             self.core.cancel();
             return;
         }
-        let (error, reason) = classify(failure);
+        let (error, reason) = classify(self.decode.failure(failure));
         self.core.fail_unstarted(error, reason);
     }
 }
 
-impl<T: ProcessTask> Drop for Sink<T> {
+impl<D: Decode> Drop for Sink<D> {
     /// A job the pool drops without a terminal report was cancelled by its
     /// owner (the cancel already counted it); anything else would be a lost
     /// task, so it is ended here rather than left uncounted.
@@ -282,16 +406,28 @@ impl ProcessPoolExecutor {
                 )));
             }
         };
-        let core = Arc::new(TaskCore::new(self.acct.clone()));
-        let sink = Sink::<T> {
-            core: core.clone(),
-            started: None,
-            ended: false,
-        };
         let spec = JobSpec {
             task: T::NAME.to_owned(),
             payload,
             timeout,
+        };
+        self.enqueue(spec, One::<T>(PhantomData))
+    }
+
+    /// Queues an admitted job (`acct.admit()` already returned true): its
+    /// task state, its sink, and the submit counts.
+    fn enqueue<D: Decode>(
+        &self,
+        spec: JobSpec,
+        decode: D,
+    ) -> Result<TaskHandle<D::Value>, SubmitError> {
+        let series = &self.acct.series;
+        let core = Arc::new(TaskCore::new(self.acct.clone()));
+        let sink = Sink {
+            core: core.clone(),
+            decode,
+            started: None,
+            ended: false,
         };
         series.enqueue();
         match self.pool.submit_job(spec, Box::new(sink)) {
@@ -308,6 +444,51 @@ impl ProcessPoolExecutor {
                 Err(rejected.error)
             }
         }
+    }
+
+    /// Submits one chunk: the inputs already encoded one by one. Counted as
+    /// one task.
+    fn submit_chunk<T>(
+        &self,
+        items: Vec<Blob<'static>>,
+    ) -> Result<TaskHandle<ChunkValue<T>>, SubmitError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+    {
+        if !self.acct.admit() {
+            self.acct.series.rejected_unqueued();
+            return Err(SubmitError::Shutdown);
+        }
+        let payload = match postcard::to_stdvec(&items) {
+            Ok(payload) => payload,
+            Err(e) => {
+                // Byte strings always encode; kept for completeness.
+                self.acct.series.rejected_unqueued();
+                self.acct.ended();
+                return Err(SubmitError::Serialization(format!(
+                    "cannot encode a chunk of task `{}`: {e}",
+                    T::NAME
+                )));
+            }
+        };
+        let spec = JobSpec {
+            task: chunk_name::<T>(),
+            payload,
+            timeout: None,
+        };
+        let decode = Chunk::<T> {
+            items: items.len(),
+            _task: PhantomData,
+        };
+        self.enqueue(spec, decode).map_err(|e| match e {
+            // The derived name is an implementation detail (e.g. a chunk over the frame size).
+            SubmitError::Serialization(m) => {
+                SubmitError::Serialization(m.replace(CHUNK_PREFIX, "chunk of "))
+            }
+            other => other,
+        })
     }
 
     /// Applies task `T` to every input, each its own task, and yields the
@@ -328,6 +509,71 @@ impl ProcessPoolExecutor {
             in_flight: self.pool.max_workers().saturating_mul(2).max(1),
         }
         .filled()
+    }
+
+    /// Like [`map`](Self::map), but sends the inputs `chunk_size` at a time:
+    /// one round trip to a worker runs a whole chunk, which amortises the
+    /// per-task cost of the process boundary for small tasks. Results are
+    /// still one per input, in input order, each with its own `Result` or
+    /// [`TaskError`]; a chunk size of 0 is an error.
+    ///
+    /// In the metrics **one chunk is one task**: one wait (submit of the chunk
+    /// to the worker's start acknowledgement) and one duration (that
+    /// acknowledgement to the chunk's last result). A chunk counts as failed
+    /// with reason `panic` if any of its items panicked, else `serialization`
+    /// if any item's output or error could not be encoded or decoded, else
+    /// `error` if any item returned `Err`, else as completed. A panicking item
+    /// fails only itself (the worker catches it and goes on with the next
+    /// item). A failure of the whole chunk (its worker died, the pool was
+    /// killed, the chunk was cancelled) is every item's result. The pool's
+    /// [`task_timeout`](ProcessPoolExecutorBuilder::task_timeout) applies to a
+    /// chunk as a whole.
+    ///
+    /// Inputs are read and encoded lazily, with at most twice `max_workers`
+    /// chunks submitted and not yet yielded; dropping the iterator cancels
+    /// the chunks not yet sent to a worker. An input that cannot be encoded
+    /// fails alone, in the caller, and is counted as one rejected task, as in
+    /// [`map`](Self::map).
+    ///
+    /// ```no_run
+    /// # use executor_exporter::process_pool::{ProcessPoolExecutor, ProcessTask};
+    /// # struct Square;
+    /// # impl ProcessTask for Square {
+    /// #     const NAME: &'static str = "square";
+    /// #     type Input = u64; type Output = u64; type Error = String;
+    /// #     fn run(x: u64) -> Result<u64, String> { Ok(x * x) }
+    /// # }
+    /// # let pool = ProcessPoolExecutor::builder().build().unwrap();
+    /// let squares: Vec<u64> = pool
+    ///     .map_chunked::<Square, _>(0..1000u64, 100)?
+    ///     .map(|r| r.expect("ran").expect("Ok"))
+    ///     .collect();
+    /// assert_eq!(squares[999], 999 * 999);
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
+    pub fn map_chunked<T, I>(
+        &self,
+        inputs: I,
+        chunk_size: usize,
+    ) -> Result<ProcessChunkedMap<'_, T, I::IntoIter>, BuildError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+        I: IntoIterator<Item = T::Input>,
+    {
+        if chunk_size == 0 {
+            return Err(BuildError::new(BuildErrorKind::ZeroBound("chunk_size")));
+        }
+        Ok(ProcessChunkedMap {
+            pool: self,
+            inputs: Some(inputs.into_iter()),
+            chunk_size,
+            pending: VecDeque::new(),
+            current: VecDeque::new(),
+            in_flight: self.pool.max_workers().saturating_mul(2).max(1),
+        }
+        .filled())
     }
 
     /// The exporter this pool records into.
@@ -493,23 +739,34 @@ where
                 self.inputs = None;
                 return;
             };
-            let handle = self.pool.submit::<T>(&input).map_err(|e| match e {
-                SubmitError::Serialization(message) => TaskError::Failed {
-                    reason: FailureReason::Serialization,
-                    message,
-                },
-                SubmitError::Broken(reason) => TaskError::Broken { reason },
-                _ => TaskError::Rejected(crate::RejectReason::Shutdown),
-            });
-            if matches!(
-                handle,
-                Err(TaskError::Rejected(_) | TaskError::Broken { .. })
-            ) {
+            let handle = self.pool.submit::<T>(&input).map_err(map_error);
+            if ends_map(&handle) {
                 self.inputs = None;
             }
             self.pending.push_back(handle);
         }
     }
+}
+
+/// A submit error as the result of the input(s) `map` submitted for you.
+fn map_error(e: SubmitError) -> TaskError {
+    match e {
+        SubmitError::Serialization(message) => TaskError::Failed {
+            reason: FailureReason::Serialization,
+            message,
+        },
+        SubmitError::Broken(reason) => TaskError::Broken { reason },
+        _ => TaskError::Rejected(crate::RejectReason::Shutdown),
+    }
+}
+
+/// Whether a submit failed for every later input too (shutdown, broken
+/// pool), so `map` stops reading inputs.
+fn ends_map<H>(submitted: &Result<H, TaskError>) -> bool {
+    matches!(
+        submitted,
+        Err(TaskError::Rejected(_) | TaskError::Broken { .. })
+    )
 }
 
 impl<T, I> Iterator for ProcessMap<'_, T, I>
@@ -540,6 +797,143 @@ impl<T: ProcessTask, I> fmt::Debug for ProcessMap<'_, T, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessMap")
             .field("pending", &self.pending.len())
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A chunk submitted by [`ProcessPoolExecutor::map_chunked`], with the
+/// inputs that failed to encode kept in place.
+struct PendingChunk<T: ProcessTask> {
+    /// The chunk's handle, or why it was not submitted; `None` when no input
+    /// of the chunk could be encoded (nothing was sent).
+    handle: Option<Result<TaskHandle<ChunkValue<T>>, TaskError>>,
+    /// One entry per input, in order: `Some` for an input that failed to
+    /// encode (its result), `None` for one sent in the chunk.
+    slots: Vec<Option<TaskError>>,
+}
+
+/// Results of [`ProcessPoolExecutor::map_chunked`], one per input, in input
+/// order.
+pub struct ProcessChunkedMap<'a, T: ProcessTask, I> {
+    pool: &'a ProcessPoolExecutor,
+    inputs: Option<I>,
+    chunk_size: usize,
+    pending: VecDeque<PendingChunk<T>>,
+    /// Results of the chunk being yielded.
+    current: VecDeque<ItemResult<T>>,
+    in_flight: usize,
+}
+
+impl<T, I> ProcessChunkedMap<'_, T, I>
+where
+    T: ProcessTask,
+    T::Output: Send,
+    T::Error: Send,
+    I: Iterator<Item = T::Input>,
+{
+    fn filled(mut self) -> Self {
+        self.fill();
+        self
+    }
+
+    /// Reads and submits chunks until `in_flight` are pending or the inputs
+    /// end.
+    fn fill(&mut self) {
+        while self.pending.len() < self.in_flight {
+            let Some(inputs) = self.inputs.as_mut() else {
+                return;
+            };
+            let mut items = Vec::with_capacity(self.chunk_size);
+            let mut slots = Vec::with_capacity(self.chunk_size);
+            for input in inputs.by_ref().take(self.chunk_size) {
+                match postcard::to_stdvec(&input) {
+                    Ok(bytes) => {
+                        items.push(Blob(bytes.into()));
+                        slots.push(None);
+                    }
+                    Err(e) => {
+                        // Counted like `map` counts it: one task refused.
+                        self.pool.acct.series.rejected_unqueued();
+                        slots.push(Some(TaskError::Failed {
+                            reason: FailureReason::Serialization,
+                            message: format!("cannot encode the input of task `{}`: {e}", T::NAME),
+                        }));
+                    }
+                }
+            }
+            if slots.len() < self.chunk_size {
+                self.inputs = None;
+            }
+            if slots.is_empty() {
+                return;
+            }
+            let handle = if items.is_empty() {
+                None
+            } else {
+                let handle = self.pool.submit_chunk::<T>(items).map_err(map_error);
+                if ends_map(&handle) {
+                    self.inputs = None;
+                }
+                Some(handle)
+            };
+            self.pending.push_back(PendingChunk { handle, slots });
+        }
+    }
+}
+
+impl<T, I> Iterator for ProcessChunkedMap<'_, T, I>
+where
+    T: ProcessTask,
+    T::Output: Send,
+    T::Error: Send,
+    I: Iterator<Item = T::Input>,
+{
+    type Item = ItemResult<T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(next) = self.current.pop_front() {
+            return Some(next);
+        }
+        let chunk = self.pending.pop_front()?;
+        self.fill();
+        let mut results = match chunk.handle {
+            None => Ok(Vec::new().into_iter()),
+            Some(handle) => handle.and_then(TaskHandle::join).map(Vec::into_iter),
+        };
+        self.current = chunk
+            .slots
+            .into_iter()
+            .map(|slot| match (slot, &mut results) {
+                (Some(error), _) => Err(error),
+                (None, Ok(results)) => results.next().unwrap_or_else(|| {
+                    Err(TaskError::Failed {
+                        reason: FailureReason::Serialization,
+                        message: format!("a chunk of task `{}` lost a result", T::NAME),
+                    })
+                }),
+                (None, Err(error)) => Err(error.clone()),
+            })
+            .collect();
+        self.current.pop_front()
+    }
+}
+
+impl<T: ProcessTask, I> Drop for ProcessChunkedMap<'_, T, I> {
+    fn drop(&mut self) {
+        for chunk in self.pending.drain(..) {
+            if let Some(Ok(handle)) = chunk.handle {
+                handle.cancel();
+            }
+        }
+    }
+}
+
+impl<T: ProcessTask, I> fmt::Debug for ProcessChunkedMap<'_, T, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessChunkedMap")
+            .field("chunk_size", &self.chunk_size)
+            .field("pending_chunks", &self.pending.len())
             .field("in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }

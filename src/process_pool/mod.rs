@@ -51,6 +51,10 @@
 //! `max_tasks_per_child` tasks, reaps every process it started (no zombies) and closes every descriptor.
 //! Workers die with the pool's process (`PR_SET_PDEATHSIG`).
 //!
+//! A chunk of inputs ([`ProcessPoolExecutor::map_chunked`]) is one `Run` message under a name derived
+//! from the task's (reserved: it starts with a NUL byte); the worker runs each input in turn, catching
+//! each panic, and sends back one outcome per input.
+//!
 //! A worker that dies fails only the task it had acknowledged, with an error naming its pid and exit
 //! code or signal; a task it had not acknowledged never ran and is sent again (up to 3 attempts). When
 //! workers cannot start N times in a row the pool is *broken* and fails every queued and later task at
@@ -72,7 +76,7 @@ mod tests;
 pub use error::{BuildError, SubmitError};
 pub use handle::{ProcessHandle, TaskError, TaskResult};
 pub use instrumented::{
-    ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
+    ProcessChunkedMap, ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
 };
 pub use job::{JobFailure, WorkerExit};
 pub use pool::{ProcessPool, ProcessPoolBuilder};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::error::{BuildError, SubmitError};
 use super::handle::{self, ProcessHandle};
 use super::job::{
-    JobFailure, JobOutcome, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
+    JobFailure, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
 };
 use super::sys;
 use super::task::ProcessTask;
@@ -1189,19 +1189,7 @@ fn deliver(job: Job, started: bool, discard: bool, outcome: WireOutcome) {
     if discard || (!started && !sink.started()) {
         return;
     }
-    let outcome: JobOutcome = match outcome {
-        WireOutcome::Ok(bytes) => Ok(bytes.into_vec()),
-        WireOutcome::Err { payload, display } => Err(JobFailure::Error {
-            payload: payload.into_vec(),
-            message: display,
-        }),
-        WireOutcome::Panicked(message) => Err(JobFailure::Panic { message }),
-        WireOutcome::UnknownTask(name) => Err(JobFailure::UnknownTask { name }),
-        WireOutcome::DecodeFailed(message) | WireOutcome::EncodeFailed(message) => {
-            Err(JobFailure::Serialization { message })
-        }
-    };
-    sink.finished(outcome);
+    sink.finished(outcome.into_job_outcome());
 }
 
 /// Reaps a worker whose channel closed: it is exiting, so wait briefly, then kill it (it may have closed

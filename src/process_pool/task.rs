@@ -50,6 +50,22 @@ pub trait ProcessTask: 'static {
 /// The type-erased entry of a registered task: encoded input in, outcome out. Never unwinds.
 pub(crate) type Runner = fn(&[u8]) -> WireOutcome;
 
+/// Task names starting with this byte are reserved for the pool's own derived tasks; a user task may not
+/// be registered under one (the worker refuses to start, like for a duplicate name).
+pub(crate) const RESERVED_PREFIX: char = '\0';
+
+/// The prefix of the derived name a chunk of task `T` is sent under: `"\0chunk:" + T::NAME`. It starts
+/// with [`RESERVED_PREFIX`], so it cannot collide with a user task's name.
+pub(crate) const CHUNK_PREFIX: &str = "\0chunk:";
+
+/// The name a chunk of `T` is sent under (see [`CHUNK_PREFIX`]).
+pub(crate) fn chunk_name<T: ProcessTask>() -> String {
+    let mut name = String::with_capacity(CHUNK_PREFIX.len() + T::NAME.len());
+    name.push_str(CHUNK_PREFIX);
+    name.push_str(T::NAME);
+    name
+}
+
 /// The tasks a worker process can run, built explicitly at the top of `main` and handed to
 /// [`run_if_worker`](super::run_if_worker).
 ///
@@ -68,10 +84,17 @@ pub(crate) type Runner = fn(&[u8]) -> WireOutcome;
 /// Registering two tasks under one name is a programming error: the worker refuses to start (its
 /// handshake fails with a message naming the task), so the pool reports it instead of running the wrong
 /// function.
+///
+/// Registering a task also registers how to run a *chunk* of it (several inputs in one round trip, for
+/// [`ProcessPoolExecutor::map_chunked`](super::ProcessPoolExecutor::map_chunked)), under a derived name
+/// that starts with a NUL byte. Names starting with a NUL byte are reserved: registering one is refused
+/// the same way as a duplicate.
 #[derive(Default)]
 pub struct WorkerRegistry {
     tasks: HashMap<&'static str, Runner>,
+    chunks: HashMap<&'static str, Runner>,
     duplicates: Vec<&'static str>,
+    reserved: Vec<&'static str>,
 }
 
 impl WorkerRegistry {
@@ -83,9 +106,14 @@ impl WorkerRegistry {
     /// Adds task `T` under [`T::NAME`](ProcessTask::NAME).
     #[must_use]
     pub fn register<T: ProcessTask>(mut self) -> Self {
+        if T::NAME.starts_with(RESERVED_PREFIX) {
+            self.reserved.push(T::NAME);
+            return self;
+        }
         if self.tasks.insert(T::NAME, run_erased::<T>).is_some() {
             self.duplicates.push(T::NAME);
         }
+        self.chunks.insert(T::NAME, run_chunk_erased::<T>);
         self
     }
 
@@ -101,12 +129,23 @@ impl WorkerRegistry {
         names
     }
 
+    /// The runner of a task, or of a chunk of a task when `name` is a derived chunk name.
     pub(crate) fn get(&self, name: &str) -> Option<Runner> {
-        self.tasks.get(name).copied()
+        match name.strip_prefix(CHUNK_PREFIX) {
+            Some(task) => self.chunks.get(task).copied(),
+            None => self.tasks.get(name).copied(),
+        }
     }
 
     /// Why this registry cannot serve, if it cannot.
     pub(crate) fn problem(&self) -> Option<String> {
+        if !self.reserved.is_empty() {
+            let names: Vec<String> = self.reserved.iter().map(|n| format!("{n:?}")).collect();
+            return Some(format!(
+                "task names starting with a NUL byte are reserved for the pool: {}",
+                names.join(", ")
+            ));
+        }
         if self.duplicates.is_empty() {
             return None;
         }
@@ -167,6 +206,34 @@ fn run_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
     result.unwrap_or_else(|panic| WireOutcome::Panicked(panic_message(panic.as_ref())))
 }
 
+/// Runs a chunk of task `T`: the input is a sequence of items, each the postcard encoding of one
+/// `T::Input` (encoded separately, so one bad item fails alone); the output is `Ok` with the encoded
+/// `Vec<WireOutcome>`, one outcome per item in order, each as [`run_erased`] gives it (a panic, an
+/// `Err` or a decoding failure is that item's outcome; the next items still run).
+fn run_chunk_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let items: Vec<Blob<'static>> = match postcard::from_bytes(input) {
+            Ok(v) => v,
+            Err(e) => {
+                return WireOutcome::DecodeFailed(format!(
+                    "cannot decode a chunk of task `{}`: {e}",
+                    T::NAME
+                ))
+            }
+        };
+        let outcomes: Vec<WireOutcome> =
+            items.iter().map(|item| run_erased::<T>(&item.0)).collect();
+        match postcard::to_stdvec(&outcomes) {
+            Ok(bytes) => WireOutcome::Ok(Blob(bytes.into())),
+            Err(e) => WireOutcome::EncodeFailed(format!(
+                "cannot encode the results of a chunk of task `{}`: {e}",
+                T::NAME
+            )),
+        }
+    }));
+    result.unwrap_or_else(|panic| WireOutcome::Panicked(panic_message(panic.as_ref())))
+}
+
 /// The text of a panic payload (`&str` or `String`), or a placeholder.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -175,5 +242,71 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    struct Half;
+    impl ProcessTask for Half {
+        const NAME: &'static str = "half";
+        type Input = u32;
+        type Output = u32;
+        type Error = String;
+        fn run(x: u32) -> Result<u32, String> {
+            match x {
+                0 => panic!("zero"),
+                x if x % 2 == 1 => Err(format!("{x} is odd")),
+                x => Ok(x / 2),
+            }
+        }
+    }
+
+    struct Reserved;
+    impl ProcessTask for Reserved {
+        const NAME: &'static str = "\0chunk:half";
+        type Input = ();
+        type Output = ();
+        type Error = String;
+        fn run((): ()) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_chunk_runs_each_item_alone() {
+        let registry = WorkerRegistry::new().register::<Half>();
+        assert_eq!(registry.names(), ["half"]);
+        assert!(!registry.contains(&chunk_name::<Half>()));
+        let runner = registry.get(&chunk_name::<Half>()).expect("chunk runner");
+        let items: Vec<Blob<'static>> = [4u32, 3, 0, 8]
+            .iter()
+            .map(|x| Blob(postcard::to_stdvec(x).unwrap().into()))
+            .chain([Blob(Vec::new().into())]) // undecodable: fails alone
+            .collect();
+        let WireOutcome::Ok(bytes) = runner(&postcard::to_stdvec(&items).unwrap()) else {
+            panic!("a chunk returns Ok with the per-item outcomes")
+        };
+        let outcomes: Vec<WireOutcome> = postcard::from_bytes(&bytes.0).unwrap();
+        assert_eq!(outcomes.len(), 5);
+        assert_eq!(outcomes[0], WireOutcome::Ok(Blob(vec![2].into())));
+        assert!(matches!(&outcomes[1], WireOutcome::Err { display, .. } if display == "3 is odd"));
+        assert_eq!(outcomes[2], WireOutcome::Panicked("zero".to_owned()));
+        assert_eq!(outcomes[3], WireOutcome::Ok(Blob(vec![4].into())));
+        assert!(matches!(&outcomes[4], WireOutcome::DecodeFailed(_)));
+        // A corrupt chunk is one decoding failure.
+        assert!(matches!(runner(&[0xff]), WireOutcome::DecodeFailed(_)));
+    }
+
+    #[test]
+    fn names_starting_with_nul_are_reserved() {
+        let registry = WorkerRegistry::new()
+            .register::<Half>()
+            .register::<Reserved>();
+        let problem = registry.problem().expect("a reserved name is refused");
+        assert!(problem.contains("reserved"), "{problem}");
+        assert!(WorkerRegistry::new().register::<Half>().problem().is_none());
     }
 }

@@ -15,6 +15,7 @@ use std::os::fd::BorrowedFd;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::job::{JobFailure, JobOutcome};
 use super::sys;
 
 /// Bumped on every incompatible change of the messages below.
@@ -123,6 +124,25 @@ pub(crate) enum WireOutcome {
     DecodeFailed(String),
     /// The output or error could not be encoded in the worker (or is larger than a frame).
     EncodeFailed(String),
+}
+
+impl WireOutcome {
+    /// The outcome as the pool reports it to a job's sink (an `UnknownTask` included; the pool handles
+    /// that one before it gets here when the task never started).
+    pub(crate) fn into_job_outcome(self) -> JobOutcome {
+        match self {
+            WireOutcome::Ok(bytes) => Ok(bytes.into_vec()),
+            WireOutcome::Err { payload, display } => Err(JobFailure::Error {
+                payload: payload.into_vec(),
+                message: display,
+            }),
+            WireOutcome::Panicked(message) => Err(JobFailure::Panic { message }),
+            WireOutcome::UnknownTask(name) => Err(JobFailure::UnknownTask { name }),
+            WireOutcome::DecodeFailed(message) | WireOutcome::EncodeFailed(message) => {
+                Err(JobFailure::Serialization { message })
+            }
+        }
+    }
 }
 
 /// Why a frame could not be read or decoded.
