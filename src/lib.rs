@@ -85,6 +85,8 @@ mod handle;
 #[cfg(feature = "http")]
 mod http;
 mod instrumented;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod map;
 #[cfg(target_os = "linux")]
 pub mod process_pool;
@@ -95,6 +97,7 @@ mod push;
 #[path = "rayon.rs"]
 mod rayon_support;
 mod shards;
+mod sync;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};
