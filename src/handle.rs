@@ -10,8 +10,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -21,6 +19,8 @@ pub(crate) type Clock = quanta::Instant;
 
 use crate::error::TaskError;
 use crate::exporter::{FailureReason, Series};
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -62,6 +62,7 @@ impl Accounting {
     /// Reserves a place for a task about to be submitted; `false` once closed.
     pub(crate) fn admit(&self) -> bool {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        crate::sync::seqcst_pair();
         if self.closed.load(Ordering::SeqCst) {
             self.ended();
             return false;
@@ -71,9 +72,9 @@ impl Accounting {
 
     /// One admitted task ended (finished, cancelled, failed or rejected).
     pub(crate) fn ended(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.waiters.load(Ordering::SeqCst) > 0
-        {
+        let last = self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1;
+        crate::sync::seqcst_pair();
+        if last && self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = lock(&self.idle);
             self.idle_cv.notify_all();
         }
@@ -82,6 +83,7 @@ impl Accounting {
     /// Blocks until every admitted task has ended.
     pub(crate) fn wait_idle(&self) {
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        crate::sync::seqcst_pair();
         let mut guard = lock(&self.idle);
         while self.in_flight.load(Ordering::SeqCst) > 0 {
             guard = self.idle_cv.wait(guard).unwrap_or_else(|e| e.into_inner());

@@ -86,6 +86,8 @@ mod handle;
 #[cfg(feature = "http")]
 mod http;
 mod instrumented;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod map;
 #[cfg(target_os = "linux")]
 pub mod process_pool;
@@ -96,6 +98,7 @@ mod push;
 #[path = "rayon.rs"]
 mod rayon_support;
 mod shards;
+mod sync;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};

@@ -233,15 +233,25 @@ impl ThreadPool {
             thread::yield_now();
         }
         let handles = std::mem::take(&mut *lock(&shared.handles));
+        let taken = handles.len();
         for _ in &handles {
             let _ = shared.sender.send(Message::Stop);
         }
         let current = thread::current().id();
+        let mut all_joined = true;
         for handle in handles {
             // A task that shuts its own pool down cannot join its own thread.
             if handle.thread().id() != current {
                 let _ = handle.join();
+            } else {
+                all_joined = false;
             }
+        }
+        // A concurrent shutdown took the handles and is joining them: the
+        // stops it sent are still in the channel, for its workers. Draining
+        // here would take them, and that shutdown would wait forever.
+        if !all_joined || (taken == 0 && shared.workers.load(Ordering::SeqCst) > 0) {
+            return;
         }
         // No worker is left to run what remains (only possible if threads
         // failed to start): give it up rather than lose it silently.

@@ -1,0 +1,328 @@
+//! Loom models of the task state machine ([`TaskCore`]) and of the executor's
+//! accounting ([`Accounting`]): every interleaving of the racing calls, up to
+//! `LOOM_MAX_PREEMPTIONS` preemptions, ends each task exactly once, counts it
+//! once, and wakes whoever waits. Run by `.ci/loom.sh`:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+//!     cargo test --release --no-default-features --lib loom_tests
+//! ```
+//!
+//! A lost wake-up shows up as a loom deadlock, a double end as a failed
+//! assertion on the outcome or on the counts read back from the registry.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::Mutex;
+use loom::thread;
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::error::TaskError;
+use crate::exporter::{ExecutorExporter, FailureReason};
+use crate::handle::{Accounting, TaskCore, TaskHandle};
+
+type Core = Arc<TaskCore<u32>>;
+
+/// An exporter on its own registry and the accounting of one executor.
+fn setup() -> (ExecutorExporter, Arc<Accounting>) {
+    let exporter = ExecutorExporter::builder()
+        .exporter_id("loom")
+        .registry(Registry::new())
+        .build()
+        .expect("the exporter builds");
+    let acct = Arc::new(Accounting::new(exporter.series().clone()));
+    (exporter, acct)
+}
+
+/// What the instrumented proxy does for an admitted task it hands over.
+fn submit_admitted(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
+    let core = Arc::new(TaskCore::new(acct.clone()));
+    acct.series.enqueue();
+    acct.series.accepted();
+    (core.clone(), TaskHandle::new(core))
+}
+
+fn submit(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
+    assert!(acct.admit(), "the executor is open");
+    submit_admitted(acct)
+}
+
+/// What a worker does with a task (`Job::run`): true if it ran.
+fn run(core: &Core, value: u32) -> bool {
+    match core.start() {
+        Some(started) => {
+            core.finish(started, Ok(value), None);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The series' counts, read back from the text exposition.
+#[derive(Debug, Default, PartialEq)]
+struct Counts {
+    submitted: f64,
+    queued: f64,
+    running: f64,
+    cancelled: f64,
+    completed: f64,
+    failed: f64,
+}
+
+fn counts(exporter: &ExecutorExporter) -> Counts {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&exporter.registry().gather(), &mut buf)
+        .expect("the registry encodes");
+    let text = String::from_utf8(buf).expect("UTF-8");
+    let value = |name: &str, label: &str| -> f64 {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    Counts {
+        submitted: value("executor_submitted_tasks_total", ""),
+        queued: value("executor_queued_tasks", ""),
+        running: value("executor_running_tasks", ""),
+        cancelled: value("executor_cancelled_tasks_total", ""),
+        completed: value(
+            "executor_tasks_duration_seconds_count",
+            "result=\"completed\"",
+        ),
+        failed: value("executor_tasks_duration_seconds_count", "result=\"failed\""),
+    }
+}
+
+fn one_task(completed: bool, cancelled: bool, failed: bool) -> Counts {
+    Counts {
+        submitted: 1.0,
+        completed: f64::from(u8::from(completed)),
+        cancelled: f64::from(u8::from(cancelled)),
+        failed: f64::from(u8::from(failed)),
+        ..Counts::default()
+    }
+}
+
+#[test]
+fn cancel_racing_start_has_one_winner() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        let cancelled = handle.cancel();
+        let ran = worker.join().unwrap();
+        assert!(ran != cancelled, "ran: {ran}, cancelled: {cancelled}");
+        let result = handle.join();
+        if ran {
+            assert_eq!(result, Ok(7));
+        } else {
+            assert_eq!(result, Err(TaskError::Cancelled));
+        }
+        assert_eq!(acct.in_flight(), 0);
+        assert_eq!(counts(&exporter), one_task(ran, cancelled, false));
+    });
+}
+
+#[test]
+fn cancel_start_and_fail_unstarted_have_one_winner() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let c = core.clone();
+        let worker = thread::spawn(move || run(&c, 7));
+        let abandoner = thread::spawn(move || {
+            core.fail_unstarted(
+                TaskError::Broken {
+                    reason: "gone".into(),
+                },
+                FailureReason::Broken,
+            )
+        });
+        let cancelled = handle.cancel();
+        let ran = worker.join().unwrap();
+        let abandoned = abandoner.join().unwrap();
+        assert_eq!(
+            u8::from(ran) + u8::from(cancelled) + u8::from(abandoned),
+            1,
+            "ran: {ran}, cancelled: {cancelled}, abandoned: {abandoned}"
+        );
+        let result = handle.join();
+        match result {
+            Ok(7) => assert!(ran),
+            Err(TaskError::Cancelled) => assert!(cancelled),
+            Err(TaskError::Broken { .. }) => assert!(abandoned),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(acct.in_flight(), 0);
+        assert_eq!(counts(&exporter), one_task(ran, cancelled, abandoned));
+    });
+}
+
+#[test]
+fn join_racing_completion_is_woken() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        // A lost wake-up leaves this join blocked: loom reports a deadlock.
+        assert_eq!(handle.join(), Ok(7));
+        assert!(worker.join().unwrap());
+        assert_eq!(counts(&exporter), one_task(true, false, false));
+    });
+}
+
+#[test]
+fn two_waiters_racing_completion_are_both_woken() {
+    loom::model(|| {
+        let (_exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let handle = Arc::new(handle);
+        let worker = thread::spawn(move || run(&core, 7));
+        let h = handle.clone();
+        // Loom's `wait_timeout` never times out: this waits like `join`.
+        let waiter = thread::spawn(move || h.wait_timeout(Duration::from_secs(3600)));
+        assert!(handle.wait_timeout(Duration::from_secs(3600)));
+        assert!(waiter.join().unwrap());
+        assert!(worker.join().unwrap());
+        let handle = Arc::try_unwrap(handle).expect("the only handle left");
+        assert_eq!(handle.join(), Ok(7));
+    });
+}
+
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn poll_racing_completion_is_woken() {
+    loom::model(|| {
+        let (_exporter, acct) = setup();
+        let (core, mut handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let first = Pin::new(&mut handle).poll(&mut cx);
+        assert!(worker.join().unwrap());
+        match first {
+            Poll::Ready(result) => assert_eq!(result, Ok(7)),
+            Poll::Pending => {
+                assert!(flag.0.load(Ordering::SeqCst), "pending and never woken");
+                let second = Pin::new(&mut handle).poll(&mut cx);
+                assert_eq!(second, Poll::Ready(Ok(7)));
+            }
+        }
+    });
+}
+
+#[test]
+fn shutdown_racing_the_last_task_end_returns() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        // `InstrumentedExecutorProxy::shutdown`: a lost wake-up deadlocks.
+        acct.close();
+        acct.wait_idle();
+        assert!(handle.is_finished());
+        assert_eq!(acct.in_flight(), 0);
+        assert!(worker.join().unwrap());
+        assert_eq!(handle.join(), Ok(7));
+        assert_eq!(counts(&exporter), one_task(true, false, false));
+    });
+}
+
+#[test]
+fn shutdown_racing_submit_waits_for_what_it_admitted() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let admitted: Arc<Mutex<Option<Core>>> = Arc::new(Mutex::new(None));
+        let (a, slot) = (acct.clone(), admitted.clone());
+        let submitter = thread::spawn(move || {
+            if !a.admit() {
+                a.series.rejected_unqueued();
+                return None;
+            }
+            let (core, handle) = submit_admitted(&a);
+            *slot.lock().unwrap() = Some(core.clone());
+            assert!(run(&core, 7));
+            Some(handle)
+        });
+        acct.close();
+        acct.wait_idle();
+        // Whatever was admitted before the close has ended by now.
+        if let Some(core) = admitted.lock().unwrap().as_ref() {
+            let handle = TaskHandle::new(core.clone());
+            assert!(
+                handle.is_finished(),
+                "wait_idle returned before its task ended"
+            );
+        }
+        assert!(!acct.admit(), "closed");
+        let handle = submitter.join().unwrap();
+        let c = counts(&exporter);
+        match handle {
+            Some(h) => {
+                assert_eq!(h.join(), Ok(7));
+                assert_eq!(c, one_task(true, false, false));
+            }
+            None => assert_eq!(c, Counts::default()),
+        }
+        assert_eq!(acct.in_flight(), 0);
+    });
+}
+
+#[test]
+fn shutdown_now_racing_start_ends_the_task_once() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        // `InstrumentedExecutorProxy::shutdown_now`.
+        acct.close();
+        acct.cancel_pending();
+        acct.wait_idle();
+        assert!(handle.is_finished());
+        let ran = worker.join().unwrap();
+        let result = handle.join();
+        if ran {
+            assert_eq!(result, Ok(7));
+        } else {
+            assert_eq!(result, Err(TaskError::Cancelled));
+        }
+        assert_eq!(acct.in_flight(), 0);
+        assert_eq!(counts(&exporter), one_task(ran, !ran, false));
+    });
+}
+
+#[test]
+fn shutdown_now_racing_two_tasks_ending_returns() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (a, ha) = submit(&acct);
+        let (b, hb) = submit(&acct);
+        let wa = thread::spawn(move || run(&a, 1));
+        let wb = thread::spawn(move || run(&b, 2));
+        acct.close();
+        acct.cancel_pending();
+        acct.wait_idle();
+        assert!(ha.is_finished() && hb.is_finished());
+        let ran = u8::from(wa.join().unwrap()) + u8::from(wb.join().unwrap());
+        let c = counts(&exporter);
+        assert_eq!(c.submitted, 2.0);
+        assert_eq!(c.completed, f64::from(ran));
+        assert_eq!(c.cancelled, f64::from(2 - ran));
+        assert_eq!((c.queued, c.running, c.failed), (0.0, 0.0, 0.0));
+    });
+}

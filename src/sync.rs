@@ -1,0 +1,39 @@
+//! The synchronisation primitives of the task state machine: the standard
+//! library's, or [`loom`](https://docs.rs/loom)'s when built with
+//! `--cfg loom` so the models in `loom_tests` can explore every interleaving.
+//!
+//! `Arc` stays the standard library's in both builds: loom's cannot hold the
+//! crate's `Arc<dyn Fn>` hooks nor the exporter's shared series, and the
+//! models check the state word, the slot and the wake-ups, not reference
+//! counts.
+
+pub(crate) use std::sync::Arc;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+
+pub(crate) mod atomic {
+    pub(crate) use std::sync::atomic::Ordering;
+
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
+
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
+}
+
+/// Orders a store before a later load of another atomic, as `SeqCst`
+/// accesses already do (the store-buffering, or Dekker, pattern of
+/// `Accounting`: a submit's `in_flight` against `closed`, a task's end
+/// against `waiters`). Loom regards `SeqCst` accesses as `AcqRel` and would
+/// report those pairs as races (loom's README, "Unsupported features"); it
+/// does model `fence(SeqCst)`, so under loom this is one. Without loom it is
+/// nothing: the accesses are `SeqCst` and the code is unchanged.
+#[inline(always)]
+pub(crate) fn seqcst_pair() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(atomic::Ordering::SeqCst);
+}
