@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 /// A unit of work handed to an [`Executor`]: a boxed `FnOnce() + Send + 'static`.
 ///
@@ -24,31 +25,34 @@ use std::fmt;
 /// assert!(ran.load(Ordering::SeqCst));
 /// ```
 pub struct Task {
-    inner: Box<dyn Runnable>,
+    /// `None` once the task was run, abandoned or taken apart.
+    inner: Option<Inner>,
 }
 
-/// What the crate's own task wrappers implement; plain closures get [`Plain`].
-pub(crate) trait Runnable: Send + 'static {
+enum Inner {
+    /// A plain closure: what [`Task::new`] wraps.
+    Plain(Box<dyn FnOnce() + Send>),
+    /// A task of the crate's own instrumented executors: the closure lives
+    /// inside the task's shared state, so a submit allocates once.
+    Shared(Arc<dyn Runnable>),
+}
+
+/// What the instrumented proxy's tasks implement.
+///
+/// The [`Task`] that holds the `Arc` is the only owner of the closure inside:
+/// it calls exactly one of `run`, `abandon`, `discard` or `take_closure`, once.
+pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the task; `body_done` is called once the task's own code has
     /// returned (or did not run), before its result becomes visible to
     /// anyone waiting. Pools use it to mark the worker idle first, so that a
     /// submit made right after a `join` reuses this worker.
-    fn run(self: Box<Self>, body_done: &dyn Fn());
-    fn abandon(self: Box<Self>, reason: String);
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
-}
-
-struct Plain<F>(F);
-
-impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
-    fn run(self: Box<Self>, body_done: &dyn Fn()) {
-        (self.0)();
-        body_done();
-    }
-    fn abandon(self: Box<Self>, _reason: String) {}
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
-    }
+    fn run(&self, body_done: &dyn Fn());
+    /// The executor cannot run the task: it fails as broken.
+    fn abandon(&self, reason: String);
+    /// The task is dropped without running: it counts as cancelled.
+    fn discard(&self);
+    /// Takes the closure back out, for a refused submit.
+    fn take_closure(&self) -> Option<Box<dyn Any + Send>>;
 }
 
 impl Task {
@@ -58,16 +62,23 @@ impl Task {
         F: FnOnce() + Send + 'static,
     {
         Task {
-            inner: Box::new(Plain(f)),
+            inner: Some(Inner::Plain(Box::new(f))),
         }
     }
 
-    pub(crate) fn from_runnable(inner: Box<dyn Runnable>) -> Task {
-        Task { inner }
+    pub(crate) fn from_shared(inner: Arc<dyn Runnable>) -> Task {
+        Task {
+            inner: Some(Inner::Shared(inner)),
+        }
     }
 
-    pub(crate) fn into_any(self) -> Box<dyn Any + Send> {
-        self.inner.into_any()
+    /// The closure of a task built by the crate's proxy, for a refused
+    /// submit; `None` for any other task.
+    pub(crate) fn take_closure(mut self) -> Option<Box<dyn Any + Send>> {
+        match self.inner.take() {
+            Some(Inner::Shared(job)) => job.take_closure(),
+            _ => None,
+        }
     }
 
     /// Runs the task on the current thread.
@@ -76,11 +87,18 @@ impl Task {
     /// (they are counted and reported to whoever joins it); a plain task's panic
     /// propagates to the caller.
     pub fn run(self) {
-        self.inner.run(&|| {})
+        self.run_then(&|| {})
     }
 
-    pub(crate) fn run_then(self, body_done: &dyn Fn()) {
-        self.inner.run(body_done)
+    pub(crate) fn run_then(mut self, body_done: &dyn Fn()) {
+        match self.inner.take() {
+            Some(Inner::Plain(f)) => {
+                f();
+                body_done();
+            }
+            Some(Inner::Shared(job)) => job.run(body_done),
+            None => body_done(),
+        }
     }
 
     /// Gives the task up without running it because the executor is broken
@@ -90,8 +108,20 @@ impl Task {
     /// carrying `reason`, and is counted as failed with reason `broken`. Use
     /// plain `drop` for work that is discarded on purpose (it counts as
     /// cancelled).
-    pub fn abandon(self, reason: impl Into<String>) {
-        self.inner.abandon(reason.into())
+    pub fn abandon(mut self, reason: impl Into<String>) {
+        if let Some(Inner::Shared(job)) = self.inner.take() {
+            job.abandon(reason.into());
+        }
+    }
+}
+
+impl Drop for Task {
+    /// A task dropped without running counts as cancelled, so no task can
+    /// vanish from the counts.
+    fn drop(&mut self) {
+        if let Some(Inner::Shared(job)) = self.inner.take() {
+            job.discard();
+        }
     }
 }
 

@@ -119,17 +119,26 @@ struct Slot<T> {
     waiters: u32,
 }
 
-/// The shared state of one task: its state word, its result, and who waits.
-pub(crate) struct TaskCore<T> {
+/// The shared state of one task: its state word, its result, who waits,
+/// and `job`: what the executor runs, kept in the same allocation (the proxy
+/// stores the closure there; the process pool needs nothing, `()`).
+pub(crate) struct TaskCore<T, J: ?Sized = ()> {
     state: AtomicU8,
     slot: Mutex<Slot<T>>,
     done: Condvar,
     acct: Arc<Accounting>,
     submitted_at: Clock,
+    pub(crate) job: J,
 }
 
 impl<T> TaskCore<T> {
     pub(crate) fn new(acct: Arc<Accounting>) -> TaskCore<T> {
+        TaskCore::with_job(acct, ())
+    }
+}
+
+impl<T, J> TaskCore<T, J> {
+    pub(crate) fn with_job(acct: Arc<Accounting>, job: J) -> TaskCore<T, J> {
         TaskCore {
             state: AtomicU8::new(QUEUED),
             slot: Mutex::new(Slot {
@@ -140,9 +149,12 @@ impl<T> TaskCore<T> {
             done: Condvar::new(),
             acct,
             submitted_at: Clock::now(),
+            job,
         }
     }
+}
 
+impl<T, J: ?Sized> TaskCore<T, J> {
     fn publish(&self, result: Result<T, TaskError>) {
         let (waker, waiters) = {
             let mut slot = lock(&self.slot);
@@ -262,7 +274,7 @@ pub enum TaskState {
 /// assert_eq!(handle.join(), Ok(42));
 /// ```
 pub struct TaskHandle<T> {
-    core: Arc<TaskCore<T>>,
+    core: Arc<TaskCore<T, dyn Send + Sync>>,
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
@@ -274,7 +286,7 @@ impl<T> fmt::Debug for TaskHandle<T> {
 }
 
 impl<T> TaskHandle<T> {
-    pub(crate) fn new(core: Arc<TaskCore<T>>) -> TaskHandle<T> {
+    pub(crate) fn new<J: Send + Sync + 'static>(core: Arc<TaskCore<T, J>>) -> TaskHandle<T> {
         TaskHandle { core }
     }
 

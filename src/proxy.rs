@@ -1,6 +1,7 @@
 //! [`InstrumentedExecutorProxy`]: wraps any [`Executor`] and counts every task.
 
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -22,41 +23,58 @@ fn is_err<T, E>(result: &Result<T, E>) -> bool {
     result.is_err()
 }
 
-/// One submitted closure with its state: what the inner executor runs.
-///
-/// If the inner executor drops it without running it, `Drop` cancels it, so
-/// no task can vanish from the counts.
+/// The closure of one submitted task, stored inside its [`TaskCore`] so that
+/// a submit allocates once. The [`Task`] handed to the executor is the only
+/// code that touches `f` (see [`Runnable`]); dropping that task without
+/// running it cancels the task, so no task can vanish from the counts.
 struct Job<F, T> {
-    f: Option<F>,
-    core: Arc<TaskCore<T>>,
+    f: UnsafeCell<Option<F>>,
     classify: Classify<T>,
 }
 
-impl<F, T> Runnable for Job<F, T>
+// SAFETY: `f` is only reached through `Runnable`, whose methods are called
+// by the single `Task` that owns this job, at most once and from one thread
+// at a time (a `Task` is `Send` but not `Clone`); other sharers of the
+// `TaskCore` (the handle) never touch the job. So sharing a `Job` between
+// threads never gives two threads access to `f`, and moving `F` across
+// threads needs only `F: Send`.
+unsafe impl<F: Send, T> Sync for Job<F, T> {}
+
+type JobCore<F, T> = TaskCore<T, Job<F, T>>;
+
+impl<F, T> JobCore<F, T> {
+    fn take_f(&self) -> Option<F> {
+        // SAFETY: only the owning `Task` calls this, see `Job`'s `Sync` impl.
+        unsafe { (*self.job.f.get()).take() }
+    }
+}
+
+impl<F, T> Runnable for JobCore<F, T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    fn run(mut self: Box<Self>, body_done: &dyn Fn()) {
-        let Some(f) = self.f.take() else {
+    fn run(&self, body_done: &dyn Fn()) {
+        let Some(f) = self.take_f() else {
             return body_done();
         };
-        let Some(started) = self.core.start() else {
+        let Some(started) = self.start() else {
+            drop(f);
             return body_done();
         };
         let outcome = catch_unwind(AssertUnwindSafe(f));
         body_done();
         match outcome {
             Ok(value) => {
-                let failure = (self.classify)(&value).then_some(FailureReason::Error);
-                self.core.finish(started, Ok(value), failure);
+                let failure = (self.job.classify)(&value).then_some(FailureReason::Error);
+                self.finish(started, Ok(value), failure);
             }
             Err(payload) => {
                 let message = panic_message(&*payload);
                 // The payload may itself panic when dropped; never let that
                 // escape into the worker.
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                self.core.finish(
+                self.finish(
                     started,
                     Err(TaskError::Panicked { message }),
                     Some(FailureReason::Panic),
@@ -65,22 +83,21 @@ where
         }
     }
 
-    fn abandon(mut self: Box<Self>, reason: String) {
-        self.f = None;
-        self.core
-            .fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
+    fn abandon(&self, reason: String) {
+        let f = self.take_f();
+        self.fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
+        drop(f);
     }
 
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
-    }
-}
-
-impl<F, T> Drop for Job<F, T> {
-    fn drop(&mut self) {
-        if self.f.is_some() {
-            self.core.cancel();
+    fn discard(&self) {
+        if let Some(f) = self.take_f() {
+            self.cancel();
+            drop(f);
         }
+    }
+
+    fn take_closure(&self) -> Option<Box<dyn Any + Send>> {
+        self.take_f().map(|f| Box::new(f) as Box<dyn Any + Send>)
     }
 }
 
@@ -173,14 +190,15 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             series.rejected_unqueued();
             return Err(SubmitError::new(f, crate::executor::RejectReason::Shutdown));
         }
-        let core = Arc::new(TaskCore::new(self.acct.clone()));
-        let job = Job {
-            f: Some(f),
-            core: core.clone(),
-            classify,
-        };
+        let core = Arc::new(TaskCore::with_job(
+            self.acct.clone(),
+            Job {
+                f: UnsafeCell::new(Some(f)),
+                classify,
+            },
+        ));
         series.enqueue();
-        match self.inner.execute(Task::from_runnable(Box::new(job))) {
+        match self.inner.execute(Task::from_shared(core.clone())) {
             Ok(()) => {
                 series.accepted();
                 Ok(TaskHandle::new(core))
@@ -189,15 +207,16 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 let reason = rejected.reason();
                 series.rejected();
                 self.acct.ended();
-                match rejected.into_task().into_any().downcast::<Job<F, T>>() {
-                    Ok(mut job) => {
-                        let f = job.f.take().expect("a rejected job was never run");
-                        Err(SubmitError::new(f, reason))
-                    }
+                match rejected
+                    .into_task()
+                    .take_closure()
+                    .map(|f| f.downcast::<F>())
+                {
+                    Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
                     // An executor that hands back another task than the one
                     // it was given breaks the trait's contract; the closure
                     // is then lost with that task.
-                    Err(_) => unreachable_task(reason),
+                    _ => unreachable_task(reason),
                 }
             }
         }
