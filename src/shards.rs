@@ -307,6 +307,9 @@ thread_local! {
     };
 }
 
+/// Up to this many bounds, a duration's bucket is found by a linear scan.
+const SCAN_BOUNDS: usize = 32;
+
 /// A histogram's bucket bounds in whole nanoseconds.
 #[derive(Debug)]
 pub(crate) struct BucketBounds {
@@ -316,9 +319,23 @@ pub(crate) struct BucketBounds {
 impl BucketBounds {
     /// The bucket of a duration of `nanos`: the first whose bound is at
     /// least `nanos`, or the `+Inf` bucket (index `len`).
+    ///
+    /// A linear scan with a branch per bound passed, not a branchless binary
+    /// search: the branches are predicted when durations keep landing in the
+    /// same buckets, so the address of the bucket's count is known before
+    /// the duration is, and the CPU does not wait for the clock read (a slow,
+    /// microcoded instruction) to find out where to store. With the binary
+    /// search the bundle bench took 20 ns more per task.
     #[inline]
     pub(crate) fn bucket(&self, nanos: u64) -> usize {
-        self.nanos.partition_point(|&b| b < nanos)
+        if self.nanos.len() <= SCAN_BOUNDS {
+            self.nanos
+                .iter()
+                .position(|&b| b >= nanos)
+                .unwrap_or(self.nanos.len())
+        } else {
+            self.nanos.partition_point(|&b| b < nanos)
+        }
     }
 }
 
@@ -463,5 +480,29 @@ mod tests {
             .unwrap();
         }
         assert_eq!(shards.sum(|s| &s.rejected), 16);
+    }
+
+    #[test]
+    fn buckets_are_found_as_a_plain_search_finds_them() {
+        let many: Vec<f64> = (1..=100).map(|i| f64::from(i) * 1e-3).collect();
+        let cases: &[&[f64]] = &[
+            crate::DEFAULT_BUCKETS,
+            &[],
+            &[0.0],
+            &[0.0, 1e-9, 2e-9, 3e-9, 4e-9, 1e-6],
+            &[0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 1e9, 1e12],
+            &many,
+        ];
+        for bounds in cases {
+            let b = bounds_in_nanos(bounds);
+            let mut probes = vec![0, 1, 2, 3, u64::MAX - 1, u64::MAX];
+            for &n in b.nanos.iter() {
+                probes.extend([n.saturating_sub(1), n, n.saturating_add(1)]);
+            }
+            for n in probes {
+                let plain = b.nanos.partition_point(|&x| x < n);
+                assert_eq!(b.bucket(n), plain, "{n} ns in {bounds:?}");
+            }
+        }
     }
 }
