@@ -20,7 +20,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Histogram, HistogramOpts, Registry};
 
 use crate::error::{BuildError, BuildErrorKind};
-use crate::shards::{bounds_in_nanos, Buckets, Shard, Shards};
+use crate::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
 
 /// Metric type of a family in [`METRICS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,8 +241,8 @@ pub(crate) struct Series {
     shards: Shards,
     wait_bounds: Vec<f64>,
     duration_bounds: Vec<f64>,
-    wait_nanos: Box<[u64]>,
-    duration_nanos: Box<[u64]>,
+    wait_nanos: BucketBounds,
+    duration_nanos: BucketBounds,
     /// `step_duration_seconds`, one histogram per step name.
     steps: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -291,65 +291,64 @@ impl Series {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A submit is being attempted: the task counts as queued until it is
-    /// either accepted ([`Series::accepted`]) or refused ([`Series::rejected`]).
+    /// A submit is being attempted. Nothing to record: `queued_tasks` is
+    /// derived at scrape time from the tasks accepted ([`Series::accepted`]).
     #[inline]
-    pub(crate) fn enqueue(&self) {
-        self.shards.local().queued.fetch_add(1, Ordering::Relaxed);
-    }
+    pub(crate) fn enqueue(&self) {}
 
+    /// The executor took the task: it counts as submitted, and as queued
+    /// until it starts, is cancelled or fails without starting.
+    ///
+    /// Called once `execute` has returned, so a worker may start the task
+    /// first: a scrape in between sees the start and not the submit, and
+    /// `queued_tasks` is clamped at zero.
     #[inline]
     pub(crate) fn accepted(&self) {
-        self.shards
-            .local()
-            .submitted
-            .fetch_add(1, Ordering::Relaxed);
+        self.shards.with_local(|s| s.add(&s.submitted, 1));
     }
 
     pub(crate) fn rejected(&self) {
-        let shard = self.shards.local();
-        shard.queued.fetch_sub(1, Ordering::Relaxed);
-        shard.rejected.fetch_add(1, Ordering::Relaxed);
+        self.shards.with_local(|s| s.add(&s.rejected, 1));
     }
 
     /// Counts a submit refused before anything was queued.
     pub(crate) fn rejected_unqueued(&self) {
-        self.shards.local().rejected.fetch_add(1, Ordering::Relaxed);
+        self.shards.with_local(|s| s.add(&s.rejected, 1));
     }
 
+    /// A task started after waiting `wait`: the wait histogram's count is
+    /// the number of tasks started.
     #[inline]
     pub(crate) fn started(&self, wait: Duration) {
-        let shard = self.shards.local();
-        shard.queued.fetch_sub(1, Ordering::Relaxed);
-        shard.running.fetch_add(1, Ordering::Relaxed);
-        shard.wait.observe(&self.wait_nanos, wait);
+        self.shards
+            .with_local(|s| s.observe(&s.wait, &self.wait_nanos, wait));
     }
 
     #[inline]
     pub(crate) fn finished(&self, duration: Duration, failure: Option<FailureReason>) {
-        let shard = self.shards.local();
-        match failure {
-            None => shard.completed.observe(&self.duration_nanos, duration),
+        self.shards.with_local(|s| match failure {
+            None => s.observe(&s.completed, &self.duration_nanos, duration),
             Some(reason) => {
-                shard.failed.observe(&self.duration_nanos, duration);
-                shard.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+                s.add(&s.failures[reason.index()], 1);
+                s.observe(&s.failed, &self.duration_nanos, duration);
             }
-        }
-        shard.running.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     pub(crate) fn cancelled(&self) {
-        let shard = self.shards.local();
-        shard.queued.fetch_sub(1, Ordering::Relaxed);
-        shard.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.shards.with_local(|s| s.add(&s.cancelled, 1));
     }
 
     /// A queued task that will never start fails (duration 0).
     pub(crate) fn failed_unstarted(&self, reason: FailureReason) {
-        let shard = self.shards.local();
-        shard.queued.fetch_sub(1, Ordering::Relaxed);
-        shard.failed.observe(&self.duration_nanos, Duration::ZERO);
-        shard.failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.shards.with_local(|s| {
+            // Before the observation: a scrape that sees the observation
+            // sees this too, so it never counts the task as ended after a
+            // start.
+            s.add(&s.failed_unstarted, 1);
+            s.add(&s.failures[reason.index()], 1);
+            s.observe(&s.failed, &self.duration_nanos, Duration::ZERO);
+        });
     }
 
     fn labels(&self, extra: Option<(&str, &str)>) -> Vec<proto::LabelPair> {
@@ -401,9 +400,8 @@ impl Series {
     ) -> proto::Metric {
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum_nanos = 0u128;
-        for shard in self.shards.iter() {
-            which(shard).add_to(&mut counts, &mut sum_nanos);
-        }
+        self.shards
+            .for_each(|shard| which(shard).add_to(&mut counts, &mut sum_nanos));
         let mut cumulative = 0u64;
         let buckets = bounds
             .iter()
@@ -430,8 +428,13 @@ impl Series {
     fn collect_into(&self, families: &mut [Vec<proto::Metric>]) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let shards = &self.shards;
-        // Finished tasks are read before the counts a task moves earlier in
-        // its life, so one scrape never shows more tasks ended than submitted.
+        // The gauges are derived from counts, read in the reverse order of a
+        // task's life (ended, failed without starting, started, cancelled,
+        // submitted): every count is read with `Acquire` and written with
+        // `Release`, so an event seen implies the task's earlier events are
+        // seen by the later reads, and `running_tasks` never goes negative.
+        // `queued_tasks` is clamped at zero: a task is counted as submitted
+        // only once the executor has taken it, so its start may come first.
         let completed = self.sharded_histogram(
             &self.duration_bounds,
             |s| &s.completed,
@@ -444,14 +447,22 @@ impl Series {
         );
         let failures: Vec<u64> = FailureReason::ALL
             .iter()
-            .map(|r| shards.sum_u64(|s| &s.failures[r.index()]))
+            .map(|r| shards.sum(|s| &s.failures[r.index()]))
             .collect();
-        let cancelled = shards.sum_u64(|s| &s.cancelled);
-        let running = shards.sum_i64(|s| &s.running);
+        let failed_unstarted = shards.sum(|s| &s.failed_unstarted);
         let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, None);
-        let queued = shards.sum_i64(|s| &s.queued);
-        let submitted = shards.sum_u64(|s| &s.submitted);
-        let rejected = shards.sum_u64(|s| &s.rejected);
+        let cancelled = shards.sum(|s| &s.cancelled);
+        let submitted = shards.sum(|s| &s.submitted);
+        let rejected = shards.sum(|s| &s.rejected);
+        let count = |m: &proto::Metric| i128::from(m.get_histogram().get_sample_count());
+        let ended = count(&completed) + count(&failed) - i128::from(failed_unstarted);
+        let started = count(&wait);
+        let running = started - ended;
+        let queued =
+            i128::from(submitted) - started - i128::from(cancelled) - i128::from(failed_unstarted);
+        debug_assert!(running >= 0, "running_tasks read as {running}");
+        let gauge = |n: i128| i64::try_from(n.max(0)).unwrap_or(i64::MAX);
+        let (queued, running) = (gauge(queued), gauge(running));
         families[idx::MAX_WORKERS].push(self.counter(load(&self.max_workers), None));
         families[idx::INITIALIZED_WORKERS]
             .push(self.counter(load(&self.initialized_workers), None));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The clock of task timings: a TSC read where the CPU has a stable one
 /// (about a third of `std::time::Instant::now`'s cost), the OS clock otherwise.
-pub(crate) type Clock = quanta::Instant;
+pub(crate) use crate::clock::Clock;
 
 use crate::error::TaskError;
 use crate::exporter::{FailureReason, Series};

@@ -79,6 +79,7 @@
     rust_2018_idioms
 )]
 
+mod clock;
 mod error;
 mod executor;
 mod exporter;

@@ -558,3 +558,173 @@ fn wait_is_observed_per_task_and_duration_has_the_sleep() {
         1.0
     );
 }
+
+/// An executor that only holds its tasks: the test runs, abandons or drops
+/// each one itself.
+#[derive(Default)]
+struct Held(std::sync::Mutex<std::collections::VecDeque<executor_exporter::Task>>);
+
+impl executor_exporter::Executor for Held {
+    fn execute(&self, task: executor_exporter::Task) -> Result<(), executor_exporter::Rejected> {
+        self.0.lock().unwrap().push_back(task);
+        Ok(())
+    }
+}
+
+impl Held {
+    fn take(&self) -> executor_exporter::Task {
+        self.0.lock().unwrap().pop_front().unwrap()
+    }
+}
+
+/// The gauges are derived from the counts at scrape time: exact while tasks
+/// are queued, running, cancelled or failed without starting, and 0 at the
+/// end.
+#[test]
+fn derived_gauges_are_exact_through_every_way_a_task_ends() {
+    let registry = Registry::new();
+    let exporter = ExecutorExporter::builder()
+        .exporter_id("held")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let proxy = executor_exporter::InstrumentedExecutorProxy::new(Held::default(), exporter, None);
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (gate, started) = (gate.clone(), started.clone());
+            proxy
+                .submit(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    gate.wait()
+                })
+                .unwrap()
+        })
+        .collect();
+    let c = counts(&scrape(&registry), "executor", "held");
+    assert_eq!((c.submitted, c.queued, c.running), (8.0, 8.0, 0.0));
+
+    // Two run on threads of their own, behind the gate.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let task = proxy.inner().take();
+            std::thread::spawn(move || task.run())
+        })
+        .collect();
+    common::eventually(30, "two tasks running", || {
+        started.load(Ordering::SeqCst) == 2
+    });
+    // One fails without starting, one is dropped by the executor, one is
+    // cancelled through its handle while still queued.
+    proxy.inner().take().abandon("the executor broke");
+    drop(proxy.inner().take());
+    assert!(handles[7].cancel());
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "held");
+    assert_eq!(
+        (c.running, c.queued, c.cancelled, c.failed, c.wait_count),
+        (2.0, 3.0, 2.0, 1.0, 2.0),
+        "{c:?}"
+    );
+    let broken = [("executor", "held"), ("reason", "broken")];
+    assert_eq!(exp.value("executor_task_failures_total", &broken), 1.0);
+    c.assert_invariant();
+
+    gate.open();
+    while let Some(task) = proxy.inner().0.lock().unwrap().pop_front() {
+        task.run();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        match i {
+            2 => assert!(matches!(h.join(), Err(TaskError::Broken { .. }))),
+            3 | 7 => assert_eq!(h.join(), Err(TaskError::Cancelled)),
+            _ => assert_eq!(h.join(), Ok(())),
+        }
+    }
+    proxy.join();
+    let c = counts(&scrape(&registry), "executor", "held");
+    assert_eq!(
+        (
+            c.submitted,
+            c.queued,
+            c.running,
+            c.completed,
+            c.failed,
+            c.cancelled
+        ),
+        (8.0, 0.0, 0.0, 5.0, 1.0, 2.0),
+        "{c:?}"
+    );
+    assert_eq!(c.wait_count, 5.0);
+    c.assert_invariant();
+}
+
+/// Scrapes while two threads submit, cancel and join tasks that complete,
+/// panic or fail: the derived gauges never go below zero (the collector
+/// debug-asserts it for `running_tasks` before clamping), and once every
+/// task has ended they are exactly 0 with every count exact.
+#[test]
+fn gauges_stay_sound_under_concurrent_scrapes() {
+    let registry = Registry::new();
+    let pool = Arc::new(pool(&registry, "racing", 2));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let (registry, done) = (registry.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !done.load(Ordering::SeqCst) {
+                let c = counts(&scrape(&registry), "executor", "racing");
+                assert!(c.queued >= 0.0 && c.running >= 0.0, "{c:?}");
+                scrapes += 1;
+            }
+            scrapes
+        })
+    };
+    let submitters: Vec<_> = (0..2u64)
+        .map(|s| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let (mut completed, mut failed, mut cancelled) = (0u64, 0u64, 0u64);
+                for i in 0..4_000u64 {
+                    let h = pool
+                        .submit_fallible(move || match (i + s) % 7 {
+                            0 => Err("no"),
+                            _ => Ok(std::hint::black_box(i)),
+                        })
+                        .unwrap();
+                    if i % 5 == 0 && h.cancel() {
+                        cancelled += 1;
+                        continue;
+                    }
+                    match h.join() {
+                        Ok(Ok(_)) => completed += 1,
+                        Ok(Err(_)) => failed += 1,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                (completed, failed, cancelled)
+            })
+        })
+        .collect();
+    let (mut completed, mut failed, mut cancelled) = (0, 0, 0);
+    for s in submitters {
+        let (c, f, x) = s.join().unwrap();
+        (completed, failed, cancelled) = (completed + c, failed + f, cancelled + x);
+    }
+    pool.join();
+    done.store(true, Ordering::SeqCst);
+    assert!(scraper.join().unwrap() > 0);
+    let c = counts(&scrape(&registry), "executor", "racing");
+    assert_eq!(
+        (c.submitted, c.queued, c.running, c.cancelled),
+        (8_000.0, 0.0, 0.0, cancelled as f64),
+        "{c:?}"
+    );
+    assert_eq!((c.completed, c.failed), (completed as f64, failed as f64));
+    assert_eq!(c.wait_count, (completed + failed) as f64);
+    c.assert_invariant();
+}

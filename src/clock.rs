@@ -1,0 +1,50 @@
+//! [`Clock`]: the clock of task timings.
+//!
+//! A raw read of one process-wide [`quanta::Clock`] (the TSC where the CPU
+//! has a stable one, the OS clock otherwise), scaled to nanoseconds only when
+//! a duration is taken. Against `quanta::Instant::now` this skips a
+//! thread-local look-up (for quanta's mock clocks, unused here) and a scaling
+//! per read.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn source() -> &'static quanta::Clock {
+    static SOURCE: OnceLock<quanta::Clock> = OnceLock::new();
+    // Calibrates on first use (once per process, shared with every
+    // `quanta::Clock`): `ExecutorExporterBuilder::build` pays it.
+    SOURCE.get_or_init(quanta::Clock::new)
+}
+
+/// A point in time, in the raw units of the process-wide clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Clock(u64);
+
+impl Clock {
+    #[inline]
+    pub(crate) fn now() -> Clock {
+        Clock(source().raw())
+    }
+
+    /// The time from `earlier` to `self`; zero if `earlier` is later.
+    #[inline]
+    pub(crate) fn saturating_duration_since(self, earlier: Clock) -> Duration {
+        source().delta(earlier.0, self.0)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_agree_with_the_os_clock() {
+        let (start, os_start) = (Clock::now(), std::time::Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
+        let (end, os) = (Clock::now(), os_start.elapsed());
+        let d = end.saturating_duration_since(start);
+        let diff = d.abs_diff(os);
+        assert!(diff < Duration::from_millis(5), "{d:?} against {os:?}");
+        assert_eq!(start.saturating_duration_since(end), Duration::ZERO);
+    }
+}
