@@ -3,6 +3,9 @@
 //! - `scrape_encode/{1,10,100}`: `registry.gather()` plus the text encoding
 //!   with that many exporters (distinct ids) in one registry, each with some
 //!   recorded tasks so every histogram has counts;
+//! - `scrape_buckets/{26,17,15,10}`: the same with 100 exporters whose two
+//!   histograms have that many bounds (26 is [`DEFAULT_BUCKETS`]; the others
+//!   are alternatives spanning 1 µs to 5 min, for choosing the defaults);
 //! - `scrape_throughput`: `ThreadPoolExecutor` throughput on empty tasks
 //!   with no scraper, then with another thread scraping its registry at
 //!   10 Hz (one criterion iteration is one task, see `overhead.rs`).
@@ -14,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::{Inline, WORKERS};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use executor_exporter::{ExecutorExporter, InstrumentedExecutorProxy, ThreadPoolExecutor};
+use executor_exporter::{
+    ExecutorExporter, InstrumentedExecutorProxy, ThreadPoolExecutor, DEFAULT_BUCKETS,
+};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 fn encode(registry: &Registry, buf: &mut Vec<u8>) {
@@ -22,30 +27,83 @@ fn encode(registry: &Registry, buf: &mut Vec<u8>) {
     TextEncoder::new().encode(&registry.gather(), buf).unwrap();
 }
 
+/// A registry with `n` exporters (distinct ids), each with ten recorded tasks,
+/// and the proxies that keep them alive.
+fn exporters(n: usize, buckets: &[f64]) -> (Registry, Vec<InstrumentedExecutorProxy<Inline>>) {
+    let registry = Registry::new();
+    let proxies = (0..n)
+        .map(|i| {
+            let exporter = ExecutorExporter::builder()
+                .exporter_id(format!("pool-{i}"))
+                .registry(registry.clone())
+                .wait_buckets(buckets.to_vec())
+                .duration_buckets(buckets.to_vec())
+                .build()
+                .unwrap();
+            let proxy = InstrumentedExecutorProxy::new(Inline, exporter, Some(4));
+            for k in 0..10u32 {
+                proxy.submit(move || k).unwrap().join().unwrap();
+            }
+            proxy
+        })
+        .collect();
+    (registry, proxies)
+}
+
 fn scrape_encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("scrape_encode");
     for n in [1usize, 10, 100] {
-        let registry = Registry::new();
-        let proxies: Vec<_> = (0..n)
-            .map(|i| {
-                let exporter = ExecutorExporter::builder()
-                    .exporter_id(format!("pool-{i}"))
-                    .registry(registry.clone())
-                    .build()
-                    .unwrap();
-                let proxy = InstrumentedExecutorProxy::new(Inline, exporter, Some(4));
-                for k in 0..10u32 {
-                    proxy.submit(move || k).unwrap().join().unwrap();
-                }
-                proxy
-            })
-            .collect();
+        let (registry, proxies) = exporters(n, DEFAULT_BUCKETS);
         let mut buf = Vec::new();
         encode(&registry, &mut buf);
         eprintln!("scrape_encode/{n}: {} bytes of exposition", buf.len());
         g.bench_with_input(BenchmarkId::from_parameter(n), &registry, |b, registry| {
             b.iter(|| encode(registry, &mut buf))
         });
+        drop(proxies);
+    }
+    g.finish();
+}
+
+/// Bucket schemes measured against the defaults, all from 1 µs to 5 min.
+const BUCKET_SCHEMES: [(&str, &[f64]); 3] = [
+    // 1 and 5 per decade.
+    (
+        "17",
+        &[
+            1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+            60.0, 300.0,
+        ],
+    ),
+    // A factor of about 4.
+    (
+        "15",
+        &[
+            1e-6, 4e-6, 1.6e-5, 6.4e-5, 2.5e-4, 1e-3, 4e-3, 0.016, 0.064, 0.25, 1.0, 4.0, 16.0,
+            60.0, 300.0,
+        ],
+    ),
+    // 1 per decade.
+    (
+        "10",
+        &[1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, 300.0],
+    ),
+];
+
+fn scrape_buckets(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scrape_buckets");
+    let defaults = [("26", DEFAULT_BUCKETS)];
+    for (name, buckets) in defaults.into_iter().chain(BUCKET_SCHEMES) {
+        assert_eq!(name, buckets.len().to_string());
+        let (registry, proxies) = exporters(100, buckets);
+        let mut buf = Vec::new();
+        encode(&registry, &mut buf);
+        eprintln!("scrape_buckets/{name}: {} bytes of exposition", buf.len());
+        g.bench_with_input(
+            BenchmarkId::from_parameter(name),
+            &registry,
+            |b, registry| b.iter(|| encode(registry, &mut buf)),
+        );
         drop(proxies);
     }
     g.finish();
@@ -95,6 +153,6 @@ fn scrape_throughput(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = scrape_encode, scrape_throughput
+    targets = scrape_encode, scrape_buckets, scrape_throughput
 }
 criterion_main!(benches);

@@ -245,6 +245,53 @@ pub(crate) struct Series {
     duration_nanos: BucketBounds,
     /// `step_duration_seconds`, one histogram per step name.
     steps: Mutex<BTreeMap<String, Histogram>>,
+    /// The label pairs of every sample but the steps', built once.
+    labels: SeriesLabels,
+}
+
+/// The label pairs of one series' samples, built when the series is created
+/// so that a scrape only clones them.
+struct SeriesLabels {
+    /// `executor`, `executor_type`.
+    plain: Vec<proto::LabelPair>,
+    /// ... and `result="completed"`.
+    completed: Vec<proto::LabelPair>,
+    /// ... and `result="failed"`.
+    failed: Vec<proto::LabelPair>,
+    /// ... and `reason`, one per [`FailureReason`], sorted by the label value
+    /// (the order `Registry::gather` sorts samples in, so its sort finds the
+    /// family already sorted), each with the reason's index.
+    failures: Vec<(usize, Vec<proto::LabelPair>)>,
+}
+
+fn label_pair(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+impl SeriesLabels {
+    fn new(id: &str, ty: &str) -> SeriesLabels {
+        let plain = vec![label_pair("executor", id), label_pair("executor_type", ty)];
+        let with = |name: &str, value: &str| {
+            let mut labels = Vec::with_capacity(plain.len() + 1);
+            labels.extend_from_slice(&plain);
+            labels.push(label_pair(name, value));
+            labels
+        };
+        let mut reasons = FailureReason::ALL;
+        reasons.sort_unstable_by_key(|r| r.as_str());
+        SeriesLabels {
+            completed: with("result", "completed"),
+            failed: with("result", "failed"),
+            failures: reasons
+                .iter()
+                .map(|r| (r.index(), with("reason", r.as_str())))
+                .collect(),
+            plain,
+        }
+    }
 }
 
 impl fmt::Debug for Series {
@@ -276,6 +323,7 @@ impl Series {
             wait_bounds,
             duration_bounds,
             steps: Mutex::new(BTreeMap::new()),
+            labels: SeriesLabels::new(id, ty),
         }
     }
 
@@ -351,43 +399,30 @@ impl Series {
         });
     }
 
-    fn labels(&self, extra: Option<(&str, &str)>) -> Vec<proto::LabelPair> {
-        let mut labels = Vec::with_capacity(3);
-        let mut push = |name: &str, value: &str| {
-            let mut pair = proto::LabelPair::default();
-            pair.set_name(name.to_owned());
-            pair.set_value(value.to_owned());
-            labels.push(pair);
-        };
-        push("executor", &self.id);
-        push("executor_type", &self.ty);
-        if let Some((name, value)) = extra {
-            push(name, value);
-        }
-        labels
-    }
-
-    fn counter(&self, value: u64, extra: Option<(&str, &str)>) -> proto::Metric {
+    fn counter(value: u64, labels: &[proto::LabelPair]) -> proto::Metric {
         let mut counter = proto::Counter::default();
         counter.set_value(value as f64);
         let mut m = proto::Metric::default();
-        m.set_label(self.labels(extra));
+        m.set_label(labels.to_vec());
         m.set_counter(counter);
         m
     }
 
-    fn gauge(&self, value: i64) -> proto::Metric {
+    fn gauge(value: i64, labels: &[proto::LabelPair]) -> proto::Metric {
         let mut gauge = proto::Gauge::default();
         gauge.set_value(value as f64);
         let mut m = proto::Metric::default();
-        m.set_label(self.labels(None));
+        m.set_label(labels.to_vec());
         m.set_gauge(gauge);
         m
     }
 
-    fn histogram(&self, h: &Histogram, extra: Option<(&str, &str)>) -> proto::Metric {
+    fn step_histogram(&self, h: &Histogram, step: &str) -> proto::Metric {
+        let mut labels = Vec::with_capacity(self.labels.plain.len() + 1);
+        labels.extend_from_slice(&self.labels.plain);
+        labels.push(label_pair("step", step));
         let mut m = h.metric();
-        m.set_label(self.labels(extra));
+        m.set_label(labels);
         m
     }
 
@@ -396,7 +431,7 @@ impl Series {
         &self,
         bounds: &[f64],
         which: impl Fn(&Shard) -> &Buckets,
-        extra: Option<(&str, &str)>,
+        labels: &[proto::LabelPair],
     ) -> proto::Metric {
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum_nanos = 0u128;
@@ -419,7 +454,7 @@ impl Series {
         h.set_sample_sum(sum_nanos as f64 / 1e9);
         h.set_bucket(buckets);
         let mut m = proto::Metric::default();
-        m.set_label(self.labels(extra));
+        m.set_label(labels.to_vec());
         m.set_histogram(h);
         m
     }
@@ -438,19 +473,16 @@ impl Series {
         let completed = self.sharded_histogram(
             &self.duration_bounds,
             |s| &s.completed,
-            Some(("result", "completed")),
+            &self.labels.completed,
         );
-        let failed = self.sharded_histogram(
-            &self.duration_bounds,
-            |s| &s.failed,
-            Some(("result", "failed")),
-        );
+        let failed =
+            self.sharded_histogram(&self.duration_bounds, |s| &s.failed, &self.labels.failed);
         let failures: Vec<u64> = FailureReason::ALL
             .iter()
             .map(|r| shards.sum(|s| &s.failures[r.index()]))
             .collect();
         let failed_unstarted = shards.sum(|s| &s.failed_unstarted);
-        let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, None);
+        let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, &self.labels.plain);
         let cancelled = shards.sum(|s| &s.cancelled);
         let submitted = shards.sum(|s| &s.submitted);
         let rejected = shards.sum(|s| &s.rejected);
@@ -463,23 +495,24 @@ impl Series {
         debug_assert!(running >= 0, "running_tasks read as {running}");
         let gauge = |n: i128| i64::try_from(n.max(0)).unwrap_or(i64::MAX);
         let (queued, running) = (gauge(queued), gauge(running));
-        families[idx::MAX_WORKERS].push(self.counter(load(&self.max_workers), None));
+        let plain = &self.labels.plain;
+        families[idx::MAX_WORKERS].push(Self::counter(load(&self.max_workers), plain));
         families[idx::INITIALIZED_WORKERS]
-            .push(self.counter(load(&self.initialized_workers), None));
-        families[idx::QUEUED].push(self.gauge(queued));
-        families[idx::RUNNING].push(self.gauge(running));
-        families[idx::CANCELLED].push(self.counter(cancelled, None));
-        families[idx::SUBMITTED].push(self.counter(submitted, None));
-        families[idx::REJECTED].push(self.counter(rejected, None));
-        families[idx::RESTARTS].push(self.counter(load(&self.restarts), None));
+            .push(Self::counter(load(&self.initialized_workers), plain));
+        families[idx::QUEUED].push(Self::gauge(queued, plain));
+        families[idx::RUNNING].push(Self::gauge(running, plain));
+        families[idx::CANCELLED].push(Self::counter(cancelled, plain));
+        families[idx::SUBMITTED].push(Self::counter(submitted, plain));
+        families[idx::REJECTED].push(Self::counter(rejected, plain));
+        families[idx::RESTARTS].push(Self::counter(load(&self.restarts), plain));
         families[idx::WAIT].push(wait);
         families[idx::DURATION].push(completed);
         families[idx::DURATION].push(failed);
-        for (reason, value) in FailureReason::ALL.iter().zip(failures) {
-            families[idx::FAILURES].push(self.counter(value, Some(("reason", reason.as_str()))));
+        for (reason, labels) in &self.labels.failures {
+            families[idx::FAILURES].push(Self::counter(failures[*reason], labels));
         }
         for (name, h) in lock(&self.steps).iter() {
-            families[idx::STEP].push(self.histogram(h, Some(("step", name))));
+            families[idx::STEP].push(self.step_histogram(h, name));
         }
     }
 
@@ -500,6 +533,8 @@ struct Families {
     namespace: String,
     marker: u64,
     descs: Vec<Desc>,
+    /// `{namespace}_{name}` of each family in [`METRICS`].
+    names: Vec<String>,
     series: Mutex<BTreeMap<(String, String), Arc<Series>>>,
 }
 
@@ -523,12 +558,16 @@ fn marker_desc(marker: u64) -> Desc {
 
 impl Families {
     fn new(namespace: &str, marker: u64) -> Result<Families, BuildError> {
+        let names: Vec<String> = METRICS
+            .iter()
+            .map(|def| format!("{namespace}_{}", def.name))
+            .collect();
         let mut descs = Vec::with_capacity(METRICS.len() + 1);
-        for def in METRICS {
+        for (def, name) in METRICS.iter().zip(&names) {
             let mut labels = vec!["executor".to_owned(), "executor_type".to_owned()];
             labels.extend(def.extra_label.map(str::to_owned));
             let desc = Desc::new(
-                format!("{namespace}_{}", def.name),
+                name.clone(),
                 def.help.to_owned(),
                 labels,
                 Default::default(),
@@ -541,8 +580,20 @@ impl Families {
             namespace: namespace.to_owned(),
             marker,
             descs,
+            names,
             series: Mutex::new(BTreeMap::new()),
         })
+    }
+}
+
+/// How many samples one series adds to family `i` of [`METRICS`] (steps:
+/// none until a step is made).
+fn samples_per_series(i: usize) -> usize {
+    match i {
+        idx::DURATION => 2,
+        idx::FAILURES => FailureReason::ALL.len(),
+        idx::STEP => 0,
+        _ => 1,
     }
 }
 
@@ -556,16 +607,23 @@ impl Collector for FamiliesCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut samples: Vec<Vec<proto::Metric>> = METRICS.iter().map(|_| Vec::new()).collect();
-        for series in lock(&self.0.series).values() {
+        let all = lock(&self.0.series);
+        let mut samples: Vec<Vec<proto::Metric>> = (0..METRICS.len())
+            .map(|i| Vec::with_capacity(all.len() * samples_per_series(i)))
+            .collect();
+        for series in all.values() {
             series.collect_into(&mut samples);
         }
+        drop(all);
         METRICS
             .iter()
+            .zip(&self.0.names)
             .zip(samples)
-            .map(|(def, metrics)| {
+            // `Registry::gather` drops families without samples anyway.
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|((def, name), metrics)| {
                 let mut family = MetricFamily::default();
-                family.set_name(format!("{}_{}", self.0.namespace, def.name));
+                family.set_name(name.clone());
                 family.set_help(def.help.to_owned());
                 family.set_field_type(match def.kind {
                     Kind::Counter => MetricType::COUNTER,
