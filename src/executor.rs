@@ -1,7 +1,9 @@
 //! The [`Executor`] trait every pool implements, and the [`Task`] it runs.
 
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 /// A unit of work handed to an [`Executor`]: a boxed `FnOnce() + Send + 'static`.
@@ -25,22 +27,18 @@ use std::sync::Arc;
 /// assert!(ran.load(Ordering::SeqCst));
 /// ```
 pub struct Task {
-    /// `None` once the task was run, abandoned or taken apart.
-    inner: Option<Inner>,
+    /// `None` once the task was run, abandoned or taken apart. One pointer
+    /// pair, so a queue slot holding a task stays small. For a task of the
+    /// crate's instrumented executors the `Arc` is the task's shared state,
+    /// with the closure inside it: a submit allocates once.
+    inner: Option<Arc<dyn Runnable>>,
 }
 
-enum Inner {
-    /// A plain closure: what [`Task::new`] wraps.
-    Plain(Box<dyn FnOnce() + Send>),
-    /// A task of the crate's own instrumented executors: the closure lives
-    /// inside the task's shared state, so a submit allocates once.
-    Shared(Arc<dyn Runnable>),
-}
-
-/// What the instrumented proxy's tasks implement.
+/// What a task's closure is kept in.
 ///
 /// The [`Task`] that holds the `Arc` is the only owner of the closure inside:
-/// it calls exactly one of `run`, `abandon`, `discard` or `take_closure`, once.
+/// it calls exactly one of `run`, `abandon`, `discard` or `take_closure`, once
+/// (unless the task is leaked, which leaks the closure too).
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the task; `body_done` is called once the task's own code has
     /// returned (or did not run), before its result becomes visible to
@@ -55,30 +53,77 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn take_closure(&self) -> Option<Box<dyn Any + Send>>;
 }
 
+/// Holds a closure that is taken out exactly once, by the one [`Task`] that
+/// owns the `Arc` around it.
+pub(crate) struct Once<F>(UnsafeCell<ManuallyDrop<F>>);
+
+// SAFETY: the closure is only reached through `Once::take`, whose contract
+// gives one caller, once (the owning `Task`, which is `Send` but not
+// `Clone`). Sharing a `Once` never gives two threads access to `F`; moving
+// `F` to the thread that takes it needs only `F: Send`.
+unsafe impl<F: Send> Sync for Once<F> {}
+
+impl<F> Once<F> {
+    pub(crate) fn new(f: F) -> Once<F> {
+        Once(UnsafeCell::new(ManuallyDrop::new(f)))
+    }
+
+    /// Takes the closure out.
+    ///
+    /// # Safety
+    ///
+    /// Called at most once per `Once`, and never while another thread may
+    /// call it: the [`Runnable`] methods of the owning task are the only
+    /// callers.
+    pub(crate) unsafe fn take(&self) -> F {
+        // SAFETY: the caller guarantees exclusive, single use, so the value
+        // is still there and nothing else reads it.
+        unsafe { ManuallyDrop::take(&mut *self.0.get()) }
+    }
+}
+
+/// A plain closure: what [`Task::new`] wraps.
+struct Plain<F>(Once<F>);
+
+impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
+    fn run(&self, body_done: &dyn Fn()) {
+        // SAFETY: `Runnable`'s contract: the owning task calls one method once.
+        let f = unsafe { self.0.take() };
+        f();
+        body_done();
+    }
+    fn abandon(&self, _reason: String) {
+        // SAFETY: as in `run`.
+        drop(unsafe { self.0.take() });
+    }
+    fn discard(&self) {
+        // SAFETY: as in `run`.
+        drop(unsafe { self.0.take() });
+    }
+    fn take_closure(&self) -> Option<Box<dyn Any + Send>> {
+        // SAFETY: as in `run`.
+        drop(unsafe { self.0.take() });
+        None
+    }
+}
+
 impl Task {
     /// Wraps a closure as a task.
     pub fn new<F>(f: F) -> Task
     where
         F: FnOnce() + Send + 'static,
     {
-        Task {
-            inner: Some(Inner::Plain(Box::new(f))),
-        }
+        Task::from_shared(Arc::new(Plain(Once::new(f))))
     }
 
     pub(crate) fn from_shared(inner: Arc<dyn Runnable>) -> Task {
-        Task {
-            inner: Some(Inner::Shared(inner)),
-        }
+        Task { inner: Some(inner) }
     }
 
     /// The closure of a task built by the crate's proxy, for a refused
-    /// submit; `None` for any other task.
+    /// submit; `None` for any other task (which is then dropped unrun).
     pub(crate) fn take_closure(mut self) -> Option<Box<dyn Any + Send>> {
-        match self.inner.take() {
-            Some(Inner::Shared(job)) => job.take_closure(),
-            _ => None,
-        }
+        self.inner.take().and_then(|job| job.take_closure())
     }
 
     /// Runs the task on the current thread.
@@ -92,11 +137,7 @@ impl Task {
 
     pub(crate) fn run_then(mut self, body_done: &dyn Fn()) {
         match self.inner.take() {
-            Some(Inner::Plain(f)) => {
-                f();
-                body_done();
-            }
-            Some(Inner::Shared(job)) => job.run(body_done),
+            Some(job) => job.run(body_done),
             None => body_done(),
         }
     }
@@ -109,7 +150,7 @@ impl Task {
     /// plain `drop` for work that is discarded on purpose (it counts as
     /// cancelled).
     pub fn abandon(mut self, reason: impl Into<String>) {
-        if let Some(Inner::Shared(job)) = self.inner.take() {
+        if let Some(job) = self.inner.take() {
             job.abandon(reason.into());
         }
     }
@@ -119,7 +160,7 @@ impl Drop for Task {
     /// A task dropped without running counts as cancelled, so no task can
     /// vanish from the counts.
     fn drop(&mut self) {
-        if let Some(Inner::Shared(job)) = self.inner.take() {
+        if let Some(job) = self.inner.take() {
             job.discard();
         }
     }

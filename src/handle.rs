@@ -112,8 +112,12 @@ impl Accounting {
 }
 
 struct Slot<T> {
-    result: Option<Result<T, TaskError>>,
-    waker: Option<Waker>,
+    /// The error is boxed to keep a task's allocation small (a few words
+    /// decide whether it fits the allocator's fastest size classes).
+    result: Option<Result<T, Box<TaskError>>>,
+    /// Boxed: only tasks that are awaited pay for it, and the common case
+    /// keeps a task's allocation in the allocator's fastest size classes.
+    waker: Option<Box<Waker>>,
     /// Threads blocked on `done`: without any, publishing skips the
     /// notification, which would otherwise cost a system call per task.
     waiters: u32,
@@ -158,7 +162,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     fn publish(&self, result: Result<T, TaskError>) {
         let (waker, waiters) = {
             let mut slot = lock(&self.slot);
-            slot.result = Some(result);
+            slot.result = Some(result.map_err(Box::new));
             (slot.waker.take(), slot.waiters)
         };
         if waiters > 0 {
@@ -295,7 +299,7 @@ impl<T> TaskHandle<T> {
         let mut slot = lock(&self.core.slot);
         loop {
             if let Some(result) = slot.result.take() {
-                return result;
+                return result.map_err(|e| *e);
             }
             slot.waiters += 1;
             slot = self.core.done.wait(slot).unwrap_or_else(|e| e.into_inner());
@@ -374,11 +378,11 @@ impl<T> Future for TaskHandle<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slot = lock(&self.core.slot);
         if let Some(result) = slot.result.take() {
-            return Poll::Ready(result);
+            return Poll::Ready(result.map_err(|e| *e));
         }
         match &slot.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => slot.waker = Some(cx.waker().clone()),
+            _ => slot.waker = Some(Box::new(cx.waker().clone())),
         }
         Poll::Pending
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::TaskError;
 use crate::executor::Executor;
 use crate::handle::TaskHandle;
-use crate::proxy::{Classify, InstrumentedExecutorProxy};
+use crate::proxy::{ClassifyFn, InstrumentedExecutorProxy};
 
 /// Results of [`InstrumentedExecutorProxy::map`], in input order.
 ///
@@ -24,7 +24,7 @@ pub struct Map<'a, E: Executor, F, I, T> {
     items: Option<I>,
     pending: VecDeque<Result<TaskHandle<T>, TaskError>>,
     in_flight: usize,
-    classify: Classify<T>,
+    classify: ClassifyFn<T>,
 }
 
 impl<'a, E, F, I, T> Map<'a, E, F, I, T>
@@ -40,7 +40,7 @@ where
         f: F,
         items: I,
         in_flight: usize,
-        classify: Classify<T>,
+        classify: ClassifyFn<T>,
     ) -> Self {
         let mut map = Map {
             proxy,

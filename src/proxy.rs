@@ -1,19 +1,48 @@
 //! [`InstrumentedExecutorProxy`]: wraps any [`Executor`] and counts every task.
 
 use std::any::Any;
-use std::cell::UnsafeCell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{Executor, Rejected, Runnable, Task};
+use crate::executor::{Executor, Once, Rejected, Runnable, Task};
 use crate::exporter::{ExecutorExporter, FailureReason};
 use crate::handle::{Accounting, TaskCore, TaskHandle};
 use crate::map::Map;
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
-pub(crate) type Classify<T> = fn(&T) -> bool;
+pub(crate) trait Classify<T>: Send + Sync + 'static {
+    fn failed(&self, value: &T) -> bool;
+}
+
+/// What `map` keeps: a classifier chosen at run time.
+pub(crate) type ClassifyFn<T> = fn(&T) -> bool;
+
+impl<T: 'static> Classify<T> for ClassifyFn<T> {
+    fn failed(&self, value: &T) -> bool {
+        self(value)
+    }
+}
+
+/// `submit`: no value is a failure. A zero-sized type, so a task does not
+/// carry a classifier.
+struct NeverFails;
+
+impl<T: 'static> Classify<T> for NeverFails {
+    fn failed(&self, _: &T) -> bool {
+        false
+    }
+}
+
+/// `submit_fallible`: an `Err` is a failure.
+struct ErrFails;
+
+impl<T: 'static, E: 'static> Classify<Result<T, E>> for ErrFails {
+    fn failed(&self, value: &Result<T, E>) -> bool {
+        value.is_err()
+    }
+}
 
 fn never_failed<T>(_: &T) -> bool {
     false
@@ -23,41 +52,34 @@ fn is_err<T, E>(result: &Result<T, E>) -> bool {
     result.is_err()
 }
 
-/// The closure of one submitted task, stored inside its [`TaskCore`] so that
-/// a submit allocates once. The [`Task`] handed to the executor is the only
-/// code that touches `f` (see [`Runnable`]); dropping that task without
-/// running it cancels the task, so no task can vanish from the counts.
-struct Job<F, T> {
-    f: UnsafeCell<Option<F>>,
-    classify: Classify<T>,
+/// The closure of one submitted task and how its value is classified,
+/// stored inside its [`TaskCore`] so that a submit allocates once. The
+/// [`Task`] handed to the executor is the only code that takes the closure
+/// (see [`Runnable`]); dropping that task without running it cancels the
+/// task, so no task can vanish from the counts.
+struct Job<F, C> {
+    f: Once<F>,
+    classify: C,
 }
 
-// SAFETY: `f` is only reached through `Runnable`, whose methods are called
-// by the single `Task` that owns this job, at most once and from one thread
-// at a time (a `Task` is `Send` but not `Clone`); other sharers of the
-// `TaskCore` (the handle) never touch the job. So sharing a `Job` between
-// threads never gives two threads access to `f`, and moving `F` across
-// threads needs only `F: Send`.
-unsafe impl<F: Send, T> Sync for Job<F, T> {}
+type JobCore<F, T, C> = TaskCore<T, Job<F, C>>;
 
-type JobCore<F, T> = TaskCore<T, Job<F, T>>;
-
-impl<F, T> JobCore<F, T> {
-    fn take_f(&self) -> Option<F> {
-        // SAFETY: only the owning `Task` calls this, see `Job`'s `Sync` impl.
-        unsafe { (*self.job.f.get()).take() }
+impl<F, T, C> JobCore<F, T, C> {
+    fn take_f(&self) -> F {
+        // SAFETY: only the owning `Task` calls the `Runnable` methods that
+        // call this, one of them, once.
+        unsafe { self.job.f.take() }
     }
 }
 
-impl<F, T> Runnable for JobCore<F, T>
+impl<F, T, C> Runnable for JobCore<F, T, C>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
+    C: Classify<T>,
 {
     fn run(&self, body_done: &dyn Fn()) {
-        let Some(f) = self.take_f() else {
-            return body_done();
-        };
+        let f = self.take_f();
         let Some(started) = self.start() else {
             drop(f);
             return body_done();
@@ -66,7 +88,11 @@ where
         body_done();
         match outcome {
             Ok(value) => {
-                let failure = (self.job.classify)(&value).then_some(FailureReason::Error);
+                let failure = self
+                    .job
+                    .classify
+                    .failed(&value)
+                    .then_some(FailureReason::Error);
                 self.finish(started, Ok(value), failure);
             }
             Err(payload) => {
@@ -90,14 +116,13 @@ where
     }
 
     fn discard(&self) {
-        if let Some(f) = self.take_f() {
-            self.cancel();
-            drop(f);
-        }
+        let f = self.take_f();
+        self.cancel();
+        drop(f);
     }
 
     fn take_closure(&self) -> Option<Box<dyn Any + Send>> {
-        self.take_f().map(|f| Box::new(f) as Box<dyn Any + Send>)
+        Some(Box::new(self.take_f()))
     }
 }
 
@@ -176,10 +201,10 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         self.max_workers
     }
 
-    pub(crate) fn submit_classified<F, T>(
+    pub(crate) fn submit_classified<F, T, C: Classify<T>>(
         &self,
         f: F,
-        classify: Classify<T>,
+        classify: C,
     ) -> Result<TaskHandle<T>, SubmitError<F>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -193,7 +218,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         let core = Arc::new(TaskCore::with_job(
             self.acct.clone(),
             Job {
-                f: UnsafeCell::new(Some(f)),
+                f: Once::new(f),
                 classify,
             },
         ));
@@ -233,7 +258,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_classified(f, never_failed::<T>)
+        self.submit_classified(f, NeverFails)
     }
 
     /// Submits a task that returns a `Result`: an `Err` is counted as failed
@@ -260,7 +285,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         T: Send + 'static,
         Er: Send + 'static,
     {
-        self.submit_classified(f, is_err::<T, Er>)
+        self.submit_classified(f, ErrFails)
     }
 
     /// Applies `f` to every item, each item its own task, and yields the
@@ -277,7 +302,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         T: Send + 'static,
     {
         let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
-        Map::new(self, f, items.into_iter(), in_flight, never_failed::<T>)
+        Map::new(
+            self,
+            f,
+            items.into_iter(),
+            in_flight,
+            never_failed::<T> as ClassifyFn<T>,
+        )
     }
 
     /// Like [`map`](Self::map), with at most `in_flight` items submitted and
@@ -302,7 +333,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             f,
             items.into_iter(),
             in_flight,
-            never_failed::<T>,
+            never_failed::<T> as ClassifyFn<T>,
         ))
     }
 
@@ -321,7 +352,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         Er: Send + 'static,
     {
         let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
-        Map::new(self, f, items.into_iter(), in_flight, is_err::<T, Er>)
+        Map::new(
+            self,
+            f,
+            items.into_iter(),
+            in_flight,
+            is_err::<T, Er> as ClassifyFn<_>,
+        )
     }
 
     /// Waits until every task accepted so far has ended. The executor stays
