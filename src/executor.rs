@@ -6,7 +6,7 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-/// A unit of work handed to an [`Executor`]: a boxed `FnOnce() + Send + 'static`.
+/// A unit of work handed to an [`Executor`]: an owned, heap-allocated `FnOnce() + Send + 'static`.
 ///
 /// An executor either runs a task ([`Task::run`]), gives it back ([`Rejected`]),
 /// or drops it. Dropping a task that came from an instrumented proxy counts it as
