@@ -21,6 +21,7 @@ use crate::error::TaskError;
 use crate::exporter::{FailureReason, Series};
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crossbeam_utils::CachePadded;
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -38,7 +39,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Accounting {
     pub(crate) series: Arc<Series>,
-    in_flight: AtomicUsize,
+    /// Changed by every submit and every task end, from different threads:
+    /// on a cache line of its own, so the flags read on every task start
+    /// and submit (`closed`, `cancel_pending`, `waiters`) stay shared in
+    /// every core's cache, and so does the `Arc`'s count (the alignment
+    /// moves it to another line too).
+    in_flight: CachePadded<AtomicUsize>,
     waiters: AtomicUsize,
     closed: AtomicBool,
     cancel_pending: AtomicBool,
@@ -50,7 +56,7 @@ impl Accounting {
     pub(crate) fn new(series: Arc<Series>) -> Accounting {
         Accounting {
             series,
-            in_flight: AtomicUsize::new(0),
+            in_flight: CachePadded::new(AtomicUsize::new(0)),
             waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             cancel_pending: AtomicBool::new(false),
