@@ -19,7 +19,9 @@ pub(crate) use crate::clock::Clock;
 
 use crate::error::TaskError;
 use crate::exporter::{FailureReason, Series};
-use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::ptr::NonNull;
+
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crossbeam_utils::CachePadded;
 
@@ -34,40 +36,88 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One thread waiting in [`Accounting::wait_idle`], in the `tasks` word.
+const WAITER: u64 = 1 << 40;
+/// The in-flight count in the `tasks` word: the bits below the waiters.
+const IN_FLIGHT: u64 = WAITER - 1;
+
+/// Where `wait_idle` sleeps and a task end that leaves its executor idle
+/// wakes it: one of a few process-wide pairs, chosen by the accounting's
+/// address. Static, so the task that ends last never touches its
+/// accounting after the decrement that made it idle (the waiter may then
+/// return and its owner free the accounting at once); a pair shared by two
+/// executors only costs a waiter a spurious wake-up.
+struct IdleSignal {
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+const IDLE_SIGNALS: usize = 16;
+
+#[cfg(not(loom))]
+fn idle_signal(addr: usize) -> &'static IdleSignal {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const NEW: IdleSignal = IdleSignal {
+        lock: Mutex::new(()),
+        cv: Condvar::new(),
+    };
+    static SIGNALS: [IdleSignal; IDLE_SIGNALS] = [NEW; IDLE_SIGNALS];
+    &SIGNALS[(addr >> 7) % IDLE_SIGNALS]
+}
+
+#[cfg(loom)]
+fn idle_signal(_addr: usize) -> &'static IdleSignal {
+    // Loom's primitives must be created inside each model run.
+    loom::lazy_static! {
+        static ref SIGNAL: IdleSignal = IdleSignal {
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        };
+    }
+    &SIGNAL
+}
+
 /// Bookkeeping shared by every task of one instrumented executor: its series,
 /// how many accepted tasks have not ended yet, and the shutdown flags.
+///
+/// Its owners (the executor) hold it in an `Arc`; its tasks do not take a
+/// reference each (a shared count changed by every submit and every task
+/// end is a cache line moving between cores twice per task). A task holds
+/// a plain pointer ([`AcctRef`]) instead, kept valid by the task's own unit
+/// of the in-flight count: dropping the last owner waits until that count
+/// is zero, and a task's last access is the decrement of it.
 #[derive(Debug)]
 pub(crate) struct Accounting {
     pub(crate) series: Arc<Series>,
-    /// Changed by every submit and every task end, from different threads:
-    /// on a cache line of its own, so the flags read on every task start
-    /// and submit (`closed`, `cancel_pending`, `waiters`) stay shared in
-    /// every core's cache, and so does the `Arc`'s count (the alignment
-    /// moves it to another line too).
-    in_flight: CachePadded<AtomicUsize>,
-    waiters: AtomicUsize,
+    /// The tasks admitted and not ended (low 40 bits) and the threads in
+    /// `wait_idle` (units of [`WAITER`]): one word, so the decrement that
+    /// ends a task also tells whether anybody waits for idleness, with no
+    /// later read. Changed by every submit and every task end, from
+    /// different threads: on a cache line of its own, so the flags read on
+    /// every task start and submit (`closed`, `cancel_pending`) stay shared
+    /// in every core's cache.
+    tasks: CachePadded<AtomicU64>,
     closed: AtomicBool,
     cancel_pending: AtomicBool,
-    idle: Mutex<()>,
-    idle_cv: Condvar,
 }
 
 impl Accounting {
     pub(crate) fn new(series: Arc<Series>) -> Accounting {
         Accounting {
             series,
-            in_flight: CachePadded::new(AtomicUsize::new(0)),
-            waiters: AtomicUsize::new(0),
+            tasks: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
             cancel_pending: AtomicBool::new(false),
-            idle: Mutex::new(()),
-            idle_cv: Condvar::new(),
         }
+    }
+
+    fn signal(&self) -> &'static IdleSignal {
+        idle_signal(self as *const Accounting as usize)
     }
 
     /// Reserves a place for a task about to be submitted; `false` once closed.
     pub(crate) fn admit(&self) -> bool {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.tasks.fetch_add(1, Ordering::SeqCst);
         crate::sync::seqcst_pair();
         if self.closed.load(Ordering::SeqCst) {
             self.ended();
@@ -77,25 +127,28 @@ impl Accounting {
     }
 
     /// One admitted task ended (finished, cancelled, failed or rejected).
+    ///
+    /// The decrement is the last access to `self`: once the count is zero
+    /// an owner may free it (see [`AcctRef`]).
     pub(crate) fn ended(&self) {
-        let last = self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1;
-        crate::sync::seqcst_pair();
-        if last && self.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = lock(&self.idle);
-            self.idle_cv.notify_all();
+        let signal = self.signal();
+        let before = self.tasks.fetch_sub(1, Ordering::SeqCst);
+        if before & IN_FLIGHT == 1 && before >= WAITER {
+            let _guard = lock(&signal.lock);
+            signal.cv.notify_all();
         }
     }
 
     /// Blocks until every admitted task has ended.
     pub(crate) fn wait_idle(&self) {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        crate::sync::seqcst_pair();
-        let mut guard = lock(&self.idle);
-        while self.in_flight.load(Ordering::SeqCst) > 0 {
-            guard = self.idle_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+        let signal = self.signal();
+        self.tasks.fetch_add(WAITER, Ordering::SeqCst);
+        let mut guard = lock(&signal.lock);
+        while self.in_flight() > 0 {
+            guard = signal.cv.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         drop(guard);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        self.tasks.fetch_sub(WAITER, Ordering::SeqCst);
     }
 
     pub(crate) fn close(&self) {
@@ -113,7 +166,46 @@ impl Accounting {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        // At most 2^40 - 1: fits a usize on 64-bit targets; elsewhere a
+        // count that large cannot be held in memory anyway.
+        (self.tasks.load(Ordering::SeqCst) & IN_FLIGHT) as usize
+    }
+}
+
+impl Drop for Accounting {
+    /// Runs when the last owner lets go: tasks still in flight point here,
+    /// so wait for them (an executor's own shutdown has normally done so).
+    fn drop(&mut self) {
+        self.wait_idle();
+    }
+}
+
+/// A task's pointer to its executor's [`Accounting`], without a reference
+/// count: valid from the task's admission (its unit of the in-flight count)
+/// to its [`Accounting::ended`], which is the task's last use of it.
+#[derive(Clone, Copy)]
+struct AcctRef(NonNull<Accounting>);
+
+// SAFETY: it is used as a `&Accounting`, and `Accounting` is `Sync`.
+unsafe impl Send for AcctRef {}
+// SAFETY: as above.
+unsafe impl Sync for AcctRef {}
+
+impl AcctRef {
+    fn new(acct: &Arc<Accounting>) -> AcctRef {
+        AcctRef(NonNull::from(&**acct))
+    }
+}
+
+impl std::ops::Deref for AcctRef {
+    type Target = Accounting;
+
+    fn deref(&self) -> &Accounting {
+        // SAFETY: the accounting lives until its in-flight count is zero
+        // (`Accounting::drop` waits for it), and the task this pointer
+        // belongs to holds a unit of that count until `ended`, after which
+        // it does not use the pointer (`publish` calls it last).
+        unsafe { self.0.as_ref() }
     }
 }
 
@@ -136,19 +228,23 @@ pub(crate) struct TaskCore<T, J: ?Sized = ()> {
     state: AtomicU8,
     slot: Mutex<Slot<T>>,
     done: Condvar,
-    acct: Arc<Accounting>,
+    acct: AcctRef,
     submitted_at: Clock,
     pub(crate) job: J,
 }
 
 impl<T> TaskCore<T> {
-    pub(crate) fn new(acct: Arc<Accounting>) -> TaskCore<T> {
+    /// A task `acct` has admitted ([`Accounting::admit`] returned true).
+    pub(crate) fn new(acct: &Arc<Accounting>) -> TaskCore<T> {
         TaskCore::with_job(acct, ())
     }
 }
 
 impl<T, J> TaskCore<T, J> {
-    pub(crate) fn with_job(acct: Arc<Accounting>, job: J) -> TaskCore<T, J> {
+    /// A task `acct` has admitted ([`Accounting::admit`] returned true),
+    /// with what its executor runs: it must end through this core
+    /// (`finish`, `cancel` or `fail_unstarted`), exactly once.
+    pub(crate) fn with_job(acct: &Arc<Accounting>, job: J) -> TaskCore<T, J> {
         TaskCore {
             state: AtomicU8::new(QUEUED),
             slot: Mutex::new(Slot {
@@ -157,7 +253,7 @@ impl<T, J> TaskCore<T, J> {
                 waiters: 0,
             }),
             done: Condvar::new(),
-            acct,
+            acct: AcctRef::new(acct),
             submitted_at: Clock::now(),
             job,
         }

@@ -41,7 +41,7 @@ fn setup() -> (ExecutorExporter, Arc<Accounting>) {
 
 /// What the instrumented proxy does for an admitted task it hands over.
 fn submit_admitted(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
-    let core = Arc::new(TaskCore::new(acct.clone()));
+    let core = Arc::new(TaskCore::new(acct));
     acct.series.enqueue();
     acct.series.accepted();
     (core.clone(), TaskHandle::new(core))
@@ -237,6 +237,22 @@ fn shutdown_racing_the_last_task_end_returns() {
         acct.wait_idle();
         assert!(handle.is_finished());
         assert_eq!(acct.in_flight(), 0);
+        assert!(worker.join().unwrap());
+        assert_eq!(handle.join(), Ok(7));
+        assert_eq!(counts(&exporter), one_task(true, false, false));
+    });
+}
+
+#[test]
+fn dropping_the_last_owner_waits_for_the_task_in_flight() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        // The last owner lets go with no shutdown: the task still points at
+        // the accounting, so the drop waits for it to end.
+        drop(acct);
+        assert!(handle.is_finished());
         assert!(worker.join().unwrap());
         assert_eq!(handle.join(), Ok(7));
         assert_eq!(counts(&exporter), one_task(true, false, false));

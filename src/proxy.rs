@@ -216,7 +216,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             return Err(SubmitError::new(f, crate::executor::RejectReason::Shutdown));
         }
         let core = Arc::new(TaskCore::with_job(
-            self.acct.clone(),
+            &self.acct,
             Job {
                 f: Once::new(f),
                 classify,

@@ -19,16 +19,15 @@ pub(crate) mod atomic {
     pub(crate) use std::sync::atomic::Ordering;
 
     #[cfg(not(loom))]
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 
     #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 }
 
 /// Orders a store before a later load of another atomic, as `SeqCst`
 /// accesses already do (the store-buffering, or Dekker, pattern of
-/// `Accounting`: a submit's `in_flight` against `closed`, a task's end
-/// against `waiters`). Loom regards `SeqCst` accesses as `AcqRel` and would
+/// `Accounting`: a submit's in-flight count against `closed`). Loom regards `SeqCst` accesses as `AcqRel` and would
 /// report those pairs as races (loom's README, "Unsupported features"); it
 /// does model `fence(SeqCst)`, so under loom this is one. Without loom it is
 /// nothing: the accesses are `SeqCst` and the code is unchanged.

@@ -422,7 +422,7 @@ impl ProcessPoolExecutor {
         decode: D,
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
         let series = &self.acct.series;
-        let core = Arc::new(TaskCore::new(self.acct.clone()));
+        let core = Arc::new(TaskCore::new(&self.acct));
         let sink = Sink {
             core: core.clone(),
             decode,
