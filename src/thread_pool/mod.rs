@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::CachePadded;
 
 use crate::error::{panic_message, BuildError, BuildErrorKind};
 use crate::executor::{Executor, RejectReason, Rejected, Task};
@@ -34,15 +35,27 @@ struct Shared {
     sender: Sender<Message>,
     receiver: Receiver<Message>,
     /// Workers started (a slot is claimed before the thread is spawned).
+    /// Changes only while the pool grows, so it stays in every core's cache.
     workers: AtomicUsize,
     /// Idle credits: a worker adds one when it finishes a task, a submit
-    /// takes one instead of starting a new worker.
-    idle: AtomicUsize,
-    /// Submits between their closed check and their send.
-    submitting: AtomicUsize,
+    /// takes one instead of starting a new worker. Only while the pool can
+    /// still grow: once every worker has started there is no choice to make,
+    /// and neither side touches it. Written by workers, so on its own line.
+    idle: CachePadded<AtomicUsize>,
+    /// Submits between their closed check and their send. Written by
+    /// submitters only, so on a line the workers' writes do not touch.
+    submitting: CachePadded<AtomicUsize>,
     closed: AtomicBool,
     broken: OnceLock<String>,
     handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Every worker has started: a submit has no worker to start, and the
+    /// idle credits are not kept.
+    fn is_full(&self) -> bool {
+        self.workers.load(Ordering::SeqCst) >= self.max_workers
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,8 +199,8 @@ impl ThreadPoolBuilder {
                 sender,
                 receiver,
                 workers: AtomicUsize::new(0),
-                idle: AtomicUsize::new(0),
-                submitting: AtomicUsize::new(0),
+                idle: CachePadded::new(AtomicUsize::new(0)),
+                submitting: CachePadded::new(AtomicUsize::new(0)),
                 closed: AtomicBool::new(false),
                 broken: OnceLock::new(),
                 handles: Mutex::new(Vec::new()),
@@ -327,7 +340,7 @@ fn worker_loop(shared: &Shared) {
                 // before its result is published (see `Runnable::run`).
                 let credited = std::cell::Cell::new(false);
                 let mark_idle = || {
-                    if !credited.replace(true) {
+                    if !credited.replace(true) && !shared.is_full() {
                         shared.idle.fetch_add(1, Ordering::SeqCst);
                     }
                 };
@@ -360,10 +373,11 @@ impl Executor for ThreadPool {
         // cannot fail.
         let _ = shared.sender.send(Message::Run(task));
         // Reuse an idle worker if there is one; otherwise start one if allowed.
-        let claimed_idle = shared
-            .idle
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let claimed_idle = shared.is_full()
+            || shared
+                .idle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
         if !claimed_idle {
             if let Ok(index) =
                 shared
