@@ -36,10 +36,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One thread waiting in [`Accounting::wait_idle`], in the `tasks` word.
-const WAITER: u64 = 1 << 40;
-/// The in-flight count in the `tasks` word: the bits below the waiters.
-const IN_FLIGHT: u64 = WAITER - 1;
+/// The `ended` word of [`Accounting`]: the ended count in the high 40 bits
+/// (wrapping: compared with the admitted count modulo 2^40), a flag set while
+/// a thread waits for idleness, and the threads inside
+/// [`Accounting::ended`] in the low 23 bits.
+const ONE_ENDED: u64 = 1 << 24;
+const WAITING: u64 = 1 << 23;
+const BUSY: u64 = 1;
+const BUSY_MASK: u64 = WAITING - 1;
+const COUNT_MASK: u64 = (1 << 40) - 1;
+
+fn ended_count(word: u64) -> u64 {
+    word >> 24
+}
 
 /// Where `wait_idle` sleeps and a task end that leaves its executor idle
 /// wakes it: one of a few process-wide pairs, chosen by the accounting's
@@ -78,36 +87,43 @@ fn idle_signal(_addr: usize) -> &'static IdleSignal {
 }
 
 /// Bookkeeping shared by every task of one instrumented executor: its series,
-/// how many accepted tasks have not ended yet, and the shutdown flags.
+/// how many tasks it admitted and how many ended, and the shutdown flags.
 ///
 /// Its owners (the executor) hold it in an `Arc`; its tasks do not take a
 /// reference each (a shared count changed by every submit and every task
 /// end is a cache line moving between cores twice per task). A task holds
-/// a plain pointer ([`AcctRef`]) instead, kept valid by the task's own unit
-/// of the in-flight count: dropping the last owner waits until that count
-/// is zero, and a task's last access is the decrement of it.
+/// a plain pointer ([`AcctRef`]) instead, valid while the task is in flight:
+/// dropping the last owner waits until every admitted task has ended and
+/// no thread is still inside [`ended`](Accounting::ended).
+///
+/// Submitters and task ends count on separate cache lines, so a submit
+/// does not wait for the line the workers last wrote. The executor is idle
+/// when the two counts are equal: read `ended` first, then `admitted` (both
+/// only grow, and a task ends after it is admitted, so equal values mean
+/// they were equal when `ended` was read).
 #[derive(Debug)]
 pub(crate) struct Accounting {
     pub(crate) series: Arc<Series>,
-    /// The tasks admitted and not ended (low 40 bits) and the threads in
-    /// `wait_idle` (units of [`WAITER`]): one word, so the decrement that
-    /// ends a task also tells whether anybody waits for idleness, with no
-    /// later read. Changed by every submit and every task end, from
-    /// different threads: on a cache line of its own, so the flags read on
-    /// every task start and submit (`closed`, `cancel_pending`) stay shared
-    /// in every core's cache.
-    tasks: CachePadded<AtomicU64>,
+    /// Tasks admitted; written by submitting threads only.
+    admitted: CachePadded<AtomicU64>,
+    /// Tasks ended, the waiting flag and the threads inside `ended` (see
+    /// [`ONE_ENDED`]); written by the threads that end tasks.
+    ended: CachePadded<AtomicU64>,
     closed: AtomicBool,
     cancel_pending: AtomicBool,
+    /// Threads in `wait_idle`; the `WAITING` flag is set while it is not 0.
+    waiters: Mutex<usize>,
 }
 
 impl Accounting {
     pub(crate) fn new(series: Arc<Series>) -> Accounting {
         Accounting {
             series,
-            tasks: CachePadded::new(AtomicU64::new(0)),
+            admitted: CachePadded::new(AtomicU64::new(0)),
+            ended: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
             cancel_pending: AtomicBool::new(false),
+            waiters: Mutex::new(0),
         }
     }
 
@@ -117,7 +133,7 @@ impl Accounting {
 
     /// Reserves a place for a task about to be submitted; `false` once closed.
     pub(crate) fn admit(&self) -> bool {
-        self.tasks.fetch_add(1, Ordering::SeqCst);
+        self.admitted.fetch_add(1, Ordering::SeqCst);
         crate::sync::seqcst_pair();
         if self.closed.load(Ordering::SeqCst) {
             self.ended();
@@ -128,27 +144,52 @@ impl Accounting {
 
     /// One admitted task ended (finished, cancelled, failed or rejected).
     ///
-    /// The decrement is the last access to `self`: once the count is zero
-    /// an owner may free it (see [`AcctRef`]).
+    /// The thread counts itself in while it may still read `self` (only when
+    /// somebody waits: to see whether this end made the executor idle), and
+    /// counts itself out with its last access.
     pub(crate) fn ended(&self) {
         let signal = self.signal();
-        let before = self.tasks.fetch_sub(1, Ordering::SeqCst);
-        if before & IN_FLIGHT == 1 && before >= WAITER {
+        let before = self.ended.fetch_add(ONE_ENDED + BUSY, Ordering::SeqCst);
+        crate::sync::seqcst_pair();
+        let wake = before & WAITING != 0
+            && ended_count(before).wrapping_add(1) & COUNT_MASK
+                == self.admitted.load(Ordering::SeqCst) & COUNT_MASK;
+        self.ended.fetch_sub(BUSY, Ordering::SeqCst);
+        if wake {
             let _guard = lock(&signal.lock);
             signal.cv.notify_all();
         }
     }
 
+    fn is_idle(&self) -> bool {
+        self.in_flight() == 0
+    }
+
     /// Blocks until every admitted task has ended.
+    ///
+    /// An end that leaves the executor idle wakes the waiters; if tasks are
+    /// admitted between that end and its check, the executor is not idle
+    /// any more and a later end wakes them.
     pub(crate) fn wait_idle(&self) {
         let signal = self.signal();
-        self.tasks.fetch_add(WAITER, Ordering::SeqCst);
+        {
+            let mut waiters = lock(&self.waiters);
+            *waiters += 1;
+            if *waiters == 1 {
+                self.ended.fetch_or(WAITING, Ordering::SeqCst);
+            }
+        }
+        crate::sync::seqcst_pair();
         let mut guard = lock(&signal.lock);
-        while self.in_flight() > 0 {
+        while !self.is_idle() {
             guard = signal.cv.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         drop(guard);
-        self.tasks.fetch_sub(WAITER, Ordering::SeqCst);
+        let mut waiters = lock(&self.waiters);
+        *waiters -= 1;
+        if *waiters == 0 {
+            self.ended.fetch_and(!WAITING, Ordering::SeqCst);
+        }
     }
 
     pub(crate) fn close(&self) {
@@ -165,18 +206,26 @@ impl Accounting {
         self.cancel_pending.store(true, Ordering::SeqCst);
     }
 
+    /// Admitted tasks that have not ended.
     pub(crate) fn in_flight(&self) -> usize {
-        // At most 2^40 - 1: fits a usize on 64-bit targets; elsewhere a
-        // count that large cannot be held in memory anyway.
-        (self.tasks.load(Ordering::SeqCst) & IN_FLIGHT) as usize
+        let ended = ended_count(self.ended.load(Ordering::SeqCst));
+        let admitted = self.admitted.load(Ordering::SeqCst);
+        // Below 2^40: fits a usize on 64-bit targets; elsewhere a count that
+        // large cannot be held in memory anyway.
+        (admitted.wrapping_sub(ended) & COUNT_MASK) as usize
     }
 }
 
 impl Drop for Accounting {
     /// Runs when the last owner lets go: tasks still in flight point here,
-    /// so wait for them (an executor's own shutdown has normally done so).
+    /// so wait for them (an executor's own shutdown has normally done so),
+    /// then for the threads still inside `ended` (a few instructions each;
+    /// nothing can be admitted any more).
     fn drop(&mut self) {
         self.wait_idle();
+        while self.ended.load(Ordering::SeqCst) & BUSY_MASK != 0 {
+            crate::sync::yield_now();
+        }
     }
 }
 

@@ -244,6 +244,33 @@ fn shutdown_racing_the_last_task_end_returns() {
 }
 
 #[test]
+fn wait_idle_racing_an_end_and_a_new_submit_returns() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (core, handle) = submit(&acct);
+        let worker = thread::spawn(move || run(&core, 7));
+        // Another thread submits and runs a second task while `wait_idle`
+        // waits: the end that makes the executor idle may be followed by
+        // an admission before it checks, and a later end must wake the
+        // waiter then. A lost wake-up deadlocks.
+        let a = acct.clone();
+        let submitter = thread::spawn(move || {
+            let (core, handle) = submit(&a);
+            assert!(run(&core, 8));
+            handle
+        });
+        acct.wait_idle();
+        assert!(handle.is_finished());
+        assert!(worker.join().unwrap());
+        let second = submitter.join().unwrap();
+        assert_eq!(handle.join(), Ok(7));
+        assert_eq!(second.join(), Ok(8));
+        assert_eq!(acct.in_flight(), 0);
+        assert_eq!(counts(&exporter).completed, 2.0);
+    });
+}
+
+#[test]
 fn dropping_the_last_owner_waits_for_the_task_in_flight() {
     loom::model(|| {
         let (exporter, acct) = setup();

@@ -36,3 +36,11 @@ pub(crate) fn seqcst_pair() {
     #[cfg(loom)]
     loom::sync::atomic::fence(atomic::Ordering::SeqCst);
 }
+
+/// Lets another thread run while spinning on an atomic.
+pub(crate) fn yield_now() {
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
