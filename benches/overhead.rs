@@ -1,7 +1,8 @@
 //! Instrumentation overhead: the same tasks through the plain [`ThreadPool`]
-//! (execute + a completion latch) and through [`ThreadPoolExecutor`] (submit,
-//! then `join()` or each handle's `join`), for empty, ~1 us and ~10 us tasks,
-//! from one submitter and from two at once.
+//! (execute + a completion latch) and through [`ThreadPoolExecutor`] (`spawn`
+//! then `join()`, the same fire-and-forget shape; `submit` then `join()`; or
+//! each handle's `join`), for empty, ~1 us and ~10 us tasks, from one
+//! submitter and from two at once.
 //!
 //! One criterion iteration is one task: a sample submits `iters` tasks and
 //! waits for them all, so the reported time (the slope over samples of
@@ -42,6 +43,22 @@ fn plain(pool: &ThreadPool, iters: u64, submitters: u64, nanos: u64) -> Duration
         }
     });
     LATCH.wait();
+    start.elapsed()
+}
+
+fn instrumented_spawn(
+    pool: &ThreadPoolExecutor,
+    iters: u64,
+    submitters: u64,
+    nanos: u64,
+) -> Duration {
+    let start = Instant::now();
+    from_submitters(iters, submitters, |n| {
+        for _ in 0..n {
+            pool.spawn(move || spin(nanos)).unwrap();
+        }
+    });
+    pool.join();
     start.elapsed()
 }
 
@@ -94,6 +111,9 @@ fn overhead(c: &mut Criterion) {
             g.throughput(Throughput::Elements(1));
             g.bench_function("thread_pool", |b| {
                 b.iter_custom(|iters| plain(&plain_pool, iters, submitters, nanos))
+            });
+            g.bench_function("executor_spawn", |b| {
+                b.iter_custom(|iters| instrumented_spawn(&pool, iters, submitters, nanos))
             });
             g.bench_function("executor_join", |b| {
                 b.iter_custom(|iters| instrumented_join(&pool, iters, submitters, nanos))

@@ -1,7 +1,9 @@
 //! The pools users would pick instead, on the same tasks: the `threadpool`
 //! crate (`execute` + `join`), `rayon::ThreadPool::spawn` (+ a latch),
 //! `std::thread::scope` spawning threads per batch, our plain `ThreadPool`
-//! and `ThreadPoolExecutor`, and our proxy over rayon beside bare rayon.
+//! and `ThreadPoolExecutor` (`spawn` + `join`, the same shape as the
+//! `threadpool` crate's; and `submit` + `join` with the handle dropped), and
+//! our proxy over rayon (`spawn` + `join`) beside bare rayon.
 //! Every pool has two workers; one thread submits.
 //!
 //! One criterion iteration is one task (see `overhead.rs`).
@@ -115,6 +117,16 @@ fn pools(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
+                    executor.spawn(move || spin(nanos)).unwrap();
+                }
+                executor.join();
+                start.elapsed()
+            })
+        });
+        g.bench_function("executor_submit", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
                     drop(executor.submit(move || spin(nanos)).unwrap());
                 }
                 executor.join();
@@ -125,7 +137,7 @@ fn pools(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    drop(rayon_proxy.submit(move || spin(nanos)).unwrap());
+                    rayon_proxy.spawn(move || spin(nanos)).unwrap();
                 }
                 rayon_proxy.join();
                 start.elapsed()

@@ -15,7 +15,7 @@ fn main() {
     let (tx, rx) = channel();
     for i in 0..n_jobs {
         let tx = tx.clone();
-        pool.submit(move || {
+        pool.spawn(move || {
             tx.send(i * i).expect("the receiver is still there");
         })
         .expect("the pool is not shut down");

@@ -210,6 +210,23 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.dispatch(f, classify, |core| TaskHandle::new(core.clone()))
+    }
+
+    /// Admits, builds and hands over one task; `handle` makes what the
+    /// caller gets back from the task's shared state before the executor
+    /// sees it (nothing, for [`spawn`](Self::spawn): the task then has a
+    /// single owner and the submit changes no reference count).
+    fn dispatch<F, T, C: Classify<T>, H>(
+        &self,
+        f: F,
+        classify: C,
+        handle: impl FnOnce(&Arc<JobCore<F, T, C>>) -> H,
+    ) -> Result<H, SubmitError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let series = &self.acct.series;
         if !self.acct.admit() {
             series.rejected_unqueued();
@@ -222,11 +239,12 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 classify,
             },
         ));
+        let handle = handle(&core);
         series.enqueue();
-        match self.inner.execute(Task::from_shared(core.clone())) {
+        match self.inner.execute(Task::from_shared(core)) {
             Ok(()) => {
                 series.accepted();
-                Ok(TaskHandle::new(core))
+                Ok(handle)
             }
             Err(rejected) => {
                 let reason = rejected.reason();
@@ -259,6 +277,42 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         T: Send + 'static,
     {
         self.submit_classified(f, NeverFails)
+    }
+
+    /// Runs `f` without returning a handle: fire and forget, like
+    /// `threadpool::ThreadPool::execute` or `rayon::spawn`, and the cheapest
+    /// way in (no handle shares the task's state).
+    ///
+    /// The task is counted exactly as with [`submit`](Self::submit): its
+    /// wait and duration are recorded, and a panic counts as failed with
+    /// reason `panic` (the worker carries on). [`join`](Self::join) waits
+    /// for it. A refused spawn hands `f` back and is counted as rejected.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use executor_exporter::ThreadPoolExecutor;
+    ///
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let done = Arc::new(AtomicUsize::new(0));
+    /// for _ in 0..10 {
+    ///     let done = done.clone();
+    ///     pool.spawn(move || {
+    ///         done.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    ///     .unwrap();
+    /// }
+    /// pool.join();
+    /// assert_eq!(done.load(Ordering::Relaxed), 10);
+    /// ```
+    pub fn spawn<F>(&self, f: F) -> Result<(), SubmitError<F>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.dispatch(f, NeverFails, |_| ())
     }
 
     /// Submits a task that returns a `Result`: an `Err` is counted as failed
@@ -396,9 +450,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 }
 
 #[cold]
-fn unreachable_task<F, T>(
-    reason: crate::executor::RejectReason,
-) -> Result<TaskHandle<T>, SubmitError<F>> {
+fn unreachable_task<F, H>(reason: crate::executor::RejectReason) -> Result<H, SubmitError<F>> {
     // Reaching this means an `Executor` returned a task it was not given; the
     // submit is still reported as refused, but the closure cannot be returned.
     panic!("an executor handed back a different task than it was given ({reason})")
@@ -406,7 +458,7 @@ fn unreachable_task<F, T>(
 
 impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     fn execute(&self, task: Task) -> Result<(), Rejected> {
-        self.submit(move || task.run()).map(drop).map_err(|e| {
+        self.spawn(move || task.run()).map_err(|e| {
             let reason = e.reason();
             Rejected::new(Task::new(e.into_inner()), reason)
         })

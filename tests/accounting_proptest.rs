@@ -1,9 +1,12 @@
 //! Property: whatever the sequence of submits (that succeed, panic, return
-//! `Err` or sleep), cancels, maps and shutdowns, every task ends exactly once
-//! and the exposed metrics equal the tally of what the handles report.
+//! `Err` or sleep), handle-less spawns, cancels, maps and shutdowns, every
+//! task ends exactly once and the exposed metrics equal the tally of what
+//! the handles report (and, for spawned tasks, of what their bodies did).
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{counts, scrape};
@@ -22,6 +25,7 @@ enum Kind {
 #[derive(Debug, Clone)]
 enum Op {
     Submit(Kind),
+    Spawn(Kind),
     Cancel(usize),
     Map(Vec<Kind>),
     Join,
@@ -41,6 +45,7 @@ fn kind() -> impl Strategy<Value = Kind> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => kind().prop_map(Op::Submit),
+        4 => kind().prop_map(Op::Spawn),
         4 => any::<usize>().prop_map(Op::Cancel),
         2 => prop::collection::vec(kind(), 0..8).prop_map(Op::Map),
         1 => Just(Op::Join),
@@ -120,8 +125,31 @@ fn run(workers: usize, ops: Vec<Op>) {
     // (kind, handle, cancel() said true)
     let mut live: Vec<(Kind, TaskHandle<Output>, bool)> = Vec::new();
     let mut done: Vec<(Kind, Outcome, bool)> = Vec::new();
+    // Spawned tasks have no handle: their bodies count what they did (a
+    // spawned task's `Err` value is not a failure), and the accepted ones
+    // that never ran were cancelled by a `shutdown_now`.
+    let spawned_ok = Arc::new(AtomicU64::new(0));
+    let spawned_panic = Arc::new(AtomicU64::new(0));
+    let mut spawned = 0u64;
     for op in ops {
         match op {
+            Op::Spawn(kind) => {
+                let (ok, panicked) = (spawned_ok.clone(), spawned_panic.clone());
+                let accepted = pool.spawn(move || {
+                    if let Kind::Panic = kind {
+                        panicked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = body(kind);
+                    ok.fetch_add(1, Ordering::SeqCst);
+                });
+                match accepted {
+                    Ok(()) => {
+                        tally.submitted += 1;
+                        spawned += 1;
+                    }
+                    Err(_) => tally.rejected += 1,
+                }
+            }
             Op::Submit(kind) => match pool.submit_fallible(move || body(kind)) {
                 Ok(h) => {
                     tally.submitted += 1;
@@ -184,6 +212,13 @@ fn run(workers: usize, ops: Vec<Op>) {
         tally.record(kind, outcome, said);
     }
     pool.join();
+    let (ok, panicked) = (
+        spawned_ok.load(Ordering::SeqCst),
+        spawned_panic.load(Ordering::SeqCst),
+    );
+    tally.completed += ok;
+    tally.failed_panic += panicked;
+    tally.cancelled += spawned - ok - panicked;
     let exp = scrape(&registry);
     let c = counts(&exp, "executor", "prop");
     c.assert_invariant();

@@ -189,6 +189,53 @@ fn queued_and_running_gauges_follow_the_tasks() {
 }
 
 #[test]
+fn spawned_tasks_are_counted_like_submitted_ones() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "spawned", 2);
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..20u32 {
+        let ran = ran.clone();
+        pool.spawn(move || {
+            if i % 5 == 0 {
+                panic!("spawned {i} fails");
+            }
+            ran.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    }
+    pool.join();
+    assert_eq!(ran.load(Ordering::SeqCst), 16);
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "spawned");
+    assert_eq!(
+        (c.submitted, c.completed, c.failed, c.wait_count),
+        (20.0, 16.0, 4.0, 20.0)
+    );
+    assert_eq!(
+        (c.queued, c.running, c.cancelled, c.rejected),
+        (0.0, 0.0, 0.0, 0.0)
+    );
+    c.assert_invariant();
+    let panics = [("executor", "spawned"), ("reason", "panic")];
+    assert_eq!(exp.value("executor_task_failures_total", &panics), 4.0);
+
+    pool.shutdown();
+    let flag = Arc::new(AtomicUsize::new(0));
+    let f = flag.clone();
+    let err = pool
+        .spawn(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+    (err.into_inner())();
+    assert_eq!(flag.load(Ordering::SeqCst), 1, "the closure is handed back");
+    let c = counts(&scrape(&registry), "executor", "spawned");
+    assert_eq!((c.submitted, c.rejected), (20.0, 1.0));
+    c.assert_invariant();
+}
+
+#[test]
 fn submit_after_shutdown_is_rejected_counted_and_handed_back() {
     let registry = Registry::new();
     let pool = pool(&registry, "closed", 1);

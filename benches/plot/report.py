@@ -74,12 +74,14 @@ def row(what, target_text, value, unit, target, at_least, digits=2, note=""):
                 f"{verdict(value, target, at_least)} | {note} |")
 
 
-r = throughput_ratio("overhead_empty_1sub", "thread_pool", "overhead_empty_1sub", "executor_join")
-row("instrumented / plain throughput, empty tasks, 1 submitter", ">= 0.90", r, "", 0.90, True)
-for sub in ("1sub", "2sub"):
-    r = throughput_ratio(f"overhead_10us_{sub}", "thread_pool", f"overhead_10us_{sub}", "executor_join")
-    row(f"instrumented / plain throughput, 10 us tasks, {sub[0]} submitter(s)", ">= 0.98", r, "",
-        0.98, True)
+for variant, how in (("executor_spawn", "`spawn`"), ("executor_join", "`submit`, handle dropped")):
+    r = throughput_ratio("overhead_empty_1sub", "thread_pool", "overhead_empty_1sub", variant)
+    row(f"instrumented / plain throughput, empty tasks, 1 submitter: {how}", ">= 0.90", r, "", 0.90,
+        True)
+    for sub in ("1sub", "2sub"):
+        r = throughput_ratio(f"overhead_10us_{sub}", "thread_pool", f"overhead_10us_{sub}", variant)
+        row(f"instrumented / plain throughput, 10 us tasks, {sub[0]} submitter(s): {how}", ">= 0.98",
+            r, "", 0.98, True)
 full1 = diff(est("recording_1thread", "proxy_drop"), est("recording_1thread", "bare"))
 row("recording cost per task, 1 thread: full proxy (proxy_drop - bare)", "<= 60 ns", full1, " ns",
     60, False, 1)
@@ -90,7 +92,11 @@ row("recording, 2 threads / 1 thread: full proxy", "<= 2x", ratio(full2, full1),
 b2 = est("recording_2thread", "bundle")
 row("recording, 2 threads / 1 thread: metric bundle alone", "<= 2x", ratio(b2, b1), "x", 2.0, False)
 r = throughput_ratio("pools_empty", "threadpool_crate", "pools_empty", "executor")
-row("`ThreadPoolExecutor` / `threadpool` crate throughput, empty tasks", ">= 1.0", r, "", 1.0, True)
+row("`ThreadPoolExecutor` / `threadpool` crate throughput, empty tasks: `spawn`", ">= 1.0", r, "",
+    1.0, True)
+r = throughput_ratio("pools_empty", "threadpool_crate", "pools_empty", "executor_submit")
+row("`ThreadPoolExecutor` / `threadpool` crate throughput, empty tasks: `submit`", ">= 1.0", r, "",
+    1.0, True)
 r = throughput_ratio("pools_empty", "rayon_spawn", "pools_empty", "rayon_proxy")
 row("proxy over rayon / bare rayon throughput, empty tasks", ">= 0.90", r, "", 0.90, True)
 for bench, name in (("process_pool", "plain `ProcessPool`"), ("executor", "`ProcessPoolExecutor`")):
