@@ -46,32 +46,18 @@ fn plain(pool: &ThreadPool, iters: u64, submitters: u64, nanos: u64) -> Duration
     start.elapsed()
 }
 
-fn instrumented_spawn(
+/// Submits with `submit_one` (`spawn`, or `submit` with the handle
+/// dropped), then waits with the pool's `join()`.
+fn instrumented(
     pool: &ThreadPoolExecutor,
     iters: u64,
     submitters: u64,
-    nanos: u64,
+    submit_one: impl Fn(&ThreadPoolExecutor) + Sync,
 ) -> Duration {
     let start = Instant::now();
     from_submitters(iters, submitters, |n| {
         for _ in 0..n {
-            pool.spawn(move || spin(nanos)).unwrap();
-        }
-    });
-    pool.join();
-    start.elapsed()
-}
-
-fn instrumented_join(
-    pool: &ThreadPoolExecutor,
-    iters: u64,
-    submitters: u64,
-    nanos: u64,
-) -> Duration {
-    let start = Instant::now();
-    from_submitters(iters, submitters, |n| {
-        for _ in 0..n {
-            drop(pool.submit(move || spin(nanos)).unwrap());
+            submit_one(pool);
         }
     });
     pool.join();
@@ -113,10 +99,18 @@ fn overhead(c: &mut Criterion) {
                 b.iter_custom(|iters| plain(&plain_pool, iters, submitters, nanos))
             });
             g.bench_function("executor_spawn", |b| {
-                b.iter_custom(|iters| instrumented_spawn(&pool, iters, submitters, nanos))
+                b.iter_custom(|iters| {
+                    instrumented(&pool, iters, submitters, |p| {
+                        p.spawn(move || spin(nanos)).unwrap()
+                    })
+                })
             });
             g.bench_function("executor_join", |b| {
-                b.iter_custom(|iters| instrumented_join(&pool, iters, submitters, nanos))
+                b.iter_custom(|iters| {
+                    instrumented(&pool, iters, submitters, |p| {
+                        drop(p.submit(move || spin(nanos)).unwrap())
+                    })
+                })
             });
             g.bench_function("executor_handles", |b| {
                 b.iter_custom(|iters| instrumented_handles(&pool, iters, submitters, nanos))

@@ -35,6 +35,20 @@ fn timed(iters: u64, submit: impl Fn()) -> Duration {
     start.elapsed()
 }
 
+/// `iters` tasks through an instrumented executor, then its `join()`.
+fn then_join<E: Executor>(
+    proxy: &InstrumentedExecutorProxy<E>,
+    iters: u64,
+    submit_one: impl Fn(&InstrumentedExecutorProxy<E>),
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        submit_one(proxy);
+    }
+    proxy.join();
+    start.elapsed()
+}
+
 fn scoped(iters: u64, nanos: u64) -> Duration {
     let start = Instant::now();
     let mut left = iters;
@@ -115,32 +129,21 @@ fn pools(c: &mut Criterion) {
         });
         g.bench_function("executor", |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    executor.spawn(move || spin(nanos)).unwrap();
-                }
-                executor.join();
-                start.elapsed()
+                then_join(&executor, iters, |p| p.spawn(move || spin(nanos)).unwrap())
             })
         });
         g.bench_function("executor_submit", |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    drop(executor.submit(move || spin(nanos)).unwrap());
-                }
-                executor.join();
-                start.elapsed()
+                then_join(&executor, iters, |p| {
+                    drop(p.submit(move || spin(nanos)).unwrap())
+                })
             })
         });
         g.bench_function("rayon_proxy", |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    rayon_proxy.spawn(move || spin(nanos)).unwrap();
-                }
-                rayon_proxy.join();
-                start.elapsed()
+                then_join(&rayon_proxy, iters, |p| {
+                    p.spawn(move || spin(nanos)).unwrap()
+                })
             })
         });
         g.finish();
