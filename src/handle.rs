@@ -2,10 +2,12 @@
 //! task state machine that makes every task end exactly once.
 //!
 //! A task moves `QUEUED -> RUNNING -> DONE`, or `QUEUED -> CANCELLED`, or
-//! `QUEUED -> DONE` when it fails without starting. Each move is one
-//! compare-and-swap, so the worker starting a task and a caller cancelling it
-//! cannot both win, and the metric of each move is recorded by the one thread
-//! that made it.
+//! `QUEUED -> DONE` when it fails without starting. Leaving the queue is one
+//! compare-and-swap of the task's state word, so the worker starting a task
+//! and a caller cancelling it cannot both win, and the metric of each move is
+//! recorded by the one thread that made it. The end publishes the result with
+//! one more read-modify-write of that word; only a thread that waits for the
+//! result (or an awaited handle's waker) makes it take a lock.
 
 use std::fmt;
 use std::future::Future;
@@ -19,16 +21,31 @@ pub(crate) use crate::clock::Clock;
 
 use crate::error::TaskError;
 use crate::exporter::{FailureReason, Series};
+use std::cell::UnsafeCell;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crossbeam_utils::CachePadded;
 
-const QUEUED: u8 = 0;
-const RUNNING: u8 = 1;
-const DONE: u8 = 2;
-const CANCELLED: u8 = 3;
+/// A task's state word: its phase in the low two bits, and flags.
+const QUEUED: u32 = 0;
+const RUNNING: u32 = 1;
+const DONE: u32 = 2;
+const CANCELLED: u32 = 3;
+const PHASE: u32 = 3;
+/// The result is in the slot (written before this bit is set).
+const READY: u32 = 1 << 2;
+/// The handle took the result out of the slot.
+const TAKEN: u32 = 1 << 3;
+/// A thread is moving the waker in or out of the slot.
+const LOCKED: u32 = 1 << 4;
+/// The slot holds a waker (only before `READY`).
+const WAKER: u32 = 1 << 5;
+/// A thread blocks (or blocked) in `join` or `wait_timeout`: the end must
+/// wake the task's signal. Never cleared.
+const BLOCKED: u32 = 1 << 6;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here only move an `Option` in or out: a panic cannot
@@ -50,12 +67,13 @@ fn ended_count(word: u64) -> u64 {
     word >> 24
 }
 
-/// Where `wait_idle` sleeps and a task end that leaves its executor idle
-/// wakes it: one of a few process-wide pairs, chosen by the accounting's
-/// address. Static, so the task that ends last never touches its
-/// accounting after the decrement that made it idle (the waiter may then
-/// return and its owner free the accounting at once); a pair shared by two
-/// executors only costs a waiter a spurious wake-up.
+/// Where `wait_idle` and a task's `join` sleep, and what an end that they
+/// wait for wakes: one of a few process-wide pairs, chosen by the address
+/// of the accounting or task waited for. Static, so the task that ends last
+/// never touches its accounting after the decrement that made it idle (the
+/// waiter may then return and its owner free the accounting at once), and a
+/// task needs no mutex and condvar of its own; a pair shared by two waits
+/// only costs a spurious wake-up.
 struct IdleSignal {
     lock: Mutex<()>,
     cv: Condvar,
@@ -258,29 +276,40 @@ impl std::ops::Deref for AcctRef {
     }
 }
 
-struct Slot<T> {
-    /// The error is boxed to keep a task's allocation small (a few words
-    /// decide whether it fits the allocator's fastest size classes).
-    result: Option<Result<T, Box<TaskError>>>,
-    /// Boxed: only tasks that are awaited pay for it, and the common case
-    /// keeps a task's allocation in the allocator's fastest size classes.
-    waker: Option<Box<Waker>>,
-    /// Threads blocked on `done`: without any, publishing skips the
-    /// notification, which would otherwise cost a system call per task.
-    waiters: u32,
+/// A task's slot: a waker before the result is published (`WAKER`), the
+/// result after (`READY`, until `TAKEN`); which one, if any, is in the
+/// state word. Sharing the storage keeps a task's allocation within the
+/// allocator's 64-byte size class for small closures and results.
+union Slot<T> {
+    empty: (),
+    /// Boxed: only awaited tasks pay for a waker.
+    waker: ManuallyDrop<Box<Waker>>,
+    /// The error is boxed so that the slot is one word for `T = ()`.
+    result: ManuallyDrop<Result<T, Box<TaskError>>>,
 }
 
-/// The shared state of one task: its state word, its result, who waits,
-/// and `job`: what the executor runs, kept in the same allocation (the proxy
-/// stores the closure there; the process pool needs nothing, `()`).
+/// The shared state of one task: its state word, its slot, and `job`: what
+/// the executor runs, kept in the same allocation (the proxy stores the
+/// closure there; the process pool needs nothing, `()`).
+///
+/// The slot is written by the thread that ends the task (once, before it
+/// sets `READY`), by the handle's poller under `LOCKED` before that, and
+/// read by the handle's owner after `READY`: no lock is taken to publish a
+/// result nobody waits for, and a blocked `join` sleeps on a static signal.
 pub(crate) struct TaskCore<T, J: ?Sized = ()> {
-    state: AtomicU8,
-    slot: Mutex<Slot<T>>,
-    done: Condvar,
+    state: AtomicU32,
+    slot: UnsafeCell<Slot<T>>,
     acct: AcctRef,
     submitted_at: Clock,
     pub(crate) job: J,
 }
+
+// SAFETY: the slot is only accessed as described on `TaskCore`: moves of a
+// `T` (hence `T: Send`) and of a waker between threads, ordered by the
+// state word. The job is shared as `J` itself is.
+unsafe impl<T: Send, J: ?Sized + Send> Send for TaskCore<T, J> {}
+// SAFETY: as above; `&TaskCore` gives no access to a `&T`.
+unsafe impl<T: Send, J: ?Sized + Sync> Sync for TaskCore<T, J> {}
 
 impl<T> TaskCore<T> {
     /// A task `acct` has admitted ([`Accounting::admit`] returned true).
@@ -295,13 +324,8 @@ impl<T, J> TaskCore<T, J> {
     /// (`finish`, `cancel` or `fail_unstarted`), exactly once.
     pub(crate) fn with_job(acct: &Arc<Accounting>, job: J) -> TaskCore<T, J> {
         TaskCore {
-            state: AtomicU8::new(QUEUED),
-            slot: Mutex::new(Slot {
-                result: None,
-                waker: None,
-                waiters: 0,
-            }),
-            done: Condvar::new(),
+            state: AtomicU32::new(QUEUED),
+            slot: UnsafeCell::new(Slot { empty: () }),
             acct: AcctRef::new(acct),
             submitted_at: Clock::now(),
             job,
@@ -310,19 +334,84 @@ impl<T, J> TaskCore<T, J> {
 }
 
 impl<T, J: ?Sized> TaskCore<T, J> {
-    fn publish(&self, result: Result<T, TaskError>) {
-        let (waker, waiters) = {
-            let mut slot = lock(&self.slot);
-            slot.result = Some(result.map_err(Box::new));
-            (slot.waker.take(), slot.waiters)
+    fn signal(&self) -> &'static IdleSignal {
+        idle_signal(self as *const TaskCore<T, J> as *const u8 as usize)
+    }
+
+    /// Takes `LOCKED`; returns the state word with it. Held for a few
+    /// instructions (moving a pointer), so it spins, then yields.
+    fn lock_slot(&self) -> u32 {
+        let mut spins = 0u32;
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            if state & LOCKED == 0 {
+                match self.state.compare_exchange_weak(
+                    state,
+                    state | LOCKED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return state | LOCKED,
+                    Err(now) => state = now,
+                }
+                continue;
+            }
+            // Under loom each spin would be one more interleaving to explore.
+            if spins < 64 && !cfg!(loom) {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                crate::sync::yield_now();
+            }
+            state = self.state.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the result, sets `READY` (and `phase_xor` into the phase: the
+    /// move to `DONE` of a finished task), and wakes whoever waits.
+    fn publish(&self, phase_xor: u32, result: Result<T, TaskError>) {
+        let result = result.map_err(Box::new);
+        let locked = self.lock_slot();
+        // SAFETY: `LOCKED` is held, and no result was written before (a
+        // task ends once); the waker is in the slot iff `WAKER` is set.
+        let waker = unsafe {
+            let slot = &mut *self.slot.get();
+            let waker = (locked & WAKER != 0).then(|| ManuallyDrop::take(&mut slot.waker));
+            slot.result = ManuallyDrop::new(result);
+            waker
         };
-        if waiters > 0 {
-            self.done.notify_all();
+        let before = self.state.fetch_xor(
+            phase_xor | READY | LOCKED | (locked & WAKER),
+            Ordering::AcqRel,
+        );
+        if before & BLOCKED != 0 {
+            let signal = self.signal();
+            let _guard = lock(&signal.lock);
+            signal.cv.notify_all();
         }
         if let Some(waker) = waker {
             waker.wake();
         }
         self.acct.ended();
+    }
+
+    /// Moves a queued task to `to`; false if it has left the queue already.
+    fn leave_queue(&self, to: u32) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & PHASE != QUEUED {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | to,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => state = now,
+            }
+        }
     }
 
     /// Moves the task to running and records its wait. `None` when it was
@@ -332,11 +421,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             self.cancel();
             return None;
         }
-        if self
-            .state
-            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.leave_queue(RUNNING) {
             return None;
         }
         let now = Clock::now();
@@ -356,44 +441,93 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         self.acct
             .series
             .finished(Clock::now().saturating_duration_since(started), failure);
-        self.state.store(DONE, Ordering::Release);
-        self.publish(result);
+        self.publish(RUNNING ^ DONE, result);
     }
 
     /// Cancels the task if it has not started. True if this call cancelled it.
     pub(crate) fn cancel(&self) -> bool {
-        if self
-            .state
-            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.leave_queue(CANCELLED) {
             return false;
         }
         self.acct.series.cancelled();
-        self.publish(Err(TaskError::Cancelled));
+        self.publish(0, Err(TaskError::Cancelled));
         true
     }
 
     /// Fails a task that never started (the executor cannot run it).
     pub(crate) fn fail_unstarted(&self, error: TaskError, reason: FailureReason) -> bool {
-        if self
-            .state
-            .compare_exchange(QUEUED, DONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.leave_queue(DONE) {
             return false;
         }
         self.acct.series.failed_unstarted(reason);
-        self.publish(Err(error));
+        self.publish(0, Err(error));
         true
     }
 
-    fn state(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+    fn phase(&self) -> u32 {
+        self.state.load(Ordering::Acquire) & PHASE
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.state() == CANCELLED
+        self.phase() == CANCELLED
+    }
+
+    /// Blocks until `READY`, or until `deadline`; the state word then.
+    fn wait_ready(&self, deadline: Option<Instant>) -> u32 {
+        let state = self.state.load(Ordering::Acquire);
+        if state & READY != 0 {
+            return state;
+        }
+        let signal = self.signal();
+        let mut guard = lock(&signal.lock);
+        let mut state = self.state.fetch_or(BLOCKED, Ordering::AcqRel) | BLOCKED;
+        while state & READY == 0 {
+            guard = match deadline {
+                None => signal.cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    signal
+                        .cv
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            state = self.state.load(Ordering::Acquire);
+        }
+        state
+    }
+
+    /// Moves the result out. Only the handle's owner calls it, once, after
+    /// seeing `READY` without `TAKEN`.
+    fn take_result(&self) -> Result<T, TaskError> {
+        self.state.fetch_or(TAKEN, Ordering::Relaxed);
+        // SAFETY: `READY` was seen with `Acquire`, so the result written
+        // before it is visible; nobody else touches the slot after `READY`
+        // but the handle's owner (`&mut` or owned handle), and `TAKEN`
+        // keeps it from being taken or dropped again.
+        let result = unsafe { ManuallyDrop::take(&mut (*self.slot.get()).result) };
+        result.map_err(|e| *e)
+    }
+}
+
+impl<T, J: ?Sized> Drop for TaskCore<T, J> {
+    fn drop(&mut self) {
+        let state = self.state.load(Ordering::Acquire);
+        let slot = self.slot.get_mut();
+        // SAFETY: the flags say which field holds a value, if any.
+        unsafe {
+            if state & READY != 0 {
+                if state & TAKEN == 0 {
+                    ManuallyDrop::drop(&mut slot.result);
+                }
+            } else if state & WAKER != 0 {
+                ManuallyDrop::drop(&mut slot.waker);
+            }
+        }
     }
 }
 
@@ -447,42 +581,25 @@ impl<T> TaskHandle<T> {
 
     /// Waits for the task and returns its value, or why there is none.
     pub fn join(self) -> Result<T, TaskError> {
-        let mut slot = lock(&self.core.slot);
-        loop {
-            if let Some(result) = slot.result.take() {
-                return result.map_err(|e| *e);
+        if self.core.wait_ready(None) & TAKEN != 0 {
+            // `poll` has returned the result already: nothing will ever
+            // come, as for any thread waiting on a consumed future.
+            loop {
+                std::thread::park();
             }
-            slot.waiters += 1;
-            slot = self.core.done.wait(slot).unwrap_or_else(|e| e.into_inner());
-            slot.waiters -= 1;
         }
+        self.core.take_result()
     }
 
     /// Waits up to `timeout` for the task to end; true if it has ended.
     /// Can be called any number of times.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
-        let mut slot = lock(&self.core.slot);
-        loop {
-            if slot.result.is_some() {
-                return true;
-            }
-            let left = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-                None => Duration::MAX,
-            };
-            if left.is_zero() {
-                return false;
-            }
-            slot.waiters += 1;
-            slot = self
-                .core
-                .done
-                .wait_timeout(slot, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            slot.waiters -= 1;
-        }
+        let state = match deadline {
+            Some(deadline) => self.core.wait_ready(Some(deadline)),
+            None => self.core.wait_ready(None),
+        };
+        state & READY != 0
     }
 
     /// Waits up to `timeout` and returns the task's value, or
@@ -501,17 +618,17 @@ impl<T> TaskHandle<T> {
     /// True if the task is cancelled (now or before); false if it has
     /// started or finished.
     pub fn cancel(&self) -> bool {
-        self.core.cancel() || self.core.state() == CANCELLED
+        self.core.cancel() || self.core.phase() == CANCELLED
     }
 
     /// True once the task has ended (finished or cancelled).
     pub fn is_finished(&self) -> bool {
-        matches!(self.core.state(), DONE | CANCELLED)
+        matches!(self.core.phase(), DONE | CANCELLED)
     }
 
     /// Where the task is in its life.
     pub fn state(&self) -> TaskState {
-        match self.core.state() {
+        match self.core.phase() {
             QUEUED => TaskState::Pending,
             RUNNING => TaskState::Running,
             CANCELLED => TaskState::Cancelled,
@@ -527,14 +644,41 @@ impl<T> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = lock(&self.core.slot);
-        if let Some(result) = slot.result.take() {
-            return Poll::Ready(result.map_err(|e| *e));
+        let core = &self.core;
+        let state = core.state.load(Ordering::Acquire);
+        if state & READY != 0 {
+            if state & TAKEN != 0 {
+                return Poll::Pending;
+            }
+            return Poll::Ready(core.take_result());
         }
-        match &slot.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => slot.waker = Some(Box::new(cx.waker().clone())),
+        let locked = core.lock_slot();
+        if locked & READY != 0 {
+            // Published before the lock was taken: release it and take.
+            core.state.fetch_and(!LOCKED, Ordering::Release);
+            return Poll::Ready(core.take_result());
         }
+        // SAFETY: `LOCKED` is held and the result is not published (the
+        // publisher needs the lock); the waker is there iff `WAKER` is set.
+        let stale = unsafe {
+            let slot = &mut *core.slot.get();
+            if locked & WAKER != 0 {
+                if slot.waker.will_wake(cx.waker()) {
+                    None
+                } else {
+                    let old = ManuallyDrop::take(&mut slot.waker);
+                    slot.waker = ManuallyDrop::new(Box::new(cx.waker().clone()));
+                    Some(old)
+                }
+            } else {
+                slot.waker = ManuallyDrop::new(Box::new(cx.waker().clone()));
+                None
+            }
+        };
+        // Unlock, marking the waker present.
+        core.state
+            .fetch_xor(LOCKED | (!locked & WAKER), Ordering::Release);
+        drop(stale);
         Poll::Pending
     }
 }

@@ -19,10 +19,10 @@ pub(crate) mod atomic {
     pub(crate) use std::sync::atomic::Ordering;
 
     #[cfg(not(loom))]
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
     #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 }
 
 /// Orders a store before a later load of another atomic, as `SeqCst`
