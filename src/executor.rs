@@ -37,7 +37,7 @@ pub struct Task {
 /// What a task's closure is kept in.
 ///
 /// The [`Task`] that holds the `Arc` is the only owner of the closure inside:
-/// it calls exactly one of `run`, `abandon`, `discard` or `take_closure`, once
+/// it calls exactly one of `run`, `abandon`, `discard` or `reject`, once
 /// (unless the task is leaked, which leaks the closure too).
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the task; `body_done` is called once the task's own code has
@@ -49,8 +49,10 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn abandon(&self, reason: String);
     /// The task is dropped without running: it counts as cancelled.
     fn discard(&self);
-    /// Takes the closure back out, for a refused submit.
-    fn take_closure(&self) -> Option<Box<dyn Any + Send>>;
+    /// The executor refused the task: it counts as rejected, and its
+    /// closure comes back out (`None` if the task is not the crate's proxy's,
+    /// or has ended already).
+    fn reject(&self) -> Option<Box<dyn Any + Send>>;
 }
 
 /// Holds a closure that is taken out exactly once, by the one [`Task`] that
@@ -100,7 +102,7 @@ impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
         // SAFETY: as in `run`.
         drop(unsafe { self.0.take() });
     }
-    fn take_closure(&self) -> Option<Box<dyn Any + Send>> {
+    fn reject(&self) -> Option<Box<dyn Any + Send>> {
         // SAFETY: as in `run`.
         drop(unsafe { self.0.take() });
         None
@@ -120,10 +122,10 @@ impl Task {
         Task { inner: Some(inner) }
     }
 
-    /// The closure of a task built by the crate's proxy, for a refused
-    /// submit; `None` for any other task (which is then dropped unrun).
-    pub(crate) fn take_closure(mut self) -> Option<Box<dyn Any + Send>> {
-        self.inner.take().and_then(|job| job.take_closure())
+    /// A refused task built by the crate's proxy: counted as rejected, with
+    /// its closure; `None` for any other task (which is then dropped unrun).
+    pub(crate) fn reject(mut self) -> Option<Box<dyn Any + Send>> {
+        self.inner.take().and_then(|job| job.reject())
     }
 
     /// Runs the task on the current thread.

@@ -389,10 +389,12 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             let _guard = lock(&signal.lock);
             signal.cv.notify_all();
         }
+        // Before the waker: it is the user's code and may panic, and the
+        // task must have ended by then.
+        self.acct.ended();
         if let Some(waker) = waker {
             waker.wake();
         }
-        self.acct.ended();
     }
 
     /// Moves a queued task to `to`; false if it has left the queue already.
@@ -417,11 +419,15 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// Moves the task to running and records its wait. `None` when it was
     /// cancelled (or a `shutdown_now` cancels it now): it must not run.
     pub(crate) fn start(&self) -> Option<Clock> {
-        if self.acct.cancel_pending.load(Ordering::SeqCst) {
-            self.cancel();
+        // The move out of the queue comes first: a task that has ended
+        // (cancelled by its handle, say) no longer holds its unit of the
+        // in-flight count, and its accounting may be gone.
+        if !self.leave_queue(RUNNING) {
             return None;
         }
-        if !self.leave_queue(RUNNING) {
+        if self.acct.cancel_pending.load(Ordering::SeqCst) {
+            self.acct.series.cancelled();
+            self.publish(RUNNING ^ CANCELLED, Err(TaskError::Cancelled));
             return None;
         }
         let now = Clock::now();
@@ -451,6 +457,18 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         }
         self.acct.series.cancelled();
         self.publish(0, Err(TaskError::Cancelled));
+        true
+    }
+
+    /// The executor refused the task when it was handed over: it counts as
+    /// rejected, not submitted, and ends without a result (its handle, if
+    /// any, is dropped unseen). False if it had left the queue already.
+    pub(crate) fn refuse(&self) -> bool {
+        if !self.leave_queue(DONE) {
+            return false;
+        }
+        self.acct.series.rejected();
+        self.acct.ended();
         true
     }
 
@@ -511,6 +529,15 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         // keeps it from being taken or dropped again.
         let result = unsafe { ManuallyDrop::take(&mut (*self.slot.get()).result) };
         result.map_err(|e| *e)
+    }
+}
+
+/// Releases a task's `LOCKED` bit if dropped (by an unwinding panic).
+struct Unlock<'a>(&'a AtomicU32);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_and(!LOCKED, Ordering::Release);
     }
 }
 
@@ -658,6 +685,9 @@ impl<T> Future for TaskHandle<T> {
             core.state.fetch_and(!LOCKED, Ordering::Release);
             return Poll::Ready(core.take_result());
         }
+        // Cloning the waker runs the runtime's code: should it panic, the
+        // lock is released on the way out.
+        let unlock_on_unwind = Unlock(&core.state);
         // SAFETY: `LOCKED` is held and the result is not published (the
         // publisher needs the lock); the waker is there iff `WAKER` is set.
         let stale = unsafe {
@@ -676,6 +706,7 @@ impl<T> Future for TaskHandle<T> {
             }
         };
         // Unlock, marking the waker present.
+        std::mem::forget(unlock_on_unwind);
         core.state
             .fetch_xor(LOCKED | (!locked & WAKER), Ordering::Release);
         drop(stale);

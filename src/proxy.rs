@@ -121,8 +121,13 @@ where
         drop(f);
     }
 
-    fn take_closure(&self) -> Option<Box<dyn Any + Send>> {
-        Some(Box::new(self.take_f()))
+    fn reject(&self) -> Option<Box<dyn Any + Send>> {
+        let f = self.take_f();
+        if self.refuse() {
+            Some(Box::new(f))
+        } else {
+            None
+        }
     }
 }
 
@@ -247,14 +252,11 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 Ok(handle)
             }
             Err(rejected) => {
+                // The task's own state moves to refused and counts it, so a
+                // task is counted once even if an executor broke the
+                // contract and handed back another one.
                 let reason = rejected.reason();
-                series.rejected();
-                self.acct.ended();
-                match rejected
-                    .into_task()
-                    .take_closure()
-                    .map(|f| f.downcast::<F>())
-                {
+                match rejected.into_task().reject().map(|f| f.downcast::<F>()) {
                     Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
                     // An executor that hands back another task than the one
                     // it was given breaks the trait's contract; the closure

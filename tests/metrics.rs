@@ -8,7 +8,8 @@ use std::sync::Arc;
 use common::{counts, scrape, Gate};
 use executor_exporter::prometheus::{self, IntCounter, Opts, Registry};
 use executor_exporter::{
-    ExecutorExporter, FailureReason, RejectReason, TaskError, ThreadPoolExecutor, DEFAULT_BUCKETS,
+    Executor, ExecutorExporter, FailureReason, InstrumentedExecutorProxy, RejectReason, Rejected,
+    Task, TaskError, ThreadPoolExecutor, DEFAULT_BUCKETS,
 };
 
 fn pool(registry: &Registry, id: &str, workers: usize) -> ThreadPoolExecutor {
@@ -232,6 +233,48 @@ fn spawned_tasks_are_counted_like_submitted_ones() {
     assert_eq!(flag.load(Ordering::SeqCst), 1, "the closure is handed back");
     let c = counts(&scrape(&registry), "executor", "spawned");
     assert_eq!((c.submitted, c.rejected), (20.0, 1.0));
+    c.assert_invariant();
+}
+
+/// Keeps the tasks it is given, to run them whenever the test says.
+struct Stash(Arc<std::sync::Mutex<Vec<Task>>>);
+
+impl Executor for Stash {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        self.0.lock().unwrap().push(task);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_task_cancelled_before_its_executor_ran_it_stays_cancelled_after_the_proxy_is_gone() {
+    let registry = Registry::new();
+    let exporter = ExecutorExporter::builder()
+        .exporter_id("stash")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let stash = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let proxy = InstrumentedExecutorProxy::new(Stash(stash.clone()), exporter, Some(1));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let handle = proxy
+        .submit(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    assert!(handle.cancel());
+    // The task has ended, so dropping the proxy does not wait; the
+    // executor still holds the task and runs it afterwards: it must not
+    // run, nor count again, nor reach the proxy's freed bookkeeping.
+    drop(proxy);
+    for task in stash.lock().unwrap().drain(..) {
+        task.run();
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert_eq!(handle.join(), Err(TaskError::Cancelled));
+    let c = counts(&scrape(&registry), "executor", "stash");
+    assert_eq!((c.submitted, c.cancelled, c.completed), (1.0, 1.0, 0.0));
     c.assert_invariant();
 }
 
