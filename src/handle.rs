@@ -74,29 +74,30 @@ fn ended_count(word: u64) -> u64 {
 /// waiter may then return and its owner free the accounting at once), and a
 /// task needs no mutex and condvar of its own; a pair shared by two waits
 /// only costs a spurious wake-up.
-struct IdleSignal {
+struct WaitSignal {
     lock: Mutex<()>,
     cv: Condvar,
 }
 
-const IDLE_SIGNALS: usize = 16;
+#[cfg(not(loom))]
+const WAIT_SIGNALS: usize = 16;
 
 #[cfg(not(loom))]
-fn idle_signal(addr: usize) -> &'static IdleSignal {
+fn wait_signal(addr: usize) -> &'static WaitSignal {
     #[allow(clippy::declare_interior_mutable_const)]
-    const NEW: IdleSignal = IdleSignal {
+    const NEW: WaitSignal = WaitSignal {
         lock: Mutex::new(()),
         cv: Condvar::new(),
     };
-    static SIGNALS: [IdleSignal; IDLE_SIGNALS] = [NEW; IDLE_SIGNALS];
-    &SIGNALS[(addr >> 7) % IDLE_SIGNALS]
+    static SIGNALS: [WaitSignal; WAIT_SIGNALS] = [NEW; WAIT_SIGNALS];
+    &SIGNALS[(addr >> 7) % WAIT_SIGNALS]
 }
 
 #[cfg(loom)]
-fn idle_signal(_addr: usize) -> &'static IdleSignal {
+fn wait_signal(_addr: usize) -> &'static WaitSignal {
     // Loom's primitives must be created inside each model run.
     loom::lazy_static! {
-        static ref SIGNAL: IdleSignal = IdleSignal {
+        static ref SIGNAL: WaitSignal = WaitSignal {
             lock: Mutex::new(()),
             cv: Condvar::new(),
         };
@@ -145,8 +146,8 @@ impl Accounting {
         }
     }
 
-    fn signal(&self) -> &'static IdleSignal {
-        idle_signal(self as *const Accounting as usize)
+    fn signal(&self) -> &'static WaitSignal {
+        wait_signal(self as *const Accounting as usize)
     }
 
     /// Reserves a place for a task about to be submitted; `false` once closed.
@@ -334,8 +335,8 @@ impl<T, J> TaskCore<T, J> {
 }
 
 impl<T, J: ?Sized> TaskCore<T, J> {
-    fn signal(&self) -> &'static IdleSignal {
-        idle_signal(self as *const TaskCore<T, J> as *const u8 as usize)
+    fn signal(&self) -> &'static WaitSignal {
+        wait_signal(self as *const TaskCore<T, J> as *const u8 as usize)
     }
 
     /// Takes `LOCKED`; returns the state word with it. Held for a few
@@ -621,12 +622,9 @@ impl<T> TaskHandle<T> {
     /// Waits up to `timeout` for the task to end; true if it has ended.
     /// Can be called any number of times.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        // A timeout too large for an `Instant` waits without a deadline.
         let deadline = Instant::now().checked_add(timeout);
-        let state = match deadline {
-            Some(deadline) => self.core.wait_ready(Some(deadline)),
-            None => self.core.wait_ready(None),
-        };
-        state & READY != 0
+        self.core.wait_ready(deadline) & READY != 0
     }
 
     /// Waits up to `timeout` and returns the task's value, or
