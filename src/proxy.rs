@@ -453,8 +453,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 
 #[cold]
 fn unreachable_task<F, H>(reason: crate::executor::RejectReason) -> Result<H, SubmitError<F>> {
-    // Reaching this means an `Executor` returned a task it was not given; the
-    // submit is still reported as refused, but the closure cannot be returned.
+    // Reaching this means an `Executor` returned a task it was not given. The
+    // task it kept is counted when it ends (run, or cancelled when dropped);
+    // the closure cannot be returned.
     panic!("an executor handed back a different task than it was given ({reason})")
 }
 
