@@ -52,6 +52,37 @@ fn is_err<T, E>(result: &Result<T, E>) -> bool {
     result.is_err()
 }
 
+/// What a task runs: a submitted closure, or a [`Task`] given to the proxy
+/// through [`Executor::execute`] (wrapped in [`RunTask`], so that a refused
+/// one goes back to its caller as the same task).
+pub(crate) trait Body: Send + 'static {
+    type Output: Send + 'static;
+    fn call(self) -> Self::Output;
+}
+
+impl<F, T> Body for F
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = T;
+
+    fn call(self) -> T {
+        self()
+    }
+}
+
+/// A task given to the proxy as an [`Executor`].
+struct RunTask(Task);
+
+impl Body for RunTask {
+    type Output = ();
+
+    fn call(self) {
+        self.0.run()
+    }
+}
+
 /// The closure of one submitted task and how its value is classified,
 /// stored inside its [`TaskCore`] so that a submit allocates once. The
 /// [`Task`] handed to the executor is the only code that takes the closure
@@ -74,7 +105,7 @@ impl<F, T, C> JobCore<F, T, C> {
 
 impl<F, T, C> Runnable for JobCore<F, T, C>
 where
-    F: FnOnce() -> T + Send + 'static,
+    F: Body<Output = T>,
     T: Send + 'static,
     C: Classify<T>,
 {
@@ -84,7 +115,7 @@ where
             drop(f);
             return body_done();
         };
-        let outcome = catch_unwind(AssertUnwindSafe(f));
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
         body_done();
         match outcome {
             Ok(value) => {
@@ -229,7 +260,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         handle: impl FnOnce(&Arc<JobCore<F, T, C>>) -> H,
     ) -> Result<H, SubmitError<F>>
     where
-        F: FnOnce() -> T + Send + 'static,
+        F: Body<Output = T>,
         T: Send + 'static,
     {
         let series = &self.acct.series;
@@ -461,10 +492,13 @@ fn unreachable_task<F, H>(reason: crate::executor::RejectReason) -> Result<H, Su
 
 impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     fn execute(&self, task: Task) -> Result<(), Rejected> {
-        self.spawn(move || task.run()).map_err(|e| {
-            let reason = e.reason();
-            Rejected::new(Task::new(e.into_inner()), reason)
-        })
+        // Counted like `spawn`; a refused task goes back as itself, so a
+        // proxy wrapping this one gets its own task back.
+        self.dispatch(RunTask(task), NeverFails, |_| ())
+            .map_err(|e| {
+                let reason = e.reason();
+                Rejected::new(e.into_inner().0, reason)
+            })
     }
 
     fn max_workers(&self) -> Option<usize> {

@@ -279,6 +279,33 @@ fn a_task_cancelled_before_its_executor_ran_it_stays_cancelled_after_the_proxy_i
 }
 
 #[test]
+fn a_proxy_over_a_shut_down_proxy_refuses_and_hands_the_closure_back() {
+    let registry = Registry::new();
+    let inner = pool(&registry, "inner", 1);
+    let outer_exporter = ExecutorExporter::builder()
+        .exporter_id("outer")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let outer = InstrumentedExecutorProxy::new(inner, outer_exporter, None);
+    assert_eq!(outer.submit(|| 1).unwrap().join(), Ok(1));
+    outer.inner().shutdown();
+    let err = outer.submit(|| 2).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+    assert_eq!((err.into_inner())(), 2);
+    let exp = scrape(&registry);
+    for id in ["outer", "inner"] {
+        let c = counts(&exp, "executor", id);
+        assert_eq!(
+            (c.submitted, c.rejected, c.completed),
+            (1.0, 1.0, 1.0),
+            "{id}"
+        );
+        c.assert_invariant();
+    }
+}
+
+#[test]
 fn submit_after_shutdown_is_rejected_counted_and_handed_back() {
     let registry = Registry::new();
     let pool = pool(&registry, "closed", 1);
