@@ -21,6 +21,15 @@ fn pool(registry: &Registry, id: &str, workers: usize) -> ThreadPoolExecutor {
         .unwrap()
 }
 
+/// An exporter with id `id` on `registry`, for a proxy over some executor.
+fn exporter(registry: &Registry, id: &str) -> ExecutorExporter {
+    ExecutorExporter::builder()
+        .exporter_id(id)
+        .registry(registry.clone())
+        .build()
+        .unwrap()
+}
+
 const FAMILIES: &[(&str, &str)] = &[
     ("executor_max_workers_total", "counter"),
     ("executor_initialized_workers_total", "counter"),
@@ -249,11 +258,7 @@ impl Executor for Stash {
 #[test]
 fn a_task_cancelled_before_its_executor_ran_it_stays_cancelled_after_the_proxy_is_gone() {
     let registry = Registry::new();
-    let exporter = ExecutorExporter::builder()
-        .exporter_id("stash")
-        .registry(registry.clone())
-        .build()
-        .unwrap();
+    let exporter = exporter(&registry, "stash");
     let stash = Arc::new(std::sync::Mutex::new(Vec::new()));
     let proxy = InstrumentedExecutorProxy::new(Stash(stash.clone()), exporter, Some(1));
     let ran = Arc::new(AtomicUsize::new(0));
@@ -282,12 +287,7 @@ fn a_task_cancelled_before_its_executor_ran_it_stays_cancelled_after_the_proxy_i
 fn a_proxy_over_a_shut_down_proxy_refuses_and_hands_the_closure_back() {
     let registry = Registry::new();
     let inner = pool(&registry, "inner", 1);
-    let outer_exporter = ExecutorExporter::builder()
-        .exporter_id("outer")
-        .registry(registry.clone())
-        .build()
-        .unwrap();
-    let outer = InstrumentedExecutorProxy::new(inner, outer_exporter, None);
+    let outer = InstrumentedExecutorProxy::new(inner, exporter(&registry, "outer"), None);
     assert_eq!(outer.submit(|| 1).unwrap().join(), Ok(1));
     outer.inner().shutdown();
     let err = outer.submit(|| 2).unwrap_err();
