@@ -13,7 +13,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{rayon_pool, spin, Latch, Rayon, SIZES, WORKERS};
+use common::{rayon_pool, spin, Latch, SIZES, WORKERS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use executor_exporter::{
     Executor, ExecutorExporter, InstrumentedExecutorProxy, Task, ThreadPool, ThreadPoolExecutor,
@@ -86,8 +86,8 @@ fn pools(c: &mut Criterion) {
         .registry(registry)
         .build()
         .unwrap();
-    let rayon_proxy =
-        InstrumentedExecutorProxy::new(Rayon(rayon_pool(WORKERS)), rayon_exporter, None);
+    // The crate's own `Executor` for rayon (feature `rayon`), as users get it.
+    let rayon_proxy = InstrumentedExecutorProxy::new(rayon_pool(WORKERS), rayon_exporter, None);
 
     for (size, nanos) in SIZES {
         let mut g = c.benchmark_group(format!("pools_{size}"));

@@ -84,6 +84,24 @@ impl<F> Once<F> {
     }
 }
 
+/// The sealed side of [`Executor::execute_unboxed`].
+pub(crate) mod sealed {
+    /// A task of the crate's own proxy before it is boxed into a [`Task`]:
+    /// an executor that boxes closures itself (rayon's `spawn`) runs it
+    /// without a second allocation. Only this crate implements it.
+    ///
+    /// [`Task`]: super::Task
+    pub trait Unboxed: Send + 'static {
+        /// Runs the task on the current thread (it catches its own panics).
+        /// Dropping it unrun counts it as cancelled, as for a [`Task`].
+        ///
+        /// [`Task`]: super::Task
+        fn run(self);
+        /// The same task, boxed.
+        fn into_task(self) -> super::Task;
+    }
+}
+
 /// A plain closure: what [`Task::new`] wraps.
 struct Plain<F>(Once<F>);
 
@@ -275,6 +293,20 @@ pub trait Executor {
     /// Stops accepting tasks, waits for accepted ones to finish and releases
     /// the workers. Must be idempotent. The default does nothing.
     fn shutdown(&self) {}
+
+    /// Runs a task of the crate's instrumented proxy before it is boxed.
+    ///
+    /// Not for use outside the crate (its argument's trait is sealed): the
+    /// default boxes the task and calls [`execute`](Self::execute); the
+    /// executors built into the crate whose own `spawn` allocates anyway
+    /// (rayon's pool) run it from that one allocation.
+    #[doc(hidden)]
+    fn execute_unboxed<U: sealed::Unboxed>(&self, task: U) -> Result<(), Rejected>
+    where
+        Self: Sized,
+    {
+        self.execute(task.into_task())
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {

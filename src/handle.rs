@@ -225,6 +225,12 @@ impl Accounting {
         self.cancel_pending.store(true, Ordering::SeqCst);
     }
 
+    /// True once [`cancel_pending`](Self::cancel_pending) was called: a task
+    /// that has not started must not start.
+    pub(crate) fn cancelling_pending(&self) -> bool {
+        self.cancel_pending.load(Ordering::SeqCst)
+    }
+
     /// Admitted tasks that have not ended.
     pub(crate) fn in_flight(&self) -> usize {
         let ended = ended_count(self.ended.load(Ordering::SeqCst));
@@ -252,7 +258,7 @@ impl Drop for Accounting {
 /// count: valid from the task's admission (its unit of the in-flight count)
 /// to its [`Accounting::ended`], which is the task's last use of it.
 #[derive(Clone, Copy)]
-struct AcctRef(NonNull<Accounting>);
+pub(crate) struct AcctRef(NonNull<Accounting>);
 
 // SAFETY: it is used as a `&Accounting`, and `Accounting` is `Sync`.
 unsafe impl Send for AcctRef {}
@@ -260,7 +266,8 @@ unsafe impl Send for AcctRef {}
 unsafe impl Sync for AcctRef {}
 
 impl AcctRef {
-    fn new(acct: &Arc<Accounting>) -> AcctRef {
+    /// For a task `acct` has admitted ([`Accounting::admit`] returned true).
+    pub(crate) fn new(acct: &Arc<Accounting>) -> AcctRef {
         AcctRef(NonNull::from(&**acct))
     }
 }
@@ -426,7 +433,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         if !self.leave_queue(RUNNING) {
             return None;
         }
-        if self.acct.cancel_pending.load(Ordering::SeqCst) {
+        if self.acct.cancelling_pending() {
             self.acct.series.cancelled();
             self.publish(RUNNING ^ CANCELLED, Err(TaskError::Cancelled));
             return None;

@@ -2,13 +2,14 @@
 
 use std::any::Any;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{Executor, Once, Rejected, Runnable, Task};
-use crate::exporter::{ExecutorExporter, FailureReason};
-use crate::handle::{Accounting, TaskCore, TaskHandle};
+use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
+use crate::exporter::{ExecutorExporter, FailureReason, Series};
+use crate::handle::{Accounting, AcctRef, Clock, TaskCore, TaskHandle};
 use crate::map::Map;
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
@@ -162,6 +163,161 @@ where
     }
 }
 
+/// A task nobody holds a handle to ([`spawn`](InstrumentedExecutorProxy::spawn),
+/// [`Executor::execute`]): its body, its executor's accounting and its
+/// submit time, moved as one value. Nothing shares it, so it needs no state
+/// word and no result slot: whoever holds it ends it, once, by running it,
+/// refusing it, abandoning it, or dropping it unrun (cancelled).
+///
+/// Handed to executors unboxed ([`sealed::Unboxed`]): rayon's pool runs it
+/// from the one allocation its own `spawn` makes; the others get it boxed,
+/// still one allocation.
+pub(crate) struct Detached<F> {
+    f: ManuallyDrop<F>,
+    /// Valid until this task's [`Accounting::ended`]: the task holds a unit
+    /// of the in-flight count until then.
+    acct: AcctRef,
+    submitted_at: Clock,
+}
+
+impl<F: Body<Output = ()>> Detached<F> {
+    /// A task `acct` has admitted ([`Accounting::admit`] returned true).
+    fn new(f: F, acct: &Arc<Accounting>) -> Detached<F> {
+        Detached {
+            f: ManuallyDrop::new(f),
+            acct: AcctRef::new(acct),
+            submitted_at: Clock::now(),
+        }
+    }
+
+    /// Takes the task apart; its `Drop` (the cancel) does not run.
+    fn into_parts(self) -> (F, AcctRef, Clock) {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the body is
+        // moved out exactly once.
+        let f = unsafe { ManuallyDrop::take(&mut this.f) };
+        (f, this.acct, this.submitted_at)
+    }
+
+    /// Runs the task, catching its panic (counted as failed with reason
+    /// `panic`; the panic hook has printed the message). `body_done` as in
+    /// [`Runnable::run`].
+    fn run_then(self, body_done: &dyn Fn()) {
+        let (f, acct, submitted_at) = self.into_parts();
+        if acct.cancelling_pending() {
+            let end = End::new(acct, Series::cancelled);
+            drop(f);
+            body_done();
+            return drop(end);
+        }
+        let started = Clock::now();
+        acct.series
+            .started(started.saturating_duration_since(submitted_at));
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
+        body_done();
+        let failure = outcome.is_err().then_some(FailureReason::Panic);
+        if let Err(payload) = outcome {
+            // The payload may itself panic when dropped; never let that
+            // escape into the worker.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        }
+        acct.series
+            .finished(Clock::now().saturating_duration_since(started), failure);
+        acct.ended();
+    }
+
+    /// The executor cannot run the task: it fails as broken (nobody holds
+    /// a handle to read the reason).
+    fn abandon(self) {
+        let (f, acct, _) = self.into_parts();
+        let _end = End::new(acct, |series| {
+            series.failed_unstarted(FailureReason::Broken)
+        });
+        drop(f);
+    }
+
+    /// The executor refused the task: counted as rejected; the body comes
+    /// back.
+    fn refuse(self) -> F {
+        let (f, acct, _) = self.into_parts();
+        acct.series.rejected();
+        acct.ended();
+        f
+    }
+}
+
+impl<F> Drop for Detached<F> {
+    /// Dropped unrun: counted as cancelled, once the body is dropped (also
+    /// if dropping it panics).
+    fn drop(&mut self) {
+        let _end = End::new(self.acct, Series::cancelled);
+        // SAFETY: `drop` runs once, and the other ways out (`into_parts`)
+        // do not run it.
+        unsafe { ManuallyDrop::drop(&mut self.f) };
+    }
+}
+
+impl<F: Body<Output = ()>> sealed::Unboxed for Detached<F> {
+    fn run(self) {
+        self.run_then(&|| {})
+    }
+
+    fn into_task(self) -> Task {
+        Task::from_shared(Arc::new(BoxedDetached(Once::new(self))))
+    }
+}
+
+/// Ends a task that did not run when dropped: records how (`count`) and
+/// gives up its unit of the in-flight count. Dropped after the body, so
+/// `join` returns only once the body's captures are gone, and even a body
+/// whose drop panics is counted.
+struct End {
+    acct: AcctRef,
+    count: fn(&Series),
+}
+
+impl End {
+    fn new(acct: AcctRef, count: fn(&Series)) -> End {
+        End { acct, count }
+    }
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        (self.count)(&self.acct.series);
+        self.acct.ended();
+    }
+}
+
+/// A [`Detached`] task boxed into a [`Task`].
+struct BoxedDetached<F>(Once<Detached<F>>);
+
+impl<F> BoxedDetached<F> {
+    fn take(&self) -> Detached<F> {
+        // SAFETY: only the owning `Task` calls the `Runnable` methods that
+        // call this, one of them, once.
+        unsafe { self.0.take() }
+    }
+}
+
+impl<F: Body<Output = ()>> Runnable for BoxedDetached<F> {
+    fn run(&self, body_done: &dyn Fn()) {
+        self.take().run_then(body_done)
+    }
+
+    fn abandon(&self, _reason: String) {
+        self.take().abandon()
+    }
+
+    fn discard(&self) {
+        drop(self.take())
+    }
+
+    fn reject(&self) -> Option<Box<dyn Any + Send>> {
+        Some(Box::new(self.take().refuse()))
+    }
+}
+
 /// Wraps any [`Executor`] and records, for every task given to it, the
 /// submit, the wait, the run and the result into an [`ExecutorExporter`].
 ///
@@ -246,27 +402,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.dispatch(f, classify, |core| TaskHandle::new(core.clone()))
-    }
-
-    /// Admits, builds and hands over one task; `handle` makes what the
-    /// caller gets back from the task's shared state before the executor
-    /// sees it (nothing, for [`spawn`](Self::spawn): the task then has a
-    /// single owner and the submit changes no reference count).
-    fn dispatch<F, T, C: Classify<T>, H>(
-        &self,
-        f: F,
-        classify: C,
-        handle: impl FnOnce(&Arc<JobCore<F, T, C>>) -> H,
-    ) -> Result<H, SubmitError<F>>
-    where
-        F: Body<Output = T>,
-        T: Send + 'static,
-    {
-        let series = &self.acct.series;
         if !self.acct.admit() {
-            series.rejected_unqueued();
-            return Err(SubmitError::new(f, crate::executor::RejectReason::Shutdown));
+            return Err(self.refused_unqueued(f));
         }
         let core = Arc::new(TaskCore::with_job(
             &self.acct,
@@ -275,19 +412,44 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 classify,
             },
         ));
-        let handle = handle(&core);
-        series.enqueue();
-        match self.inner.execute(Task::from_shared(core)) {
+        let handle = TaskHandle::new(core.clone());
+        self.acct.series.enqueue();
+        self.handed_over(self.inner.execute(Task::from_shared(core)))
+            .map(|()| handle)
+    }
+
+    /// Admits and hands over a task without a handle.
+    fn detach<B: Body<Output = ()>>(&self, body: B) -> Result<(), SubmitError<B>> {
+        if !self.acct.admit() {
+            return Err(self.refused_unqueued(body));
+        }
+        let task = Detached::new(body, &self.acct);
+        self.acct.series.enqueue();
+        self.handed_over(self.inner.execute_unboxed(task))
+    }
+
+    /// A submit refused before anything was queued (the proxy is shut down).
+    #[cold]
+    fn refused_unqueued<B>(&self, body: B) -> SubmitError<B> {
+        self.acct.series.rejected_unqueued();
+        SubmitError::new(body, RejectReason::Shutdown)
+    }
+
+    /// Counts what the executor did with a task handed to it: submitted if
+    /// it took it; rejected if it refused it, and then the body `B` comes
+    /// back out of the task.
+    fn handed_over<B: 'static>(&self, outcome: Result<(), Rejected>) -> Result<(), SubmitError<B>> {
+        match outcome {
             Ok(()) => {
-                series.accepted();
-                Ok(handle)
+                self.acct.series.accepted();
+                Ok(())
             }
             Err(rejected) => {
-                // The task's own state moves to refused and counts it, so a
-                // task is counted once even if an executor broke the
-                // contract and handed back another one.
+                // The task's own state counts it as rejected, so a task is
+                // counted once even if an executor broke the contract and
+                // handed back another one.
                 let reason = rejected.reason();
-                match rejected.into_task().reject().map(|f| f.downcast::<F>()) {
+                match rejected.into_task().reject().map(|f| f.downcast::<B>()) {
                     Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
                     // An executor that hands back another task than the one
                     // it was given breaks the trait's contract; the closure
@@ -345,7 +507,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     where
         F: FnOnce() + Send + 'static,
     {
-        self.dispatch(f, NeverFails, |_| ())
+        self.detach(f)
     }
 
     /// Submits a task that returns a `Result`: an `Err` is counted as failed
@@ -483,7 +645,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 }
 
 #[cold]
-fn unreachable_task<F, H>(reason: crate::executor::RejectReason) -> Result<H, SubmitError<F>> {
+fn unreachable_task<F, H>(reason: RejectReason) -> Result<H, SubmitError<F>> {
     // Reaching this means an `Executor` returned a task it was not given. The
     // task it kept is counted when it ends (run, or cancelled when dropped);
     // the closure cannot be returned.
@@ -494,11 +656,10 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     fn execute(&self, task: Task) -> Result<(), Rejected> {
         // Counted like `spawn`; a refused task goes back as itself, so a
         // proxy wrapping this one gets its own task back.
-        self.dispatch(RunTask(task), NeverFails, |_| ())
-            .map_err(|e| {
-                let reason = e.reason();
-                Rejected::new(e.into_inner().0, reason)
-            })
+        self.detach(RunTask(task)).map_err(|e| {
+            let reason = e.reason();
+            Rejected::new(e.into_inner().0, reason)
+        })
     }
 
     fn max_workers(&self) -> Option<usize> {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use prometheus::Registry;
 
 use crate::error::{BuildError, BuildErrorKind};
-use crate::executor::{Executor, Rejected, Task};
+use crate::executor::{sealed::Unboxed, Executor, Rejected, Task};
 use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::proxy::InstrumentedExecutorProxy;
 
@@ -44,6 +44,14 @@ const EXECUTOR_TYPE: &str = "rayon";
 /// ```
 impl Executor for rayon::ThreadPool {
     fn execute(&self, task: Task) -> Result<(), Rejected> {
+        self.spawn(move || task.run());
+        Ok(())
+    }
+
+    /// rayon's `spawn` allocates for the closure it is given: the proxy's
+    /// task goes in unboxed, so a spawned task is one allocation, as with
+    /// bare rayon.
+    fn execute_unboxed<U: Unboxed>(&self, task: U) -> Result<(), Rejected> {
         self.spawn(move || task.run());
         Ok(())
     }
@@ -175,7 +183,7 @@ impl RayonExecutor {
     where
         F: FnOnce() + Send + 'static,
     {
-        if let Err(err) = self.proxy.submit(f) {
+        if let Err(err) = self.proxy.spawn(f) {
             panic!("RayonExecutor::spawn: {err}");
         }
     }

@@ -293,16 +293,85 @@ fn a_proxy_over_a_shut_down_proxy_refuses_and_hands_the_closure_back() {
     let err = outer.submit(|| 2).unwrap_err();
     assert_eq!(err.reason(), RejectReason::Shutdown);
     assert_eq!((err.into_inner())(), 2);
+    // A spawned task (no handle) comes back the same way.
+    let flag = Arc::new(AtomicUsize::new(0));
+    let f = flag.clone();
+    let err = outer
+        .spawn(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+    (err.into_inner())();
+    assert_eq!(flag.load(Ordering::SeqCst), 1, "the closure is handed back");
     let exp = scrape(&registry);
     for id in ["outer", "inner"] {
         let c = counts(&exp, "executor", id);
         assert_eq!(
             (c.submitted, c.rejected, c.completed),
-            (1.0, 1.0, 1.0),
+            (1.0, 2.0, 1.0),
             "{id}"
         );
         c.assert_invariant();
     }
+}
+
+/// A spawned task has no handle: it ends exactly once however its executor
+/// ends it (runs it, it panics, abandons it, drops it), and its closure and
+/// what it captured are gone once `join` returns.
+#[test]
+fn spawned_tasks_end_once_however_the_executor_ends_them() {
+    let registry = Registry::new();
+    let proxy =
+        InstrumentedExecutorProxy::new(Held::default(), exporter(&registry, "held_spawn"), None);
+    let captured = Arc::new(());
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..4 {
+        let (captured, ran) = (captured.clone(), ran.clone());
+        proxy
+            .spawn(move || {
+                let _captured = &captured;
+                if i == 1 {
+                    panic!("spawned task {i} fails");
+                }
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+    }
+    let c = counts(&scrape(&registry), "executor", "held_spawn");
+    assert_eq!((c.submitted, c.queued, c.running), (4.0, 4.0, 0.0));
+
+    proxy.inner().take().run();
+    proxy.inner().take().run(); // panics; caught and counted
+    proxy.inner().take().abandon("the executor broke");
+    drop(proxy.inner().take());
+    proxy.join();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(Arc::strong_count(&captured), 1, "every closure is dropped");
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "held_spawn");
+    assert_eq!(
+        (
+            c.submitted,
+            c.queued,
+            c.running,
+            c.completed,
+            c.failed,
+            c.cancelled,
+            c.wait_count
+        ),
+        (4.0, 0.0, 0.0, 1.0, 2.0, 1.0, 2.0),
+        "{c:?}"
+    );
+    for reason in ["panic", "broken"] {
+        let labels = [("executor", "held_spawn"), ("reason", reason)];
+        assert_eq!(
+            exp.value("executor_task_failures_total", &labels),
+            1.0,
+            "{reason}"
+        );
+    }
+    c.assert_invariant();
 }
 
 #[test]

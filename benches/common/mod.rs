@@ -104,27 +104,6 @@ impl Executor for Inline {
     }
 }
 
-/// `rayon::ThreadPool` as an [`Executor`]: `spawn` per task. The crate's own
-/// `rayon` feature does not implement `Executor` for rayon in this tree yet,
-/// so the benches carry this newtype.
-#[derive(Debug)]
-pub struct Rayon(pub rayon::ThreadPool);
-
-impl Executor for Rayon {
-    fn execute(&self, task: Task) -> Result<(), Rejected> {
-        self.0.spawn(move || task.run());
-        Ok(())
-    }
-
-    fn max_workers(&self) -> Option<usize> {
-        Some(self.0.current_num_threads())
-    }
-
-    fn executor_type(&self) -> &str {
-        "rayon"
-    }
-}
-
 pub fn rayon_pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
