@@ -685,7 +685,7 @@ impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
 
 #[cfg(all(test, not(loom), target_pointer_width = "64"))]
 mod layout {
-    use super::{JobCore, NeverFails};
+    use super::{BoxedDetached, JobCore, NeverFails};
 
     fn core_size<F: FnOnce()>(_: &F) -> usize {
         std::mem::size_of::<JobCore<F, (), NeverFails>>()
@@ -704,5 +704,21 @@ mod layout {
         };
         let size = 16 + core_size(&closure);
         assert!(size <= 56, "a small task takes {size} bytes");
+    }
+
+    /// A spawned task with the same closure, boxed for an executor: the
+    /// closure, the accounting pointer and the submit time, after the
+    /// reference counts; 40 bytes, glibc's 48-byte chunk.
+    #[test]
+    fn a_small_spawned_task_fits_a_48_byte_chunk() {
+        fn boxed_size<F: FnOnce()>(_: &F) -> usize {
+            std::mem::size_of::<BoxedDetached<F>>()
+        }
+        let word = 7u64;
+        let closure = move || {
+            std::hint::black_box(word);
+        };
+        let size = 16 + boxed_size(&closure);
+        assert!(size <= 40, "a small spawned task takes {size} bytes");
     }
 }
