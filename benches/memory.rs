@@ -20,8 +20,9 @@ use std::sync::mpsc;
 use common::{proc_status_bytes, quick, Latch};
 use executor_exporter::{Executor, Task, TaskHandle, ThreadPool, ThreadPoolExecutor};
 
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 5] = [
     "thread_pool",
+    "executor_spawn",
     "executor_drop_handles",
     "executor_keep_handles",
     "threadpool_crate",
@@ -80,6 +81,25 @@ fn child(variant: &str, n: u64) -> (u64, u64) {
             after = rss();
             release.send(()).unwrap();
             LATCH.wait();
+        }
+        "executor_spawn" => {
+            let pool = ThreadPoolExecutor::builder()
+                .max_workers(1)
+                .registry(prometheus::Registry::new())
+                .build()
+                .unwrap();
+            pool.spawn(block).unwrap();
+            started.recv().unwrap();
+            before = rss();
+            for i in 0..n {
+                pool.spawn(move || {
+                    black_box(i);
+                })
+                .unwrap();
+            }
+            after = rss();
+            release.send(()).unwrap();
+            pool.join();
         }
         "executor_drop_handles" | "executor_keep_handles" => {
             let keep = variant == "executor_keep_handles";

@@ -6,7 +6,11 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-/// A unit of work handed to an [`Executor`]: an owned, heap-allocated `FnOnce() + Send + 'static`.
+use smallbox::space::S4;
+use smallbox::{smallbox, SmallBox};
+
+/// A unit of work handed to an [`Executor`]: an owned `FnOnce() + Send + 'static`, stored inline
+/// when small (four words), boxed otherwise.
 ///
 /// An executor either runs a task ([`Task::run`]), gives it back ([`Rejected`]),
 /// or drops it. Dropping a task that came from an instrumented proxy counts it as
@@ -27,12 +31,17 @@ use std::sync::Arc;
 /// assert!(ran.load(Ordering::SeqCst));
 /// ```
 pub struct Task {
-    /// `None` once the task was run, abandoned or taken apart. One pointer
-    /// pair, so a queue slot holding a task stays small. For a task of the
-    /// crate's instrumented executors the `Arc` is the task's shared state,
-    /// with the closure inside it: a submit allocates once.
-    inner: Option<Arc<dyn Runnable>>,
+    /// What the task runs, inline when it fits in four words (a task of
+    /// [`spawn`](crate::InstrumentedExecutorProxy::spawn) with a closure of
+    /// one word, or the `Arc` of a submitted task's shared state), boxed
+    /// otherwise: a small task handed to a queue allocates nothing beyond
+    /// the queue's own slot. Taken out exactly once, by `run`, `abandon`,
+    /// `reject` or the drop.
+    inner: ManuallyDrop<Inner>,
 }
+
+/// A task's contents: room for four words inline.
+type Inner = SmallBox<dyn Runnable, S4>;
 
 /// What a task's closure is kept in.
 ///
@@ -55,8 +64,25 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn reject(&self) -> Option<Box<dyn Any + Send>>;
 }
 
+/// A task whose state is shared (a submitted task's handle sees it too): the
+/// [`Task`] holds one reference.
+impl<R: Runnable> Runnable for Arc<R> {
+    fn run(&self, body_done: &dyn Fn()) {
+        (**self).run(body_done)
+    }
+    fn abandon(&self, reason: String) {
+        (**self).abandon(reason)
+    }
+    fn discard(&self) {
+        (**self).discard()
+    }
+    fn reject(&self) -> Option<Box<dyn Any + Send>> {
+        (**self).reject()
+    }
+}
+
 /// Holds a closure that is taken out exactly once, by the one [`Task`] that
-/// owns the `Arc` around it.
+/// owns it.
 pub(crate) struct Once<F>(UnsafeCell<ManuallyDrop<F>>);
 
 // SAFETY: the closure is only reached through `Once::take`, whose contract
@@ -133,17 +159,28 @@ impl Task {
     where
         F: FnOnce() + Send + 'static,
     {
-        Task::from_shared(Arc::new(Plain(Once::new(f))))
+        Task::from_runnable(Plain(Once::new(f)))
     }
 
-    pub(crate) fn from_shared(inner: Arc<dyn Runnable>) -> Task {
-        Task { inner: Some(inner) }
+    /// A task that runs `job`, kept inline if it fits.
+    pub(crate) fn from_runnable<R: Runnable>(job: R) -> Task {
+        Task {
+            inner: ManuallyDrop::new(smallbox!(job)),
+        }
+    }
+
+    /// Takes the contents out; the task's `Drop` (the cancel) does not run.
+    fn into_inner(self) -> Inner {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the contents
+        // are moved out exactly once.
+        unsafe { ManuallyDrop::take(&mut this.inner) }
     }
 
     /// A refused task built by the crate's proxy: counted as rejected, with
     /// its closure; `None` for any other task (which is then dropped unrun).
-    pub(crate) fn reject(mut self) -> Option<Box<dyn Any + Send>> {
-        self.inner.take().and_then(|job| job.reject())
+    pub(crate) fn reject(self) -> Option<Box<dyn Any + Send>> {
+        self.into_inner().reject()
     }
 
     /// Runs the task on the current thread.
@@ -155,11 +192,8 @@ impl Task {
         self.run_then(&|| {})
     }
 
-    pub(crate) fn run_then(mut self, body_done: &dyn Fn()) {
-        match self.inner.take() {
-            Some(job) => job.run(body_done),
-            None => body_done(),
-        }
+    pub(crate) fn run_then(self, body_done: &dyn Fn()) {
+        self.into_inner().run(body_done)
     }
 
     /// Gives the task up without running it because the executor is broken
@@ -169,10 +203,8 @@ impl Task {
     /// carrying `reason`, and is counted as failed with reason `broken`. Use
     /// plain `drop` for work that is discarded on purpose (it counts as
     /// cancelled).
-    pub fn abandon(mut self, reason: impl Into<String>) {
-        if let Some(job) = self.inner.take() {
-            job.abandon(reason.into());
-        }
+    pub fn abandon(self, reason: impl Into<String>) {
+        self.into_inner().abandon(reason.into())
     }
 }
 
@@ -180,9 +212,10 @@ impl Drop for Task {
     /// A task dropped without running counts as cancelled, so no task can
     /// vanish from the counts.
     fn drop(&mut self) {
-        if let Some(job) = self.inner.take() {
-            job.discard();
-        }
+        // SAFETY: `drop` runs once, and the other ways out (`into_inner`)
+        // do not run it.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        inner.discard();
     }
 }
 

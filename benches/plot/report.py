@@ -111,8 +111,9 @@ mp = os.path.join(TARGET, "memory.json")
 if os.path.exists(mp):
     with open(mp) as f:
         mem = json.load(f)
-for v, note in (("executor_drop_handles", "handles dropped"),
-                ("executor_keep_handles", "handles kept in a Vec")):
+for v, note in (("executor_spawn", "`spawn`, no handle"),
+                ("executor_drop_handles", "`submit`, handles dropped"),
+                ("executor_keep_handles", "`submit`, handles kept in a Vec")):
     m = mem.get(v)
     val = (m["beyond_closure"],) * 3 if m else None
     row(f"memory per queued task beyond the closure, `ThreadPoolExecutor`", "<= 128 B", val, " B",
