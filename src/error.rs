@@ -160,6 +160,9 @@ pub enum TaskError {
     /// The result was not ready within the time given to `join_timeout`.
     /// The task itself goes on.
     TimedOut,
+    /// The handle, awaited as a future, has returned the result already:
+    /// there is nothing left to join or poll.
+    AlreadyTaken,
 }
 
 impl fmt::Display for TaskError {
@@ -171,6 +174,9 @@ impl fmt::Display for TaskError {
             TaskError::Rejected(reason) => write!(f, "task rejected: {reason}"),
             TaskError::Failed { message, .. } => f.write_str(message),
             TaskError::TimedOut => f.write_str("timed out waiting for the task"),
+            TaskError::AlreadyTaken => {
+                f.write_str("the task's result was already returned by polling its handle")
+            }
         }
     }
 }

@@ -614,14 +614,12 @@ impl<T> TaskHandle<T> {
         TaskHandle { core }
     }
 
-    /// Waits for the task and returns its value, or why there is none.
+    /// Waits for the task and returns its value, or why there is none
+    /// ([`TaskError::AlreadyTaken`] if the handle, polled as a future, has
+    /// returned it already).
     pub fn join(self) -> Result<T, TaskError> {
         if self.core.wait_ready(None) & TAKEN != 0 {
-            // `poll` has returned the result already: nothing will ever
-            // come, as for any thread waiting on a consumed future.
-            loop {
-                std::thread::park();
-            }
+            return Err(TaskError::AlreadyTaken);
         }
         self.core.take_result()
     }
@@ -670,8 +668,8 @@ impl<T> TaskHandle<T> {
 }
 
 /// Resolves to the task's result, like [`TaskHandle::join`], without blocking
-/// a thread and without depending on any async runtime. Polling again after it
-/// resolved stays pending.
+/// a thread and without depending on any async runtime. Polled again after
+/// it resolved, it resolves to [`TaskError::AlreadyTaken`].
 impl<T> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
@@ -680,7 +678,7 @@ impl<T> Future for TaskHandle<T> {
         let state = core.state.load(Ordering::Acquire);
         if state & READY != 0 {
             if state & TAKEN != 0 {
-                return Poll::Pending;
+                return Poll::Ready(Err(TaskError::AlreadyTaken));
             }
             return Poll::Ready(core.take_result());
         }

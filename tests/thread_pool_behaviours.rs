@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
@@ -711,4 +711,18 @@ fn a_task_handle_is_a_future() {
     });
     opener.join().unwrap();
     assert_eq!(out, Ok("awaited".len()));
+}
+
+#[test]
+fn a_handle_whose_result_was_polled_out_says_so_instead_of_blocking() {
+    let p = pool(1);
+    let mut h = p.submit(|| 5).unwrap();
+    assert!(h.wait_timeout(Duration::from_secs(30)), "watchdog");
+    let mut cx = Context::from_waker(Waker::noop());
+    assert_eq!(Pin::new(&mut h).poll(&mut cx), Poll::Ready(Ok(5)));
+    assert_eq!(
+        Pin::new(&mut h).poll(&mut cx),
+        Poll::Ready(Err(TaskError::AlreadyTaken))
+    );
+    assert_eq!(h.join(), Err(TaskError::AlreadyTaken));
 }
