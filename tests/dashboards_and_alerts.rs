@@ -520,7 +520,7 @@ fn rule_expressions_run_on_prometheus() {
         }
         if rule["labels"]["severity"]
             .as_str()
-            .map_or(true, str::is_empty)
+            .is_none_or(str::is_empty)
         {
             failures.push(format!("{name}: no severity label"));
         }

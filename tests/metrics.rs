@@ -537,7 +537,7 @@ fn explicit_and_exponential_buckets() {
     let exp = scrape(&registry);
     let les = |name: &str| -> Vec<String> {
         exp.matching(name, &[("executor", "buckets")])
-            .filter(|s| s.labels.get("result").map_or(true, |r| r == "completed"))
+            .filter(|s| s.labels.get("result").is_none_or(|r| r == "completed"))
             .map(|s| s.labels["le"].clone())
             .collect()
     };

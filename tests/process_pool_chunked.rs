@@ -309,9 +309,7 @@ fn lazy_bounded_and_dropping_cancels_unsent_chunks() {
         let read = Cell::new(0u32);
         let it = p
             .map_chunked::<SleepMs, _>(
-                std::iter::repeat(300u64)
-                    .take(100)
-                    .inspect(|_| read.set(read.get() + 1)),
+                std::iter::repeat_n(300u64, 100).inspect(|_| read.set(read.get() + 1)),
                 2,
             )
             .unwrap();

@@ -905,7 +905,7 @@ impl Dispatcher {
 
         let now = Instant::now();
         for w in &mut self.workers {
-            if w.dead.is_some() || !w.deadline.is_some_and(|d| d <= now) {
+            if w.dead.is_some() || w.deadline.is_none_or(|d| d > now) {
                 continue;
             }
             w.dead = Some(match w.state {
