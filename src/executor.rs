@@ -33,21 +33,26 @@ use smallbox::{smallbox, SmallBox};
 pub struct Task {
     /// What the task runs, inline when it fits in four words (a task of
     /// [`spawn`](crate::InstrumentedExecutorProxy::spawn) with a closure of
-    /// one word, or the `Arc` of a submitted task's shared state), boxed
-    /// otherwise: a small task handed to a queue allocates nothing beyond
-    /// the queue's own slot. Taken out exactly once, by `run`, `abandon`,
-    /// `reject` or the drop.
+    /// up to two words, a [`Task::new`] closure of up to four, or the `Arc`
+    /// of a submitted task's shared state), boxed otherwise: a small task
+    /// handed to a queue allocates nothing beyond the queue's own slot.
+    /// Taken out exactly once, by `run`, `abandon`, `reject` or the drop.
     inner: ManuallyDrop<Inner>,
 }
+
+// Nothing pins what a task holds (it is moved in and out by value), so a
+// `Task` is `Unpin` whatever its contents, as when it held an `Arc`.
+impl Unpin for Task {}
 
 /// A task's contents: room for four words inline.
 type Inner = SmallBox<dyn Runnable, S4>;
 
 /// What a task's closure is kept in.
 ///
-/// The [`Task`] that holds the `Arc` is the only owner of the closure inside:
-/// it calls exactly one of `run`, `abandon`, `discard` or `reject`, once
-/// (unless the task is leaked, which leaks the closure too).
+/// The [`Task`] that holds it (inline, boxed, or through the `Arc` of a
+/// submitted task) is the only owner of the closure inside: it calls
+/// exactly one of `run`, `abandon`, `discard` or `reject`, once (unless the
+/// task is leaked, which leaks the closure too).
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the task; `body_done` is called once the task's own code has
     /// returned (or did not run), before its result becomes visible to
@@ -112,18 +117,21 @@ impl<F> Once<F> {
 
 /// The sealed side of [`Executor::execute_unboxed`].
 pub(crate) mod sealed {
-    /// A task of the crate's own proxy before it is boxed into a [`Task`]:
-    /// an executor that boxes closures itself (rayon's `spawn`) runs it
-    /// without a second allocation. Only this crate implements it.
+    /// A task of the crate's own proxy before it is put in a [`Task`]: an
+    /// executor whose own `spawn` takes closures (rayon's) can run it
+    /// directly; a task too large for a `Task`'s inline room then costs
+    /// that executor's one allocation instead of two. Only this crate
+    /// implements it.
     ///
     /// [`Task`]: super::Task
     pub trait Unboxed: Send + 'static {
-        /// Runs the task on the current thread (it catches its own panics).
-        /// Dropping it unrun counts it as cancelled, as for a [`Task`].
+        /// Runs the task on the current thread (it catches its own panics,
+        /// and those of dropping a closure it does not run). Dropping it
+        /// unrun counts it as cancelled, as for a [`Task`].
         ///
         /// [`Task`]: super::Task
         fn run(self);
-        /// The same task, boxed.
+        /// The same task as a [`Task`](super::Task).
         fn into_task(self) -> super::Task;
     }
 }
@@ -204,7 +212,10 @@ impl Task {
     /// plain `drop` for work that is discarded on purpose (it counts as
     /// cancelled).
     pub fn abandon(self, reason: impl Into<String>) {
-        self.into_inner().abandon(reason.into())
+        // First: should the conversion panic, the task is still whole and
+        // its drop cancels it.
+        let reason = reason.into();
+        self.into_inner().abandon(reason)
     }
 }
 
@@ -327,12 +338,14 @@ pub trait Executor {
     /// the workers. Must be idempotent. The default does nothing.
     fn shutdown(&self) {}
 
-    /// Runs a task of the crate's instrumented proxy before it is boxed.
+    /// Runs a task of the crate's instrumented proxy before it is put in a
+    /// [`Task`].
     ///
     /// Not for use outside the crate (its argument's trait is sealed): the
-    /// default boxes the task and calls [`execute`](Self::execute); the
-    /// executors built into the crate whose own `spawn` allocates anyway
-    /// (rayon's pool) run it from that one allocation.
+    /// default puts it in a `Task` and calls [`execute`](Self::execute);
+    /// the executors built into the crate whose own `spawn` allocates
+    /// anyway (rayon's pool) run it from that one allocation. (`Arc<E>` and
+    /// `&E` take the default: they cannot forward it for an unsized `E`.)
     #[doc(hidden)]
     fn execute_unboxed<U: sealed::Unboxed>(&self, task: U) -> Result<(), Rejected>
     where

@@ -427,6 +427,13 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// Moves the task to running and records its wait. `None` when it was
     /// cancelled (or a `shutdown_now` cancels it now): it must not run.
     pub(crate) fn start(&self) -> Option<Clock> {
+        self.start_or_cancel(|| {})
+    }
+
+    /// [`start`](Self::start), calling `before_cancel` before a task that
+    /// a `shutdown_now` cancels here ends (the proxy drops the closure
+    /// there, so that `join` returns after it is gone).
+    pub(crate) fn start_or_cancel(&self, before_cancel: impl FnOnce()) -> Option<Clock> {
         // The move out of the queue comes first: a task that has ended
         // (cancelled by its handle, say) no longer holds its unit of the
         // in-flight count, and its accounting may be gone.
@@ -434,6 +441,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             return None;
         }
         if self.acct.cancelling_pending() {
+            before_cancel();
             self.acct.series.cancelled();
             self.publish(RUNNING ^ CANCELLED, Err(TaskError::Cancelled));
             return None;

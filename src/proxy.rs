@@ -111,9 +111,12 @@ where
     C: Classify<T>,
 {
     fn run(&self, body_done: &dyn Fn()) {
-        let f = self.take_f();
-        let Some(started) = self.start() else {
-            drop(f);
+        let mut f = Some(self.take_f());
+        let started = self.start_or_cancel(|| drop_quietly(f.take()));
+        // Not started: cancelled by `shutdown_now` just now (the closure
+        // is gone), or ended before (cancelled through its handle; the
+        // closure is dropped here).
+        let (Some(started), Some(f)) = (started, f) else {
             return body_done();
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
@@ -129,9 +132,7 @@ where
             }
             Err(payload) => {
                 let message = panic_message(&*payload);
-                // The payload may itself panic when dropped; never let that
-                // escape into the worker.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                drop_quietly(payload);
                 self.finish(
                     started,
                     Err(TaskError::Panicked { message }),
@@ -143,13 +144,17 @@ where
 
     fn abandon(&self, reason: String) {
         let f = self.take_f();
-        self.fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
+        let _end = Finally::new(|| {
+            self.fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
+        });
         drop(f);
     }
 
     fn discard(&self) {
         let f = self.take_f();
-        self.cancel();
+        let _end = Finally::new(|| {
+            self.cancel();
+        });
         drop(f);
     }
 
@@ -170,8 +175,8 @@ where
 /// refusing it, abandoning it, or dropping it unrun (cancelled).
 ///
 /// Handed to executors unboxed ([`sealed::Unboxed`]): rayon's pool runs it
-/// from the one allocation its own `spawn` makes; the others get it boxed,
-/// still one allocation.
+/// from the one allocation its own `spawn` makes; the others get it in a
+/// [`Task`] (inline for a closure of up to two words).
 pub(crate) struct Detached<F> {
     f: ManuallyDrop<F>,
     /// Valid until this task's [`Accounting::ended`]: the task holds a unit
@@ -206,7 +211,7 @@ impl<F: Body<Output = ()>> Detached<F> {
         let (f, acct, submitted_at) = self.into_parts();
         if acct.cancelling_pending() {
             let end = End::new(acct, Series::cancelled);
-            drop(f);
+            drop_quietly(f);
             body_done();
             return drop(end);
         }
@@ -217,9 +222,7 @@ impl<F: Body<Output = ()>> Detached<F> {
         body_done();
         let failure = outcome.is_err().then_some(FailureReason::Panic);
         if let Err(payload) = outcome {
-            // The payload may itself panic when dropped; never let that
-            // escape into the worker.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            drop_quietly(payload);
         }
         acct.series
             .finished(Clock::now().saturating_duration_since(started), failure);
@@ -264,6 +267,30 @@ impl<F: Body<Output = ()>> sealed::Unboxed for Detached<F> {
 
     fn into_task(self) -> Task {
         Task::from_runnable(DetachedTask(Once::new(self)))
+    }
+}
+
+/// Drops `value`, catching a panic of its `Drop` (a panic payload's, or a
+/// closure's that is not run): it must not escape into the worker.
+fn drop_quietly<X>(value: X) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
+}
+
+/// Runs its closure when dropped: a task's end placed after the drop of
+/// its closure still happens if that drop panics.
+struct Finally<G: FnOnce()>(Option<G>);
+
+impl<G: FnOnce()> Finally<G> {
+    fn new(end: G) -> Finally<G> {
+        Finally(Some(end))
+    }
+}
+
+impl<G: FnOnce()> Drop for Finally<G> {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end();
+        }
     }
 }
 

@@ -763,6 +763,91 @@ impl Held {
     }
 }
 
+/// Reads, when dropped, how many tasks of exporter `probe` had ended as
+/// cancelled or failed by then.
+struct Probe {
+    registry: Registry,
+    seen: Arc<std::sync::Mutex<Vec<f64>>>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let c = counts(&scrape(&self.registry), "executor", "probe");
+        self.seen.lock().unwrap().push(c.cancelled + c.failed);
+    }
+}
+
+/// A task its executor drops or abandons ends after its closure (and what
+/// the closure captured) is dropped, so whoever `join`s sees the captures
+/// gone; with or without a handle.
+#[test]
+fn a_task_the_executor_drops_or_abandons_ends_after_its_closure_is_dropped() {
+    let registry = Registry::new();
+    let proxy = executor_exporter::InstrumentedExecutorProxy::new(
+        Held::default(),
+        exporter(&registry, "probe"),
+        None,
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = || Probe {
+        registry: registry.clone(),
+        seen: seen.clone(),
+    };
+    let p = probe();
+    let dropped = proxy.submit(move || drop(p)).unwrap();
+    let p = probe();
+    let abandoned = proxy.submit(move || drop(p)).unwrap();
+    let p = probe();
+    proxy.spawn(move || drop(p)).unwrap();
+    let p = probe();
+    proxy.spawn(move || drop(p)).unwrap();
+    for i in 0..4 {
+        let task = proxy.inner().take();
+        if i % 2 == 0 {
+            drop(task);
+        } else {
+            task.abandon("the executor broke");
+        }
+    }
+    assert_eq!(*seen.lock().unwrap(), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(dropped.join(), Err(TaskError::Cancelled));
+    assert!(matches!(abandoned.join(), Err(TaskError::Broken { .. })));
+    let c = counts(&scrape(&registry), "executor", "probe");
+    assert_eq!((c.submitted, c.cancelled, c.failed), (4.0, 2.0, 2.0));
+    c.assert_invariant();
+}
+
+/// A reason whose conversion to a `String` panics.
+struct PanickingReason;
+
+impl From<PanickingReason> for String {
+    fn from(_: PanickingReason) -> String {
+        panic!("no reason")
+    }
+}
+
+/// `Task::abandon` whose reason panics on conversion still ends the task
+/// (cancelled, by the task's drop), so `join` does not wait forever.
+#[test]
+fn abandoning_with_a_panicking_reason_still_ends_the_task() {
+    let registry = Registry::new();
+    let proxy = executor_exporter::InstrumentedExecutorProxy::new(
+        Held::default(),
+        exporter(&registry, "bad_reason"),
+        None,
+    );
+    proxy.spawn(|| ()).unwrap();
+    let task = proxy.inner().take();
+    let abandoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        task.abandon(PanickingReason)
+    }));
+    assert!(abandoned.is_err());
+    common::watchdog(60, move || proxy.join());
+    let c = counts(&scrape(&registry), "executor", "bad_reason");
+    assert_eq!((c.submitted, c.cancelled), (1.0, 1.0));
+    c.assert_invariant();
+}
+
 /// The gauges are derived from the counts at scrape time: exact while tasks
 /// are queued, running, cancelled or failed without starting, and 0 at the
 /// end.
