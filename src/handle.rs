@@ -67,6 +67,38 @@ fn ended_count(word: u64) -> u64 {
     word >> 24
 }
 
+/// How many `ended` words an [`Accounting`] has: each thread that ends
+/// tasks counts on one of them (its stripe), so two workers ending tasks
+/// at once do not move one cache line back and forth.
+#[cfg(not(loom))]
+const STRIPES: usize = 8;
+#[cfg(loom)]
+const STRIPES: usize = 2;
+
+/// The calling thread's stripe: threads take them in turn, the first time
+/// they end a task.
+#[cfg(not(loom))]
+fn stripe() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    // During the thread's teardown: any stripe is correct, just shared.
+    STRIPE.try_with(|s| *s).unwrap_or(0)
+}
+
+#[cfg(loom)]
+fn stripe() -> usize {
+    loom::lazy_static! {
+        static ref NEXT: loom::sync::atomic::AtomicUsize = loom::sync::atomic::AtomicUsize::new(0);
+    }
+    loom::thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
 /// Where `wait_idle` and a task's `join` sleep, and what an end that they
 /// wait for wakes: one of a few process-wide pairs, chosen by the address
 /// of the accounting or task waited for. Static, so the task that ends last
@@ -116,18 +148,20 @@ fn wait_signal(_addr: usize) -> &'static WaitSignal {
 /// no thread is still inside [`ended`](Accounting::ended).
 ///
 /// Submitters and task ends count on separate cache lines, so a submit
-/// does not wait for the line the workers last wrote. The executor is idle
-/// when the two counts are equal: read `ended` first, then `admitted` (both
-/// only grow, and a task ends after it is admitted, so equal values mean
-/// they were equal when `ended` was read).
+/// does not wait for the line the workers last wrote; the ends are counted
+/// on [`STRIPES`] lines, one per thread (see [`stripe`]), summed when read.
+/// The executor is idle when the two counts are equal: read the ends first,
+/// then `admitted` (both only grow, and a task ends after it is admitted, so
+/// equal values mean they were equal when the last stripe was read).
 #[derive(Debug)]
 pub(crate) struct Accounting {
     pub(crate) series: Arc<Series>,
     /// Tasks admitted; written by submitting threads only.
     admitted: CachePadded<AtomicU64>,
-    /// Tasks ended, the waiting flag and the threads inside `ended` (see
-    /// [`ONE_ENDED`]); written by the threads that end tasks.
-    ended: CachePadded<AtomicU64>,
+    /// Per stripe: tasks ended, the waiting flag (set on every stripe) and
+    /// the threads inside `ended` (see [`ONE_ENDED`]); written by the
+    /// threads that end tasks, each on its own stripe.
+    ended: [CachePadded<AtomicU64>; STRIPES],
     closed: AtomicBool,
     cancel_pending: AtomicBool,
     /// Threads in `wait_idle`; the `WAITING` flag is set while it is not 0.
@@ -139,7 +173,7 @@ impl Accounting {
         Accounting {
             series,
             admitted: CachePadded::new(AtomicU64::new(0)),
-            ended: CachePadded::new(AtomicU64::new(0)),
+            ended: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
             closed: AtomicBool::new(false),
             cancel_pending: AtomicBool::new(false),
             waiters: Mutex::new(0),
@@ -168,12 +202,13 @@ impl Accounting {
     /// counts itself out with its last access.
     pub(crate) fn ended(&self) {
         let signal = self.signal();
-        let before = self.ended.fetch_add(ONE_ENDED + BUSY, Ordering::SeqCst);
+        let stripe = &self.ended[stripe()];
+        let before = stripe.fetch_add(ONE_ENDED + BUSY, Ordering::SeqCst);
         crate::sync::seqcst_pair();
-        let wake = before & WAITING != 0
-            && ended_count(before).wrapping_add(1) & COUNT_MASK
-                == self.admitted.load(Ordering::SeqCst) & COUNT_MASK;
-        self.ended.fetch_sub(BUSY, Ordering::SeqCst);
+        // Of two ends on different stripes, the later one (in the single
+        // order of `SeqCst` operations) reads the earlier one's count here.
+        let wake = before & WAITING != 0 && self.is_idle();
+        stripe.fetch_sub(BUSY, Ordering::SeqCst);
         if wake {
             let _guard = lock(&signal.lock);
             signal.cv.notify_all();
@@ -195,7 +230,9 @@ impl Accounting {
             let mut waiters = lock(&self.waiters);
             *waiters += 1;
             if *waiters == 1 {
-                self.ended.fetch_or(WAITING, Ordering::SeqCst);
+                for stripe in &self.ended {
+                    stripe.fetch_or(WAITING, Ordering::SeqCst);
+                }
             }
         }
         crate::sync::seqcst_pair();
@@ -207,7 +244,9 @@ impl Accounting {
         let mut waiters = lock(&self.waiters);
         *waiters -= 1;
         if *waiters == 0 {
-            self.ended.fetch_and(!WAITING, Ordering::SeqCst);
+            for stripe in &self.ended {
+                stripe.fetch_and(!WAITING, Ordering::SeqCst);
+            }
         }
     }
 
@@ -233,7 +272,9 @@ impl Accounting {
 
     /// Admitted tasks that have not ended.
     pub(crate) fn in_flight(&self) -> usize {
-        let ended = ended_count(self.ended.load(Ordering::SeqCst));
+        let ended = self.ended.iter().fold(0u64, |sum, stripe| {
+            sum.wrapping_add(ended_count(stripe.load(Ordering::SeqCst)))
+        });
         let admitted = self.admitted.load(Ordering::SeqCst);
         // Below 2^40: fits a usize on 64-bit targets; elsewhere a count that
         // large cannot be held in memory anyway.
@@ -248,8 +289,10 @@ impl Drop for Accounting {
     /// nothing can be admitted any more).
     fn drop(&mut self) {
         self.wait_idle();
-        while self.ended.load(Ordering::SeqCst) & BUSY_MASK != 0 {
-            crate::sync::yield_now();
+        for stripe in &self.ended {
+            while stripe.load(Ordering::SeqCst) & BUSY_MASK != 0 {
+                crate::sync::yield_now();
+            }
         }
     }
 }

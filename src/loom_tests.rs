@@ -271,6 +271,26 @@ fn wait_idle_racing_an_end_and_a_new_submit_returns() {
 }
 
 #[test]
+fn wait_idle_racing_two_ends_on_two_stripes_returns() {
+    loom::model(|| {
+        let (exporter, acct) = setup();
+        let (first, h1) = submit(&acct);
+        let (second, h2) = submit(&acct);
+        // Two workers count their ends on two stripes of the end count:
+        // whichever ends last must see the other's end and wake the
+        // waiter. A lost wake-up deadlocks.
+        let w1 = thread::spawn(move || run(&first, 1));
+        let w2 = thread::spawn(move || run(&second, 2));
+        acct.wait_idle();
+        assert!(h1.is_finished() && h2.is_finished());
+        assert_eq!(acct.in_flight(), 0);
+        assert!(w1.join().unwrap() && w2.join().unwrap());
+        assert_eq!((h1.join(), h2.join()), (Ok(1), Ok(2)));
+        assert_eq!(counts(&exporter).completed, 2.0);
+    });
+}
+
+#[test]
 fn dropping_the_last_owner_waits_for_the_task_in_flight() {
     loom::model(|| {
         let (exporter, acct) = setup();
