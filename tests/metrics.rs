@@ -198,6 +198,21 @@ fn queued_and_running_gauges_follow_the_tasks() {
     c.assert_invariant();
 }
 
+/// Spawns on a shut-down executor: refused as shut down, and the closure
+/// comes back (the test runs it).
+fn spawn_is_refused_and_handed_back<E: Executor>(proxy: &InstrumentedExecutorProxy<E>) {
+    let flag = Arc::new(AtomicUsize::new(0));
+    let f = flag.clone();
+    let err = proxy
+        .spawn(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap_err();
+    assert_eq!(err.reason(), RejectReason::Shutdown);
+    (err.into_inner())();
+    assert_eq!(flag.load(Ordering::SeqCst), 1, "the closure is handed back");
+}
+
 #[test]
 fn spawned_tasks_are_counted_like_submitted_ones() {
     let registry = Registry::new();
@@ -230,16 +245,7 @@ fn spawned_tasks_are_counted_like_submitted_ones() {
     assert_eq!(exp.value("executor_task_failures_total", &panics), 4.0);
 
     pool.shutdown();
-    let flag = Arc::new(AtomicUsize::new(0));
-    let f = flag.clone();
-    let err = pool
-        .spawn(move || {
-            f.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap_err();
-    assert_eq!(err.reason(), RejectReason::Shutdown);
-    (err.into_inner())();
-    assert_eq!(flag.load(Ordering::SeqCst), 1, "the closure is handed back");
+    spawn_is_refused_and_handed_back(&pool);
     let c = counts(&scrape(&registry), "executor", "spawned");
     assert_eq!((c.submitted, c.rejected), (20.0, 1.0));
     c.assert_invariant();
@@ -294,16 +300,7 @@ fn a_proxy_over_a_shut_down_proxy_refuses_and_hands_the_closure_back() {
     assert_eq!(err.reason(), RejectReason::Shutdown);
     assert_eq!((err.into_inner())(), 2);
     // A spawned task (no handle) comes back the same way.
-    let flag = Arc::new(AtomicUsize::new(0));
-    let f = flag.clone();
-    let err = outer
-        .spawn(move || {
-            f.fetch_add(1, Ordering::SeqCst);
-        })
-        .unwrap_err();
-    assert_eq!(err.reason(), RejectReason::Shutdown);
-    (err.into_inner())();
-    assert_eq!(flag.load(Ordering::SeqCst), 1, "the closure is handed back");
+    spawn_is_refused_and_handed_back(&outer);
     let exp = scrape(&registry);
     for id in ["outer", "inner"] {
         let c = counts(&exp, "executor", id);
