@@ -4,6 +4,8 @@
 //! `worker_test_entry("worker_entry")`, so workers run `<this binary> worker_entry --exact ...`.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::thread;
@@ -18,24 +20,10 @@ use serde::{Deserialize, Serialize};
 /// Every blocking wait in these tests gives up after this long: a hang fails, it does not block CI.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog: covers the
-/// blocking waits no helper wraps (implicit drops and shutdowns at the end of a test).
+/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog.
 #[must_use]
 fn test_watchdog(name: &'static str) -> impl Drop {
-    struct Guard(Option<crossbeam_channel::Sender<()>>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.take();
-        }
-    }
-    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
-    std::thread::spawn(move || {
-        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG * 2) {
-            eprintln!("test {name} hung for {:?}: aborting", WATCHDOG * 2);
-            std::process::abort();
-        }
-    });
-    Guard(Some(tx))
+    common::abort_if_hung(name, WATCHDOG * 2)
 }
 
 fn registry() -> WorkerRegistry {

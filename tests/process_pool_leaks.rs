@@ -3,6 +3,8 @@
 //! test opens descriptors or starts processes while it counts them.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -12,24 +14,10 @@ use executor_exporter::process_pool::{
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog: covers the
-/// blocking waits no helper wraps (implicit drops and shutdowns at the end of a test).
+/// Aborts the whole test binary if the test holding it runs longer than twice the watchdog.
 #[must_use]
 fn test_watchdog(name: &'static str) -> impl Drop {
-    struct Guard(Option<crossbeam_channel::Sender<()>>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.take();
-        }
-    }
-    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
-    std::thread::spawn(move || {
-        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG * 2) {
-            eprintln!("test {name} hung for {:?}: aborting", WATCHDOG * 2);
-            std::process::abort();
-        }
-    });
-    Guard(Some(tx))
+    common::abort_if_hung(name, WATCHDOG * 2)
 }
 
 struct Pid;

@@ -240,3 +240,25 @@ pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// Aborts the whole test binary if the test holding the returned guard runs
+/// longer than `limit`: covers the blocking waits no helper wraps (implicit
+/// drops and shutdowns at the end of a test), so a hang fails CI instead of
+/// blocking it.
+#[must_use]
+pub fn abort_if_hung(name: &'static str, limit: std::time::Duration) -> impl Drop {
+    struct Guard(Option<crossbeam_channel::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::spawn(move || {
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("test {name} hung for {limit:?}: aborting");
+            std::process::abort();
+        }
+    });
+    Guard(Some(tx))
+}
