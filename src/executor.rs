@@ -329,7 +329,9 @@ pub trait Executor {
         None
     }
 
-    /// The `executor_type` label used when none is configured.
+    /// The `executor_type` label of this executor's metrics when none is
+    /// configured ([`InstrumentedExecutorProxy::from_builder`](crate::InstrumentedExecutorProxy::from_builder)
+    /// uses it; an exporter built on its own defaults to `custom`).
     fn executor_type(&self) -> &str {
         "custom"
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
-use crate::exporter::{ExecutorExporter, FailureReason, Series};
+use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 use crate::handle::{Accounting, AcctRef, Clock, TaskCore, TaskHandle};
 use crate::map::Map;
 
@@ -386,7 +386,9 @@ impl<E: Executor> fmt::Debug for InstrumentedExecutorProxy<E> {
 impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Wraps `executor`. `max_workers` is added to the exporter's
     /// `max_workers_total`; with `None`, the executor's own
-    /// [`Executor::max_workers`] is used, if it knows.
+    /// [`Executor::max_workers`] is used, if it knows. The metrics carry the
+    /// exporter's `executor_type` as built; [`from_builder`](Self::from_builder)
+    /// takes the executor's own when the builder sets none.
     pub fn new(
         executor: E,
         exporter: ExecutorExporter,
@@ -403,6 +405,50 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             acct,
             max_workers,
         }
+    }
+
+    /// Wraps `executor`, building its exporter from `exporter`, whose
+    /// `executor_type` label defaults to the executor's own
+    /// [`Executor::executor_type`] (`rayon` for a rayon pool, `thread_pool`
+    /// for a [`ThreadPool`](crate::ThreadPool)) instead of `custom`.
+    ///
+    /// ```
+    /// use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Rejected, Task};
+    ///
+    /// /// Runs each task on the caller.
+    /// struct Inline;
+    ///
+    /// impl Executor for Inline {
+    ///     fn execute(&self, task: Task) -> Result<(), Rejected> {
+    ///         task.run();
+    ///         Ok(())
+    ///     }
+    ///     fn executor_type(&self) -> &str {
+    ///         "inline"
+    ///     }
+    /// }
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let builder = ExecutorExporter::builder()
+    ///     .exporter_id("checks")
+    ///     .registry(registry.clone());
+    /// let proxy = InstrumentedExecutorProxy::from_builder(Inline, builder, None)?;
+    /// assert_eq!(proxy.exporter().executor_type(), "inline");
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
+    pub fn from_builder(
+        executor: E,
+        exporter: ExecutorExporterBuilder,
+        max_workers: Option<usize>,
+    ) -> Result<InstrumentedExecutorProxy<E>, BuildError> {
+        let exporter = exporter
+            .executor_type_or(executor.executor_type())
+            .build()?;
+        Ok(InstrumentedExecutorProxy::new(
+            executor,
+            exporter,
+            max_workers,
+        ))
     }
 
     /// The wrapped executor.

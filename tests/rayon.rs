@@ -102,6 +102,41 @@ fn rayon_thread_pool_is_an_executor_behind_a_proxy() {
 }
 
 #[test]
+fn a_proxy_built_from_a_builder_takes_the_executors_own_type() {
+    let registry = Registry::new();
+    let pool = || {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+    };
+    let builder = |id: &str| {
+        ExecutorExporter::builder()
+            .exporter_id(id)
+            .registry(registry.clone())
+    };
+    let unset = InstrumentedExecutorProxy::from_builder(pool(), builder("unset"), None).unwrap();
+    let set = InstrumentedExecutorProxy::from_builder(
+        pool(),
+        builder("set").executor_type("render"),
+        None,
+    )
+    .unwrap();
+    for proxy in [&unset, &set] {
+        assert_eq!(proxy.submit(|| 1).unwrap().join(), Ok(1));
+    }
+    let exp = scrape(&registry);
+    for (id, ty) in [("unset", "rayon"), ("set", "render")] {
+        let labels = [("executor", id), ("executor_type", ty)];
+        assert_eq!(
+            exp.value("executor_submitted_tasks_total", &labels),
+            1.0,
+            "{id}"
+        );
+    }
+}
+
+#[test]
 fn queued_and_running_tasks_are_seen_while_workers_are_busy() {
     let registry = Registry::new();
     let pool = rayon_pool(&registry, "busy", 2);
