@@ -210,7 +210,7 @@ impl<F: Body<Output = ()>> Detached<F> {
     fn run_then(self, body_done: &dyn Fn()) {
         let (f, acct, submitted_at) = self.into_parts();
         if acct.cancelling_pending() {
-            let end = End::new(acct, Series::cancelled);
+            let end = end_unrun(acct, Series::cancelled);
             drop_quietly(f);
             body_done();
             return drop(end);
@@ -233,7 +233,7 @@ impl<F: Body<Output = ()>> Detached<F> {
     /// a handle to read the reason).
     fn abandon(self) {
         let (f, acct, _) = self.into_parts();
-        let _end = End::new(acct, |series| {
+        let _end = end_unrun(acct, |series| {
             series.failed_unstarted(FailureReason::Broken)
         });
         drop(f);
@@ -253,7 +253,7 @@ impl<F> Drop for Detached<F> {
     /// Dropped unrun: counted as cancelled, once the body is dropped (also
     /// if dropping it panics).
     fn drop(&mut self) {
-        let _end = End::new(self.acct, Series::cancelled);
+        let _end = end_unrun(self.acct, Series::cancelled);
         // SAFETY: `drop` runs once, and the other ways out (`into_parts`)
         // do not run it.
         unsafe { ManuallyDrop::drop(&mut self.f) };
@@ -294,26 +294,15 @@ impl<G: FnOnce()> Drop for Finally<G> {
     }
 }
 
-/// Ends a task that did not run when dropped: records how (`count`) and
-/// gives up its unit of the in-flight count. Dropped after the body, so
-/// `join` returns only once the body's captures are gone, and even a body
-/// whose drop panics is counted.
-struct End {
-    acct: AcctRef,
-    count: fn(&Series),
-}
-
-impl End {
-    fn new(acct: AcctRef, count: fn(&Series)) -> End {
-        End { acct, count }
-    }
-}
-
-impl Drop for End {
-    fn drop(&mut self) {
-        (self.count)(&self.acct.series);
-        self.acct.ended();
-    }
+/// Ends a detached task that did not run, when dropped: records how
+/// (`count`) and gives up its unit of the in-flight count. Dropped after
+/// the body, so `join` returns only once the body's captures are gone, and
+/// even a body whose drop panics is counted.
+fn end_unrun(acct: AcctRef, count: fn(&Series)) -> Finally<impl FnOnce()> {
+    Finally::new(move || {
+        count(&acct.series);
+        acct.ended();
+    })
 }
 
 /// A [`Detached`] task inside a [`Task`] (inline for a small closure).
