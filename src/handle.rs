@@ -27,7 +27,7 @@ use std::ptr::NonNull;
 
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
-use crossbeam_utils::CachePadded;
+use crossbeam_utils::{Backoff, CachePadded};
 
 /// A task's state word: its phase in the low two bits, and flags.
 const QUEUED: u32 = 0;
@@ -551,9 +551,23 @@ impl<T, J: ?Sized> TaskCore<T, J> {
 
     /// Blocks until `READY`, or until `deadline`; the state word then.
     fn wait_ready(&self, deadline: Option<Instant>) -> u32 {
-        let state = self.state.load(Ordering::Acquire);
-        if state & READY != 0 {
-            return state;
+        // A result due within a few microseconds is waited for without
+        // sleeping: blocking costs this thread a sleep and the worker a
+        // wake-up call, each longer than a short task. Not under loom, where
+        // each look would be one more interleaving to explore.
+        let backoff = Backoff::new();
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state & READY != 0 {
+                return state;
+            }
+            if cfg!(loom) || backoff.is_completed() {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return state;
+            }
+            backoff.snooze();
         }
         let signal = self.signal();
         let mut guard = lock(&signal.lock);
