@@ -3,6 +3,8 @@
 //! - `scrape_encode/{1,10,100}`: `registry.gather()` plus the text encoding
 //!   with that many exporters (distinct ids) in one registry, each with some
 //!   recorded tasks so every histogram has counts;
+//! - `scrape_protobuf/{1,10,100}`: the same in the protobuf exposition
+//!   (feature `protobuf`);
 //! - `scrape_buckets/{26,17,15,10}`: the same with 100 exporters whose two
 //!   histograms have that many bounds (26 is [`DEFAULT_BUCKETS`]; the others
 //!   are alternatives spanning 1 µs to 5 min, for choosing the defaults);
@@ -63,6 +65,38 @@ fn scrape_encode(c: &mut Criterion) {
         drop(proxies);
     }
     g.finish();
+}
+
+/// The same registries in the protobuf exposition (feature `protobuf`, which
+/// `MetricsServer` serves to scrapers that prefer it).
+#[cfg(feature = "protobuf")]
+fn scrape_protobuf(c: &mut Criterion) {
+    use prometheus::ProtobufEncoder;
+    let mut g = c.benchmark_group("scrape_protobuf");
+    for n in [1usize, 10, 100] {
+        let (registry, proxies) = exporters(n, DEFAULT_BUCKETS);
+        let mut buf = Vec::new();
+        let encode = |registry: &Registry, buf: &mut Vec<u8>| {
+            buf.clear();
+            ProtobufEncoder::new()
+                .encode(&registry.gather(), buf)
+                .unwrap();
+        };
+        encode(&registry, &mut buf);
+        eprintln!("scrape_protobuf/{n}: {} bytes of exposition", buf.len());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &registry, |b, registry| {
+            b.iter(|| encode(registry, &mut buf))
+        });
+        drop(proxies);
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "protobuf"))]
+fn scrape_protobuf(_: &mut Criterion) {
+    eprintln!(
+        "scrape_protobuf: skipped, needs the `protobuf` feature (cargo bench --all-features)"
+    );
 }
 
 /// Bucket schemes measured against the defaults, all from 1 µs to 5 min.
@@ -153,6 +187,6 @@ fn scrape_throughput(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = scrape_encode, scrape_buckets, scrape_throughput
+    targets = scrape_encode, scrape_protobuf, scrape_buckets, scrape_throughput
 }
 criterion_main!(benches);

@@ -14,6 +14,15 @@
 
 #[cfg(target_os = "linux")]
 mod app {
+    /// A counter's value. The `prometheus` crate's proto types differ with its
+    /// `protobuf` feature (this crate's feature of the same name turns it on).
+    fn counter_value(m: &executor_exporter::prometheus::proto::Metric) -> f64 {
+        #[cfg(feature = "protobuf")]
+        return m.get_counter().value();
+        #[cfg(not(feature = "protobuf"))]
+        return m.get_counter().get_value();
+    }
+
     use std::time::{Duration, Instant};
 
     use executor_exporter::process_pool::{ProcessTask, WorkerRegistry};
@@ -173,12 +182,7 @@ mod app {
                 .map(ours)
                 .unwrap_or_default()
         };
-        let counter = |name: &str| -> f64 {
-            series(name)
-                .iter()
-                .map(|m| m.get_counter().get_value())
-                .sum()
-        };
+        let counter = |name: &str| -> f64 { series(name).iter().map(counter_value).sum() };
         println!("\nmetrics of executor {id:?} (executor_type=\"process_pool\"):");
         println!(
             "  submitted            {}",
@@ -192,7 +196,7 @@ mod app {
             );
         }
         for m in series("executor_task_failures_total") {
-            let v = m.get_counter().get_value();
+            let v = counter_value(&m);
             if v > 0.0 {
                 println!("    reason {:<13} {v}", label(&m, "reason"));
             }

@@ -222,13 +222,7 @@ fn summary(families: &[MetricFamily], id: &str) {
     };
     let counter = |name: &str| -> f64 {
         family(name)
-            .map(|f| {
-                f.get_metric()
-                    .iter()
-                    .filter(ours)
-                    .map(|m| m.get_counter().get_value())
-                    .sum()
-            })
+            .map(|f| f.get_metric().iter().filter(ours).map(counter_value).sum())
             .unwrap_or(0.0)
     };
     println!("\nfrom the metrics (executor={id:?}):");
@@ -245,7 +239,7 @@ fn summary(families: &[MetricFamily], id: &str) {
     println!("  cancelled  {}", counter("executor_cancelled_tasks_total"));
     if let Some(f) = family("executor_task_failures_total") {
         for m in f.get_metric().iter().filter(ours) {
-            let v = m.get_counter().get_value();
+            let v = counter_value(m);
             if v > 0.0 {
                 println!("    failed because {:<8} {v}", label(m, "reason"));
             }
@@ -305,4 +299,13 @@ fn fmt_secs(v: Option<f64>) -> String {
         Some(s) if s < 1.0 => format!("{:.2} ms", s * 1e3),
         Some(s) => format!("{s:.2} s"),
     }
+}
+
+/// A counter's value. The `prometheus` crate's proto types differ with its
+/// `protobuf` feature (this crate's feature of the same name turns it on).
+fn counter_value(m: &executor_exporter::prometheus::proto::Metric) -> f64 {
+    #[cfg(feature = "protobuf")]
+    return m.get_counter().value();
+    #[cfg(not(feature = "protobuf"))]
+    return m.get_counter().get_value();
 }

@@ -15,11 +15,14 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, VARY};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::proto::MetricFamily;
+#[cfg(feature = "protobuf")]
+use prometheus::ProtobufEncoder;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
@@ -32,6 +35,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the text exposition (format 0.0.4) of a registry at `/metrics`.
+///
+/// With the `protobuf` feature it answers with the protobuf exposition
+/// (length-delimited `io.prometheus.client.MetricFamily` messages) instead
+/// when the request's `Accept` header ranks that above the text format, as
+/// Prometheus does with native histograms enabled or with `PrometheusProto`
+/// first in its `scrape_protocols`; every other scraper gets text.
 ///
 /// It binds exactly the address given; bind `127.0.0.1` unless Prometheus
 /// scrapes from another host, and then restrict who can reach the port: the
@@ -157,15 +166,25 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
     match (req.uri().path(), req.method()) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
-            let encoder = TextEncoder::new();
-            let mut body = Vec::new();
-            match encoder.encode(&registry.gather(), &mut body) {
-                Ok(()) => {
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
-                    response.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
+            let families = registry.gather();
+            let encoded = match Format::negotiate(req.headers().get(ACCEPT)) {
+                Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &families),
+                #[cfg(feature = "protobuf")]
+                Format::Protobuf => {
+                    let encoder = ProtobufEncoder::new();
+                    let content_type = encoder.format_type().to_owned();
+                    encode(encoder, &content_type, &families)
+                }
+            };
+            match encoded {
+                Ok(mut response) => {
+                    if cfg!(feature = "protobuf") {
+                        // The body depends on `Accept`: caches must not mix
+                        // the formats.
+                        response
+                            .headers_mut()
+                            .insert(VARY, HeaderValue::from_static("Accept"));
+                    }
                     response
                 }
                 Err(e) => text(
@@ -188,6 +207,84 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
     }
 }
 
+/// The content type of the text exposition.
+const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn encode(
+    encoder: impl Encoder,
+    content_type: &str,
+    families: &[MetricFamily],
+) -> prometheus::Result<Response<Full<Bytes>>> {
+    let mut body = Vec::new();
+    encoder.encode(families, &mut body)?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let content_type = HeaderValue::from_str(content_type)
+        .map_err(|e| prometheus::Error::Msg(format!("content type {content_type:?}: {e}")))?;
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    Ok(response)
+}
+
+/// An exposition format the server answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// The text format 0.0.4, which every scraper accepts.
+    Text,
+    /// Length-delimited `io.prometheus.client.MetricFamily` messages.
+    #[cfg(feature = "protobuf")]
+    Protobuf,
+}
+
+impl Format {
+    /// Always text without the `protobuf` feature.
+    #[cfg(not(feature = "protobuf"))]
+    fn negotiate(_accept: Option<&HeaderValue>) -> Format {
+        Format::Text
+    }
+
+    /// Protobuf when `accept` ranks it above every range that admits the text
+    /// format (`text/plain`, `text/*`, `*/*`), or accepts it and none of
+    /// those; text otherwise, including for a missing or unreadable header
+    /// (text is what every scraper reads). Ranges that do not parse, or whose
+    /// `q` is not a number from 0 to 1, are ignored.
+    #[cfg(feature = "protobuf")]
+    fn negotiate(accept: Option<&HeaderValue>) -> Format {
+        let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+            return Format::Text;
+        };
+        let (mut protobuf, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let Ok(range) = range.trim().parse::<mime::Mime>() else {
+                continue;
+            };
+            let q = match range.get_param("q") {
+                None => 1.0,
+                Some(q) => match q.as_str().parse::<f32>() {
+                    Ok(q) if (0.0..=1.0).contains(&q) => q,
+                    _ => continue,
+                },
+            };
+            let param = |name: &str| range.get_param(name).map(|v| v.as_str().to_owned());
+            if range.type_() == mime::APPLICATION
+                && range.subtype() == "vnd.google.protobuf"
+                && param("proto").as_deref() == Some("io.prometheus.client.MetricFamily")
+                && param("encoding").as_deref() == Some("delimited")
+            {
+                protobuf = protobuf.max(q);
+            } else if (range.type_() == mime::TEXT
+                && (range.subtype() == mime::PLAIN || range.subtype() == mime::STAR))
+                || range.essence_str() == "*/*"
+            {
+                text = text.max(q);
+            }
+        }
+        if protobuf > text {
+            Format::Protobuf
+        } else {
+            Format::Text
+        }
+    }
+}
+
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -195,6 +292,58 @@ impl Drop for MetricsServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(all(test, feature = "protobuf"))]
+mod tests {
+    use super::*;
+
+    /// The `Accept` headers Prometheus 2.42 sends: by default, and with
+    /// `--enable-feature=native-histograms` (captured from a real scrape).
+    const PROMETHEUS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    const PROMETHEUS_NATIVE: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    const PROTO: &str =
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
+    fn negotiate(accept: &str) -> Format {
+        Format::negotiate(Some(&HeaderValue::from_str(accept).unwrap()))
+    }
+
+    #[test]
+    fn prometheus_gets_protobuf_only_when_it_ranks_it_first() {
+        assert_eq!(negotiate(PROMETHEUS), Format::Text);
+        assert_eq!(negotiate(PROMETHEUS_NATIVE), Format::Protobuf);
+        assert_eq!(negotiate(PROTO), Format::Protobuf);
+        assert_eq!(
+            negotiate(&format!("{PROTO};q=0.3, */*;q=0.1")),
+            Format::Protobuf
+        );
+    }
+
+    #[test]
+    fn anything_else_gets_text() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        for accept in [
+            "",
+            "*/*",
+            "text/plain",
+            "garbage, ;;, =",
+            // Ranked below, or level with, text.
+            &format!("{PROTO};q=0.5, text/plain;q=0.5"),
+            &format!("{PROTO};q=0.5, text/*;q=0.9"),
+            &format!("{PROTO};q=0.2, */*;q=0.3"),
+            // Refused, or with a `q` that is no weight.
+            &format!("{PROTO};q=0"),
+            &format!("{PROTO};q=2, text/plain;q=0.1"),
+            &format!("{PROTO};q=high, text/plain;q=0.1"),
+            // Not the delimited MetricFamily stream.
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily",
+            "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+        ] {
+            assert_eq!(negotiate(accept), Format::Text, "Accept: {accept}");
         }
     }
 }

@@ -33,12 +33,13 @@ use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 /// assert_eq!(squares, [0, 1, 4, 9, 16]);
 /// pool.shutdown();
 ///
-/// let families = registry.gather();
-/// let submitted = families
-///     .iter()
-///     .find(|f| f.name() == "executor_submitted_tasks_total")
+/// // What Prometheus would scrape:
+/// let text = prometheus::TextEncoder::new()
+///     .encode_to_string(&registry.gather())
 ///     .unwrap();
-/// assert_eq!(submitted.get_metric()[0].get_counter().get_value(), 5.0);
+/// assert!(text.contains(
+///     r#"executor_submitted_tasks_total{executor="thumbnails",executor_type="thread_pool"} 5"#
+/// ));
 /// ```
 pub struct ThreadPoolExecutor {
     proxy: InstrumentedExecutorProxy<ThreadPool>,

@@ -11,7 +11,9 @@
 //! - [`ExecutorExporter`]: the metric families, labelled by `executor` (the
 //!   exporter id) and `executor_type`, in a `prometheus` registry of your
 //!   choice;
-//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line.
+//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line
+//!   (with the `protobuf` feature, also the protobuf exposition for scrapers
+//!   that prefer it).
 //!
 //! # Quickstart
 //!

@@ -120,12 +120,12 @@ impl Executor for rayon::ThreadPool {
 /// assert_eq!(sum.join(), Ok(5050));
 /// pool.join();
 ///
-/// let families = registry.gather();
-/// let submitted = families
-///    .iter()
-///    .find(|f| f.name() == "executor_submitted_tasks_total")
+/// let text = prometheus::TextEncoder::new()
+///    .encode_to_string(&registry.gather())
 ///    .unwrap();
-/// assert_eq!(submitted.get_metric()[0].get_counter().get_value(), 1.0);
+/// assert!(text.contains(
+///    r#"executor_submitted_tasks_total{executor="render",executor_type="rayon"} 1"#
+/// ));
 /// ```
 pub struct RayonExecutor {
     proxy: InstrumentedExecutorProxy<rayon::ThreadPool>,

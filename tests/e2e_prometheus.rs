@@ -348,12 +348,54 @@ fn assert_rules_evaluate(prometheus: &PrometheusServer) {
 
 #[test]
 fn scraped_values_equal_what_the_program_did() {
+    scrape_and_check(&[], &[], |_| ());
+}
+
+/// Prometheus with native histograms asks for the protobuf exposition first;
+/// with the `protobuf` feature the server answers with it (checked by
+/// replaying the `Accept` header Prometheus sent to a second target), and
+/// every value, dashboard query and rule comes out as with text.
+#[cfg(feature = "protobuf")]
+#[test]
+fn scraped_as_protobuf_values_equal_what_the_program_did() {
+    let recorder = AcceptRecorder::start();
+    scrape_and_check(
+        &["native-histograms"],
+        std::slice::from_ref(&recorder.addr),
+        |server| {
+            let accept = recorder.accept().expect("Prometheus scraped the recorder");
+            assert!(
+                accept.starts_with("application/vnd.google.protobuf;"),
+                "Prometheus asked for {accept}"
+            );
+            let content_type = content_type_for(server, &accept);
+            assert_eq!(
+            content_type,
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited",
+            "answer to Accept: {accept}"
+        );
+        },
+    );
+}
+
+/// Runs the workload with Prometheus (given `feature_flags`) scraping a
+/// `MetricsServer` and `extra_targets`, checks what it stored, then calls
+/// `then` with the server. Returns at once when Prometheus is not installed
+/// (outside CI).
+fn scrape_and_check(
+    feature_flags: &[&str],
+    extra_targets: &[String],
+    then: impl FnOnce(&MetricsServer),
+) {
     let registry = Registry::new();
     let pool = pool(&registry);
     let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let mut targets = vec![server.local_addr().to_string()];
+    targets.extend(extra_targets.iter().cloned());
     let config = PrometheusConfig {
         rule_files: vec![crate_path("alerts/executor-exporter.rules.yml")],
-        ..PrometheusConfig::scraping([server.local_addr().to_string()])
+        feature_flags: feature_flags.iter().map(|f| f.to_string()).collect(),
+        ..PrometheusConfig::scraping(targets)
     };
     let Some(prometheus) = PrometheusServer::start(&config) else {
         return;
@@ -386,6 +428,110 @@ fn scraped_values_equal_what_the_program_did() {
     assert_quantiles_finite(&prometheus, &selector);
     assert_dashboard_evaluates(&prometheus);
     assert_rules_evaluate(&prometheus);
+    then(&server);
+}
+
+/// A scrape target on 127.0.0.1 that answers every scrape with an empty
+/// exposition and records the request's `Accept` header; it stops when
+/// dropped, after at most [`RECORDER_SCRAPES`] scrapes or after 5 minutes.
+#[cfg(feature = "protobuf")]
+struct AcceptRecorder {
+    addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "protobuf")]
+const RECORDER_SCRAPES: usize = 300;
+
+#[cfg(feature = "protobuf")]
+impl AcceptRecorder {
+    fn start() -> AcceptRecorder {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let record = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            let mut scrapes = 0;
+            while !stopped.load(Ordering::Relaxed)
+                && scrapes < RECORDER_SCRAPES
+                && std::time::Instant::now() < deadline
+            {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                scrapes += 1;
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("accept") {
+                            *record.lock().unwrap() = Some(value.trim().to_owned());
+                        }
+                    }
+                    line.clear();
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        AcceptRecorder {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn accept(&self) -> Option<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[cfg(feature = "protobuf")]
+impl Drop for AcceptRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The `Content-Type` `server` answers a `GET /metrics` with `accept` with.
+#[cfg(feature = "protobuf")]
+fn content_type_for(server: &MetricsServer, accept: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    reply
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no content type in {reply}"))
 }
 
 #[cfg(feature = "push")]

@@ -167,3 +167,72 @@ fn keeps_answering_under_load_from_wrk() {
         "200"
     );
 }
+
+/// With the `protobuf` feature, a scraper that ranks the protobuf format
+/// first (Prometheus with native histograms sends this `Accept`) gets the
+/// length-delimited `MetricFamily` stream, and it holds exactly what the
+/// registry gathers; the text format stays the answer to everything else.
+#[cfg(feature = "protobuf")]
+#[test]
+fn serves_protobuf_to_a_scraper_that_prefers_it() {
+    use executor_exporter::prometheus::proto::MetricFamily;
+    use protobuf::CodedInputStream;
+
+    const NATIVE_HISTOGRAMS_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let registry = Registry::new();
+    let pool = ThreadPoolExecutor::builder()
+        .exporter_id("proto")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    for k in 0..3 {
+        pool.submit(move || k).unwrap().join().unwrap();
+    }
+    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+
+    let raw = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {NATIVE_HISTOGRAMS_ACCEPT}\r\nConnection: close\r\n\r\n"
+    );
+    let mut conn = TcpStream::connect(server.local_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn.write_all(raw.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&reply[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/vnd.google.protobuf; proto=io.prometheus.client.metricfamily; encoding=delimited"),
+        "{head}"
+    );
+    assert!(head.contains("vary: accept"), "{head}");
+
+    let mut body = CodedInputStream::from_bytes(&reply[split + 4..]);
+    let mut served = Vec::new();
+    while !body.eof().unwrap() {
+        served.push(body.read_message::<MetricFamily>().unwrap());
+    }
+    assert_eq!(served, registry.gather());
+    let submitted = served
+        .iter()
+        .find(|f| f.name() == "executor_submitted_tasks_total")
+        .expect("the submitted family");
+    assert_eq!(submitted.get_metric()[0].get_counter().value(), 3.0);
+
+    // Prometheus's default `Accept` still gets text.
+    let text = request(
+        &server,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        text.contains("content-type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"executor_submitted_tasks_total{executor="proto",executor_type="thread_pool"} 3"#
+    ));
+}

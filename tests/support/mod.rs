@@ -372,6 +372,9 @@ pub struct PrometheusConfig {
     /// Rule files to load (relative paths are taken from the current
     /// directory, which `cargo test` sets to the crate root).
     pub rule_files: Vec<PathBuf>,
+    /// Passed as `--enable-feature=<flag>` (`native-histograms` makes it ask
+    /// for the protobuf exposition first).
+    pub feature_flags: Vec<String>,
 }
 
 impl Default for PrometheusConfig {
@@ -382,6 +385,7 @@ impl Default for PrometheusConfig {
             scrape_interval: Duration::from_secs(1),
             honor_labels: false,
             rule_files: Vec::new(),
+            feature_flags: Vec::new(),
         }
     }
 }
@@ -477,11 +481,18 @@ impl PrometheusServer {
             "prometheus",
             &program,
             |port| {
-                vec![
+                let mut args = vec![
                     format!("--config.file={}", config_file.display()),
                     format!("--storage.tsdb.path={}", data.display()),
                     format!("--web.listen-address=127.0.0.1:{port}"),
-                ]
+                ];
+                args.extend(
+                    config
+                        .feature_flags
+                        .iter()
+                        .map(|flag| format!("--enable-feature={flag}")),
+                );
+                args
             },
             dir.path().join("prometheus.log"),
             "/-/ready",
