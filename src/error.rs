@@ -17,6 +17,8 @@ pub struct BuildError {
 pub(crate) enum BuildErrorKind {
     ZeroWorkers,
     ZeroBound(&'static str),
+    /// A thread name prefix holding a NUL byte.
+    ThreadName(String),
     Buckets(String),
     Namespace(String),
     IncompatibleSeries(String),
@@ -54,6 +56,10 @@ impl fmt::Display for BuildError {
         match &self.kind {
             BuildErrorKind::ZeroWorkers => f.write_str("max_workers must be greater than 0"),
             BuildErrorKind::ZeroBound(what) => write!(f, "{what} must be greater than 0"),
+            BuildErrorKind::ThreadName(prefix) => write!(
+                f,
+                "thread_name_prefix {prefix:?} holds a NUL byte, which thread names cannot hold"
+            ),
             BuildErrorKind::Buckets(why) => write!(f, "invalid histogram buckets: {why}"),
             BuildErrorKind::Namespace(why) => write!(f, "invalid metric namespace: {why}"),
             BuildErrorKind::IncompatibleSeries(why) => {

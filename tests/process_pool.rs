@@ -613,6 +613,34 @@ fn task_timeout_kills_and_replaces_the_worker() {
     assert_ne!(second, first, "a fresh worker replaced the killed one");
 }
 
+/// Limits too long for an `Instant` to hold (`Duration::MAX`) mean "no
+/// limit". They used to overflow in the dispatcher thread, which failed the
+/// task and broke the pool for every later submit.
+#[test]
+fn limits_too_long_for_an_instant_mean_no_limit() {
+    let _watchdog = test_watchdog("limits_too_long_for_an_instant_mean_no_limit");
+    let pool = pool(1)
+        .task_timeout(Duration::MAX)
+        .start_timeout(Duration::MAX)
+        .shutdown_grace(Duration::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(wait(pool.submit::<Square>(&3).unwrap()), Ok(9));
+    assert_eq!(
+        wait(
+            pool.submit_with_timeout::<Square>(&4, Duration::MAX)
+                .unwrap()
+        ),
+        Ok(16)
+    );
+    assert_eq!(wait(pool.submit::<Square>(&5).unwrap()), Ok(25));
+    let pids = pool.worker_pids();
+    // The longest grace: the shutdown waits for the worker to exit, which it
+    // does as soon as it is told to.
+    drop(pool);
+    assert_reaped(pids);
+}
+
 #[test]
 fn pool_wide_timeout_applies_to_every_task() {
     let _watchdog = test_watchdog("pool_wide_timeout_applies_to_every_task");

@@ -38,6 +38,34 @@ fn cfg_1_zero_max_workers_is_rejected() {
         .is_err());
 }
 
+/// A NUL byte in a thread name would make the first submit panic (and the
+/// pool's drop wait for that submit forever): it is refused at build.
+#[test]
+fn a_thread_name_prefix_with_a_nul_byte_is_a_build_error() {
+    let err = ThreadPool::builder()
+        .thread_name_prefix("img\0")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("NUL byte"), "{err}");
+    let err = ThreadPoolExecutor::builder()
+        .thread_name_prefix("img\0")
+        .registry(Registry::new())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("NUL byte"), "{err}");
+    let ok = ThreadPool::builder()
+        .thread_name_prefix("img ✓")
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    ok.execute(Task::new(move || {
+        tx.send(std::thread::current().name().map(str::to_owned))
+            .unwrap()
+    }))
+    .unwrap();
+    assert_eq!(rx.recv().unwrap().as_deref(), Some("img ✓-0"));
+}
+
 #[test]
 fn cfg_2_default_max_workers_is_the_cpus_available() {
     let p = ThreadPoolExecutor::builder()

@@ -764,7 +764,7 @@ impl Dispatcher {
         };
         let limit = job.spec.timeout.or(self.cfg.task_timeout);
         let w = &mut self.workers[i];
-        w.deadline = limit.map(|l| Instant::now() + l);
+        w.deadline = limit.and_then(after);
         if let Err(e) = sys::send_all(w.sock.as_fd(), &frame) {
             w.dead = Some(send_failure(&e));
         }
@@ -830,7 +830,7 @@ impl Dispatcher {
             sock: ours,
             reader: FrameReader::new(self.cfg.max_frame),
             state: WState::Starting,
-            deadline: Some(Instant::now() + self.cfg.start_timeout),
+            deadline: after(self.cfg.start_timeout),
             tasks_done: 0,
             dead,
         })
@@ -1002,7 +1002,7 @@ impl Dispatcher {
                         let _ = sys::send_all(w.sock.as_fd(), &frame);
                     }
                     w.state = WState::Retiring;
-                    w.deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+                    w.deadline = after(self.cfg.shutdown_grace);
                     self.cfg
                         .observer
                         .worker_restarted(pid, RestartReason::Recycled);
@@ -1114,7 +1114,7 @@ impl Dispatcher {
                 }
             }
         }
-        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        let deadline = after(self.cfg.shutdown_grace);
         for mut w in mem::take(&mut self.workers) {
             wait_until(&mut w.child, deadline);
         }
@@ -1195,7 +1195,7 @@ fn deliver(job: Job, started: bool, discard: bool, outcome: WireOutcome) {
 /// Reaps a worker whose channel closed: it is exiting, so wait briefly, then kill it (it may have closed
 /// the channel without exiting).
 fn reap_after_eof(child: &mut Child) -> WorkerExit {
-    if let Some(exit) = wait_until(child, Instant::now() + EXIT_AFTER_EOF) {
+    if let Some(exit) = wait_until(child, after(EXIT_AFTER_EOF)) {
         return exit;
     }
     kill_and_reap(child)
@@ -1209,9 +1209,15 @@ fn kill_and_reap(child: &mut Child) -> WorkerExit {
     }
 }
 
-/// Waits for `child` to exit until `deadline`; past it, kills and reaps it. Returns the exit if it
-/// ended by itself.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<WorkerExit> {
+/// `now + d`, or `None` (no deadline) when `d` is too long for an `Instant`
+/// to hold, such as `Duration::MAX` given as a timeout.
+fn after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Waits for `child` to exit until `deadline` (`None`: for as long as it takes); past it, kills
+/// and reaps it. Returns the exit if it ended by itself.
+fn wait_until(child: &mut Child, deadline: Option<Instant>) -> Option<WorkerExit> {
     let mut pause = Duration::from_micros(20);
     loop {
         match child.try_wait() {
@@ -1220,11 +1226,11 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<WorkerExit> {
             Err(_) => return Some(WorkerExit::Unknown),
         }
         let now = Instant::now();
-        if now >= deadline {
+        if deadline.is_some_and(|d| now >= d) {
             kill_and_reap(child);
             return None;
         }
-        thread::sleep(pause.min(deadline - now));
+        thread::sleep(deadline.map_or(pause, |d| pause.min(d - now)));
         pause = (pause * 2).min(Duration::from_millis(5));
     }
 }

@@ -135,7 +135,9 @@ impl ThreadPoolBuilder {
     }
 
     /// Threads are named `{prefix}-{i}` for `i` in `0..max_workers` (default
-    /// prefix: `pool{n}`, unique per pool in the process).
+    /// prefix: `pool{n}`, unique per pool in the process). A prefix holding a
+    /// NUL byte is an error at [`build`](Self::build): thread names cannot
+    /// hold one.
     pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
         self
@@ -176,6 +178,9 @@ impl ThreadPoolBuilder {
         }
         if self.stack_size == Some(0) {
             return Err(BuildError::new(BuildErrorKind::ZeroBound("stack_size")));
+        }
+        if let Some(prefix) = self.prefix.as_ref().filter(|p| p.contains('\0')) {
+            return Err(BuildError::new(BuildErrorKind::ThreadName(prefix.clone())));
         }
         Ok(())
     }
@@ -354,10 +359,22 @@ fn worker_loop(shared: &Shared) {
     }
 }
 
+/// One submit in progress, counted in `submitting` until dropped.
+struct Submitting<'a>(&'a AtomicUsize);
+
+impl Drop for Submitting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Executor for ThreadPool {
     fn execute(&self, task: Task) -> Result<(), Rejected> {
         let shared = &self.shared;
         shared.submitting.fetch_add(1, Ordering::SeqCst);
+        // Released however this returns, so `shutdown` never waits for a
+        // submit that unwound.
+        let _submitting = Submitting(&shared.submitting);
         let refuse = if shared.broken.get().is_some() {
             Some(RejectReason::Broken)
         } else if shared.closed.load(Ordering::SeqCst) {
@@ -366,7 +383,6 @@ impl Executor for ThreadPool {
             None
         };
         if let Some(reason) = refuse {
-            shared.submitting.fetch_sub(1, Ordering::SeqCst);
             return Err(Rejected::new(task, reason));
         }
         // The channel is unbounded and the pool holds a receiver: send
@@ -389,7 +405,6 @@ impl Executor for ThreadPool {
                 self.spawn_worker(index);
             }
         }
-        shared.submitting.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
