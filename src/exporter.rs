@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc, Metric as _};
@@ -650,9 +650,11 @@ impl Collector for MarkerProbe {
     }
 }
 
-/// Every collector this process has registered, in any registry.
-fn known_families() -> &'static Mutex<Vec<Arc<Families>>> {
-    static KNOWN: OnceLock<Mutex<Vec<Arc<Families>>>> = OnceLock::new();
+/// The collectors this process has registered, in any registry, that are
+/// still alive. Weak: a collector lives as long as its registry or one of
+/// its exporters does, and is forgotten with them.
+fn known_families() -> &'static Mutex<Vec<Weak<Families>>> {
+    static KNOWN: OnceLock<Mutex<Vec<Weak<Families>>>> = OnceLock::new();
     KNOWN.get_or_init(|| Mutex::new(Vec::new()))
 }
 
@@ -675,17 +677,21 @@ fn registered_in(families: &Families, registry: &Registry) -> bool {
 
 /// Finds (or creates and registers) the families of `namespace` in `registry`.
 fn families_for(registry: &Registry, namespace: &str) -> Result<Arc<Families>, BuildError> {
+    // Markers are never reused, even after their collector is gone.
+    static NEXT_MARKER: AtomicU64 = AtomicU64::new(0);
     let mut known = lock(known_families());
-    for families in known.iter() {
-        if families.namespace == namespace && registered_in(families, registry) {
-            return Ok(families.clone());
+    known.retain(|families| families.strong_count() > 0);
+    for families in known.iter().filter_map(Weak::upgrade) {
+        if families.namespace == namespace && registered_in(&families, registry) {
+            return Ok(families);
         }
     }
-    let families = Arc::new(Families::new(namespace, known.len() as u64)?);
+    let marker = NEXT_MARKER.fetch_add(1, Ordering::Relaxed);
+    let families = Arc::new(Families::new(namespace, marker)?);
     registry
         .register(Box::new(FamiliesCollector(families.clone())))
         .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
-    known.push(families.clone());
+    known.push(Arc::downgrade(&families));
     Ok(families)
 }
 
@@ -1188,6 +1194,44 @@ impl ExecutorExporterBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each registry's collector is forgotten once the registry and its
+    /// exporters are gone (it was kept for the life of the process, and
+    /// every later build probed it).
+    #[test]
+    fn collectors_of_dropped_registries_are_forgotten() {
+        // A namespace of its own: other tests build exporters concurrently.
+        const NS: &str = "forgotten_collectors_test";
+        let live = || {
+            lock(known_families())
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|f| f.namespace == NS)
+                .count()
+        };
+        let entries = || lock(known_families()).len();
+        let kept = Registry::new();
+        let build = |registry: &Registry, id: &str| {
+            ExecutorExporter::builder()
+                .namespace(NS)
+                .exporter_id(id)
+                .registry(registry.clone())
+                .build()
+                .unwrap()
+        };
+        let _kept = build(&kept, "kept");
+        for i in 0..200 {
+            let registry = Registry::new();
+            let exporter = build(&registry, &format!("batch-{i}"));
+            drop((registry, exporter));
+        }
+        assert_eq!(live(), 1, "only the kept registry's collector is alive");
+        // The next build prunes the dead entries; fewer than 200 remain even
+        // with other tests' live collectors in the list.
+        let _again = build(&kept, "kept-too");
+        assert_eq!(live(), 1, "the kept registry's collector is found again");
+        assert!(entries() < 100, "{} entries kept", entries());
+    }
 
     #[test]
     fn exponential_buckets_include_both_ends() {
