@@ -99,6 +99,27 @@ fn stripe() -> usize {
     STRIPE.with(|s| *s)
 }
 
+#[cfg(not(loom))]
+thread_local! {
+    /// The accounting of the task this thread is running the body of, if
+    /// any (the innermost one when a task runs another inline).
+    static RUNNING_TASK_OF: std::cell::Cell<*const Accounting> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// While alive, this thread counts as running a task of one accounting;
+/// restores the previous one when dropped.
+pub(crate) struct RunningHere {
+    #[cfg(not(loom))]
+    previous: *const Accounting,
+}
+
+impl Drop for RunningHere {
+    fn drop(&mut self) {
+        #[cfg(not(loom))]
+        let _ = RUNNING_TASK_OF.try_with(|r| r.set(self.previous));
+    }
+}
+
 /// Where `wait_idle` and a task's `join` sleep, and what an end that they
 /// wait for wakes: one of a few process-wide pairs, chosen by the address
 /// of the accounting or task waited for. Static, so the task that ends last
@@ -248,6 +269,32 @@ impl Accounting {
                 stripe.fetch_and(!WAITING, Ordering::SeqCst);
             }
         }
+    }
+
+    /// Marks this thread as running the body of one of this accounting's
+    /// tasks until the guard is dropped.
+    pub(crate) fn running_here(&self) -> RunningHere {
+        #[cfg(not(loom))]
+        {
+            let previous = RUNNING_TASK_OF
+                .try_with(|r| r.replace(self as *const Accounting))
+                .unwrap_or(std::ptr::null());
+            RunningHere { previous }
+        }
+        #[cfg(loom)]
+        RunningHere {}
+    }
+
+    /// True on a thread inside the body of one of this accounting's tasks
+    /// (the innermost task it runs): waiting there for the tasks to end
+    /// would wait for that one forever. Always false under loom.
+    pub(crate) fn is_running_here(&self) -> bool {
+        #[cfg(not(loom))]
+        return RUNNING_TASK_OF
+            .try_with(|r| std::ptr::eq(r.get(), self))
+            .unwrap_or(false);
+        #[cfg(loom)]
+        false
     }
 
     pub(crate) fn close(&self) {
@@ -543,6 +590,12 @@ impl<T, J: ?Sized> TaskCore<T, J> {
 
     fn phase(&self) -> u32 {
         self.state.load(Ordering::Acquire) & PHASE
+    }
+
+    /// Marks this thread as running this task's body until the guard drops
+    /// (see [`Accounting::running_here`]).
+    pub(crate) fn running_here(&self) -> RunningHere {
+        self.acct.running_here()
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

@@ -119,7 +119,10 @@ where
         let (Some(started), Some(f)) = (started, f) else {
             return body_done();
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
+        let outcome = {
+            let _running = self.running_here();
+            catch_unwind(AssertUnwindSafe(|| f.call()))
+        };
         body_done();
         match outcome {
             Ok(value) => {
@@ -218,7 +221,10 @@ impl<F: Body<Output = ()>> Detached<F> {
         let started = Clock::now();
         acct.series
             .started(started.saturating_duration_since(submitted_at));
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
+        let outcome = {
+            let _running = acct.running_here();
+            catch_unwind(AssertUnwindSafe(|| f.call()))
+        };
         body_done();
         let failure = outcome.is_err().then_some(FailureReason::Panic);
         if let Err(payload) = outcome {
@@ -681,11 +687,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Stops accepting tasks, waits for every accepted task to end, then shuts
     /// the inner executor down (joining its workers). Idempotent.
     ///
-    /// Do not call it from inside one of this executor's tasks: it would wait
-    /// for itself.
+    /// Called from inside one of this executor's tasks, it cannot wait for
+    /// that task: it stops accepting tasks and shuts the inner executor down
+    /// without waiting for the tasks itself (a [`ThreadPool`](crate::ThreadPool) still joins
+    /// its other workers, so the tasks queued before run first).
     pub fn shutdown(&self) {
         self.acct.close();
-        self.acct.wait_idle();
+        self.wait_idle_unless_inside();
         self.inner.shutdown();
     }
 
@@ -695,8 +703,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     pub fn shutdown_now(&self) {
         self.acct.close();
         self.acct.cancel_pending();
-        self.acct.wait_idle();
+        self.wait_idle_unless_inside();
         self.inner.shutdown();
+    }
+
+    fn wait_idle_unless_inside(&self) {
+        if !self.acct.is_running_here() {
+            self.acct.wait_idle();
+        }
     }
 
     /// True once [`shutdown`](Self::shutdown) or
@@ -740,8 +754,27 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
 impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
     /// Same as [`shutdown`](InstrumentedExecutorProxy::shutdown): waits for
     /// accepted tasks and joins the workers.
+    ///
+    /// Dropped inside one of its own tasks (a task held the last
+    /// `Arc<ThreadPoolExecutor>`), it does not wait for the tasks, as
+    /// `shutdown` does not there; their bookkeeping is freed by a short-lived
+    /// thread once the last of them has ended.
     fn drop(&mut self) {
         self.shutdown();
+        if self.acct.is_running_here() {
+            // The last owner's drop of the accounting waits for the tasks
+            // in flight, this one included: do it elsewhere.
+            let acct = Arc::into_raw(self.acct.clone()) as usize;
+            let release = move || {
+                // SAFETY: from `Arc::into_raw` just above, taken back once.
+                drop(unsafe { Arc::from_raw(acct as *const Accounting) })
+            };
+            // If no thread can start, the accounting (a few hundred bytes) is
+            // leaked rather than this task waiting for itself.
+            let _ = std::thread::Builder::new()
+                .name("executor-exporter-release".to_owned())
+                .spawn(release);
+        }
     }
 }
 

@@ -66,6 +66,62 @@ fn a_thread_name_prefix_with_a_nul_byte_is_a_build_error() {
     assert_eq!(rx.recv().unwrap().as_deref(), Some("img ✓-0"));
 }
 
+/// A task that holds the last `Arc` of its own pool drops it as it ends,
+/// inside the pool: the drop cannot wait for that task (it did, forever).
+/// The task, those queued beside it, and their counts all complete.
+#[test]
+fn a_pool_dropped_inside_its_own_task_does_not_wait_for_that_task() {
+    watchdog(60, || {
+        let registry = Registry::new();
+        let pool = Arc::new(
+            ThreadPoolExecutor::builder()
+                .max_workers(2)
+                .exporter_id("self-dropped")
+                .registry(registry.clone())
+                .build()
+                .unwrap(),
+        );
+        let gate = Gate::new();
+        let (held, open) = (pool.clone(), gate.clone());
+        let last = pool
+            .submit(move || {
+                open.wait();
+                drop(held);
+                7
+            })
+            .unwrap();
+        let others: Vec<_> = (0..4).map(|i| pool.submit(move || i).unwrap()).collect();
+        drop(pool);
+        gate.open();
+        assert_eq!(last.join(), Ok(7));
+        for (i, h) in others.into_iter().enumerate() {
+            assert_eq!(h.join(), Ok(i));
+        }
+        eventually(20, "all five tasks counted as completed", || {
+            let c = counts(&scrape(&registry), "executor", "self-dropped");
+            c.completed == 5.0 && c.submitted == 5.0 && c.running == 0.0
+        });
+    });
+}
+
+/// `shutdown` called by one of the pool's own tasks stops the pool without
+/// waiting for that task; later submits are refused.
+#[test]
+fn shutdown_inside_its_own_task_returns() {
+    watchdog(60, || {
+        let pool = Arc::new(pool(2));
+        let inner = pool.clone();
+        let h = pool
+            .submit(move || {
+                inner.shutdown();
+                inner.is_shutdown()
+            })
+            .unwrap();
+        assert_eq!(h.join(), Ok(true));
+        assert!(pool.submit(|| ()).is_err());
+    });
+}
+
 #[test]
 fn cfg_2_default_max_workers_is_the_cpus_available() {
     let p = ThreadPoolExecutor::builder()
