@@ -751,14 +751,37 @@ impl<T> TaskHandle<T> {
     }
 
     /// Waits up to `timeout` and returns the task's value, or
-    /// [`TaskError::TimedOut`] if it has not ended by then (the task goes on;
-    /// use [`wait_timeout`](Self::wait_timeout) to wait again).
-    pub fn join_timeout(self, timeout: Duration) -> Result<T, TaskError> {
-        if self.wait_timeout(timeout) {
-            self.join()
-        } else {
-            Err(TaskError::TimedOut)
+    /// [`TaskError::TimedOut`] if it has not ended by then: the task goes on
+    /// and the handle stays usable, to wait again or [`join`](Self::join).
+    /// Once the value was returned, later calls give
+    /// [`TaskError::AlreadyTaken`].
+    ///
+    /// ```
+    /// use executor_exporter::{TaskError, ThreadPoolExecutor};
+    /// use std::time::Duration;
+    ///
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .max_workers(1)
+    ///     .registry(prometheus::Registry::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel::<()>();
+    /// let mut handle = pool.submit(move || rx.recv().map(|()| 42)).unwrap();
+    /// assert_eq!(handle.join_timeout(Duration::ZERO), Err(TaskError::TimedOut));
+    /// tx.send(()).unwrap();
+    /// assert_eq!(handle.join_timeout(Duration::from_secs(60)), Ok(Ok(42)));
+    /// assert_eq!(handle.join_timeout(Duration::ZERO), Err(TaskError::AlreadyTaken));
+    /// ```
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<T, TaskError> {
+        // A timeout too large for an `Instant` waits without a deadline.
+        let state = self.core.wait_ready(Instant::now().checked_add(timeout));
+        if state & READY == 0 {
+            return Err(TaskError::TimedOut);
         }
+        if state & TAKEN != 0 {
+            return Err(TaskError::AlreadyTaken);
+        }
+        self.core.take_result()
     }
 
     /// Cancels the task if it has not started: it then never runs, its

@@ -108,7 +108,7 @@ fn pool(
         .unwrap()
 }
 
-fn join<T: Send + 'static>(h: TaskHandle<T>) -> Result<T, TaskError> {
+fn join<T: Send + 'static>(mut h: TaskHandle<T>) -> Result<T, TaskError> {
     match h.join_timeout(WATCHDOG) {
         Err(TaskError::TimedOut) => panic!("watchdog: a task did not end within {WATCHDOG:?}"),
         other => other,

@@ -119,7 +119,7 @@ enum Pending {
     Fallible(TaskHandle<Result<u64, String>>, u64),
 }
 
-fn join_watched<T>(h: TaskHandle<T>) -> Result<T, TaskError> {
+fn join_watched<T>(mut h: TaskHandle<T>) -> Result<T, TaskError> {
     match h.join_timeout(JOIN_WATCHDOG) {
         Err(TaskError::TimedOut) => panic!("watchdog: a task did not end in {JOIN_WATCHDOG:?}"),
         other => other,

@@ -546,9 +546,9 @@ fn fut_3_join_timeout_zero_for_each_state() {
     let p = pool(1);
     let gate = Gate::new();
     let g = gate.clone();
-    let running = p.submit(move || g.wait()).unwrap();
-    let pending = p.submit(|| 5).unwrap();
-    let cancelled = p.submit(|| 6).unwrap();
+    let mut running = p.submit(move || g.wait()).unwrap();
+    let mut pending = p.submit(|| 5).unwrap();
+    let mut cancelled = p.submit(|| 6).unwrap();
     assert!(cancelled.cancel());
     assert_eq!(
         cancelled.join_timeout(Duration::ZERO),
@@ -560,10 +560,21 @@ fn fut_3_join_timeout_zero_for_each_state() {
         running.join_timeout(Duration::ZERO),
         Err(TaskError::TimedOut)
     );
+    assert_eq!(
+        pending.join_timeout(Duration::ZERO),
+        Err(TaskError::TimedOut)
+    );
     gate.open();
+    // The handles that timed out are still usable.
+    assert_eq!(running.join_timeout(Duration::from_secs(30)), Ok(()));
     assert!(pending.wait_timeout(Duration::from_secs(30)));
     assert_eq!(pending.join_timeout(Duration::ZERO), Ok(5));
-    let failed = p.submit(|| -> u8 { panic!("x") }).unwrap();
+    assert_eq!(
+        pending.join_timeout(Duration::ZERO),
+        Err(TaskError::AlreadyTaken)
+    );
+    assert_eq!(pending.join(), Err(TaskError::AlreadyTaken));
+    let mut failed = p.submit(|| -> u8 { panic!("x") }).unwrap();
     assert!(failed.wait_timeout(Duration::from_secs(30)));
     assert!(matches!(
         failed.join_timeout(Duration::ZERO),
