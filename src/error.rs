@@ -19,6 +19,8 @@ pub(crate) enum BuildErrorKind {
     ZeroBound(&'static str),
     /// A thread name prefix holding a NUL byte.
     ThreadName(String),
+    /// An empty `exporter_id` or `executor_type`.
+    EmptyLabel(&'static str),
     Buckets(String),
     Namespace(String),
     IncompatibleSeries(String),
@@ -56,6 +58,10 @@ impl fmt::Display for BuildError {
         match &self.kind {
             BuildErrorKind::ZeroWorkers => f.write_str("max_workers must be greater than 0"),
             BuildErrorKind::ZeroBound(what) => write!(f, "{what} must be greater than 0"),
+            BuildErrorKind::EmptyLabel(what) => write!(
+                f,
+                "{what} must not be empty (Prometheus treats an empty label as absent)"
+            ),
             BuildErrorKind::ThreadName(prefix) => write!(
                 f,
                 "thread_name_prefix {prefix:?} holds a NUL byte, which thread names cannot hold"

@@ -741,7 +741,9 @@ fn resolve_buckets(
             }
             let mut bounds = Vec::new();
             let mut bound = min;
-            while bound <= max * (1.0 + 1e-9) && bounds.len() < 1000 {
+            // `bound / max`, not `max * (1 + e)`: the latter is +Inf for a
+            // `max` near `f64::MAX`, and the loop would never reach it.
+            while bound.is_finite() && bound / max <= 1.0 + 1e-9 && bounds.len() < 1000 {
                 bounds.push(bound);
                 bound *= factor;
             }
@@ -1164,6 +1166,11 @@ impl ExecutorExporterBuilder {
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let id = self.exporter_id.unwrap_or_else(|| "default".to_owned());
         let ty = self.executor_type.unwrap_or_else(|| "custom".to_owned());
+        for (label, value) in [("exporter_id", &id), ("executor_type", &ty)] {
+            if value.is_empty() {
+                return Err(BuildError::new(BuildErrorKind::EmptyLabel(label)));
+            }
+        }
 
         let families = families_for(&registry, &namespace)?;
         let mut all = lock(&families.series);
@@ -1231,6 +1238,24 @@ mod tests {
         let _again = build(&kept, "kept-too");
         assert_eq!(live(), 1, "the kept registry's collector is found again");
         assert!(entries() < 100, "{} entries kept", entries());
+    }
+
+    #[test]
+    fn exponential_buckets_up_to_the_largest_float_are_valid() {
+        let b = resolve_buckets(&None, &Some((1.0, f64::MAX, 10.0)), "w").unwrap();
+        assert_eq!(b.len(), 309, "1, 10, ... 1e308");
+        assert!(b.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn empty_label_values_are_build_errors() {
+        for builder in [
+            ExecutorExporter::builder().exporter_id(""),
+            ExecutorExporter::builder().executor_type(""),
+        ] {
+            let err = builder.registry(Registry::new()).build().unwrap_err();
+            assert!(err.to_string().contains("must not be empty"), "{err}");
+        }
     }
 
     #[test]
