@@ -22,6 +22,9 @@ const PUSH_FAILURES_HELP: &str =
 /// Default deadline of one push, connection included.
 pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Push timeouts from this long on mean no timeout.
+const NO_TIMEOUT_FROM: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Longest part of a Pushgateway's error answer kept in a [`PushError`].
 const MAX_BODY_IN_ERROR: usize = 512;
 
@@ -230,7 +233,8 @@ impl PushGatewayBuilder {
     }
 
     /// Deadline of one push, from connecting to reading the answer (default
-    /// [`DEFAULT_PUSH_TIMEOUT`]; must be more than 0).
+    /// [`DEFAULT_PUSH_TIMEOUT`]; must be more than 0; 100 years or more, such
+    /// as `Duration::MAX`, means none).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -296,8 +300,11 @@ impl PushGatewayBuilder {
             .registry
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let failures = failures_counter(&registry)?;
+        // A deadline too far away for the HTTP client's clock arithmetic
+        // (`Duration::MAX`) means no deadline.
+        let timeout = (self.timeout < NO_TIMEOUT_FROM).then_some(self.timeout);
         let mut config = ureq::Agent::config_builder()
-            .timeout_global(Some(self.timeout))
+            .timeout_global(timeout)
             .http_status_as_error(false);
         if !self.env_proxy {
             config = config.proxy(None);

@@ -126,6 +126,32 @@ fn periodic_pushes_follow_the_registry_and_drop_pushes_last() {
     assert!(shows(107)(&gateway.metrics().unwrap()));
 }
 
+/// `Duration::MAX` as the push timeout means none; it used to overflow the
+/// HTTP client's deadline and panic in every push (and in the drop's).
+#[test]
+fn the_longest_timeout_means_none() {
+    let Some(gateway) = Pushgateway::start() else {
+        return;
+    };
+    let registry = Registry::new();
+    let pool = pool(&registry, "patient");
+    pool.submit(|| ()).unwrap().join().unwrap();
+    let pusher = pusher(&gateway, "patient_job", &registry)
+        .timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    pusher.push().unwrap();
+    let exp = parse(&gateway.metrics().unwrap());
+    assert_eq!(
+        exp.value(
+            "executor_submitted_tasks_total",
+            &[("job", "patient_job"), ("executor", "patient")]
+        ),
+        1.0
+    );
+    drop(pusher);
+}
+
 #[test]
 fn a_final_push_on_drop_without_periodic_pushes() {
     let Some(gateway) = Pushgateway::start() else {
