@@ -340,6 +340,16 @@ pub trait Executor {
     /// the workers. Must be idempotent. The default does nothing.
     fn shutdown(&self) {}
 
+    /// True when the calling thread is one of this executor's workers. An
+    /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy)
+    /// dropped or shut down on such a thread (say, by the result of a task
+    /// holding the last handle) does not wait for its tasks there: the tasks
+    /// still queued may need that very thread. The default, false, suits
+    /// executors whose workers never drop the proxy.
+    fn is_worker_thread(&self) -> bool {
+        false
+    }
+
     /// Runs a task of the crate's instrumented proxy before it is put in a
     /// [`Task`].
     ///
@@ -370,6 +380,9 @@ impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
     fn shutdown(&self) {
         (**self).shutdown()
     }
+    fn is_worker_thread(&self) -> bool {
+        (**self).is_worker_thread()
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for &E {
@@ -384,5 +397,8 @@ impl<E: Executor + ?Sized> Executor for &E {
     }
     fn shutdown(&self) {
         (**self).shutdown()
+    }
+    fn is_worker_thread(&self) -> bool {
+        (**self).is_worker_thread()
     }
 }

@@ -101,22 +101,24 @@ fn stripe() -> usize {
 
 #[cfg(not(loom))]
 thread_local! {
-    /// The accounting of the task this thread is running the body of, if
-    /// any (the innermost one when a task runs another inline).
-    static RUNNING_TASK_OF: std::cell::Cell<*const Accounting> = const { std::cell::Cell::new(std::ptr::null()) };
+    /// The accountings of the tasks this thread is running, innermost last
+    /// (a task can run another inline).
+    static RUNNING_TASKS_OF: std::cell::RefCell<Vec<*const Accounting>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// While alive, this thread counts as running a task of one accounting;
-/// restores the previous one when dropped.
+/// While alive, this thread counts as running a task of one accounting.
 pub(crate) struct RunningHere {
     #[cfg(not(loom))]
-    previous: *const Accounting,
+    pushed: bool,
 }
 
 impl Drop for RunningHere {
     fn drop(&mut self) {
         #[cfg(not(loom))]
-        let _ = RUNNING_TASK_OF.try_with(|r| r.set(self.previous));
+        if self.pushed {
+            let _ = RUNNING_TASKS_OF.try_with(|r| r.borrow_mut().pop());
+        }
     }
 }
 
@@ -271,27 +273,28 @@ impl Accounting {
         }
     }
 
-    /// Marks this thread as running the body of one of this accounting's
-    /// tasks until the guard is dropped.
+    /// Marks this thread as running one of this accounting's tasks until
+    /// the guard is dropped.
     pub(crate) fn running_here(&self) -> RunningHere {
         #[cfg(not(loom))]
         {
-            let previous = RUNNING_TASK_OF
-                .try_with(|r| r.replace(self as *const Accounting))
-                .unwrap_or(std::ptr::null());
-            RunningHere { previous }
+            let pushed = RUNNING_TASKS_OF
+                .try_with(|r| r.borrow_mut().push(self as *const Accounting))
+                .is_ok();
+            RunningHere { pushed }
         }
         #[cfg(loom)]
         RunningHere {}
     }
 
-    /// True on a thread inside the body of one of this accounting's tasks
-    /// (the innermost task it runs): waiting there for the tasks to end
-    /// would wait for that one forever. Always false under loom.
+    /// True on a thread inside one of this accounting's tasks (however
+    /// deeply nested in tasks of other executors run inline): waiting there
+    /// for the tasks to end would wait for that one forever. Always false
+    /// under loom.
     pub(crate) fn is_running_here(&self) -> bool {
         #[cfg(not(loom))]
-        return RUNNING_TASK_OF
-            .try_with(|r| std::ptr::eq(r.get(), self))
+        return RUNNING_TASKS_OF
+            .try_with(|r| r.borrow().iter().any(|a| std::ptr::eq(*a, self)))
             .unwrap_or(false);
         #[cfg(loom)]
         false

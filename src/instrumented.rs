@@ -98,6 +98,10 @@ impl Executor for ThreadPoolExecutor {
     fn shutdown(&self) {
         self.proxy.shutdown()
     }
+
+    fn is_worker_thread(&self) -> bool {
+        self.proxy.is_worker_thread()
+    }
 }
 
 /// Options of a [`ThreadPoolExecutor`]: the pool's (see [`ThreadPoolBuilder`])

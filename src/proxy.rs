@@ -111,6 +111,9 @@ where
     C: Classify<T>,
 {
     fn run(&self, body_done: &dyn Fn()) {
+        // The body, or its captures when it is dropped unrun, may drop the
+        // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
+        let _running = self.running_here();
         let mut f = Some(self.take_f());
         let started = self.start_or_cancel(|| drop_quietly(f.take()));
         // Not started: cancelled by `shutdown_now` just now (the closure
@@ -119,10 +122,7 @@ where
         let (Some(started), Some(f)) = (started, f) else {
             return body_done();
         };
-        let outcome = {
-            let _running = self.running_here();
-            catch_unwind(AssertUnwindSafe(|| f.call()))
-        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
         body_done();
         match outcome {
             Ok(value) => {
@@ -212,6 +212,9 @@ impl<F: Body<Output = ()>> Detached<F> {
     /// [`Runnable::run`].
     fn run_then(self, body_done: &dyn Fn()) {
         let (f, acct, submitted_at) = self.into_parts();
+        // The body, or its captures when it is dropped unrun, may drop the
+        // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
+        let _running = acct.running_here();
         if acct.cancelling_pending() {
             let end = end_unrun(acct, Series::cancelled);
             drop_quietly(f);
@@ -221,10 +224,7 @@ impl<F: Body<Output = ()>> Detached<F> {
         let started = Clock::now();
         acct.series
             .started(started.saturating_duration_since(submitted_at));
-        let outcome = {
-            let _running = acct.running_here();
-            catch_unwind(AssertUnwindSafe(|| f.call()))
-        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
         body_done();
         let failure = outcome.is_err().then_some(FailureReason::Panic);
         if let Err(payload) = outcome {
@@ -687,10 +687,12 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Stops accepting tasks, waits for every accepted task to end, then shuts
     /// the inner executor down (joining its workers). Idempotent.
     ///
-    /// Called from inside one of this executor's tasks, it cannot wait for
-    /// that task: it stops accepting tasks and shuts the inner executor down
-    /// without waiting for the tasks itself (a [`ThreadPool`](crate::ThreadPool) still joins
-    /// its other workers, so the tasks queued before run first).
+    /// Called from inside one of this executor's tasks, or on one of the
+    /// inner executor's workers ([`Executor::is_worker_thread`]), it cannot
+    /// wait for the tasks: it stops accepting tasks and shuts the inner
+    /// executor down without waiting for them itself (a
+    /// [`ThreadPool`](crate::ThreadPool) still joins its other workers, and
+    /// this one runs what is left once the caller returns).
     pub fn shutdown(&self) {
         self.acct.close();
         self.wait_idle_unless_inside();
@@ -708,9 +710,16 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     }
 
     fn wait_idle_unless_inside(&self) {
-        if !self.acct.is_running_here() {
+        if !self.on_own_thread() {
             self.acct.wait_idle();
         }
+    }
+
+    /// True on a thread where waiting for this executor's tasks could wait
+    /// forever: inside one of them, or on one of the inner executor's
+    /// workers (which the tasks still queued may need).
+    fn on_own_thread(&self) -> bool {
+        self.acct.is_running_here() || self.inner.is_worker_thread()
     }
 
     /// True once [`shutdown`](Self::shutdown) or
@@ -749,19 +758,24 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     fn shutdown(&self) {
         InstrumentedExecutorProxy::shutdown(self)
     }
+
+    fn is_worker_thread(&self) -> bool {
+        self.inner.is_worker_thread()
+    }
 }
 
 impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
     /// Same as [`shutdown`](InstrumentedExecutorProxy::shutdown): waits for
     /// accepted tasks and joins the workers.
     ///
-    /// Dropped inside one of its own tasks (a task held the last
+    /// Dropped inside one of its own tasks or on one of its workers (a task,
+    /// its unrun closure or its result held the last
     /// `Arc<ThreadPoolExecutor>`), it does not wait for the tasks, as
     /// `shutdown` does not there; their bookkeeping is freed by a short-lived
     /// thread once the last of them has ended.
     fn drop(&mut self) {
         self.shutdown();
-        if self.acct.is_running_here() {
+        if self.on_own_thread() {
             // The last owner's drop of the accounting waits for the tasks
             // in flight, this one included: do it elsewhere.
             let acct = Arc::into_raw(self.acct.clone()) as usize;

@@ -63,6 +63,10 @@ impl Executor for rayon::ThreadPool {
     fn executor_type(&self) -> &str {
         EXECUTOR_TYPE
     }
+
+    fn is_worker_thread(&self) -> bool {
+        self.current_thread_index().is_some()
+    }
 }
 
 /// A rayon pool behind an [`InstrumentedExecutorProxy`], with its workers'
@@ -229,6 +233,10 @@ impl Executor for RayonExecutor {
 
     fn shutdown(&self) {
         self.proxy.shutdown()
+    }
+
+    fn is_worker_thread(&self) -> bool {
+        self.proxy.is_worker_thread()
     }
 }
 

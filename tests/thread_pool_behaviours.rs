@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::{counts, eventually, scrape, watchdog, Gate};
 use executor_exporter::prometheus::Registry;
 use executor_exporter::{
-    Executor, RejectReason, Task, TaskError, TaskState, ThreadPool, ThreadPoolExecutor,
+    Executor, ExecutorExporter, InstrumentedExecutorProxy, RejectReason, Task, TaskError,
+    TaskState, ThreadPool, ThreadPoolExecutor,
 };
 
 fn pool_in(registry: &Registry, workers: usize) -> ThreadPoolExecutor {
@@ -101,6 +102,127 @@ fn a_pool_dropped_inside_its_own_task_does_not_wait_for_that_task() {
             let c = counts(&scrape(&registry), "executor", "self-dropped");
             c.completed == 5.0 && c.submitted == 5.0 && c.running == 0.0
         });
+    });
+}
+
+/// The same through a proxy wrapping the pool (a task of the outer proxy is
+/// a task of the inner one too, on the same thread).
+#[test]
+fn a_proxy_over_a_pool_dropped_inside_its_own_task_does_not_wait_for_it() {
+    watchdog(60, || {
+        let registry = Registry::new();
+        let exporter = ExecutorExporter::builder()
+            .exporter_id("outer")
+            .registry(registry.clone())
+            .build()
+            .unwrap();
+        let proxy = Arc::new(InstrumentedExecutorProxy::new(
+            pool_in(&registry, 1),
+            exporter,
+            None,
+        ));
+        let held = proxy.clone();
+        let h = proxy
+            .submit(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                drop(held);
+                1
+            })
+            .unwrap();
+        let queued = proxy.submit(|| 2).unwrap();
+        drop(proxy);
+        assert_eq!(h.join(), Ok(1));
+        assert_eq!(queued.join(), Ok(2));
+    });
+}
+
+/// Runs each task on the caller's thread.
+struct Inline;
+
+impl Executor for Inline {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        task.run();
+        Ok(())
+    }
+}
+
+/// A task of executor A that runs a task of executor B inline (on the same
+/// thread), where B's task shuts A down: A's task is not the innermost one
+/// on that thread, and A must still not wait for it.
+#[test]
+fn shutdown_inside_a_task_run_inline_by_another_executors_task_returns() {
+    watchdog(60, || {
+        let registry = Registry::new();
+        let exporter = |id: &str| {
+            ExecutorExporter::builder()
+                .exporter_id(id)
+                .registry(registry.clone())
+                .build()
+                .unwrap()
+        };
+        // A thread per task: no thread of its own for the proxy to recognise.
+        let a = Arc::new(InstrumentedExecutorProxy::new(
+            ThreadPerTask {
+                spawned: AtomicUsize::new(0),
+            },
+            exporter("a"),
+            None,
+        ));
+        let b = Arc::new(InstrumentedExecutorProxy::new(Inline, exporter("b"), None));
+        let inner_a = a.clone();
+        let h = a
+            .submit(move || {
+                let a = inner_a.clone();
+                b.submit(move || {
+                    a.shutdown();
+                    a.is_shutdown()
+                })
+                .unwrap()
+                .join()
+            })
+            .unwrap();
+        assert_eq!(h.join(), Ok(Ok(true)));
+        assert!(a.submit(|| ()).is_err());
+    });
+}
+
+/// The last `Arc` of a one-worker pool can also go on that worker after a
+/// task has ended: in the result nobody joined, or in a closure cancelled
+/// before it ran. Waiting there for the task still queued would wait for the
+/// only thread that can run it.
+#[test]
+fn a_pool_dropped_on_its_only_worker_by_a_result_or_a_cancelled_closure_does_not_wait() {
+    watchdog(60, || {
+        // By a result whose handle was dropped.
+        let pool = Arc::new(self::pool(1));
+        let gate = Gate::new();
+        let (held, open) = (pool.clone(), gate.clone());
+        drop(
+            pool.submit(move || {
+                open.wait();
+                held
+            })
+            .unwrap(),
+        );
+        let queued = pool.submit(|| 3).unwrap();
+        drop(pool);
+        gate.open();
+        assert_eq!(queued.join(), Ok(3));
+
+        // By a cancelled closure, dropped when the worker reaches it.
+        let pool = Arc::new(self::pool(1));
+        let gate = Gate::new();
+        let open = gate.clone();
+        let first = pool.submit(move || open.wait()).unwrap();
+        let held = pool.clone();
+        let cancelled = pool.submit(move || drop(held)).unwrap();
+        let queued = pool.submit(|| 4).unwrap();
+        assert!(cancelled.cancel());
+        drop(pool);
+        gate.open();
+        assert_eq!(first.join(), Ok(()));
+        assert_eq!(cancelled.join(), Err(TaskError::Cancelled));
+        assert_eq!(queued.join(), Ok(4));
     });
 }
 

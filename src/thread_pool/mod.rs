@@ -320,7 +320,14 @@ fn break_pool(shared: &Shared, reason: String, wait_for_submits: bool) {
     }
 }
 
+thread_local! {
+    /// The pool whose worker this thread is, if it is one.
+    static WORKER_OF: std::cell::Cell<*const Shared> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
 fn worker_loop(shared: &Shared) {
+    let _ = WORKER_OF.try_with(|w| w.set(shared as *const Shared));
     if let Some(init) = &shared.initializer {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| init())) {
             let message = panic_message(&*payload);
@@ -414,6 +421,13 @@ impl Executor for ThreadPool {
 
     fn executor_type(&self) -> &str {
         "thread_pool"
+    }
+
+    fn is_worker_thread(&self) -> bool {
+        let me = &*self.shared as *const Shared;
+        WORKER_OF
+            .try_with(|w| std::ptr::eq(w.get(), me))
+            .unwrap_or(false)
     }
 
     fn shutdown(&self) {
