@@ -777,17 +777,25 @@ impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
         self.shutdown();
         if self.on_own_thread() {
             // The last owner's drop of the accounting waits for the tasks
-            // in flight, this one included: do it elsewhere.
-            let acct = Arc::into_raw(self.acct.clone()) as usize;
+            // in flight, this one included: it must happen elsewhere, after
+            // this proxy has dropped its own reference (when `drop` returns).
+            let acct = self.acct.clone();
+            let spare = self.acct.clone();
             let release = move || {
-                // SAFETY: from `Arc::into_raw` just above, taken back once.
-                drop(unsafe { Arc::from_raw(acct as *const Accounting) })
+                while Arc::strong_count(&acct) > 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                drop(acct);
             };
-            // If no thread can start, the accounting (a few hundred bytes) is
-            // leaked rather than this task waiting for itself.
-            let _ = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name("executor-exporter-release".to_owned())
-                .spawn(release);
+                .spawn(release)
+            {
+                Ok(_) => drop(spare),
+                // No thread can start: the accounting (a few hundred bytes)
+                // is leaked rather than this task waiting for itself.
+                Err(_) => std::mem::forget(spare),
+            }
         }
     }
 }
