@@ -167,7 +167,7 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
     match (req.uri().path(), req.method()) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
             let families = registry.gather();
-            let encoded = match Format::negotiate(req.headers().get(ACCEPT)) {
+            let encoded = match Format::negotiate(req.headers().get_all(ACCEPT).iter()) {
                 Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &families),
                 #[cfg(feature = "protobuf")]
                 Format::Protobuf => {
@@ -237,46 +237,63 @@ enum Format {
 impl Format {
     /// Always text without the `protobuf` feature.
     #[cfg(not(feature = "protobuf"))]
-    fn negotiate(_accept: Option<&HeaderValue>) -> Format {
+    fn negotiate<'a>(_accept: impl Iterator<Item = &'a HeaderValue>) -> Format {
         Format::Text
     }
 
-    /// Protobuf when `accept` ranks it above every range that admits the text
-    /// format (`text/plain`, `text/*`, `*/*`), or accepts it and none of
-    /// those; text otherwise, including for a missing or unreadable header
-    /// (text is what every scraper reads). Ranges that do not parse, or whose
-    /// `q` is not a number from 0 to 1, are ignored.
+    /// Protobuf when the `Accept` headers weigh it above the text format,
+    /// text otherwise, including when they are missing or unreadable (text is
+    /// what every scraper reads). Each format takes the `q` of the most
+    /// specific range that matches it (`text/plain`, then `text/*`, then
+    /// `*/*`; the delimited `MetricFamily` protobuf type, then
+    /// `application/*`, then `*/*`), as HTTP asks; a tie goes to text.
+    /// Ranges that do not parse, or whose `q` is not a number from 0 to 1,
+    /// are ignored.
     #[cfg(feature = "protobuf")]
-    fn negotiate(accept: Option<&HeaderValue>) -> Format {
-        let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
-            return Format::Text;
-        };
-        let (mut protobuf, mut text) = (0.0f32, 0.0f32);
-        for range in accept.split(',') {
-            let Ok(range) = range.trim().parse::<mime::Mime>() else {
-                continue;
-            };
-            let q = match range.get_param("q") {
-                None => 1.0,
-                Some(q) => match q.as_str().parse::<f32>() {
-                    Ok(q) if (0.0..=1.0).contains(&q) => q,
-                    _ => continue,
-                },
-            };
-            let param = |name: &str| range.get_param(name).map(|v| v.as_str().to_owned());
-            if range.type_() == mime::APPLICATION
-                && range.subtype() == "vnd.google.protobuf"
-                && param("proto").as_deref() == Some("io.prometheus.client.MetricFamily")
-                && param("encoding").as_deref() == Some("delimited")
-            {
-                protobuf = protobuf.max(q);
-            } else if (range.type_() == mime::TEXT
-                && (range.subtype() == mime::PLAIN || range.subtype() == mime::STAR))
-                || range.essence_str() == "*/*"
-            {
-                text = text.max(q);
+    fn negotiate<'a>(accept: impl Iterator<Item = &'a HeaderValue>) -> Format {
+        #[derive(Default)]
+        struct Weights {
+            protobuf: Option<f32>,
+            application: Option<f32>,
+            text_plain: Option<f32>,
+            text: Option<f32>,
+            any: Option<f32>,
+        }
+        let keep = |slot: &mut Option<f32>, q: f32| *slot = Some(slot.map_or(q, |w| w.max(q)));
+        let mut w = Weights::default();
+        for value in accept.filter_map(|v| v.to_str().ok()) {
+            for range in value.split(',') {
+                let Ok(range) = range.trim().parse::<mime::Mime>() else {
+                    continue;
+                };
+                let q = match range.get_param("q") {
+                    None => 1.0,
+                    Some(q) => match q.as_str().parse::<f32>() {
+                        Ok(q) if (0.0..=1.0).contains(&q) => q,
+                        _ => continue,
+                    },
+                };
+                let param = |name: &str| range.get_param(name).map(|v| v.as_str().to_owned());
+                let (ty, sub) = (range.type_(), range.subtype());
+                if ty == mime::APPLICATION
+                    && sub == "vnd.google.protobuf"
+                    && param("proto").as_deref() == Some("io.prometheus.client.MetricFamily")
+                    && param("encoding").as_deref() == Some("delimited")
+                {
+                    keep(&mut w.protobuf, q);
+                } else if ty == mime::APPLICATION && sub == mime::STAR {
+                    keep(&mut w.application, q);
+                } else if ty == mime::TEXT && sub == mime::PLAIN {
+                    keep(&mut w.text_plain, q);
+                } else if ty == mime::TEXT && sub == mime::STAR {
+                    keep(&mut w.text, q);
+                } else if ty == mime::STAR && sub == mime::STAR {
+                    keep(&mut w.any, q);
+                }
             }
         }
+        let protobuf = w.protobuf.or(w.application).or(w.any).unwrap_or(0.0);
+        let text = w.text_plain.or(w.text).or(w.any).unwrap_or(0.0);
         if protobuf > text {
             Format::Protobuf
         } else {
@@ -308,7 +325,7 @@ mod tests {
         "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
 
     fn negotiate(accept: &str) -> Format {
-        Format::negotiate(Some(&HeaderValue::from_str(accept).unwrap()))
+        Format::negotiate(std::iter::once(&HeaderValue::from_str(accept).unwrap()))
     }
 
     #[test]
@@ -320,11 +337,31 @@ mod tests {
             negotiate(&format!("{PROTO};q=0.3, */*;q=0.1")),
             Format::Protobuf
         );
+        // The most specific range sets a format's weight: text/plain's 0.1,
+        // not */*'s 1.
+        assert_eq!(
+            negotiate(&format!("{PROTO};q=0.5, text/plain;q=0.1, */*")),
+            Format::Protobuf
+        );
+        assert_eq!(
+            negotiate("application/*;q=0.9, text/*;q=0.2"),
+            Format::Protobuf
+        );
+    }
+
+    /// Several `Accept` header lines count as one list.
+    #[test]
+    fn every_accept_line_counts() {
+        let lines = [
+            HeaderValue::from_static("text/plain;q=0.2"),
+            HeaderValue::from_static(PROTO),
+        ];
+        assert_eq!(Format::negotiate(lines.iter()), Format::Protobuf);
     }
 
     #[test]
     fn anything_else_gets_text() {
-        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(std::iter::empty()), Format::Text);
         for accept in [
             "",
             "*/*",
