@@ -24,9 +24,10 @@ use executor_exporter::{
 };
 use prometheus::{Encoder, Registry, TextEncoder};
 
-fn encode(registry: &Registry, buf: &mut Vec<u8>) {
+/// `registry.gather()` encoded by `encoder` into `buf`.
+fn encode(encoder: &impl Encoder, registry: &Registry, buf: &mut Vec<u8>) {
     buf.clear();
-    TextEncoder::new().encode(&registry.gather(), buf).unwrap();
+    encoder.encode(&registry.gather(), buf).unwrap();
 }
 
 /// A registry with `n` exporters (distinct ids), each with ten recorded tasks,
@@ -52,44 +53,31 @@ fn exporters(n: usize, buckets: &[f64]) -> (Registry, Vec<InstrumentedExecutorPr
     (registry, proxies)
 }
 
-fn scrape_encode(c: &mut Criterion) {
-    let mut g = c.benchmark_group("scrape_encode");
+/// Group `name`: the scrape of 1, 10 and 100 exporters with `encoder`.
+fn scrape_with(c: &mut Criterion, name: &str, encoder: impl Encoder) {
+    let mut g = c.benchmark_group(name);
     for n in [1usize, 10, 100] {
         let (registry, proxies) = exporters(n, DEFAULT_BUCKETS);
         let mut buf = Vec::new();
-        encode(&registry, &mut buf);
-        eprintln!("scrape_encode/{n}: {} bytes of exposition", buf.len());
+        encode(&encoder, &registry, &mut buf);
+        eprintln!("{name}/{n}: {} bytes of exposition", buf.len());
         g.bench_with_input(BenchmarkId::from_parameter(n), &registry, |b, registry| {
-            b.iter(|| encode(registry, &mut buf))
+            b.iter(|| encode(&encoder, registry, &mut buf))
         });
         drop(proxies);
     }
     g.finish();
 }
 
+fn scrape_encode(c: &mut Criterion) {
+    scrape_with(c, "scrape_encode", TextEncoder::new());
+}
+
 /// The same registries in the protobuf exposition (feature `protobuf`, which
 /// `MetricsServer` serves to scrapers that prefer it).
 #[cfg(feature = "protobuf")]
 fn scrape_protobuf(c: &mut Criterion) {
-    use prometheus::ProtobufEncoder;
-    let mut g = c.benchmark_group("scrape_protobuf");
-    for n in [1usize, 10, 100] {
-        let (registry, proxies) = exporters(n, DEFAULT_BUCKETS);
-        let mut buf = Vec::new();
-        let encode = |registry: &Registry, buf: &mut Vec<u8>| {
-            buf.clear();
-            ProtobufEncoder::new()
-                .encode(&registry.gather(), buf)
-                .unwrap();
-        };
-        encode(&registry, &mut buf);
-        eprintln!("scrape_protobuf/{n}: {} bytes of exposition", buf.len());
-        g.bench_with_input(BenchmarkId::from_parameter(n), &registry, |b, registry| {
-            b.iter(|| encode(registry, &mut buf))
-        });
-        drop(proxies);
-    }
-    g.finish();
+    scrape_with(c, "scrape_protobuf", prometheus::ProtobufEncoder::new());
 }
 
 #[cfg(not(feature = "protobuf"))]
@@ -131,12 +119,12 @@ fn scrape_buckets(c: &mut Criterion) {
         assert_eq!(name, buckets.len().to_string());
         let (registry, proxies) = exporters(100, buckets);
         let mut buf = Vec::new();
-        encode(&registry, &mut buf);
+        encode(&TextEncoder::new(), &registry, &mut buf);
         eprintln!("scrape_buckets/{name}: {} bytes of exposition", buf.len());
         g.bench_with_input(
             BenchmarkId::from_parameter(name),
             &registry,
-            |b, registry| b.iter(|| encode(registry, &mut buf)),
+            |b, registry| b.iter(|| encode(&TextEncoder::new(), registry, &mut buf)),
         );
         drop(proxies);
     }
@@ -168,7 +156,7 @@ fn scrape_throughput(c: &mut Criterion) {
             let mut buf = Vec::new();
             let mut scrapes = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                encode(&registry, &mut buf);
+                encode(&TextEncoder::new(), &registry, &mut buf);
                 scrapes += 1;
                 // Sleep in short steps so the bench never waits long for us.
                 let next = Instant::now() + Duration::from_millis(100);
