@@ -262,15 +262,17 @@ fn summary(families: &[MetricFamily], id: &str) {
         }
         println!(
             "  {title:<9} p50 {}  p99 {}",
-            fmt_secs(quantile(0.5, &merged)),
-            fmt_secs(quantile(0.99, &merged))
+            fmt_quantile(quantile(0.5, &merged)),
+            fmt_quantile(quantile(0.99, &merged))
         );
     }
+    println!("  (quantiles are interpolated inside the bucket they fall in, as PromQL's histogram_quantile)");
 }
 
 /// The q-quantile of cumulative buckets, interpolated linearly inside the
-/// bucket it falls in (as PromQL's `histogram_quantile`).
-fn quantile(q: f64, buckets: &[(f64, u64)]) -> Option<f64> {
+/// bucket it falls in (as PromQL's `histogram_quantile`), with that bucket's
+/// bounds.
+fn quantile(q: f64, buckets: &[(f64, u64)]) -> Option<(f64, f64, f64)> {
     let total = buckets.last().map(|b| b.1)?;
     if total == 0 {
         return None;
@@ -285,11 +287,36 @@ fn quantile(q: f64, buckets: &[(f64, u64)]) -> Option<f64> {
             } else {
                 (rank - lower.1 as f64) / in_bucket
             };
-            return Some(lower.0 + (bound - lower.0) * frac);
+            return Some((lower.0 + (bound - lower.0) * frac, lower.0, bound));
         }
         lower = (bound, count);
     }
-    Some(lower.0)
+    Some((lower.0, lower.0, f64::INFINITY))
+}
+
+/// `estimate (bucket lower-upper)`: the estimate alone would suggest a precision
+/// the buckets do not have (a p99 wait can read longer than the whole run).
+fn fmt_quantile(q: Option<(f64, f64, f64)>) -> String {
+    match q {
+        None => "-".to_owned(),
+        Some((estimate, lower, upper)) => format!(
+            "{} (bucket {}-{})",
+            fmt_secs(Some(estimate)),
+            fmt_bound(lower),
+            fmt_bound(upper)
+        ),
+    }
+}
+
+/// A bucket bound, as short as it reads in the bucket list (`250 ms`).
+fn fmt_bound(s: f64) -> String {
+    let short = |v: f64, unit: &str| format!("{} {unit}", (v * 1000.0).round() / 1000.0);
+    match s {
+        s if s.is_infinite() => "+Inf".to_owned(),
+        s if s < 1e-3 => short(s * 1e6, "us"),
+        s if s < 1.0 => short(s * 1e3, "ms"),
+        s => short(s, "s"),
+    }
 }
 
 fn fmt_secs(v: Option<f64>) -> String {
