@@ -595,8 +595,9 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         self.state.load(Ordering::Acquire) & PHASE
     }
 
-    /// Marks this thread as running this task's body until the guard drops
-    /// (see [`Accounting::running_here`]).
+    /// Marks this thread as running this task until the guard drops (see
+    /// [`Accounting::running_here`]); the run path holds it over the whole
+    /// run, the unrun closure's drop included.
     pub(crate) fn running_here(&self) -> RunningHere {
         self.acct.running_here()
     }
