@@ -87,6 +87,9 @@ row("recording cost per task, 1 thread: full proxy (proxy_drop - bare)", "<= 60 
     60, False, 1)
 b1 = est("recording_1thread", "bundle")
 row("recording cost per task, 1 thread: metric bundle alone", "<= 60 ns", b1, " ns", 60, False, 1)
+clock3 = est("recording_1thread", "clock_reads")
+row("of which: three clock reads alone (same run)", "<= 60 ns", clock3, " ns", 60, False, 1,
+    note="the floor while each task gets its own wait and duration")
 full2 = diff(est("recording_2thread", "proxy_drop"), est("recording_2thread", "bare"))
 row("recording, 2 threads / 1 thread: full proxy", "<= 2x", ratio(full2, full1), "x", 2.0, False)
 b2 = est("recording_2thread", "bundle")
@@ -99,6 +102,13 @@ row("`ThreadPoolExecutor` / `threadpool` crate throughput, empty tasks: `submit`
     1.0, True)
 r = throughput_ratio("pools_empty", "rayon_spawn", "pools_empty", "rayon_proxy")
 row("proxy over rayon / bare rayon throughput, empty tasks", ">= 0.90", r, "", 0.90, True)
+rayon = est("pools_empty", "rayon_spawn")
+floor = None
+if rayon and clock3:
+    # The best a proxy can do: bare rayon plus the three clock reads, nothing else.
+    floor = ratio(rayon, tuple(a + b for a, b in zip(rayon, clock3)))
+row("of which: best possible, bare rayon / (bare rayon + three clock reads)", ">= 0.90", floor, "",
+    0.90, True, note="the ceiling of the ratio above on this host")
 for bench, name in (("process_pool", "plain `ProcessPool`"), ("executor", "`ProcessPoolExecutor`")):
     r = throughput_ratio("process_pool_throughput", "procspawn", "process_pool_throughput", bench)
     row(f"process pool / procspawn pool throughput, tiny tasks: {name}", ">= 1.5", r, "", 1.5, True,

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Paired rounds: runs one bench's quick mode several times in a row and
+prints, for each bench, the median of its per-round estimates, and for each
+group the ratio of a baseline to the others, round by round and as a median.
+
+Why: a full run measures each variant in its own multi-second window, and
+this host's speed drifts by a few percent between windows, which is as large
+as the gaps some targets are about (10 us tasks: >= 0.98). Rounds alternate
+the variants every few hundred milliseconds, so a drift hits both sides of a
+ratio alike, and the median over rounds drops the rounds a burst of noise hit.
+
+    python3 benches/plot/rounds.py ROUNDS BENCH FILTER BASELINE
+    python3 benches/plot/rounds.py 15 overhead 'overhead_10us_(1|2)sub/(thread_pool|executor_spawn)' thread_pool
+
+BENCH is a file of benches/ without `.rs`; FILTER is criterion's regex;
+BASELINE names the bench every other bench of its group is compared with
+(ratio = baseline time / bench time, i.e. the bench's relative throughput).
+Each round's share of CPU time stolen by the hypervisor (/proc/stat) is
+printed with it, and the median steal under the tables. Results go to a
+scratch criterion directory (`CRITERION_HOME`), so a full
+run's figures in target/criterion, which report.py reads, stay as they were.
+"""
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+UNITS = {"ps": 1e-3, "ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
+TIME = re.compile(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]")
+
+
+def cpu_times():
+    """(steal, total) jiffies of all CPUs, from /proc/stat (zeros elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return (0, 0)
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest
+    # time is already in user and nice.
+    return (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
+
+
+def run_round(bench, filt, home):
+    env = dict(os.environ, BENCH_QUICK="1", CRITERION_HOME=home)
+    out = subprocess.run(
+        ["cargo", "bench", "--all-features", "--bench", bench, "--", filt],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    figures, name = {}, None
+    for line in out.splitlines():
+        m = TIME.search(line)
+        if m and name:
+            figures[name] = float(m.group(1)) * UNITS[m.group(2)]
+            name = None
+            continue
+        head = line.split()[0] if line.strip() else ""
+        if "/" in head and not line.startswith(" "):
+            name = head
+    return figures
+
+
+def main():
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    rounds, bench, filt, baseline = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    per_bench, ratios, steals = {}, {}, []
+    with tempfile.TemporaryDirectory() as home:
+        for r in range(rounds):
+            before = cpu_times()
+            figures = run_round(bench, filt, home)
+            after = cpu_times()
+            total = after[1] - before[1]
+            steal = 100.0 * (after[0] - before[0]) / total if total else 0.0
+            steals.append(steal)
+            if not figures:
+                sys.exit(f"round {r + 1}: no bench matched {filt!r}")
+            for name, ns in figures.items():
+                per_bench.setdefault(name, []).append(ns)
+            for name, ns in figures.items():
+                group, variant = name.rsplit("/", 1)
+                base = figures.get(f"{group}/{baseline}")
+                if variant != baseline and base is not None:
+                    ratios.setdefault(name, []).append(base / ns)
+            print(f"round {r + 1}/{rounds} (steal {steal:.0f}%): "
+                  + ", ".join(f"{n} {v:.1f} ns" for n, v in sorted(figures.items())),
+                  file=sys.stderr)
+    print(f"CPU time stolen by the hypervisor during the rounds: median {statistics.median(steals):.0f}%, "
+          f"max {max(steals):.0f}% (/proc/stat; figures taken at a high steal are slower and noisier)")
+    print()
+    print(f"| bench | median of {rounds} rounds (ns) | min | max |")
+    print("|---|---|---|---|")
+    for name, values in sorted(per_bench.items()):
+        print(f"| {name} | **{statistics.median(values):.1f}** | {min(values):.1f} | {max(values):.1f} |")
+    print()
+    print(f"| ratio ({baseline} / bench), round by round | median | min | max |")
+    print("|---|---|---|---|")
+    for name, values in sorted(ratios.items()):
+        print(f"| {name} | **{statistics.median(values):.3f}** | {min(values):.3f} | "
+              f"{max(values):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
