@@ -244,8 +244,13 @@ pub enum RejectReason {
     Shutdown,
     /// The executor's queue is full.
     Full,
-    /// The executor can no longer run tasks (for example, its workers cannot start).
+    /// The executor can no longer run tasks (for example, its worker
+    /// initializer failed).
     Broken,
+    /// No worker could be started to run the task: the system refused a new
+    /// thread (a process or cgroup thread limit, memory). Nothing was
+    /// queued; the executor stays usable and a later submit tries again.
+    NoWorker,
 }
 
 impl fmt::Display for RejectReason {
@@ -254,6 +259,7 @@ impl fmt::Display for RejectReason {
             RejectReason::Shutdown => "the executor is shut down",
             RejectReason::Full => "the executor's queue is full",
             RejectReason::Broken => "the executor is broken and cannot run tasks",
+            RejectReason::NoWorker => "no worker thread could be started to run the task",
         })
     }
 }

@@ -387,6 +387,38 @@ fn submit_after_shutdown_is_rejected_counted_and_handed_back() {
 }
 
 #[test]
+fn a_pool_whose_workers_cannot_start_hands_each_task_back() {
+    common::watchdog(120, || {
+        let registry = Registry::new();
+        let pool = ThreadPoolExecutor::builder()
+            .max_workers(2)
+            // No system gives a thread a stack this large.
+            .stack_size(usize::MAX / 2)
+            .exporter_id("no_threads")
+            .registry(registry.clone())
+            .build()
+            .unwrap();
+        for attempt in 0..2 {
+            let err = pool.submit(move || attempt).unwrap_err();
+            // Not `Broken`: the next submit tries to start a worker again.
+            assert_eq!(err.reason(), RejectReason::NoWorker);
+            assert!(err.to_string().contains("no worker thread"), "{err}");
+            assert_eq!((err.into_inner())(), attempt);
+        }
+        pool.join();
+        let exp = scrape(&registry);
+        let c = counts(&exp, "executor", "no_threads");
+        assert_eq!((c.submitted, c.rejected, c.completed), (0.0, 2.0, 0.0));
+        let labels = [("executor", "no_threads")];
+        assert_eq!(
+            exp.value("executor_initialized_workers_total", &labels),
+            0.0
+        );
+        c.assert_invariant();
+    });
+}
+
+#[test]
 fn shutdown_now_cancels_queued_tasks_and_finishes_running_ones() {
     let registry = Registry::new();
     let pool = pool(&registry, "now", 1);

@@ -3,6 +3,11 @@
 //! Workers start lazily: a submit starts a new worker only while no worker is
 //! idle and fewer than `max_workers` exist, so a pool that runs one task at a
 //! time keeps one thread. Tasks wait in one unbounded FIFO channel.
+//!
+//! A worker that cannot start (the system refuses a thread) costs nothing
+//! while another worker runs: the task waits for that one. With no worker at
+//! all, the submit hands its task back ([`RejectReason::NoWorker`]) and the
+//! next submit tries again.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -144,7 +149,8 @@ impl ThreadPoolBuilder {
     }
 
     /// The stack size of each worker thread, in bytes (default: the standard
-    /// library's).
+    /// library's). A size the system cannot give makes each submit that finds
+    /// no worker fail with [`RejectReason::NoWorker`].
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
         self
@@ -275,42 +281,63 @@ impl ThreadPool {
         // failed to start): give it up rather than lose it silently.
         while let Ok(message) = shared.receiver.try_recv() {
             if let Message::Run(task) = message {
-                match shared.broken.get() {
-                    Some(reason) => task.abandon(reason.clone()),
-                    None => drop(task),
-                }
+                let reason = shared.broken.get().map_or(NO_WORKER, String::as_str);
+                task.abandon(reason.to_owned());
             }
         }
     }
 
-    fn spawn_worker(&self, index: usize) {
+    /// Starts worker `index`, whose slot in `workers` the caller claimed;
+    /// gives the slot back if the thread cannot start.
+    fn spawn_worker(&self, index: usize) -> std::io::Result<()> {
         let shared = &self.shared;
         let mut builder = thread::Builder::new().name(format!("{}-{}", shared.prefix, index));
         if let Some(size) = shared.stack_size {
             builder = builder.stack_size(size);
         }
         let worker_shared = shared.clone();
+        #[cfg(test)]
+        let allowed = tests::spawn_fault::inject();
+        #[cfg(not(test))]
+        let allowed = Ok(());
         let mut handles = lock(&shared.handles);
-        match builder.spawn(move || worker_loop(&worker_shared)) {
-            Ok(handle) => handles.push(handle),
+        match allowed.and_then(|()| builder.spawn(move || worker_loop(&worker_shared))) {
+            Ok(handle) => {
+                handles.push(handle);
+                Ok(())
+            }
             Err(e) => {
                 shared.workers.fetch_sub(1, Ordering::SeqCst);
-                if shared.workers.load(Ordering::SeqCst) == 0 {
-                    drop(handles);
-                    // This submit is itself counted in `submitting`: don't wait for it.
-                    break_pool(shared, format!("cannot start a worker thread: {e}"), false);
-                }
+                Err(e)
             }
         }
     }
 }
 
-fn break_pool(shared: &Shared, reason: String, wait_for_submits: bool) {
+/// Why a task queued when no worker could start ends unrun.
+const NO_WORKER: &str = "no worker thread could be started";
+
+/// A worker could not start and none is left: fails the tasks queued by
+/// submits that counted on it (they saw every worker slot taken, this one
+/// included). They were accepted, so they end as abandoned with the error
+/// rather than wait for a worker. One sent so late that this drain misses
+/// it is not lost either: the next submit starts a worker for it, or
+/// `shutdown` abandons it.
+fn abandon_stranded(shared: &Shared, error: &std::io::Error) {
+    let reason = format!("{NO_WORKER}: {error}");
+    while let Ok(message) = shared.receiver.try_recv() {
+        if let Message::Run(task) = message {
+            task.abandon(reason.clone());
+        }
+    }
+}
+
+fn break_pool(shared: &Shared, reason: String) {
     let _ = shared.broken.set(reason);
     let reason = shared.broken.get().cloned().unwrap_or_default();
     // Submits that passed their broken check are about to send: wait for them
     // so their tasks are drained below, not stranded.
-    while wait_for_submits && shared.submitting.load(Ordering::SeqCst) > 0 {
+    while shared.submitting.load(Ordering::SeqCst) > 0 {
         thread::yield_now();
     }
     while let Ok(message) = shared.receiver.try_recv() {
@@ -337,7 +364,6 @@ fn worker_loop(shared: &Shared) {
             break_pool(
                 shared,
                 format!("the worker initializer panicked: {message}"),
-                true,
             );
             return;
         }
@@ -392,10 +418,9 @@ impl Executor for ThreadPool {
         if let Some(reason) = refuse {
             return Err(Rejected::new(task, reason));
         }
-        // The channel is unbounded and the pool holds a receiver: send
-        // cannot fail.
-        let _ = shared.sender.send(Message::Run(task));
-        // Reuse an idle worker if there is one; otherwise start one if allowed.
+        // Reuse an idle worker if there is one; otherwise start one if
+        // allowed, before the task is sent, so that a task no worker can run
+        // goes back to its caller.
         let claimed_idle = shared.is_full()
             || shared
                 .idle
@@ -409,9 +434,19 @@ impl Executor for ThreadPool {
                         (n < shared.max_workers).then_some(n + 1)
                     })
             {
-                self.spawn_worker(index);
+                if let Err(e) = self.spawn_worker(index) {
+                    // Another worker, started or starting, runs the task;
+                    // with none, nobody would.
+                    if shared.workers.load(Ordering::SeqCst) == 0 {
+                        abandon_stranded(shared, &e);
+                        return Err(Rejected::new(task, RejectReason::NoWorker));
+                    }
+                }
             }
         }
+        // The channel is unbounded and the pool holds a receiver: send
+        // cannot fail.
+        let _ = shared.sender.send(Message::Run(task));
         Ok(())
     }
 
