@@ -50,16 +50,18 @@ def run_round(bench, filt, home):
         ["cargo", "bench", "--all-features", "--bench", bench, "--", filt],
         env=env, check=True, capture_output=True, text=True,
     ).stdout
+    # A bench's name starts a line; its time follows on the same line (short
+    # names) or on the next one. The change lines below it have three
+    # figures, not six, and do not match.
     figures, name = {}, None
     for line in out.splitlines():
+        head = line.split()[0] if line.strip() else ""
+        if "/" in head and not line.startswith(" "):
+            name = head
         m = TIME.search(line)
         if m and name:
             figures[name] = float(m.group(1)) * UNITS[m.group(2)]
             name = None
-            continue
-        head = line.split()[0] if line.strip() else ""
-        if "/" in head and not line.startswith(" "):
-            name = head
     return figures
 
 
