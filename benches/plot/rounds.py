@@ -90,6 +90,8 @@ def main():
             print(f"round {r + 1}/{rounds} (steal {steal:.0f}%): "
                   + ", ".join(f"{n} {v:.1f} ns" for n, v in sorted(figures.items())),
                   file=sys.stderr)
+    if not any(name.rsplit("/", 1)[1] == baseline for name in per_bench):
+        sys.exit(f"the baseline {baseline!r} was not among the benches run: {sorted(per_bench)}")
     print(f"CPU time stolen by the hypervisor during the rounds: median {statistics.median(steals):.0f}%, "
           f"max {max(steals):.0f}% (/proc/stat; figures taken at a high steal are slower and noisier)")
     print()
