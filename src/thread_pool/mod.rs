@@ -279,12 +279,10 @@ impl ThreadPool {
         }
         // No worker is left to run what remains (only possible if threads
         // failed to start): give it up rather than lose it silently.
-        while let Ok(message) = shared.receiver.try_recv() {
-            if let Message::Run(task) = message {
-                let reason = shared.broken.get().map_or(NO_WORKER, String::as_str);
-                task.abandon(reason.to_owned());
-            }
-        }
+        abandon_queued(
+            shared,
+            shared.broken.get().map_or(NO_WORKER, String::as_str),
+        );
     }
 
     /// Starts worker `index`, whose slot in `workers` the caller claimed;
@@ -324,10 +322,14 @@ const NO_WORKER: &str = "no worker thread could be started";
 /// it is not lost either: the next submit starts a worker for it, or
 /// `shutdown` abandons it.
 fn abandon_stranded(shared: &Shared, error: &std::io::Error) {
-    let reason = format!("{NO_WORKER}: {error}");
+    abandon_queued(shared, &format!("{NO_WORKER}: {error}"));
+}
+
+/// Takes every task out of the queue and abandons it with `reason`.
+fn abandon_queued(shared: &Shared, reason: &str) {
     while let Ok(message) = shared.receiver.try_recv() {
         if let Message::Run(task) = message {
-            task.abandon(reason.clone());
+            task.abandon(reason);
         }
     }
 }
@@ -340,11 +342,7 @@ fn break_pool(shared: &Shared, reason: String) {
     while shared.submitting.load(Ordering::SeqCst) > 0 {
         thread::yield_now();
     }
-    while let Ok(message) = shared.receiver.try_recv() {
-        if let Message::Run(task) = message {
-            task.abandon(reason.clone());
-        }
-    }
+    abandon_queued(shared, &reason);
 }
 
 thread_local! {
