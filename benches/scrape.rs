@@ -1,11 +1,16 @@
 //! Scrape cost and its effect on a busy pool:
 //!
-//! - `scrape_encode/{1,10,100}`: `registry.gather()` plus the text encoding
-//!   with that many exporters (distinct ids) in one registry, each with some
-//!   recorded tasks so every histogram has counts;
+//! - `scrape_text/{1,10,100}`: `registry.gather()` plus the text encoding by
+//!   this crate's [`TextEncoder`] (what `MetricsServer` serves), with that
+//!   many exporters (distinct ids) in one registry, each with some recorded
+//!   tasks so every histogram has counts;
+//! - `scrape_encode/{1,10,100}`: the same with `prometheus::TextEncoder`, the
+//!   baseline (same bytes);
+//! - `scrape_gather/{1,10,100}`: `registry.gather()` alone, the part both
+//!   encoders share;
 //! - `scrape_protobuf/{1,10,100}`: the same in the protobuf exposition
 //!   (feature `protobuf`);
-//! - `scrape_buckets/{26,17,15,10}`: the same with 100 exporters whose two
+//! - `scrape_buckets/{26,17,15,10}`: `scrape_text` with 100 exporters whose two
 //!   histograms have that many bounds (26 is [`DEFAULT_BUCKETS`]; the others
 //!   are alternatives spanning 1 µs to 5 min, for choosing the defaults);
 //! - `scrape_throughput`: `ThreadPoolExecutor` throughput on empty tasks
@@ -20,9 +25,9 @@ use std::time::{Duration, Instant};
 use common::{Inline, WORKERS};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use executor_exporter::{
-    ExecutorExporter, InstrumentedExecutorProxy, ThreadPoolExecutor, DEFAULT_BUCKETS,
+    ExecutorExporter, InstrumentedExecutorProxy, TextEncoder, ThreadPoolExecutor, DEFAULT_BUCKETS,
 };
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, Registry};
 
 /// `registry.gather()` encoded by `encoder` into `buf`.
 fn encode(encoder: &impl Encoder, registry: &Registry, buf: &mut Vec<u8>) {
@@ -69,8 +74,24 @@ fn scrape_with(c: &mut Criterion, name: &str, encoder: impl Encoder) {
     g.finish();
 }
 
+fn scrape_text(c: &mut Criterion) {
+    scrape_with(c, "scrape_text", TextEncoder::new());
+}
+
 fn scrape_encode(c: &mut Criterion) {
-    scrape_with(c, "scrape_encode", TextEncoder::new());
+    scrape_with(c, "scrape_encode", prometheus::TextEncoder::new());
+}
+
+fn scrape_gather(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scrape_gather");
+    for n in [1usize, 10, 100] {
+        let (registry, proxies) = exporters(n, DEFAULT_BUCKETS);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &registry, |b, registry| {
+            b.iter(|| registry.gather())
+        });
+        drop(proxies);
+    }
+    g.finish();
 }
 
 /// The same registries in the protobuf exposition (feature `protobuf`, which
@@ -175,6 +196,6 @@ fn scrape_throughput(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = scrape_encode, scrape_protobuf, scrape_buckets, scrape_throughput
+    targets = scrape_text, scrape_encode, scrape_gather, scrape_protobuf, scrape_buckets, scrape_throughput
 }
 criterion_main!(benches);

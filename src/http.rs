@@ -23,9 +23,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::proto::MetricFamily;
 #[cfg(feature = "protobuf")]
 use prometheus::ProtobufEncoder;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
+
+use crate::TextEncoder;
 
 /// Connections served at once; more are closed as soon as they are accepted.
 const MAX_CONNECTIONS: usize = 256;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, IntCounter, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, Registry};
 
 use crate::error::{BuildError, BuildErrorKind};
+use crate::TextEncoder;
 
 /// Name of the counter of failed pushes, registered in the pushed registry.
 pub const PUSH_FAILURES_METRIC: &str = "executor_exporter_push_failures_total";
