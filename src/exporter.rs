@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,15 @@ impl FailureReason {
         FailureReason::Killed,
     ];
 
+    /// The reasons a task run by a thread, rather than a worker process, can
+    /// fail with: what [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy)
+    /// (and so [`ThreadPoolExecutor`](crate::ThreadPoolExecutor)) records.
+    pub(crate) const IN_PROCESS: [FailureReason; 3] = [
+        FailureReason::Panic,
+        FailureReason::Error,
+        FailureReason::Broken,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -245,6 +254,11 @@ pub(crate) struct Series {
     duration_nanos: BucketBounds,
     /// `step_duration_seconds`, one histogram per step name.
     steps: Mutex<BTreeMap<String, Histogram>>,
+    /// The [`FailureReason`]s (a bit per index) the executors using this
+    /// series can fail a task with: their `task_failures_total` series are
+    /// exposed from the start, at zero. Another reason's series appears only
+    /// once it counts a failure, which none of them records.
+    reasons: AtomicU16,
     /// The label pairs of every sample but the steps', built once.
     labels: SeriesLabels,
 }
@@ -324,7 +338,15 @@ impl Series {
             duration_bounds,
             steps: Mutex::new(BTreeMap::new()),
             labels: SeriesLabels::new(id, ty),
+            reasons: AtomicU16::new(0),
         }
+    }
+
+    /// An executor that can fail tasks for these `reasons` records into this
+    /// series: expose their failure counts, at zero until a task fails.
+    pub(crate) fn expect_failures(&self, reasons: &[FailureReason]) {
+        let bits = reasons.iter().fold(0, |bits, r| bits | 1 << r.index());
+        self.reasons.fetch_or(bits, Ordering::Relaxed);
     }
 
     pub(crate) fn add_max_workers(&self, n: u64) {
@@ -508,8 +530,11 @@ impl Series {
         families[idx::WAIT].push(wait);
         families[idx::DURATION].push(completed);
         families[idx::DURATION].push(failed);
+        let expected = self.reasons.load(Ordering::Relaxed);
         for (reason, labels) in &self.labels.failures {
-            families[idx::FAILURES].push(Self::counter(failures[*reason], labels));
+            if expected & 1 << reason != 0 || failures[*reason] != 0 {
+                families[idx::FAILURES].push(Self::counter(failures[*reason], labels));
+            }
         }
         for (name, h) in lock(&self.steps).iter() {
             families[idx::STEP].push(self.step_histogram(h, name));
@@ -1201,6 +1226,55 @@ impl ExecutorExporterBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The failure reasons of `exporter_id`'s series in `registry`, with
+    /// their counts, read from the text exposition.
+    fn failures(registry: &Registry, exporter_id: &str) -> Vec<(String, String)> {
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&crate::TextEncoder::new(), &registry.gather(), &mut buf)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let prefix = format!(r#"executor_task_failures_total{{executor="{exporter_id}","#);
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .map(|rest| {
+                let (labels, value) = rest.split_once("} ").unwrap();
+                let reason = labels.split_once("reason=\"").unwrap().1;
+                (reason.trim_end_matches('"').to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    /// Reasons no executor of a series said it can fail with stay out of the
+    /// exposition until one counts a failure, and then appear with it.
+    #[test]
+    fn failure_reasons_are_exposed_once_expected_or_counted() {
+        let registry = Registry::new();
+        let exporter = ExecutorExporter::builder()
+            .exporter_id("reasons")
+            .registry(registry.clone())
+            .build()
+            .unwrap();
+        assert_eq!(failures(&registry, "reasons"), []);
+        exporter
+            .series()
+            .expect_failures(&FailureReason::IN_PROCESS);
+        let zero = |r: &str| (r.to_owned(), "0".to_owned());
+        assert_eq!(
+            failures(&registry, "reasons"),
+            [zero("broken"), zero("error"), zero("panic")]
+        );
+        exporter.series().failed_unstarted(FailureReason::Timeout);
+        assert_eq!(
+            failures(&registry, "reasons"),
+            [
+                zero("broken"),
+                zero("error"),
+                zero("panic"),
+                ("timeout".to_owned(), "1".to_owned())
+            ]
+        );
+    }
 
     /// Each registry's collector is forgotten once the registry and its
     /// exporters are gone (it was kept for the life of the process, and

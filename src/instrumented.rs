@@ -189,7 +189,8 @@ impl ThreadPoolExecutorBuilder {
     }
 
     /// Builds the exporter (registering its families) and the pool; every
-    /// series exists, at zero, when this returns.
+    /// series exists, at zero, when this returns (of the failure reasons,
+    /// those a thread pool can produce: `panic`, `error`, `broken`).
     pub fn build(self) -> Result<ThreadPoolExecutor, BuildError> {
         // Check the pool's options first, so a bad pool never creates series.
         self.pool.check()?;

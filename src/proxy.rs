@@ -393,6 +393,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         if let Some(n) = max_workers {
             exporter.add_max_workers(n);
         }
+        exporter
+            .series()
+            .expect_failures(&FailureReason::IN_PROCESS);
         let acct = Arc::new(Accounting::new(exporter.series().clone()));
         InstrumentedExecutorProxy {
             inner: executor,

@@ -124,6 +124,16 @@ fn failed_with(r: Result<Result<u64, String>, TaskError>, want: FailureReason) -
 }
 
 #[test]
+fn every_failure_reason_is_exposed_at_zero_when_the_pool_is_built() {
+    let registry = Registry::new();
+    let _p = pool(&registry, "fresh", 2);
+    let exp = scrape(&registry);
+    for r in FailureReason::ALL {
+        assert_eq!(reason(&exp, "fresh", r), 0.0, "{r}");
+    }
+}
+
+#[test]
 fn results_in_order_panic_and_err_are_counted() {
     let registry = Registry::new();
     let p = pool(&registry, "basic", 2);

@@ -703,6 +703,7 @@ impl ProcessPoolExecutorBuilder {
             .map_err(|e| BuildError::new(BuildErrorKind::Pool(Box::new(e))))?;
         let exporter = self.exporter.executor_type_or("process_pool").build()?;
         let _ = series_slot.set(exporter.series().clone());
+        exporter.series().expect_failures(&FailureReason::ALL);
         exporter.add_max_workers(pool.max_workers());
         let acct = Arc::new(Accounting::new(exporter.series().clone()));
         Ok(ProcessPoolExecutor {
