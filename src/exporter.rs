@@ -611,12 +611,13 @@ impl Families {
     }
 }
 
-/// How many samples one series adds to family `i` of [`METRICS`] (steps:
-/// none until a step is made).
+/// How many samples one series usually adds to family `i` of [`METRICS`]
+/// (failures: the reasons of a thread pool; steps: none until a step is
+/// made). A capacity hint: a family's vector grows past it if need be.
 fn samples_per_series(i: usize) -> usize {
     match i {
         idx::DURATION => 2,
-        idx::FAILURES => FailureReason::ALL.len(),
+        idx::FAILURES => FailureReason::IN_PROCESS.len(),
         idx::STEP => 0,
         _ => 1,
     }

@@ -220,7 +220,7 @@ impl State {
             }
             out.write_all(&self.head)?;
             out.write_all(text.as_bytes())?;
-            write_value(out, b.cumulative_count() as f64)?;
+            write_count(out, b.cumulative_count())?;
             write_end(out, timestamp_ms)?;
             if bound.is_sign_positive() && bound.is_infinite() {
                 inf_seen = true;
@@ -229,7 +229,7 @@ impl State {
         if !inf_seen {
             out.write_all(&self.head)?;
             out.write_all(b"+Inf\"} ")?;
-            write_value(out, h.get_sample_count() as f64)?;
+            write_count(out, h.get_sample_count())?;
             write_end(out, timestamp_ms)?;
         }
         let count = h.get_sample_count() as f64;
@@ -320,6 +320,16 @@ fn write_value<W: Write>(out: &mut W, value: f64) -> io::Result<()> {
         out.write_all(itoa::Buffer::new().format(int).as_bytes())
     } else {
         write!(out, "{value}")
+    }
+}
+
+/// Writes a count as `prometheus::TextEncoder` does: converted to `f64`
+/// first, so a count past 2^53 is written rounded, as that encoder would.
+fn write_count<W: Write>(out: &mut W, count: u64) -> io::Result<()> {
+    if count <= 1 << 53 {
+        out.write_all(itoa::Buffer::new().format(count).as_bytes())
+    } else {
+        write_value(out, count as f64)
     }
 }
 
