@@ -178,22 +178,20 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
                     encode(encoder, &content_type, &families)
                 }
             };
-            match encoded {
-                Ok(mut response) => {
-                    if cfg!(feature = "protobuf") {
-                        // The body depends on `Accept`: caches must not mix
-                        // the formats.
-                        response
-                            .headers_mut()
-                            .insert(VARY, HeaderValue::from_static("Accept"));
-                    }
-                    response
-                }
-                Err(e) => text(
+            let mut response = encoded.unwrap_or_else(|e| {
+                text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("cannot encode metrics: {e}\n"),
-                ),
+                )
+            });
+            if cfg!(feature = "protobuf") {
+                // The answer depends on `Accept` (the other format may
+                // encode where this one failed): caches must not mix them.
+                response
+                    .headers_mut()
+                    .insert(VARY, HeaderValue::from_static("Accept"));
             }
+            response
         }
         ("/metrics", _) => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

@@ -173,6 +173,55 @@ fn keeps_answering_under_load_from_wrk() {
 /// length-delimited `MetricFamily` stream, and it holds exactly what the
 /// registry gathers; the text format stays the answer to everything else.
 #[cfg(feature = "protobuf")]
+/// A collector whose family the text format has no type for.
+#[derive(Clone)]
+struct Untyped(executor_exporter::prometheus::core::Desc);
+
+impl executor_exporter::prometheus::core::Collector for Untyped {
+    fn desc(&self) -> Vec<&executor_exporter::prometheus::core::Desc> {
+        vec![&self.0]
+    }
+
+    fn collect(&self) -> Vec<executor_exporter::prometheus::proto::MetricFamily> {
+        use executor_exporter::prometheus::proto::{Metric, MetricFamily, MetricType};
+        let mut family = MetricFamily::default();
+        family.set_name("legacy_untyped".to_owned());
+        family.set_help("An untyped metric.".to_owned());
+        family.set_field_type(MetricType::UNTYPED);
+        family.set_metric(vec![Metric::default()]);
+        vec![family]
+    }
+}
+
+#[test]
+fn a_family_the_text_format_cannot_encode_is_a_500_not_a_dropped_connection() {
+    let registry = Registry::new();
+    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let desc = executor_exporter::prometheus::core::Desc::new(
+        "legacy_untyped".to_owned(),
+        "An untyped metric.".to_owned(),
+        vec![],
+        Default::default(),
+    )
+    .unwrap();
+    registry.register(Box::new(Untyped(desc.clone()))).unwrap();
+    let get = request(
+        &server,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&get), "500", "{get}");
+    assert!(
+        get.contains("legacy_untyped") && get.contains("UNTYPED"),
+        "{get}"
+    );
+    if cfg!(feature = "protobuf") {
+        assert!(get.contains("vary: Accept"), "{get}");
+    }
+    registry.unregister(Box::new(Untyped(desc))).unwrap();
+    let get = request(&server, b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert_eq!(status(&get), "200", "{get}");
+}
+
 #[test]
 fn serves_protobuf_to_a_scraper_that_prefers_it() {
     use executor_exporter::prometheus::proto::MetricFamily;
