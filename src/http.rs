@@ -262,7 +262,7 @@ impl Format {
         let keep = |slot: &mut Option<f32>, q: f32| *slot = Some(slot.map_or(q, |w| w.max(q)));
         let mut w = Weights::default();
         for value in accept.filter_map(|v| v.to_str().ok()) {
-            for range in value.split(',') {
+            for range in media_ranges(value) {
                 let Ok(range) = range.trim().parse::<mime::Mime>() else {
                     continue;
                 };
@@ -302,6 +302,31 @@ impl Format {
     }
 }
 
+/// The comma-separated media ranges of an `Accept` value; a comma inside a
+/// quoted parameter value (`;p="a,b"`) does not separate ranges.
+#[cfg(feature = "protobuf")]
+fn media_ranges(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, c) in s.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    rest = Some(&s[i + 1..]);
+                    return Some(&s[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(s)
+    })
+}
+
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -326,6 +351,24 @@ mod tests {
 
     fn negotiate(accept: &str) -> Format {
         Format::negotiate(std::iter::once(&HeaderValue::from_str(accept).unwrap()))
+    }
+
+    #[test]
+    fn a_comma_in_a_quoted_parameter_does_not_split_a_range() {
+        assert_eq!(
+            media_ranges(r#"text/plain;p="a,b\",c";q=1, */*"#).collect::<Vec<_>>(),
+            [r#"text/plain;p="a,b\",c";q=1"#, " */*"]
+        );
+        // Text, weighed 1 in a range with a quoted comma, wins over
+        // protobuf's 0.5 (with the range split, text would weigh nothing).
+        assert_eq!(
+            negotiate(&format!(r#"text/plain;x="a,b";q=1, {PROTO};q=0.5"#)),
+            Format::Text
+        );
+        assert_eq!(
+            negotiate(&format!(r#"text/plain;x="a,b";q=0.2, {PROTO};q=0.5"#)),
+            Format::Protobuf
+        );
     }
 
     #[test]
