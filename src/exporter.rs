@@ -122,7 +122,7 @@ pub(crate) const METRICS: &[MetricDef] = &[
         name: "worker_restarts_total",
         kind: Kind::Counter,
         extra_label: None,
-        help: "Workers replaced after a crash, a timeout or reaching their task limit.",
+        help: "Workers that left after a crash, a timeout or reaching their task limit (each is replaced when there is work).",
     },
     // Has series only once a step is created with `ExecutorExporter::step`.
     MetricDef {

@@ -65,7 +65,7 @@
 //! | `executor_task_wait_seconds` | histogram | | submit to start |
 //! | `executor_tasks_duration_seconds` | histogram | `result` | start to end, `completed` or `failed` |
 //! | `executor_task_failures_total` | counter | `reason` | why tasks failed (the reasons the pool can produce) |
-//! | `executor_worker_restarts_total` | counter | | workers replaced (process pools) |
+//! | `executor_worker_restarts_total` | counter | | workers that left after a crash, timeout or task limit (process pools) |
 //! | `executor_step_duration_seconds` | histogram | `step` | steps timed with [`ExecutorExporter::step`] |
 //!
 //! Whenever no task is in flight, `submitted = queued + running + completed +
