@@ -360,7 +360,10 @@ fn escape<W: Write>(value: &str, quote: bool, out: &mut W) -> io::Result<()> {
 /// `get_value`, its protobuf model `value`, and any crate in a build can turn
 /// that feature on. Each trait supplies the name the model lacks by calling
 /// the one it has; an inherent method wins over a trait's, so neither
-/// recurses. Only one of the two is called in a given build.
+/// recurses. Only one of the two is called in a given build. This is the
+/// encoder's only difference between the models: the tests run it against
+/// `prometheus::TextEncoder` in the protobuf model, and `.ci/run` builds the
+/// crate in the plain one (`--no-default-features`).
 #[allow(dead_code)]
 trait Value {
     fn value(&self) -> f64;
@@ -375,13 +378,11 @@ trait GetValue {
 macro_rules! value_either_way {
     ($($ty:ty),*) => {$(
         impl Value for $ty {
-            #[allow(unconditional_recursion)] // see `Value`: never both traits
             fn value(&self) -> f64 {
                 self.get_value()
             }
         }
         impl GetValue for $ty {
-            #[allow(unconditional_recursion)]
             fn get_value(&self) -> f64 {
                 self.value()
             }
