@@ -386,16 +386,17 @@ impl Series {
         self.shards.with_local(|s| s.add(&s.rejected, 1));
     }
 
-    /// A task started after waiting `wait`: the wait histogram's count is
-    /// the number of tasks started.
+    /// A task started after waiting `wait` nanoseconds: the wait
+    /// histogram's count is the number of tasks started.
     #[inline]
-    pub(crate) fn started(&self, wait: Duration) {
+    pub(crate) fn started(&self, wait: u64) {
         self.shards
             .with_local(|s| s.observe(&s.wait, &self.wait_nanos, wait));
     }
 
+    /// A started task ended after running `duration` nanoseconds.
     #[inline]
-    pub(crate) fn finished(&self, duration: Duration, failure: Option<FailureReason>) {
+    pub(crate) fn finished(&self, duration: u64, failure: Option<FailureReason>) {
         self.shards.with_local(|s| match failure {
             None => s.observe(&s.completed, &self.duration_nanos, duration),
             Some(reason) => {
@@ -417,7 +418,7 @@ impl Series {
             // start.
             s.add(&s.failed_unstarted, 1);
             s.add(&s.failures[reason.index()], 1);
-            s.observe(&s.failed, &self.duration_nanos, Duration::ZERO);
+            s.observe(&s.failed, &self.duration_nanos, 0);
         });
     }
 
@@ -922,11 +923,9 @@ impl ExecutorExporter {
         self.series.enqueue();
         self.series.accepted();
         let started = Clock::now();
-        self.series
-            .started(started.saturating_duration_since(submitted));
+        self.series.started(started.nanos_since(submitted));
         let ended = Clock::now();
-        self.series
-            .finished(ended.saturating_duration_since(started), None);
+        self.series.finished(ended.nanos_since(started), None);
     }
 
     /// Adds `n` to `max_workers_total`: call once per pool built.

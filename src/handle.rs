@@ -540,9 +540,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             return None;
         }
         let now = Clock::now();
-        self.acct
-            .series
-            .started(now.saturating_duration_since(self.submitted_at));
+        self.acct.series.started(now.nanos_since(self.submitted_at));
         Some(now)
     }
 
@@ -555,7 +553,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     ) {
         self.acct
             .series
-            .finished(Clock::now().saturating_duration_since(started), failure);
+            .finished(Clock::now().nanos_since(started), failure);
         self.publish(RUNNING ^ DONE, result);
     }
 

@@ -222,8 +222,7 @@ impl<F: Body<Output = ()>> Detached<F> {
             return drop(end);
         }
         let started = Clock::now();
-        acct.series
-            .started(started.saturating_duration_since(submitted_at));
+        acct.series.started(started.nanos_since(submitted_at));
         let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
         body_done();
         let failure = outcome.is_err().then_some(FailureReason::Panic);
@@ -231,7 +230,7 @@ impl<F: Body<Output = ()>> Detached<F> {
             drop_quietly(payload);
         }
         acct.series
-            .finished(Clock::now().saturating_duration_since(started), failure);
+            .finished(Clock::now().nanos_since(started), failure);
         acct.ended();
     }
 

@@ -35,7 +35,6 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
@@ -121,17 +120,12 @@ impl Shard {
         add(self.exclusive, counter, n);
     }
 
-    /// Counts `d` into `buckets` (one of this shard's histograms), in the
-    /// first bucket whose bound is at least `d`, as Prometheus' `le` buckets
-    /// do. The bucket is counted last, so a scrape that sees the observation
-    /// also sees what this thread recorded before.
+    /// Counts a duration of `nanos` into `buckets` (one of this shard's
+    /// histograms), in the first bucket whose bound is at least `nanos`, as
+    /// Prometheus' `le` buckets do. The bucket is counted last, so a scrape
+    /// that sees the observation also sees what this thread recorded before.
     #[inline]
-    pub(crate) fn observe(&self, buckets: &Buckets, bounds: &BucketBounds, d: Duration) {
-        let nanos = d
-            .as_secs()
-            .checked_mul(1_000_000_000)
-            .and_then(|n| n.checked_add(u64::from(d.subsec_nanos())))
-            .unwrap_or(u64::MAX);
+    pub(crate) fn observe(&self, buckets: &Buckets, bounds: &BucketBounds, nanos: u64) {
         add(self.exclusive, &buckets.sum_nanos, nanos);
         if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
             add(self.exclusive, count, 1);
@@ -401,7 +395,7 @@ mod tests {
                         for i in 0..1000u64 {
                             shards.with_local(|s| {
                                 s.add(&s.submitted, 1);
-                                s.observe(&s.wait, &bounds, Duration::from_nanos(i));
+                                s.observe(&s.wait, &bounds, i);
                             });
                         }
                     })
