@@ -220,12 +220,28 @@ impl Accounting {
 
     /// One admitted task ended (finished, cancelled, failed or rejected).
     ///
-    /// The thread counts itself in while it may still read `self` (only when
-    /// somebody waits: to see whether this end made the executor idle), and
-    /// counts itself out with its last access.
+    /// When nobody waits for idleness, one atomic add. When somebody does,
+    /// the thread counts itself in while it may still read `self` (to see
+    /// whether this end made the executor idle), and counts itself out with
+    /// its last access.
     pub(crate) fn ended(&self) {
         let signal = self.signal();
         let stripe = &self.ended[stripe()];
+        // Nobody waits (the usual case): count the end with one atomic add,
+        // and never read `self` again: this end may leave the executor idle,
+        // and its owner may then free it. A waiter that sets its flag after
+        // the add sees this end when it checks for idleness.
+        if stripe.load(Ordering::SeqCst) & WAITING == 0 {
+            let before = stripe.fetch_add(ONE_ENDED, Ordering::SeqCst);
+            if before & WAITING != 0 {
+                // A waiter set its flag between the load and the add, and
+                // may have found the executor busy before this end: wake it
+                // (the signal is static; a wake it did not need is spurious).
+                let _guard = lock(&signal.lock);
+                signal.cv.notify_all();
+            }
+            return;
+        }
         let before = stripe.fetch_add(ONE_ENDED + BUSY, Ordering::SeqCst);
         crate::sync::seqcst_pair();
         // Of two ends on different stripes, the later one (in the single
