@@ -7,6 +7,7 @@
 //! per read.
 
 use std::sync::OnceLock;
+
 fn source() -> &'static quanta::Clock {
     static SOURCE: OnceLock<quanta::Clock> = OnceLock::new();
     // Calibrates on first use (once per process, shared with every
