@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Instructions per task of each variant of benches/instructions.rs, counted by
+callgrind (valgrind): the loop run with N and with 2N tasks, the difference
+divided by N (so one-time costs, such as a thread's first shard, drop out).
+
+    python3 benches/plot/instructions.py [N]     # N defaults to 10000
+
+Builds the bench first (`cargo bench --no-run`). Needs valgrind (Debian
+package `valgrind`). Prints a Markdown table, and `proxy_spawn` minus `bare`:
+what the instrumentation adds to a task.
+"""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+VARIANTS = ["bare", "clock_reads", "bundle", "proxy_spawn"]
+
+
+def binary():
+    out = subprocess.run(
+        ["cargo", "bench", "--all-features", "--bench", "instructions", "--no-run"],
+        capture_output=True, text=True, check=True).stderr
+    m = re.search(r"\((\S*instructions-[0-9a-f]+)\)", out)
+    if m:
+        return m.group(1)
+    found = sorted(glob.glob("target/release/deps/instructions-*"), key=os.path.getmtime)
+    found = [f for f in found if os.access(f, os.X_OK) and not f.endswith(".d")]
+    if not found:
+        sys.exit("instructions bench binary not found")
+    return found[-1]
+
+
+def collected(bin_path, variant, n):
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out",
+             "--toggle-collect=instructions::loop_*", bin_path, variant, str(n)],
+            capture_output=True, text=True, check=True).stderr
+    m = re.search(r"Collected : (\d+)", out)
+    if not m:
+        sys.exit(f"no instruction count from callgrind for {variant}:\n{out}")
+    return int(m.group(1))
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    bin_path = binary()
+    per_task = {}
+    for v in VARIANTS:
+        per_task[v] = (collected(bin_path, v, 2 * n) - collected(bin_path, v, n)) / n
+    print("| variant | instructions per task |")
+    print("|---|---|")
+    for v in VARIANTS:
+        print(f"| {v} | {per_task[v]:.1f} |")
+    added = per_task["proxy_spawn"] - per_task["bare"]
+    print(f"\nproxy_spawn - bare: {added:.1f} instructions added per task")
+
+
+if __name__ == "__main__":
+    main()
