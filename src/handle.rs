@@ -55,8 +55,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The `ended` word of [`Accounting`]: the ended count in the high 40 bits
 /// (wrapping: compared with the admitted count modulo 2^40), a flag set while
-/// a thread waits for idleness, and the threads inside
-/// [`Accounting::ended`] in the low 23 bits.
+/// a thread waits for idleness, and in the low 23 bits the threads in
+/// [`Accounting::ended`] that saw the flag and may still read the accounting.
 const ONE_ENDED: u64 = 1 << 24;
 const WAITING: u64 = 1 << 23;
 const BUSY: u64 = 1;
@@ -125,7 +125,7 @@ impl Drop for RunningHere {
 /// Where `wait_idle` and a task's `join` sleep, and what an end that they
 /// wait for wakes: one of a few process-wide pairs, chosen by the address
 /// of the accounting or task waited for. Static, so the task that ends last
-/// never touches its accounting after the decrement that made it idle (the
+/// never touches its accounting after the add that made it idle (the
 /// waiter may then return and its owner free the accounting at once), and a
 /// task needs no mutex and condvar of its own; a pair shared by two waits
 /// only costs a spurious wake-up.
@@ -168,7 +168,7 @@ fn wait_signal(_addr: usize) -> &'static WaitSignal {
 /// end is a cache line moving between cores twice per task). A task holds
 /// a plain pointer ([`AcctRef`]) instead, valid while the task is in flight:
 /// dropping the last owner waits until every admitted task has ended and
-/// no thread is still inside [`ended`](Accounting::ended).
+/// no thread in [`ended`](Accounting::ended) may still read it.
 ///
 /// Submitters and task ends count on separate cache lines, so a submit
 /// does not wait for the line the workers last wrote; the ends are counted
@@ -182,8 +182,9 @@ pub(crate) struct Accounting {
     /// Tasks admitted; written by submitting threads only.
     admitted: CachePadded<AtomicU64>,
     /// Per stripe: tasks ended, the waiting flag (set on every stripe) and
-    /// the threads inside `ended` (see [`ONE_ENDED`]); written by the
-    /// threads that end tasks, each on its own stripe.
+    /// the threads in `ended` that may still read the accounting (see
+    /// [`ONE_ENDED`]); written by the threads that end tasks, each on its
+    /// own stripe.
     ended: [CachePadded<AtomicU64>; STRIPES],
     closed: AtomicBool,
     cancel_pending: AtomicBool,
@@ -220,10 +221,10 @@ impl Accounting {
 
     /// One admitted task ended (finished, cancelled, failed or rejected).
     ///
-    /// When nobody waits for idleness, one atomic add. When somebody does,
-    /// the thread counts itself in while it may still read `self` (to see
-    /// whether this end made the executor idle), and counts itself out with
-    /// its last access.
+    /// When nobody waits for idleness, a load and one atomic add. When
+    /// somebody does, the thread counts itself in while it may still read
+    /// `self` (to see whether this end made the executor idle), and counts
+    /// itself out with its last access.
     pub(crate) fn ended(&self) {
         let signal = self.signal();
         let stripe = &self.ended[stripe()];
@@ -351,8 +352,10 @@ impl Accounting {
 impl Drop for Accounting {
     /// Runs when the last owner lets go: tasks still in flight point here,
     /// so wait for them (an executor's own shutdown has normally done so),
-    /// then for the threads still inside `ended` (a few instructions each;
-    /// nothing can be admitted any more).
+    /// then for the threads in `ended` that may still read it (a few
+    /// instructions each; nothing can be admitted any more). A thread whose
+    /// end found nobody waiting does not read it after its add, and may
+    /// still be waking the static signal: that is not the accounting.
     fn drop(&mut self) {
         self.wait_idle();
         for stripe in &self.ended {
