@@ -8,6 +8,9 @@
 
 use std::sync::OnceLock;
 
+/// Inlined: where the crate reads the clock, the set-up check is an atomic
+/// load, not a call.
+#[inline]
 fn source() -> &'static quanta::Clock {
     static SOURCE: OnceLock<quanta::Clock> = OnceLock::new();
     // Calibrates on first use (once per process, shared with every
