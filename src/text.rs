@@ -392,5 +392,5 @@ macro_rules! value_either_way {
 
 value_either_way!(Counter, Gauge);
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -70,7 +70,7 @@ mod task;
 mod wire;
 mod worker;
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 pub use error::{BuildError, SubmitError};

@@ -183,7 +183,7 @@ fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize) -> i32
     loop {
         match read(fd) {
             Ok(ToWorker::Run { id, call }) => {
-                #[cfg(test)]
+                #[cfg(all(test, not(loom)))]
                 let call = super::tests::before_ack_hook(call);
                 let outcome = match registry.get(&call.task) {
                     None => WireOutcome::UnknownTask(call.task.into_owned()),
