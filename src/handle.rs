@@ -101,24 +101,50 @@ fn stripe() -> usize {
 
 #[cfg(not(loom))]
 thread_local! {
-    /// The accountings of the tasks this thread is running, innermost last
-    /// (a task can run another inline).
-    static RUNNING_TASKS_OF: std::cell::RefCell<Vec<*const Accounting>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// The innermost task this thread is running, the head of a list of
+    /// [`RunningNode`]s through the run paths' stack frames, innermost
+    /// first (a task can run another inline). A `Cell` of a pointer: no
+    /// destructor to register and no borrow flag, so entering and leaving a
+    /// task are two loads and three stores.
+    static INNERMOST_TASK: std::cell::Cell<*const RunningNode> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// One task this thread is running, in the list headed by `INNERMOST_TASK`: lives
+/// in the run path's stack frame, entered with [`RunningNode::enter`] for as
+/// long as the task runs.
+pub(crate) struct RunningNode {
+    #[cfg(not(loom))]
+    acct: *const Accounting,
+    #[cfg(not(loom))]
+    outer: std::cell::Cell<*const RunningNode>,
+}
+
+impl RunningNode {
+    /// Marks this thread as running a task of `acct` while the returned
+    /// guard lives. The guard borrows the node, so the node cannot move or
+    /// be dropped while the list points at it.
+    #[inline]
+    pub(crate) fn enter(&self) -> RunningHere<'_> {
+        #[cfg(not(loom))]
+        let _ = INNERMOST_TASK.try_with(|head| self.outer.set(head.replace(self)));
+        RunningHere { node: self }
+    }
 }
 
 /// While alive, this thread counts as running a task of one accounting.
-pub(crate) struct RunningHere {
-    #[cfg(not(loom))]
-    pushed: bool,
+pub(crate) struct RunningHere<'a> {
+    #[cfg_attr(loom, allow(dead_code))]
+    node: &'a RunningNode,
 }
 
-impl Drop for RunningHere {
+impl Drop for RunningHere<'_> {
+    #[inline]
     fn drop(&mut self) {
+        // Guards drop innermost first (each lives in its own run path's
+        // frame), so this node is the head again.
         #[cfg(not(loom))]
-        if self.pushed {
-            let _ = RUNNING_TASKS_OF.try_with(|r| r.borrow_mut().pop());
-        }
+        let _ = INNERMOST_TASK.try_with(|head| head.set(self.node.outer.get()));
     }
 }
 
@@ -290,18 +316,16 @@ impl Accounting {
         }
     }
 
-    /// Marks this thread as running one of this accounting's tasks until
-    /// the guard is dropped.
-    pub(crate) fn running_here(&self) -> RunningHere {
-        #[cfg(not(loom))]
-        {
-            let pushed = RUNNING_TASKS_OF
-                .try_with(|r| r.borrow_mut().push(self as *const Accounting))
-                .is_ok();
-            RunningHere { pushed }
+    /// A node to mark this thread as running one of this accounting's tasks
+    /// ([`RunningNode::enter`]).
+    #[inline]
+    pub(crate) fn running_node(&self) -> RunningNode {
+        RunningNode {
+            #[cfg(not(loom))]
+            acct: self,
+            #[cfg(not(loom))]
+            outer: std::cell::Cell::new(std::ptr::null()),
         }
-        #[cfg(loom)]
-        RunningHere {}
     }
 
     /// True on a thread inside one of this accounting's tasks (however
@@ -310,8 +334,21 @@ impl Accounting {
     /// under loom.
     pub(crate) fn is_running_here(&self) -> bool {
         #[cfg(not(loom))]
-        return RUNNING_TASKS_OF
-            .try_with(|r| r.borrow().iter().any(|a| std::ptr::eq(*a, self)))
+        return INNERMOST_TASK
+            .try_with(|head| {
+                let mut node = head.get();
+                while !node.is_null() {
+                    // SAFETY: every node in the list is entered, so its
+                    // guard, which borrows it, is alive in a frame of this
+                    // thread below this one (see `RunningNode::enter`).
+                    let n = unsafe { &*node };
+                    if std::ptr::eq(n.acct, self) {
+                        return true;
+                    }
+                    node = n.outer.get();
+                }
+                false
+            })
             .unwrap_or(false);
         #[cfg(loom)]
         false
@@ -612,11 +649,12 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         self.state.load(Ordering::Acquire) & PHASE
     }
 
-    /// Marks this thread as running this task until the guard drops (see
-    /// [`Accounting::running_here`]); the run path holds it over the whole
+    /// A node to mark this thread as running this task (see
+    /// [`Accounting::running_node`]); the run path enters it over the whole
     /// run, the unrun closure's drop included.
-    pub(crate) fn running_here(&self) -> RunningHere {
-        self.acct.running_here()
+    #[inline]
+    pub(crate) fn running_node(&self) -> RunningNode {
+        self.acct.running_node()
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

@@ -113,7 +113,8 @@ where
     fn run(&self, body_done: &dyn Fn()) {
         // The body, or its captures when it is dropped unrun, may drop the
         // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
-        let _running = self.running_here();
+        let running = self.running_node();
+        let _running = running.enter();
         let mut f = Some(self.take_f());
         let started = self.start_or_cancel(|| drop_quietly(f.take()));
         // Not started: cancelled by `shutdown_now` just now (the closure
@@ -214,7 +215,8 @@ impl<F: Body<Output = ()>> Detached<F> {
         let (f, acct, submitted_at) = self.into_parts();
         // The body, or its captures when it is dropped unrun, may drop the
         // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
-        let _running = acct.running_here();
+        let running = acct.running_node();
+        let _running = running.enter();
         if acct.cancelling_pending() {
             let end = end_unrun(acct, Series::cancelled);
             drop_quietly(f);
