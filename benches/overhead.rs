@@ -2,7 +2,9 @@
 //! (execute + a completion latch) and through [`ThreadPoolExecutor`] (`spawn`
 //! then `join()`, the same fire-and-forget shape; `submit` then `join()`; or
 //! each handle's `join`), for empty, ~1 us and ~10 us tasks, from one
-//! submitter and from two at once.
+//! submitter and from two at once. For empty tasks, also the plain pool
+//! with the instrumentation's three clock reads added and nothing else
+//! (`thread_pool_clocked`): the best ratio possible on the host.
 //!
 //! One criterion iteration is one task: a sample submits `iters` tasks and
 //! waits for them all, so the reported time (the slope over samples of
@@ -12,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{share, spin, Latch, SIZES, WORKERS};
+use common::{clocked, share, spin, Latch, SIZES, WORKERS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use executor_exporter::{Executor, Task, TaskHandle, ThreadPool, ThreadPoolExecutor};
 
@@ -39,6 +41,25 @@ fn plain(pool: &ThreadPool, iters: u64, submitters: u64, nanos: u64) -> Duration
                 spin(nanos);
                 LATCH.count_down();
             }))
+            .unwrap();
+        }
+    });
+    LATCH.wait();
+    start.elapsed()
+}
+
+/// [`plain`] with the instrumentation's three clock reads per task and
+/// nothing else of it (see [`clocked`]): the ceiling of the
+/// instrumented / plain ratio on this host, measured beside it.
+fn plain_clocked(pool: &ThreadPool, iters: u64, submitters: u64, nanos: u64) -> Duration {
+    LATCH.reset(iters as usize);
+    let start = Instant::now();
+    from_submitters(iters, submitters, |n| {
+        for _ in 0..n {
+            pool.execute(Task::new(clocked(move || {
+                spin(nanos);
+                LATCH.count_down();
+            })))
             .unwrap();
         }
     });
@@ -98,6 +119,11 @@ fn overhead(c: &mut Criterion) {
             g.bench_function("thread_pool", |b| {
                 b.iter_custom(|iters| plain(&plain_pool, iters, submitters, nanos))
             });
+            if nanos == 0 {
+                g.bench_function("thread_pool_clocked", |b| {
+                    b.iter_custom(|iters| plain_clocked(&plain_pool, iters, submitters, nanos))
+                });
+            }
             g.bench_function("executor_spawn", |b| {
                 b.iter_custom(|iters| {
                     instrumented(&pool, iters, submitters, |p| {

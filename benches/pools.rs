@@ -3,7 +3,9 @@
 //! `std::thread::scope` spawning threads per batch, our plain `ThreadPool`
 //! and `ThreadPoolExecutor` (`spawn` + `join`, the same shape as the
 //! `threadpool` crate's; and `submit` + `join` with the handle dropped), and
-//! our proxy over rayon (`spawn` + `join`) beside bare rayon.
+//! our proxy over rayon (`spawn` + `join`) beside bare rayon, and, for empty
+//! tasks, beside bare rayon with the proxy's three clock reads added
+//! (`rayon_clocked`, the proxy's ceiling).
 //! Every pool has two workers; one thread submits.
 //!
 //! One criterion iteration is one task (see `overhead.rs`).
@@ -13,7 +15,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{rayon_pool, spin, Latch, SIZES, WORKERS};
+use common::{clocked, rayon_pool, spin, Latch, SIZES, WORKERS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use executor_exporter::{
     Executor, ExecutorExporter, InstrumentedExecutorProxy, Task, ThreadPool, ThreadPoolExecutor,
@@ -112,6 +114,20 @@ fn pools(c: &mut Criterion) {
                 })
             })
         });
+        if nanos == 0 {
+            // Bare rayon with the proxy's three clock reads and nothing else
+            // of it: the best a proxy over rayon can do on this host.
+            g.bench_function("rayon_clocked", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, || {
+                        rayon_bare.spawn(clocked(move || {
+                            spin(nanos);
+                            LATCH.count_down();
+                        }))
+                    })
+                })
+            });
+        }
         g.bench_function("thread_scope", |b| {
             b.iter_custom(|iters| scoped(iters, nanos))
         });

@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each bench uses its own subset
 
+use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
@@ -50,6 +51,31 @@ pub fn spin(nanos: u64) {
     let d = Duration::from_nanos(nanos);
     while start.elapsed() < d {
         std::hint::spin_loop();
+    }
+}
+
+/// The clock the crate reads: raw reads of a process-wide `quanta::Clock`
+/// (`quanta` shares one calibration between its clocks).
+#[inline]
+pub fn clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
+
+/// `f` with the three clock reads an instrumented task makes and nothing
+/// else of the instrumentation: the submit time, read here (by the
+/// submitter), and the start and end times, read around `f` by whoever runs
+/// it. A plain pool given such tasks shows what the instrumentation would
+/// cost if its clock reads were all it did: the best ratio any design that
+/// gives each task its own wait and duration can reach on this host.
+#[inline]
+pub fn clocked(f: impl FnOnce() + Send + 'static) -> impl FnOnce() + Send + 'static {
+    let submitted = clock().raw();
+    move || {
+        let started = clock().raw();
+        f();
+        let ended = clock().raw();
+        black_box((started.wrapping_sub(submitted), ended.wrapping_sub(started)));
     }
 }
 
