@@ -33,34 +33,39 @@ fn from_submitters(iters: u64, submitters: u64, submit: impl Fn(u64) + Sync) {
 }
 
 fn plain(pool: &ThreadPool, iters: u64, submitters: u64, nanos: u64) -> Duration {
-    LATCH.reset(iters as usize);
-    let start = Instant::now();
-    from_submitters(iters, submitters, |n| {
-        for _ in 0..n {
-            pool.execute(Task::new(move || {
-                spin(nanos);
-                LATCH.count_down();
-            }))
-            .unwrap();
+    plain_with(pool, iters, submitters, move || {
+        move || {
+            spin(nanos);
+            LATCH.count_down();
         }
-    });
-    LATCH.wait();
-    start.elapsed()
+    })
 }
 
 /// [`plain`] with the instrumentation's three clock reads per task and
 /// nothing else of it (see [`clocked`]): the ceiling of the
 /// instrumented / plain ratio on this host, measured beside it.
 fn plain_clocked(pool: &ThreadPool, iters: u64, submitters: u64, nanos: u64) -> Duration {
+    plain_with(pool, iters, submitters, move || {
+        clocked(move || {
+            spin(nanos);
+            LATCH.count_down();
+        })
+    })
+}
+
+/// Executes `iters` tasks made by `task` on the plain pool and waits for
+/// them with the latch (each task counts it down).
+fn plain_with<T: FnOnce() + Send + 'static>(
+    pool: &ThreadPool,
+    iters: u64,
+    submitters: u64,
+    task: impl Fn() -> T + Sync,
+) -> Duration {
     LATCH.reset(iters as usize);
     let start = Instant::now();
     from_submitters(iters, submitters, |n| {
         for _ in 0..n {
-            pool.execute(Task::new(clocked(move || {
-                spin(nanos);
-                LATCH.count_down();
-            })))
-            .unwrap();
+            pool.execute(Task::new(task())).unwrap();
         }
     });
     LATCH.wait();
