@@ -73,6 +73,37 @@ impl<'de> serde::Deserialize<'de> for Unencodable {
 }
 task!(TakesUnencodable, "takes_unencodable", Unencodable => (), |_| Ok(()));
 
+/// An output whose `Deserialize` panics. Outputs are decoded in the parent, on the pool's dispatcher
+/// thread, so this is user code panicking there.
+struct PanicsOnDecode;
+impl serde::Serialize for PanicsOnDecode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+impl<'de> serde::Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("this output refuses to be decoded")
+    }
+}
+task!(DecodePanics, "decode_panics", () => PanicsOnDecode, |()| Ok(PanicsOnDecode));
+
+// Forks a child that sleeps 30 s holding a copy of the worker's channel, writes the child's pid to the
+// file named by the input, then makes the worker exit with code 3.
+task!(ForkThenExit, "fork_then_exit", String => u64, |pid_file| {
+    // SAFETY: fork(2); the child only sleeps and exits (async-signal-safe calls).
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: sleep(3) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::sleep(30);
+            libc::_exit(0);
+        }
+    }
+    std::fs::write(&pid_file, child.to_string()).map_err(|e| e.to_string())?;
+    std::process::exit(3)
+});
+
 fn worker_registry() -> WorkerRegistry {
     WorkerRegistry::new()
         .register::<Square>()
@@ -87,6 +118,8 @@ fn worker_registry() -> WorkerRegistry {
         .register::<ReadMarker>()
         .register::<FailInit>()
         .register::<TakesUnencodable>()
+        .register::<DecodePanics>()
+        .register::<ForkThenExit>()
 }
 
 /// This test binary is its own worker program.
@@ -413,4 +446,148 @@ fn pp_6_kill_fails_running_tasks() {
     counts(&exp, "executor", "kill").assert_invariant();
     assert_eq!(reason(&exp, "kill", FailureReason::Killed), 2.0);
     drop(p);
+}
+
+/// Joins with a bound shorter than the watchdog: these tests hung (or waited out a grandchild) before
+/// their fixes, and should fail quickly rather than wait a minute.
+fn join_within<T>(h: &mut executor_exporter::TaskHandle<T>, secs: u64) -> Result<T, TaskError> {
+    match h.join_timeout(Duration::from_secs(secs)) {
+        Err(TaskError::TimedOut) => panic!("the task did not end within {secs} s"),
+        other => other,
+    }
+}
+
+#[test]
+fn output_whose_decoding_panics_fails_that_task_and_the_pool_carries_on() {
+    // The whole scenario under a watchdog: a pool whose task is never finished cannot be dropped.
+    common::watchdog(30, output_whose_decoding_panics);
+}
+
+fn output_whose_decoding_panics() {
+    let registry = Registry::new();
+    let p = pool(&registry, "decode-panic", 2);
+    let mut other = p.submit::<SleepMs>(&1_000).unwrap();
+    let mut h = p.submit::<DecodePanics>(&()).unwrap();
+    match join_within(&mut h, 10) {
+        Err(TaskError::Failed { reason, message }) => {
+            assert_eq!(reason, FailureReason::Serialization);
+            assert!(
+                message.contains("this output refuses to be decoded"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a serialization failure, got {:?}", other.is_ok()),
+    }
+    // The task on the other worker was not killed, and the pool takes new work.
+    assert_eq!(join_within(&mut other, 10), Ok(Ok(1_000)));
+    assert_eq!(join(p.submit::<Square>(&3).unwrap()), Ok(Ok(9)));
+    common::watchdog(20, move || drop(p));
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "decode-panic");
+    c.assert_invariant();
+    assert_eq!((c.submitted, c.completed, c.failed), (3.0, 2.0, 1.0));
+    assert_eq!(
+        reason(&exp, "decode-panic", FailureReason::Serialization),
+        1.0
+    );
+    assert_eq!(reason(&exp, "decode-panic", FailureReason::Killed), 0.0);
+}
+
+#[test]
+fn a_panicking_waker_does_not_take_down_the_pool() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    struct PanickingWaker;
+    impl Wake for PanickingWaker {
+        fn wake(self: Arc<Self>) {
+            panic!("this waker panics");
+        }
+    }
+
+    let registry = Registry::new();
+    let p = pool(&registry, "waker-panic", 2);
+    let mut other = p.submit::<SleepMs>(&1_000).unwrap();
+    let mut h = p.submit::<SleepMs>(&100).unwrap();
+    let waker = Waker::from(Arc::new(PanickingWaker));
+    let polled = std::pin::Pin::new(&mut h).poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending(), "polled before the task could end");
+    // The dispatcher wakes the panicking waker when the task ends.
+    assert!(
+        h.wait_timeout(Duration::from_secs(10)),
+        "the task did not end"
+    );
+    assert_eq!(join_within(&mut other, 10), Ok(Ok(1_000)));
+    assert_eq!(join(p.submit::<Square>(&5).unwrap()), Ok(Ok(25)));
+    common::watchdog(20, move || drop(p));
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "waker-panic");
+    c.assert_invariant();
+    assert_eq!((c.submitted, c.completed, c.failed), (3.0, 3.0, 0.0));
+    assert_eq!(reason(&exp, "waker-panic", FailureReason::Killed), 0.0);
+}
+
+/// Whether `pid` is gone or a zombie (it exited); zombies mean nobody reaped it.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.chars().next()
+}
+
+#[test]
+fn a_worker_that_exits_while_its_fork_holds_the_channel_fails_its_task_at_once() {
+    let registry = Registry::new();
+    let p = pool(&registry, "forking", 1);
+    let pid_file = std::env::temp_dir().join(format!("ee-fork-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pid_file);
+    let started = std::time::Instant::now();
+    let mut h = p
+        .submit::<ForkThenExit>(&pid_file.display().to_string())
+        .unwrap();
+    let worker = p.worker_pids();
+    let result = join_within(&mut h, 25);
+    let took = started.elapsed();
+    let grandchild: Option<i32> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let _ = std::fs::remove_file(&pid_file);
+    let kill_grandchild = || {
+        if let Some(pid) = grandchild {
+            // SAFETY: kill(2) on the process the task forked (it is not ours to wait for).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    };
+    let message = match result {
+        Err(TaskError::Failed { reason, message }) if reason == FailureReason::WorkerDied => {
+            message
+        }
+        other => {
+            kill_grandchild();
+            panic!("expected a worker_died failure, got {:?}", other.is_ok());
+        }
+    };
+    assert!(grandchild.is_some(), "the task did not fork");
+    // The grandchild is still alive and holds the channel: the exit was seen from the process itself.
+    assert!(
+        proc_state(grandchild.unwrap() as u32).is_some_and(|s| s != 'Z'),
+        "the grandchild should still be running"
+    );
+    assert!(message.contains("exit code 3"), "{message}");
+    assert!(took < Duration::from_secs(5), "noticed after {took:?}");
+    for pid in worker {
+        assert_eq!(proc_state(pid), None, "worker {pid} was not reaped");
+    }
+    // The pool goes on, and shutting it down does not wait for the grandchild.
+    assert_eq!(join(p.submit::<Square>(&6).unwrap()), Ok(Ok(36)));
+    let shutdown = std::time::Instant::now();
+    common::watchdog(20, move || drop(p));
+    let shutdown = shutdown.elapsed();
+    kill_grandchild();
+    assert!(
+        shutdown < Duration::from_secs(5),
+        "shutdown took {shutdown:?}"
+    );
+    let c = counts(&scrape(&registry), "executor", "forking");
+    c.assert_invariant();
+    assert_eq!((c.submitted, c.completed, c.failed), (2.0, 1.0, 1.0));
 }

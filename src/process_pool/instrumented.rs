@@ -10,17 +10,19 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::Registry;
+use serde::de::DeserializeOwned;
 
 use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
 use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{Blob, WireOutcome};
 use super::SubmitError;
-use crate::error::{BuildError, BuildErrorKind, TaskError};
+use crate::error::{panic_message, BuildError, BuildErrorKind, TaskError};
 use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 use crate::handle::{Accounting, Clock, TaskCore, TaskHandle};
 
@@ -89,19 +91,31 @@ type ChunkValue<T> = Vec<ItemResult<T>>;
 
 /// Turns the outcome of one run of `T` (a task, or one item of a chunk) into
 /// its result and the failure reason it counts under (`None`: completed).
+///
+/// Runs on the pool's dispatcher thread, and `Deserialize` is the user's
+/// code: a panic there fails this one result with reason `serialization`
+/// (the panic's message in the error) instead of unwinding the dispatcher.
 fn decode_item<T: ProcessTask>(outcome: JobOutcome) -> (ItemResult<T>, Option<FailureReason>) {
-    let decode_failed = |what: &str, e: postcard::Error| JobFailure::Serialization {
-        message: format!("cannot decode the {what} of task `{}`: {e}", T::NAME),
-    };
+    fn decode<V: DeserializeOwned>(what: &str, name: &str, bytes: &[u8]) -> Result<V, JobFailure> {
+        let message = match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<V>(bytes))) {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => format!("cannot decode the {what} of task `{name}`: {e}"),
+            Err(panic) => format!(
+                "decoding the {what} of task `{name}` panicked: {}",
+                panic_message(&*panic)
+            ),
+        };
+        Err(JobFailure::Serialization { message })
+    }
     let failure = match outcome {
-        Ok(bytes) => match postcard::from_bytes::<T::Output>(&bytes) {
+        Ok(bytes) => match decode::<T::Output>("output", T::NAME, &bytes) {
             Ok(value) => return (Ok(Ok(value)), None),
-            Err(e) => decode_failed("output", e),
+            Err(failure) => failure,
         },
         Err(JobFailure::Error { payload, .. }) => {
-            match postcard::from_bytes::<T::Error>(&payload) {
+            match decode::<T::Error>("error", T::NAME, &payload) {
                 Ok(error) => return (Ok(Err(error)), Some(FailureReason::Error)),
-                Err(e) => decode_failed("error", e),
+                Err(failure) => failure,
             }
         }
         Err(failure) => failure,

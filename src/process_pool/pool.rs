@@ -8,6 +8,7 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::error::{BuildError, SubmitError};
 use super::handle::{self, ProcessHandle};
 use super::job::{
-    JobFailure, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
+    JobFailure, JobOutcome, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
 };
 use super::sys;
 use super::task::ProcessTask;
@@ -33,6 +34,9 @@ const MAX_ATTEMPTS: u32 = 3;
 const RUN_OVERHEAD: usize = 32;
 /// How long a worker that closed its channel gets to become reapable before it is killed.
 const EXIT_AFTER_EOF: Duration = Duration::from_secs(2);
+/// Where pidfds are unavailable (kernels before 5.3, a seccomp filter), how often busy or starting
+/// workers are checked for an exit that their channel does not show (a forked child holds it open).
+const EXIT_CHECK: Duration = Duration::from_millis(250);
 
 /// Builds a [`ProcessPool`]. Setters never fail; [`build`](Self::build) validates.
 ///
@@ -545,6 +549,22 @@ struct Job {
     attempts: u32,
 }
 
+impl Job {
+    /// Reports the end of a started job. The report may run the user's code on this thread (the
+    /// `Waker` of whoever `.await`s the task): a panic there is contained, so one task's waker cannot
+    /// take down the dispatcher, and with it every other task.
+    fn finished(self, outcome: JobOutcome) {
+        let sink = self.sink;
+        let _ = catch_unwind(AssertUnwindSafe(move || sink.finished(outcome)));
+    }
+
+    /// Reports the end of a job that never started; contained as [`finished`](Self::finished) is.
+    fn failed_unstarted(self, failure: JobFailure) {
+        let sink = self.sink;
+        let _ = catch_unwind(AssertUnwindSafe(move || sink.failed_unstarted(failure)));
+    }
+}
+
 struct Config {
     max_workers: usize,
     max_tasks_per_child: Option<u64>,
@@ -594,6 +614,8 @@ impl WState {
 enum Death {
     /// Its channel reached end of stream (or failed): the process is gone or going.
     Eof,
+    /// The process exited (seen through its pidfd), whoever still holds its channel.
+    Exited,
     /// Sending to it failed (it is gone).
     SendFailed,
     /// A send to it made no progress for the stall bound: it stopped reading.
@@ -609,12 +631,21 @@ struct Worker {
     child: Child,
     pid: u32,
     sock: OwnedFd,
+    /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
+    pidfd: Option<OwnedFd>,
     reader: FrameReader,
     state: WState,
     /// Start timeout, task timeout or retire grace, depending on the state.
     deadline: Option<Instant>,
     tasks_done: u64,
     dead: Option<Death>,
+}
+
+impl Worker {
+    /// Whether the process has exited (it is then reaped; `Child` keeps its status for `bury`).
+    fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 struct Dispatcher {
@@ -673,7 +704,7 @@ impl Dispatcher {
             inner.queue.drain(..).collect()
         };
         for job in leftover.into_iter().chain(self.queue.drain(..)) {
-            job.sink.failed_unstarted(JobFailure::Cancelled);
+            job.failed_unstarted(JobFailure::Cancelled);
         }
     }
 
@@ -692,7 +723,7 @@ impl Dispatcher {
     fn fail_queued(&mut self, failure: impl Fn() -> JobFailure) {
         for job in self.queue.drain(..) {
             if !job.sink.is_cancelled() {
-                job.sink.failed_unstarted(failure());
+                job.failed_unstarted(failure());
             }
         }
     }
@@ -757,8 +788,7 @@ impl Dispatcher {
         let frame = match frame {
             Ok(f) => f,
             Err(message) => {
-                job.sink
-                    .failed_unstarted(JobFailure::Serialization { message });
+                job.failed_unstarted(JobFailure::Serialization { message });
                 return;
             }
         };
@@ -820,6 +850,7 @@ impl Dispatcher {
         })?;
         drop(theirs);
         let pid = child.id();
+        let pidfd = sys::pidfd_open(pid).ok();
         // A worker that dies at once makes this fail; its end of stream then reports the start failure.
         let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
             .err()
@@ -828,6 +859,7 @@ impl Dispatcher {
             child,
             pid,
             sock: ours,
+            pidfd,
             reader: FrameReader::new(self.cfg.max_frame),
             state: WState::Starting,
             deadline: after(self.cfg.start_timeout),
@@ -855,16 +887,23 @@ impl Dispatcher {
         }
     }
 
-    /// Sleeps until a submission, a worker message, or the nearest deadline, and handles what happened.
+    /// Sleeps until a submission, a worker message or exit, or the nearest deadline, and handles what
+    /// happened.
     fn wait_for_events(&mut self) {
         let now = Instant::now();
         // A pending restart after a backoff is a deadline too, but only when there is work waiting.
         let restart = self.next_start.filter(|_| !self.queue.is_empty());
+        let exit_check = self
+            .workers
+            .iter()
+            .any(|w| w.dead.is_none() && w.pidfd.is_none())
+            .then(|| now + EXIT_CHECK);
         let timeout_ms = self
             .workers
             .iter()
             .filter_map(|w| w.deadline)
             .chain(restart)
+            .chain(exit_check)
             .min()
             .map_or(-1, |d| {
                 let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
@@ -877,16 +916,19 @@ impl Dispatcher {
             events: libc::POLLIN,
             revents: 0,
         });
+        // Two entries a worker: its channel, then its pidfd (-1 entries are skipped by poll).
         for w in &self.workers {
-            pollfds.push(libc::pollfd {
-                fd: if w.dead.is_some() {
-                    -1
-                } else {
-                    w.sock.as_raw_fd()
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            let live = |fd: Option<&OwnedFd>| match fd {
+                Some(fd) if w.dead.is_none() => fd.as_raw_fd(),
+                _ => -1,
+            };
+            for fd in [live(Some(&w.sock)), live(w.pidfd.as_ref())] {
+                pollfds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
         }
         if let Err(e) = sys::poll(&mut pollfds, timeout_ms) {
             // Only EFAULT/EINVAL/ENOMEM: back off instead of spinning.
@@ -897,8 +939,19 @@ impl Dispatcher {
             self.shared.wake.drain();
         }
         for i in 0..self.workers.len() {
-            if pollfds[i + 1].revents != 0 {
+            let (channel, pidfd) = (pollfds[1 + 2 * i].revents, pollfds[2 + 2 * i].revents);
+            let exited = if self.workers[i].pidfd.is_some() {
+                pidfd != 0
+            } else {
+                exit_check.is_some() && self.workers[i].has_exited()
+            };
+            if channel != 0 || exited {
+                // Whatever it wrote before it exited is in the channel already: read it first.
                 self.read_worker(i);
+            }
+            let w = &mut self.workers[i];
+            if exited && w.dead.is_none() {
+                w.dead = Some(Death::Exited);
             }
         }
         self.pollfds = pollfds;
@@ -1036,7 +1089,7 @@ impl Dispatcher {
     fn bury(&mut self, mut w: Worker) {
         let death = w.dead.take().expect("only dead workers are buried");
         let exit = match death {
-            Death::Eof | Death::SendFailed => reap_after_eof(&mut w.child),
+            Death::Eof | Death::Exited | Death::SendFailed => reap_after_eof(&mut w.child),
             _ => kill_and_reap(&mut w.child),
         };
         let pid = w.pid;
@@ -1092,14 +1145,14 @@ impl Dispatcher {
                 let never_ran = !started && matches!(failure, JobFailure::WorkerDied { .. });
                 if started {
                     if !discard {
-                        job.sink.finished(Err(failure));
+                        job.finished(Err(failure));
                     }
                 } else if never_ran && job.attempts + 1 < MAX_ATTEMPTS {
                     // It never acknowledged the start, so it provably did not run: try again.
                     job.attempts += 1;
                     self.queue.push_front(job);
                 } else {
-                    job.sink.failed_unstarted(failure);
+                    job.failed_unstarted(failure);
                 }
             }
         }
@@ -1136,9 +1189,9 @@ impl Dispatcher {
             } = w.state
             {
                 if !started {
-                    job.sink.failed_unstarted(JobFailure::Killed);
+                    job.failed_unstarted(JobFailure::Killed);
                 } else if !discard {
-                    job.sink.finished(Err(JobFailure::Killed));
+                    job.finished(Err(JobFailure::Killed));
                 }
             }
         }
@@ -1176,20 +1229,18 @@ fn send_failure(e: &io::Error) -> Death {
 }
 
 /// Hands the worker's report of a job to its sink.
-fn deliver(job: Job, started: bool, discard: bool, outcome: WireOutcome) {
-    let mut sink = job.sink;
+fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome) {
     if let WireOutcome::UnknownTask(name) = outcome {
         if !started {
-            sink.failed_unstarted(JobFailure::UnknownTask { name });
-            return;
+            return job.failed_unstarted(JobFailure::UnknownTask { name });
         }
-        return sink.finished(Err(JobFailure::UnknownTask { name }));
+        return job.finished(Err(JobFailure::UnknownTask { name }));
     }
     // A `Finished` without `Started` is tolerated: the start and the end are reported together.
-    if discard || (!started && !sink.started()) {
+    if discard || (!started && !job.sink.started()) {
         return;
     }
-    sink.finished(outcome.into_job_outcome());
+    job.finished(outcome.into_job_outcome());
 }
 
 /// Reaps a worker whose channel closed: it is exiting, so wait briefly, then kill it (it may have closed

@@ -194,6 +194,19 @@ pub(crate) fn child_after_fork(
     Ok(())
 }
 
+/// A descriptor that becomes readable when process `pid` exits (pidfd_open(2), Linux 5.3+), so a
+/// worker's death is seen from the process itself even while something else (a process its task
+/// forked) keeps its channel open. `pid` must be an unreaped child of ours, so it cannot be reused.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags (none) and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created (with O_CLOEXEC, as pidfds always are) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// The calling process's id.
 pub(crate) fn getpid() -> libc::pid_t {
     // SAFETY: getpid(2) cannot fail and has no preconditions.

@@ -1,6 +1,5 @@
 //! Declaring tasks and registering them in the worker.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::wire::{Blob, WireOutcome};
+use crate::error::panic_message;
 
 /// A task that can run in a worker process.
 ///
@@ -232,17 +232,6 @@ fn run_chunk_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
         }
     }));
     result.unwrap_or_else(|panic| WireOutcome::Panicked(panic_message(panic.as_ref())))
-}
-
-/// The text of a panic payload (`&str` or `String`), or a placeholder.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
 }
 
 #[cfg(test)]
