@@ -172,15 +172,37 @@ fn holds(registry: &Registry, desc: Desc) -> bool {
     }
 }
 
-/// Registers `collector`.
+/// Registers `collector`. When the registry refuses it, the error names the
+/// first of its families that cannot be registered (prometheus's own error
+/// often does not), and ends with `fix`.
 fn register<C: Collector + 'static>(
     registry: &Registry,
     collector: C,
-    _fix: &'static str,
+    fix: &'static str,
 ) -> Result<(), BuildError> {
-    registry
-        .register(Box::new(collector))
-        .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))
+    let descs: Vec<Desc> = collector.desc().into_iter().cloned().collect();
+    let error = match registry.register(Box::new(collector)) {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    // Probing in order stops at the clash: the descs before it were already
+    // accepted by the failed registration, so the registry learns nothing new
+    // about names from the probes.
+    for desc in descs {
+        match registry.register(Box::new(Probe(desc.clone()))) {
+            Ok(()) => {
+                let _ = registry.unregister(Box::new(Probe(desc)));
+            }
+            Err(_) => {
+                return Err(BuildError::new(BuildErrorKind::FamilyTaken {
+                    family: desc.fq_name,
+                    fix,
+                    error,
+                }))
+            }
+        }
+    }
+    Err(BuildError::new(BuildErrorKind::Registry(error)))
 }
 
 #[cfg(test)]
