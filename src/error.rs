@@ -25,6 +25,13 @@ pub(crate) enum BuildErrorKind {
     Namespace(String),
     IncompatibleSeries(String),
     Registry(prometheus::Error),
+    /// A family of this name is already in the registry, registered by
+    /// another collector; `fix` says how to get out of the clash.
+    FamilyTaken {
+        family: String,
+        fix: &'static str,
+        error: prometheus::Error,
+    },
     /// The wrapped pool could not be built (for example, rayon's builder failed).
     #[cfg_attr(not(any(feature = "rayon", target_os = "linux")), allow(dead_code))]
     Pool(Box<dyn Error + Send + Sync>),
@@ -48,7 +55,9 @@ impl BuildError {
     pub fn is_registry(&self) -> bool {
         matches!(
             self.kind,
-            BuildErrorKind::Registry(_) | BuildErrorKind::IncompatibleSeries(_)
+            BuildErrorKind::Registry(_)
+                | BuildErrorKind::FamilyTaken { .. }
+                | BuildErrorKind::IncompatibleSeries(_)
         )
     }
 }
@@ -72,6 +81,12 @@ impl fmt::Display for BuildError {
                 write!(f, "incompatible with the series already registered: {why}")
             }
             BuildErrorKind::Registry(e) => write!(f, "could not register the metric families: {e}"),
+            BuildErrorKind::FamilyTaken { family, fix, .. } => write!(
+                f,
+                "could not register the metric family {family:?}: the registry already holds \
+                 a metric of that name, registered by something else (your own metric, or \
+                 another version of executor-exporter); {fix}"
+            ),
             BuildErrorKind::Pool(e) => write!(f, "could not build the pool: {e}"),
             BuildErrorKind::Push(why) => write!(f, "invalid Pushgateway option: {why}"),
         }
@@ -81,7 +96,7 @@ impl fmt::Display for BuildError {
 impl Error for BuildError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match &self.kind {
-            BuildErrorKind::Registry(e) => Some(e),
+            BuildErrorKind::Registry(e) | BuildErrorKind::FamilyTaken { error: e, .. } => Some(e),
             BuildErrorKind::Pool(e) => Some(&**e),
             _ => None,
         }

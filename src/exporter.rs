@@ -9,10 +9,12 @@
 //! collector, so label values are kept apart exactly (never joined into one
 //! hash key) and the hot path touches only atomics.
 
+mod registry_map;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc, Metric as _};
@@ -21,6 +23,7 @@ use prometheus::{Histogram, HistogramOpts, Registry};
 
 use crate::error::{BuildError, BuildErrorKind};
 use crate::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
+pub(crate) use registry_map::RegistryMap;
 
 /// Metric type of a family in [`METRICS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,10 +557,9 @@ impl Series {
     }
 }
 
-/// All series of one namespace in one registry, exposed by one collector.
+/// All series of one namespace in one registry, and the collector exposing them.
 struct Families {
     namespace: String,
-    marker: u64,
     descs: Vec<Desc>,
     /// `{namespace}_{name}` of each family in [`METRICS`].
     names: Vec<String>,
@@ -570,20 +572,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn marker_desc(marker: u64) -> Desc {
-    let mut labels = std::collections::HashMap::new();
-    labels.insert("collector".to_owned(), marker.to_string());
-    Desc::new(
-        "executor_exporter_collector_marker".to_owned(),
-        "Identifies one executor-exporter collector; never exposed.".to_owned(),
-        vec![],
-        labels,
-    )
-    .expect("the marker's name and labels are valid")
-}
-
 impl Families {
-    fn new(namespace: &str, marker: u64) -> Result<Families, BuildError> {
+    /// The families of `namespace`; `marker` tells their registry they are there.
+    fn new(namespace: &str, marker: Desc) -> Result<Families, BuildError> {
         let names: Vec<String> = METRICS
             .iter()
             .map(|def| format!("{namespace}_{}", def.name))
@@ -601,10 +592,9 @@ impl Families {
             .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
             descs.push(desc);
         }
-        descs.push(marker_desc(marker));
+        descs.push(marker);
         Ok(Families {
             namespace: namespace.to_owned(),
-            marker,
             descs,
             names,
             series: Mutex::new(BTreeMap::new()),
@@ -624,17 +614,13 @@ fn samples_per_series(i: usize) -> usize {
     }
 }
 
-/// The collector registered in a registry: a shared handle to [`Families`].
-#[derive(Clone)]
-struct FamiliesCollector(Arc<Families>);
-
-impl Collector for FamiliesCollector {
+impl Collector for Families {
     fn desc(&self) -> Vec<&Desc> {
-        self.0.descs.iter().collect()
+        self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let all = lock(&self.0.series);
+        let all = lock(&self.series);
         let mut samples: Vec<Vec<proto::Metric>> = (0..METRICS.len())
             .map(|i| Vec::with_capacity(all.len() * samples_per_series(i)))
             .collect();
@@ -644,7 +630,7 @@ impl Collector for FamiliesCollector {
         drop(all);
         METRICS
             .iter()
-            .zip(&self.0.names)
+            .zip(&self.names)
             .zip(samples)
             // `Registry::gather` drops families without samples anyway.
             .filter(|(_, metrics)| !metrics.is_empty())
@@ -664,62 +650,21 @@ impl Collector for FamiliesCollector {
     }
 }
 
-/// Registers nothing but a marker desc: used to ask a registry whether a
-/// given collector of ours is already in it.
-struct MarkerProbe(Desc);
-
-impl Collector for MarkerProbe {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.0]
-    }
-    fn collect(&self) -> Vec<MetricFamily> {
-        Vec::new()
-    }
-}
-
-/// The collectors this process has registered, in any registry, that are
-/// still alive. Weak: a collector lives as long as its registry or one of
-/// its exporters does, and is forgotten with them.
-fn known_families() -> &'static Mutex<Vec<Weak<Families>>> {
-    static KNOWN: OnceLock<Mutex<Vec<Weak<Families>>>> = OnceLock::new();
-    KNOWN.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-/// True when `families`' collector is registered in `registry`.
-///
-/// A registry cannot be compared with another, so we ask it: registering a
-/// collector whose only desc is the marker fails with `AlreadyReg` exactly
-/// when that marker is already there. The probe collects nothing, so even a
-/// scrape racing with it sees no change; it is unregistered at once.
-fn registered_in(families: &Families, registry: &Registry) -> bool {
-    match registry.register(Box::new(MarkerProbe(marker_desc(families.marker)))) {
-        Err(prometheus::Error::AlreadyReg) => true,
-        Ok(()) => {
-            let _ = registry.unregister(Box::new(MarkerProbe(marker_desc(families.marker))));
-            false
-        }
-        Err(_) => false,
-    }
-}
+/// The families of every namespace in every registry alive.
+static FAMILIES: RegistryMap<Families> = RegistryMap::new(
+    "executor_exporter_collector_marker",
+    "collector",
+    "give this exporter (or pool) another namespace with `.namespace(..)` on its builder, \
+     or rename or unregister the other metric",
+);
 
 /// Finds (or creates and registers) the families of `namespace` in `registry`.
 fn families_for(registry: &Registry, namespace: &str) -> Result<Arc<Families>, BuildError> {
-    // Markers are never reused, even after their collector is gone.
-    static NEXT_MARKER: AtomicU64 = AtomicU64::new(0);
-    let mut known = lock(known_families());
-    known.retain(|families| families.strong_count() > 0);
-    for families in known.iter().filter_map(Weak::upgrade) {
-        if families.namespace == namespace && registered_in(&families, registry) {
-            return Ok(families);
-        }
-    }
-    let marker = NEXT_MARKER.fetch_add(1, Ordering::Relaxed);
-    let families = Arc::new(Families::new(namespace, marker)?);
-    registry
-        .register(Box::new(FamiliesCollector(families.clone())))
-        .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
-    known.push(Arc::downgrade(&families));
-    Ok(families)
+    FAMILIES.find_or_register(
+        registry,
+        |families| families.namespace == namespace,
+        |marker| Families::new(namespace, marker),
+    )
 }
 
 /// How a histogram's buckets are chosen.
@@ -1283,14 +1228,8 @@ mod tests {
     fn collectors_of_dropped_registries_are_forgotten() {
         // A namespace of its own: other tests build exporters concurrently.
         const NS: &str = "forgotten_collectors_test";
-        let live = || {
-            lock(known_families())
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|f| f.namespace == NS)
-                .count()
-        };
-        let entries = || lock(known_families()).len();
+        let live = || FAMILIES.live().iter().filter(|f| f.namespace == NS).count();
+        let entries = || FAMILIES.len();
         let kept = Registry::new();
         let build = |registry: &Registry, id: &str| {
             ExecutorExporter::builder()

@@ -18,6 +18,33 @@ use crate::proxy::{ClassifyFn, InstrumentedExecutorProxy};
 /// refuses an item, that item yields [`TaskError::Rejected`] and no further
 /// input is read. Dropping the iterator cancels the items that have not
 /// started.
+///
+/// So a `map` whose result is never iterated does (almost) nothing: the
+/// compiler warns about it, and with `#![deny(unused_must_use)]` refuses it.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # use executor_exporter::ThreadPoolExecutor;
+/// # let pool = ThreadPoolExecutor::builder()
+/// #     .registry(executor_exporter::prometheus::Registry::new())
+/// #     .build()
+/// #     .unwrap();
+/// pool.map(|x: u64| x * x, 0..5); // error: unused `Map` that must be used
+/// ```
+///
+/// Iterate it instead:
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// # use executor_exporter::ThreadPoolExecutor;
+/// # let pool = ThreadPoolExecutor::builder()
+/// #     .registry(executor_exporter::prometheus::Registry::new())
+/// #     .build()
+/// #     .unwrap();
+/// let squares: Vec<u64> = pool.map(|x: u64| x * x, 0..5).map(Result::unwrap).collect();
+/// assert_eq!(squares, [0, 1, 4, 9, 16]);
+/// ```
+#[must_use = "the map is lazy: iterate it (`.collect()`, `for`) or only the first few items are submitted, and those not yet started are cancelled"]
 pub struct Map<'a, E: Executor, F, I, T> {
     proxy: &'a InstrumentedExecutorProxy<E>,
     f: Arc<F>,

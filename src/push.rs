@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounter, Registry};
 
 use crate::error::{BuildError, BuildErrorKind};
+use crate::exporter::RegistryMap;
 use crate::TextEncoder;
 
 /// Name of the counter of failed pushes, registered in the pushed registry.
@@ -501,73 +502,54 @@ impl Collector for FailuresCollector {
     }
 }
 
-/// Only the marker desc: registering it fails exactly when the registry
-/// already holds the collector with that marker.
-struct MarkerProbe(Desc);
-
-impl Collector for MarkerProbe {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.0]
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        Vec::new()
-    }
-}
-
-fn marker_desc(marker: u64) -> Desc {
-    let mut labels = std::collections::HashMap::new();
-    labels.insert("pusher".to_owned(), marker.to_string());
-    Desc::new(
-        "executor_exporter_push_marker".to_owned(),
-        "Identifies the push failures counter of one registry; never exposed.".to_owned(),
-        vec![],
-        labels,
-    )
-    .expect("the marker's name and labels are valid")
-}
-
-fn registered_in(marker: u64, registry: &Registry) -> bool {
-    match registry.register(Box::new(MarkerProbe(marker_desc(marker)))) {
-        Err(prometheus::Error::AlreadyReg) => true,
-        Ok(()) => {
-            let _ = registry.unregister(Box::new(MarkerProbe(marker_desc(marker))));
-            false
-        }
-        Err(_) => false,
-    }
-}
+/// The failures counter of every registry alive that has had a pusher.
+static FAILURES: RegistryMap<FailuresCollector> = RegistryMap::new(
+    "executor_exporter_push_marker",
+    "pusher",
+    "rename or unregister the other metric, or push a registry of its own",
+);
 
 /// The failures counter of `registry`, registered the first time.
 fn failures_counter(registry: &Registry) -> Result<IntCounter, BuildError> {
-    static KNOWN: OnceLock<Mutex<Vec<IntCounter>>> = OnceLock::new();
-    let mut known = KNOWN
-        .get_or_init(|| Mutex::new(Vec::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    for (marker, counter) in known.iter().enumerate() {
-        if registered_in(marker as u64, registry) {
-            return Ok(counter.clone());
-        }
-    }
-    let registry_err = |e| BuildError::new(BuildErrorKind::Registry(e));
-    let counter =
-        IntCounter::new(PUSH_FAILURES_METRIC, PUSH_FAILURES_HELP).map_err(registry_err)?;
-    let mut descs: Vec<Desc> = counter.desc().into_iter().cloned().collect();
-    descs.push(marker_desc(known.len() as u64));
-    registry
-        .register(Box::new(FailuresCollector {
-            counter: counter.clone(),
-            descs,
-        }))
-        .map_err(registry_err)?;
-    known.push(counter.clone());
-    Ok(counter)
+    let collector = FAILURES.find_or_register(
+        registry,
+        |_| true,
+        |marker| {
+            let counter = IntCounter::new(PUSH_FAILURES_METRIC, PUSH_FAILURES_HELP)
+                .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
+            let mut descs: Vec<Desc> = counter.desc().into_iter().cloned().collect();
+            descs.push(marker);
+            Ok(FailuresCollector { counter, descs })
+        },
+    )?;
+    Ok(collector.counter.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table of failures counters follows the registries alive: a
+    /// thousand short-lived registries, each with a pusher, leave nothing in
+    /// it, and the one kept is still found.
+    #[test]
+    fn counters_of_dropped_registries_are_forgotten() {
+        let kept = Registry::new();
+        let counter = failures_counter(&kept).unwrap();
+        for _ in 0..1000 {
+            let registry = Registry::new();
+            let pusher = PushGateway::builder("http://127.0.0.1:9", "batch")
+                .registry(registry)
+                .push_on_drop(false)
+                .build()
+                .unwrap();
+            drop(pusher);
+        }
+        // Other tests' registries may be alive too, but not a thousand.
+        assert!(FAILURES.len() < 100, "{} entries kept", FAILURES.len());
+        counter.inc();
+        assert_eq!(failures_counter(&kept).unwrap().get(), 1, "found again");
+    }
 
     #[test]
     fn base64_url_matches_rfc_4648_vectors() {

@@ -729,6 +729,7 @@ impl ProcessPoolExecutorBuilder {
 }
 
 /// Results of [`ProcessPoolExecutor::map`], in input order.
+#[must_use = "the map is lazy: iterate it (`.collect()`, `for`) or only the first few inputs are submitted, and those not yet started are cancelled"]
 pub struct ProcessMap<'a, T: ProcessTask, I> {
     pool: &'a ProcessPoolExecutor,
     inputs: Option<I>,
@@ -830,6 +831,7 @@ struct PendingChunk<T: ProcessTask> {
 
 /// Results of [`ProcessPoolExecutor::map_chunked`], one per input, in input
 /// order.
+#[must_use = "the map is lazy: iterate it (`.collect()`, `for`) or only the first few inputs are submitted, and those not yet started are cancelled"]
 pub struct ProcessChunkedMap<'a, T: ProcessTask, I> {
     pool: &'a ProcessPoolExecutor,
     inputs: Option<I>,
