@@ -26,7 +26,7 @@ use super::wire::{
     self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, DEFAULT_MAX_FRAME,
     MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
-use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use super::worker::{forgotten_hook, CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
 
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -220,6 +220,9 @@ impl ProcessPoolBuilder {
 
     /// Validates the options and starts the dispatcher thread. Workers start lazily, on demand.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
+        if let Some(message) = forgotten_hook() {
+            return Err(BuildError::new(message));
+        }
         let max_workers = match self.max_workers {
             Some(0) => return Err(BuildError::new("max_workers must be greater than 0")),
             Some(n) => n,
@@ -622,6 +625,8 @@ enum Death {
     Stalled,
     Protocol(String),
     InitFailed(String),
+    /// The program does not call `run_if_worker`: no worker of it can ever start.
+    HookMissing(String),
     StartTimeout,
     Timeout,
     RetireTimeout,
@@ -813,7 +818,7 @@ impl Dispatcher {
                 self.workers.push(w);
                 self.publish_pids();
             }
-            Err(msg) => self.start_failed(msg),
+            Err(msg) => self.start_failed(msg, false),
         }
     }
 
@@ -868,17 +873,24 @@ impl Dispatcher {
         })
     }
 
-    fn start_failed(&mut self, message: String) {
+    /// A worker failed to start. `certain`: every start would fail the same way (the program does not
+    /// call `run_if_worker`), so the pool breaks now instead of after `max_start_failures`.
+    fn start_failed(&mut self, message: String, certain: bool) {
         self.cfg.observer.worker_start_failed(&message);
         self.start_failures += 1;
         // Back off 25 ms, 50 ms, ... up to 1 s, so a transient failure (EMFILE, EAGAIN) can clear.
         let backoff = Duration::from_millis(25 << self.start_failures.min(6)) / 2;
         self.next_start = Some(Instant::now() + backoff.min(Duration::from_secs(1)));
-        if self.start_failures >= self.cfg.max_start_failures && self.broken.is_none() {
-            let message = format!(
-                "{} worker processes in a row failed to start; the last one: {message}",
-                self.start_failures
-            );
+        if (certain || self.start_failures >= self.cfg.max_start_failures) && self.broken.is_none()
+        {
+            let message = if certain {
+                message
+            } else {
+                format!(
+                    "{} worker processes in a row failed to start; the last one: {message}",
+                    self.start_failures
+                )
+            };
             self.shared.lock().broken = Some(message.clone());
             self.broken = Some(message.clone());
             self.fail_queued(|| JobFailure::Broken {
@@ -1021,6 +1033,9 @@ impl Dispatcher {
             (WState::Starting, FromWorker::InitFailed(msg)) => {
                 w.dead = Some(Death::InitFailed(msg));
             }
+            (WState::Starting, FromWorker::HookMissing(msg)) => {
+                w.dead = Some(Death::HookMissing(msg));
+            }
             (
                 WState::Busy {
                     job,
@@ -1101,8 +1116,11 @@ impl Dispatcher {
         };
         match w.state {
             WState::Starting => {
+                let certain = matches!(death, Death::HookMissing(_));
                 let message = match death {
-                    Death::InitFailed(m) => format!("worker process {pid}: {m}"),
+                    Death::InitFailed(m) | Death::HookMissing(m) => {
+                        format!("worker process {pid}: {m}")
+                    }
                     Death::StartTimeout => format!(
                         "worker process {pid} did not complete its handshake within {:?}",
                         self.cfg.start_timeout
@@ -1121,7 +1139,7 @@ impl Dispatcher {
                          `worker_test_entry` set to a test that calls it)?"
                     ),
                 };
-                self.start_failed(message);
+                self.start_failed(message, certain);
             }
             WState::Idle => self.cfg.observer.worker_restarted(pid, reason),
             WState::Retiring => {}

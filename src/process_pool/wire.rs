@@ -104,6 +104,9 @@ pub(crate) enum FromWorker {
     Started { id: u64 },
     /// The task ended.
     Finished { id: u64, outcome: WireOutcome },
+    /// The program never entered `run_if_worker` and tried to build a pool of its own: it cannot serve,
+    /// and no other worker of this binary will (sent instead of a handshake, without reading `Hello`).
+    HookMissing(String),
 }
 
 /// How a task ended in the worker.

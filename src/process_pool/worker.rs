@@ -82,6 +82,25 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
     exit(serve(fd, registry, max_frame));
 }
 
+/// The error of building a process pool in a worker that never called [`run_if_worker`]: the program
+/// re-entered `main` and would start workers of its own, each doing the same (a process storm). Also
+/// tells the pool that started this process, over the channel, so it fails at once with these words
+/// instead of starting more workers. `None` outside workers.
+pub(crate) fn forgotten_hook() -> Option<String> {
+    std::env::var_os(ENV_WORKER)?;
+    let message = "this process is a process-pool worker that did not call `run_if_worker`, so it \
+                   cannot start workers of its own: add `run_if_worker(&registry)` as the first line \
+                   of `main` (under `cargo test`: in the test that `worker_test_entry` names)"
+        .to_owned();
+    if sys::is_socket(CHANNEL_FD) {
+        let msg = FromWorker::HookMissing(message.clone());
+        if let Ok(frame) = wire::encode_frame(&msg, DEFAULT_MAX_FRAME) {
+            let _ = sys::send_all(sys::borrow_channel_fd(CHANNEL_FD), &frame);
+        }
+    }
+    Some(message)
+}
+
 /// Whether the current process was started as a pool worker (and has not yet entered [`run_if_worker`]).
 pub fn is_worker_process() -> bool {
     std::env::var_os(ENV_WORKER).is_some()
