@@ -130,3 +130,21 @@ pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 
 /// The `prometheus` crate this one is built on, so your types match ours.
 pub use prometheus;
+
+/// The README's and the guides' Rust examples, compiled as doctests (run where they need no server, port
+/// or worker process), so none drifts from the API.
+#[cfg(all(
+    doctest,
+    feature = "http",
+    feature = "push",
+    feature = "rayon",
+    target_os = "linux"
+))]
+mod doc_examples {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/process-pool.md")]
+    struct ProcessPoolGuide;
+    #[doc = include_str!("../docs/migrate-from-threadpool.md")]
+    struct MigrateFromThreadpool;
+}
