@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub(crate) use crate::clock::Clock;
 
 use crate::error::TaskError;
-use crate::exporter::{FailureReason, Series};
+use crate::metrics::{FailureReason, Series};
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;

@@ -7,7 +7,7 @@ use prometheus::Registry;
 
 use crate::error::BuildError;
 use crate::executor::{Executor, Rejected, Task};
-use crate::exporter::ExecutorExporterBuilder;
+use crate::metrics::ExecutorExporterBuilder;
 use crate::proxy::InstrumentedExecutorProxy;
 use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 

@@ -86,7 +86,6 @@
 mod clock;
 mod error;
 mod executor;
-mod exporter;
 mod handle;
 #[cfg(feature = "http")]
 mod http;
@@ -94,6 +93,7 @@ mod instrumented;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod map;
+mod metrics;
 #[cfg(target_os = "linux")]
 pub mod process_pool;
 mod proxy;
@@ -102,20 +102,20 @@ mod push;
 #[cfg(feature = "rayon")]
 #[path = "rayon.rs"]
 mod rayon_support;
-mod shards;
+
 mod sync;
 mod text;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};
 pub use executor::{Executor, RejectReason, Rejected, Task};
-pub use exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
-pub use exporter::{Step, StepTimer};
 pub use handle::{TaskHandle, TaskState};
 #[cfg(feature = "http")]
 pub use http::MetricsServer;
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
+pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
+pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
 pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use proxy::InstrumentedExecutorProxy;

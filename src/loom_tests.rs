@@ -23,8 +23,8 @@ use loom::thread;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::error::TaskError;
-use crate::exporter::{ExecutorExporter, FailureReason};
 use crate::handle::{Accounting, TaskCore, TaskHandle};
+use crate::metrics::{ExecutorExporter, FailureReason};
 
 type Core = Arc<TaskCore<u32>>;
 

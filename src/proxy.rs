@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
-use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 use crate::handle::{Accounting, AcctRef, Clock, TaskCore, TaskHandle};
 use crate::map::Map;
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
 pub(crate) trait Classify<T>: Send + Sync + 'static {

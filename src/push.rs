@@ -12,7 +12,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounter, Registry};
 
 use crate::error::{BuildError, BuildErrorKind};
-use crate::exporter::RegistryMap;
+use crate::metrics::RegistryMap;
 use crate::TextEncoder;
 
 /// Name of the counter of failed pushes, registered in the pushed registry.

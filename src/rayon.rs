@@ -10,7 +10,7 @@ use prometheus::Registry;
 
 use crate::error::{BuildError, BuildErrorKind};
 use crate::executor::{sealed::Unboxed, Executor, Rejected, Task};
-use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder};
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::proxy::InstrumentedExecutorProxy;
 
 /// The `executor_type` label of rayon pools.

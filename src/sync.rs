@@ -44,3 +44,11 @@ pub(crate) fn yield_now() {
     #[cfg(loom)]
     loom::thread::yield_now();
 }
+
+/// Locks a standard mutex, going on past a poisoned lock: every critical
+/// section of the crate's own mutexes (registries of series, steps, shards,
+/// pool state) leaves its data whole, and a panic in user code never runs
+/// while one is held, so a poisoned lock still guards valid data.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

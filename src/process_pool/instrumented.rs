@@ -23,8 +23,8 @@ use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{Blob, WireOutcome};
 use super::SubmitError;
 use crate::error::{panic_message, BuildError, BuildErrorKind, TaskError};
-use crate::exporter::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 use crate::handle::{Accounting, Clock, TaskCore, TaskHandle};
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 
 /// What a process task's handle yields: the task's own `Result`, whose `Err`
 /// is counted as failed with reason `error`.

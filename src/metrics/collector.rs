@@ -1,0 +1,122 @@
+//! The collector: all series of one namespace in one registry, exposed as the catalogue's families.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::Registry;
+
+use super::catalogue::{idx, Kind, METRICS};
+use super::registry_map::RegistryMap;
+use super::series::Series;
+use super::FailureReason;
+use crate::error::{BuildError, BuildErrorKind};
+use crate::sync::lock;
+
+/// All series of one namespace in one registry, and the collector exposing them.
+pub(super) struct Families {
+    pub(super) namespace: String,
+    descs: Vec<Desc>,
+    /// `{namespace}_{name}` of each family in [`METRICS`].
+    names: Vec<String>,
+    pub(super) series: Mutex<BTreeMap<(String, String), Arc<Series>>>,
+}
+
+impl Families {
+    /// The families of `namespace`; `marker` tells their registry they are there.
+    fn new(namespace: &str, marker: Desc) -> Result<Families, BuildError> {
+        let names: Vec<String> = METRICS
+            .iter()
+            .map(|def| format!("{namespace}_{}", def.name))
+            .collect();
+        let mut descs = Vec::with_capacity(METRICS.len() + 1);
+        for (def, name) in METRICS.iter().zip(&names) {
+            let mut labels = vec!["executor".to_owned(), "executor_type".to_owned()];
+            labels.extend(def.extra_label.map(str::to_owned));
+            let desc = Desc::new(
+                name.clone(),
+                def.help.to_owned(),
+                labels,
+                Default::default(),
+            )
+            .map_err(|e| BuildError::new(BuildErrorKind::Registry(e)))?;
+            descs.push(desc);
+        }
+        descs.push(marker);
+        Ok(Families {
+            namespace: namespace.to_owned(),
+            descs,
+            names,
+            series: Mutex::new(BTreeMap::new()),
+        })
+    }
+}
+
+/// How many samples one series usually adds to family `i` of [`METRICS`]
+/// (failures: the reasons of a thread pool; steps: none until a step is
+/// made). A capacity hint: a family's vector grows past it if need be.
+fn samples_per_series(i: usize) -> usize {
+    match i {
+        idx::DURATION => 2,
+        idx::FAILURES => FailureReason::IN_PROCESS.len(),
+        idx::STEP => 0,
+        _ => 1,
+    }
+}
+
+impl Collector for Families {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let all = lock(&self.series);
+        let mut samples: Vec<Vec<proto::Metric>> = (0..METRICS.len())
+            .map(|i| Vec::with_capacity(all.len() * samples_per_series(i)))
+            .collect();
+        for series in all.values() {
+            series.collect_into(&mut samples);
+        }
+        drop(all);
+        METRICS
+            .iter()
+            .zip(&self.names)
+            .zip(samples)
+            // `Registry::gather` drops families without samples anyway.
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|((def, name), metrics)| {
+                let mut family = MetricFamily::default();
+                family.set_name(name.clone());
+                family.set_help(def.help.to_owned());
+                family.set_field_type(match def.kind {
+                    Kind::Counter => MetricType::COUNTER,
+                    Kind::Gauge => MetricType::GAUGE,
+                    Kind::Histogram => MetricType::HISTOGRAM,
+                });
+                family.set_metric(metrics);
+                family
+            })
+            .collect()
+    }
+}
+
+/// The families of every namespace in every registry alive.
+pub(super) static FAMILIES: RegistryMap<Families> = RegistryMap::new(
+    "executor_exporter_collector_marker",
+    "collector",
+    "give this exporter (or pool) another namespace with `.namespace(..)` on its builder, \
+     or rename or unregister the other metric",
+);
+
+/// Finds (or creates and registers) the families of `namespace` in `registry`.
+pub(super) fn families_for(
+    registry: &Registry,
+    namespace: &str,
+) -> Result<Arc<Families>, BuildError> {
+    FAMILIES.find_or_register(
+        registry,
+        |families| families.namespace == namespace,
+        |marker| Families::new(namespace, marker),
+    )
+}

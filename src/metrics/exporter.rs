@@ -1,0 +1,310 @@
+//! [`ExecutorExporter`] and its builder: the public handle on one series, and the options that pick it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus::Registry;
+
+use super::buckets::{resolve_buckets, validate_namespace};
+use super::collector::families_for;
+use super::series::Series;
+use super::steps::Step;
+use crate::error::{BuildError, BuildErrorKind};
+use crate::sync::lock;
+
+/// Owns the metric series of one (`exporter_id`, `executor_type`) pair in one
+/// registry, and records into them.
+///
+/// Cloning is cheap and clones share the series. Exporters built with the same
+/// id, type and namespace in the same registry share one set of series, so
+/// their pools are combined; different ids are separate series of the same
+/// families.
+///
+/// ```
+/// use executor_exporter::ExecutorExporter;
+/// use prometheus::{Encoder, Registry, TextEncoder};
+///
+/// let registry = Registry::new();
+/// let exporter = ExecutorExporter::builder()
+///     .exporter_id("ingest")
+///     .executor_type("my_pool")
+///     .registry(registry.clone())
+///     .build()
+///     .unwrap();
+/// // A custom executor reports what it does:
+/// exporter.add_max_workers(4);
+/// exporter.worker_started();
+///
+/// let mut text = Vec::new();
+/// TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
+/// let text = String::from_utf8(text).unwrap();
+/// assert!(text.contains(
+///     r#"executor_initialized_workers_total{executor="ingest",executor_type="my_pool"} 1"#
+/// ));
+/// ```
+#[derive(Clone)]
+pub struct ExecutorExporter {
+    series: Arc<Series>,
+    registry: Registry,
+    namespace: Arc<str>,
+}
+
+impl fmt::Debug for ExecutorExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecutorExporter")
+            .field("exporter_id", &self.series.id)
+            .field("executor_type", &self.series.ty)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecutorExporter {
+    /// Starts building an exporter.
+    pub fn builder() -> ExecutorExporterBuilder {
+        ExecutorExporterBuilder::default()
+    }
+
+    pub(crate) fn series(&self) -> &Arc<Series> {
+        &self.series
+    }
+
+    /// The `executor` label value.
+    pub fn exporter_id(&self) -> &str {
+        &self.series.id
+    }
+
+    /// The `executor_type` label value.
+    pub fn executor_type(&self) -> &str {
+        &self.series.ty
+    }
+
+    /// The metric namespace (the prefix of every family name).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The registry the families are registered in; register your own metrics
+    /// there to serve them from the same `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The bucket bounds of the wait histogram, in seconds.
+    pub fn wait_buckets(&self) -> &[f64] {
+        &self.series.wait_bounds
+    }
+
+    /// The bucket bounds of the duration histogram, in seconds.
+    pub fn duration_buckets(&self) -> &[f64] {
+        &self.series.duration_bounds
+    }
+
+    /// Records one task's metric bundle exactly as the pools' hot path does
+    /// (three clock reads, the submit, start and end counts, a wait and a
+    /// duration observation), for the recording benchmark. Not part of the
+    /// API.
+    #[doc(hidden)]
+    pub fn __record_task_bundle(&self) {
+        use crate::handle::Clock;
+        let submitted = Clock::now();
+        self.series.enqueue();
+        self.series.accepted();
+        let started = Clock::now();
+        self.series.started(started.nanos_since(submitted));
+        let ended = Clock::now();
+        self.series.finished(ended.nanos_since(started), None);
+    }
+
+    /// Adds `n` to `max_workers_total`: call once per pool built.
+    pub fn add_max_workers(&self, n: usize) {
+        self.series.add_max_workers(n as u64);
+    }
+
+    /// Counts one worker that finished starting (`initialized_workers_total`).
+    pub fn worker_started(&self) {
+        self.series.worker_started();
+    }
+
+    /// Counts one worker replaced after a crash, timeout or task limit
+    /// (`worker_restarts_total`).
+    pub fn worker_restarted(&self) {
+        self.series.worker_restarted();
+    }
+
+    /// A handle timing step `name` into `step_duration_seconds{step=name}`,
+    /// with this exporter's `executor` and `executor_type` labels and its
+    /// duration buckets.
+    ///
+    /// The series is created at zero by the first call for a name and shared
+    /// by later ones; until then the family has no series and does not
+    /// appear in the exposition. Resolve a step once, outside the hot path,
+    /// and clone it into tasks: recording is then a clock read and one
+    /// histogram observation, with no lookup. Every name is a series: use a
+    /// few fixed names, never per-item values.
+    ///
+    /// ```
+    /// use executor_exporter::ThreadPoolExecutor;
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .exporter_id("ingest")
+    ///     .registry(registry.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// let decode = pool.exporter().step("decode");
+    /// let store = pool.exporter().step("store");
+    /// pool.submit(move || {
+    ///     let rows = decode.time(|| vec![1, 2, 3]);
+    ///     let _timer = store.start(); // observed when dropped
+    ///     rows.len()
+    /// })
+    /// .unwrap()
+    /// .join()
+    /// .unwrap();
+    ///
+    /// let families = registry.gather();
+    /// let steps = families
+    ///     .iter()
+    ///     .find(|f| f.name() == "executor_step_duration_seconds")
+    ///     .unwrap();
+    /// assert_eq!(steps.get_metric().len(), 2);
+    /// assert_eq!(steps.get_metric()[0].get_histogram().get_sample_count(), 1);
+    /// ```
+    pub fn step(&self, name: &str) -> Step {
+        Step {
+            histogram: self.series.step(name),
+        }
+    }
+}
+
+/// Options of an [`ExecutorExporter`]; every setter takes and returns the
+/// builder, and [`build`](ExecutorExporterBuilder::build) checks them all.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorExporterBuilder {
+    exporter_id: Option<String>,
+    executor_type: Option<String>,
+    registry: Option<Registry>,
+    namespace: Option<String>,
+    wait_explicit: Option<Vec<f64>>,
+    wait_exponential: Option<(f64, f64, f64)>,
+    duration_explicit: Option<Vec<f64>>,
+    duration_exponential: Option<(f64, f64, f64)>,
+}
+
+impl ExecutorExporterBuilder {
+    /// The `executor` label (default `"default"`). Pools with the same id are
+    /// combined. Any UTF-8 is accepted and escaped in the exposition.
+    pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
+        self.exporter_id = Some(id.into());
+        self
+    }
+
+    /// The `executor_type` label (default: the pool's own, e.g. `thread_pool`;
+    /// `custom` for an exporter built alone).
+    pub fn executor_type(mut self, ty: impl Into<String>) -> Self {
+        self.executor_type = Some(ty.into());
+        self
+    }
+
+    pub(crate) fn executor_type_or(mut self, ty: &str) -> Self {
+        if self.executor_type.is_none() {
+            self.executor_type = Some(ty.to_owned());
+        }
+        self
+    }
+
+    /// The registry to register the families in (default:
+    /// [`prometheus::default_registry`]).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The prefix of every family name (default `executor`): letters, digits
+    /// and `_`, not starting with a digit.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Explicit bucket bounds of the wait histogram, in seconds (strictly
+    /// increasing, finite, not negative).
+    pub fn wait_buckets(mut self, bounds: Vec<f64>) -> Self {
+        self.wait_explicit = Some(bounds);
+        self
+    }
+
+    /// Exponential bucket bounds of the wait histogram: `min`, `min*factor`,
+    /// ... up to `max` (`min > 0`, `factor > 1`).
+    pub fn wait_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+        self.wait_exponential = Some((min, max, factor));
+        self
+    }
+
+    /// Explicit bucket bounds of the duration histogram, in seconds.
+    pub fn duration_buckets(mut self, bounds: Vec<f64>) -> Self {
+        self.duration_explicit = Some(bounds);
+        self
+    }
+
+    /// Exponential bucket bounds of the duration histogram.
+    pub fn duration_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+        self.duration_exponential = Some((min, max, factor));
+        self
+    }
+
+    /// Checks the options, registers the families (once per registry and
+    /// namespace) and resolves this exporter's series.
+    ///
+    /// Errors: bad buckets or namespace; a family of the same name with other
+    /// labels or help already in the registry; an existing series with the
+    /// same id and type but other buckets.
+    pub fn build(self) -> Result<ExecutorExporter, BuildError> {
+        // The task clock calibrates itself on first use; pay that here, not
+        // in the first task's submit.
+        let _ = crate::handle::Clock::now();
+        let namespace = self.namespace.unwrap_or_else(|| "executor".to_owned());
+        validate_namespace(&namespace)?;
+        let wait = resolve_buckets(&self.wait_explicit, &self.wait_exponential, "wait buckets")?;
+        let duration = resolve_buckets(
+            &self.duration_explicit,
+            &self.duration_exponential,
+            "duration buckets",
+        )?;
+        let registry = self
+            .registry
+            .unwrap_or_else(|| prometheus::default_registry().clone());
+        let id = self.exporter_id.unwrap_or_else(|| "default".to_owned());
+        let ty = self.executor_type.unwrap_or_else(|| "custom".to_owned());
+        for (label, value) in [("exporter_id", &id), ("executor_type", &ty)] {
+            if value.is_empty() {
+                return Err(BuildError::new(BuildErrorKind::EmptyLabel(label)));
+            }
+        }
+
+        let families = families_for(&registry, &namespace)?;
+        let mut all = lock(&families.series);
+        let series = match all.get(&(id.clone(), ty.clone())) {
+            Some(existing) => {
+                if existing.wait_bounds != wait || existing.duration_bounds != duration {
+                    return Err(BuildError::new(BuildErrorKind::IncompatibleSeries(format!(
+                        "exporter id {id:?} with type {ty:?} already exists in this registry with other buckets"
+                    ))));
+                }
+                existing.clone()
+            }
+            None => {
+                let series = Arc::new(Series::new(&id, &ty, wait, duration));
+                all.insert((id, ty), series.clone());
+                series
+            }
+        };
+        drop(all);
+        Ok(ExecutorExporter {
+            series,
+            registry,
+            namespace: namespace.into(),
+        })
+    }
+}

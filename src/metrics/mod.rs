@@ -1,0 +1,34 @@
+//! The metrics, as data: the catalogue of families, the series and their
+//! per-thread shards, the collector that exposes them, buckets and steps, and
+//! [`ExecutorExporter`], the handle pools record through.
+//!
+//! Every family is declared once, in the catalogue (`catalogue.rs`). Series for one
+//! (`exporter_id`, `executor_type`) pair are created once, when the first
+//! exporter for that pair is built, and shared by every exporter with the same
+//! pair in the same registry: that is how pools with one id are combined.
+//! All series of one namespace in one registry are exposed by a single
+//! collector, so label values are kept apart exactly (never joined into one
+//! hash key) and the hot path touches only atomics.
+
+//!
+//! Nothing here knows about tasks or pools: `task/`-side code calls the
+//! recording methods of [`Series`], and `export/` reads the registry.
+
+mod buckets;
+mod catalogue;
+mod collector;
+mod exporter;
+mod reason;
+mod registry_map;
+mod series;
+mod shards;
+mod steps;
+#[cfg(test)]
+mod tests;
+
+pub use buckets::DEFAULT_BUCKETS;
+pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
+pub use reason::FailureReason;
+pub(crate) use registry_map::RegistryMap;
+pub(crate) use series::Series;
+pub use steps::{Step, StepTimer};

@@ -1,0 +1,337 @@
+//! [`Series`]: the counts of one (`exporter_id`, `executor_type`) pair, every recording call a pool
+//! makes, and how one scrape reads them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus::core::Metric as _;
+use prometheus::proto;
+use prometheus::{Histogram, HistogramOpts};
+
+use super::catalogue::idx;
+use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
+use super::FailureReason;
+use crate::sync::lock;
+
+/// The series of one (`exporter_id`, `executor_type`) pair. Task counts and
+/// the two histograms live in per-thread [`Shards`]; worker counts, which
+/// change rarely, are plain atomics. The collector reads them at scrape time.
+pub(crate) struct Series {
+    pub(super) id: String,
+    pub(super) ty: String,
+    max_workers: AtomicU64,
+    initialized_workers: AtomicU64,
+    restarts: AtomicU64,
+    shards: Shards,
+    pub(super) wait_bounds: Vec<f64>,
+    pub(super) duration_bounds: Vec<f64>,
+    wait_nanos: BucketBounds,
+    duration_nanos: BucketBounds,
+    /// `step_duration_seconds`, one histogram per step name.
+    steps: Mutex<BTreeMap<String, Histogram>>,
+    /// The [`FailureReason`]s (a bit per index) the executors using this
+    /// series can fail a task with: their `task_failures_total` series are
+    /// exposed from the start, at zero. Another reason's series appears only
+    /// once it counts a failure, which none of them records.
+    reasons: AtomicU16,
+    /// The label pairs of every sample but the steps', built once.
+    labels: SeriesLabels,
+}
+
+/// The label pairs of one series' samples, built when the series is created
+/// so that a scrape only clones them.
+struct SeriesLabels {
+    /// `executor`, `executor_type`.
+    plain: Vec<proto::LabelPair>,
+    /// ... and `result="completed"`.
+    completed: Vec<proto::LabelPair>,
+    /// ... and `result="failed"`.
+    failed: Vec<proto::LabelPair>,
+    /// ... and `reason`, one per [`FailureReason`], sorted by the label value
+    /// (the order `Registry::gather` sorts samples in, so its sort finds the
+    /// family already sorted), each with the reason's index.
+    failures: Vec<(usize, Vec<proto::LabelPair>)>,
+}
+
+fn label_pair(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+impl SeriesLabels {
+    pub(super) fn new(id: &str, ty: &str) -> SeriesLabels {
+        let plain = vec![label_pair("executor", id), label_pair("executor_type", ty)];
+        let with = |name: &str, value: &str| {
+            let mut labels = Vec::with_capacity(plain.len() + 1);
+            labels.extend_from_slice(&plain);
+            labels.push(label_pair(name, value));
+            labels
+        };
+        let mut reasons = FailureReason::ALL;
+        reasons.sort_unstable_by_key(|r| r.as_str());
+        SeriesLabels {
+            completed: with("result", "completed"),
+            failed: with("result", "failed"),
+            failures: reasons
+                .iter()
+                .map(|r| (r.index(), with("reason", r.as_str())))
+                .collect(),
+            plain,
+        }
+    }
+}
+
+impl fmt::Debug for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Series")
+            .field("exporter_id", &self.id)
+            .field("executor_type", &self.ty)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram(bounds: &[f64]) -> Histogram {
+    // The name and help are never exposed: the collector writes its own.
+    Histogram::with_opts(HistogramOpts::new("h", "h").buckets(bounds.to_vec()))
+        .expect("bounds are validated before a histogram is built")
+}
+
+impl Series {
+    pub(super) fn new(
+        id: &str,
+        ty: &str,
+        wait_bounds: Vec<f64>,
+        duration_bounds: Vec<f64>,
+    ) -> Series {
+        Series {
+            id: id.to_owned(),
+            ty: ty.to_owned(),
+            max_workers: AtomicU64::new(0),
+            initialized_workers: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            shards: Shards::new(wait_bounds.len(), duration_bounds.len()),
+            wait_nanos: bounds_in_nanos(&wait_bounds),
+            duration_nanos: bounds_in_nanos(&duration_bounds),
+            wait_bounds,
+            duration_bounds,
+            steps: Mutex::new(BTreeMap::new()),
+            labels: SeriesLabels::new(id, ty),
+            reasons: AtomicU16::new(0),
+        }
+    }
+
+    /// An executor that can fail tasks for these `reasons` records into this
+    /// series: expose their failure counts, at zero until a task fails.
+    pub(crate) fn expect_failures(&self, reasons: &[FailureReason]) {
+        let bits = reasons.iter().fold(0, |bits, r| bits | 1 << r.index());
+        self.reasons.fetch_or(bits, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_max_workers(&self, n: u64) {
+        self.max_workers.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_started(&self) {
+        self.initialized_workers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A submit is being attempted. Nothing to record: `queued_tasks` is
+    /// derived at scrape time from the tasks accepted ([`Series::accepted`]).
+    #[inline]
+    pub(crate) fn enqueue(&self) {}
+
+    /// The executor took the task: it counts as submitted, and as queued
+    /// until it starts, is cancelled or fails without starting.
+    ///
+    /// Called once `execute` has returned, so a worker may start the task
+    /// first: a scrape in between sees the start and not the submit, and
+    /// `queued_tasks` is clamped at zero.
+    #[inline]
+    pub(crate) fn accepted(&self) {
+        self.shards.with_local(|s| s.add(&s.submitted, 1));
+    }
+
+    pub(crate) fn rejected(&self) {
+        self.shards.with_local(|s| s.add(&s.rejected, 1));
+    }
+
+    /// Counts a submit refused before anything was queued.
+    pub(crate) fn rejected_unqueued(&self) {
+        self.shards.with_local(|s| s.add(&s.rejected, 1));
+    }
+
+    /// A task started after waiting `wait` nanoseconds: the wait
+    /// histogram's count is the number of tasks started.
+    #[inline]
+    pub(crate) fn started(&self, wait: u64) {
+        self.shards
+            .with_local(|s| s.observe(&s.wait, &self.wait_nanos, wait));
+    }
+
+    /// A started task ended after running `duration` nanoseconds.
+    #[inline]
+    pub(crate) fn finished(&self, duration: u64, failure: Option<FailureReason>) {
+        self.shards.with_local(|s| match failure {
+            None => s.observe(&s.completed, &self.duration_nanos, duration),
+            Some(reason) => {
+                s.add(&s.failures[reason.index()], 1);
+                s.observe(&s.failed, &self.duration_nanos, duration);
+            }
+        });
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.shards.with_local(|s| s.add(&s.cancelled, 1));
+    }
+
+    /// A queued task that will never start fails (duration 0).
+    pub(crate) fn failed_unstarted(&self, reason: FailureReason) {
+        self.shards.with_local(|s| {
+            // Before the observation: a scrape that sees the observation
+            // sees this too, so it never counts the task as ended after a
+            // start.
+            s.add(&s.failed_unstarted, 1);
+            s.add(&s.failures[reason.index()], 1);
+            s.observe(&s.failed, &self.duration_nanos, 0);
+        });
+    }
+
+    fn counter(value: u64, labels: &[proto::LabelPair]) -> proto::Metric {
+        let mut counter = proto::Counter::default();
+        counter.set_value(value as f64);
+        let mut m = proto::Metric::default();
+        m.set_label(labels.to_vec());
+        m.set_counter(counter);
+        m
+    }
+
+    fn gauge(value: i64, labels: &[proto::LabelPair]) -> proto::Metric {
+        let mut gauge = proto::Gauge::default();
+        gauge.set_value(value as f64);
+        let mut m = proto::Metric::default();
+        m.set_label(labels.to_vec());
+        m.set_gauge(gauge);
+        m
+    }
+
+    fn step_histogram(&self, h: &Histogram, step: &str) -> proto::Metric {
+        let mut labels = Vec::with_capacity(self.labels.plain.len() + 1);
+        labels.extend_from_slice(&self.labels.plain);
+        labels.push(label_pair("step", step));
+        let mut m = h.metric();
+        m.set_label(labels);
+        m
+    }
+
+    /// Sums one histogram over the shards into a sample.
+    fn sharded_histogram(
+        &self,
+        bounds: &[f64],
+        which: impl Fn(&Shard) -> &Buckets,
+        labels: &[proto::LabelPair],
+    ) -> proto::Metric {
+        let mut counts = vec![0u64; bounds.len() + 1];
+        let mut sum_nanos = 0u128;
+        self.shards
+            .for_each(|shard| which(shard).add_to(&mut counts, &mut sum_nanos));
+        let mut cumulative = 0u64;
+        let buckets = bounds
+            .iter()
+            .zip(&counts)
+            .map(|(bound, count)| {
+                cumulative += count;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(cumulative + counts[bounds.len()]);
+        h.set_sample_sum(sum_nanos as f64 / 1e9);
+        h.set_bucket(buckets);
+        let mut m = proto::Metric::default();
+        m.set_label(labels.to_vec());
+        m.set_histogram(h);
+        m
+    }
+
+    /// Appends this series' samples to `families` (indexed like [`METRICS`]).
+    pub(super) fn collect_into(&self, families: &mut [Vec<proto::Metric>]) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let shards = &self.shards;
+        // The gauges are derived from counts, read in the reverse order of a
+        // task's life (ended, failed without starting, started, cancelled,
+        // submitted): every count is read with `Acquire` and written with
+        // `Release`, so an event seen implies the task's earlier events are
+        // seen by the later reads, and `running_tasks` never goes negative.
+        // `queued_tasks` is clamped at zero: a task is counted as submitted
+        // only once the executor has taken it, so its start may come first.
+        let completed = self.sharded_histogram(
+            &self.duration_bounds,
+            |s| &s.completed,
+            &self.labels.completed,
+        );
+        let failed =
+            self.sharded_histogram(&self.duration_bounds, |s| &s.failed, &self.labels.failed);
+        let failures: Vec<u64> = FailureReason::ALL
+            .iter()
+            .map(|r| shards.sum(|s| &s.failures[r.index()]))
+            .collect();
+        let failed_unstarted = shards.sum(|s| &s.failed_unstarted);
+        let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, &self.labels.plain);
+        let cancelled = shards.sum(|s| &s.cancelled);
+        let submitted = shards.sum(|s| &s.submitted);
+        let rejected = shards.sum(|s| &s.rejected);
+        let count = |m: &proto::Metric| i128::from(m.get_histogram().get_sample_count());
+        let ended = count(&completed) + count(&failed) - i128::from(failed_unstarted);
+        let started = count(&wait);
+        let running = started - ended;
+        let queued =
+            i128::from(submitted) - started - i128::from(cancelled) - i128::from(failed_unstarted);
+        debug_assert!(running >= 0, "running_tasks read as {running}");
+        let gauge = |n: i128| i64::try_from(n.max(0)).unwrap_or(i64::MAX);
+        let (queued, running) = (gauge(queued), gauge(running));
+        let plain = &self.labels.plain;
+        families[idx::MAX_WORKERS].push(Self::counter(load(&self.max_workers), plain));
+        families[idx::INITIALIZED_WORKERS]
+            .push(Self::counter(load(&self.initialized_workers), plain));
+        families[idx::QUEUED].push(Self::gauge(queued, plain));
+        families[idx::RUNNING].push(Self::gauge(running, plain));
+        families[idx::CANCELLED].push(Self::counter(cancelled, plain));
+        families[idx::SUBMITTED].push(Self::counter(submitted, plain));
+        families[idx::REJECTED].push(Self::counter(rejected, plain));
+        families[idx::RESTARTS].push(Self::counter(load(&self.restarts), plain));
+        families[idx::WAIT].push(wait);
+        families[idx::DURATION].push(completed);
+        families[idx::DURATION].push(failed);
+        let expected = self.reasons.load(Ordering::Relaxed);
+        for (reason, labels) in &self.labels.failures {
+            if expected & 1 << reason != 0 || failures[*reason] != 0 {
+                families[idx::FAILURES].push(Self::counter(failures[*reason], labels));
+            }
+        }
+        for (name, h) in lock(&self.steps).iter() {
+            families[idx::STEP].push(self.step_histogram(h, name));
+        }
+    }
+
+    /// The histogram of step `name`, created at zero the first time.
+    pub(super) fn step(&self, name: &str) -> Histogram {
+        let mut steps = lock(&self.steps);
+        if let Some(h) = steps.get(name) {
+            return h.clone();
+        }
+        let h = histogram(&self.duration_bounds);
+        steps.insert(name.to_owned(), h.clone());
+        h
+    }
+}

@@ -1,0 +1,135 @@
+//! Unit tests of the metrics: failure reasons, registry bookkeeping, buckets, the catalogue.
+use prometheus::Registry;
+
+use super::buckets::resolve_buckets;
+use super::catalogue::{Kind, METRICS};
+use super::collector::FAMILIES;
+use super::*;
+
+/// The failure reasons of `exporter_id`'s series in `registry`, with
+/// their counts, read from the text exposition.
+fn failures(registry: &Registry, exporter_id: &str) -> Vec<(String, String)> {
+    let mut buf = Vec::new();
+    prometheus::Encoder::encode(&crate::TextEncoder::new(), &registry.gather(), &mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let prefix = format!(r#"executor_task_failures_total{{executor="{exporter_id}","#);
+    text.lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .map(|rest| {
+            let (labels, value) = rest.split_once("} ").unwrap();
+            let reason = labels.split_once("reason=\"").unwrap().1;
+            (reason.trim_end_matches('"').to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// Reasons no executor of a series said it can fail with stay out of the
+/// exposition until one counts a failure, and then appear with it.
+#[test]
+fn failure_reasons_are_exposed_once_expected_or_counted() {
+    let registry = Registry::new();
+    let exporter = ExecutorExporter::builder()
+        .exporter_id("reasons")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    assert_eq!(failures(&registry, "reasons"), []);
+    exporter
+        .series()
+        .expect_failures(&FailureReason::IN_PROCESS);
+    let zero = |r: &str| (r.to_owned(), "0".to_owned());
+    assert_eq!(
+        failures(&registry, "reasons"),
+        [zero("broken"), zero("error"), zero("panic")]
+    );
+    exporter.series().failed_unstarted(FailureReason::Timeout);
+    assert_eq!(
+        failures(&registry, "reasons"),
+        [
+            zero("broken"),
+            zero("error"),
+            zero("panic"),
+            ("timeout".to_owned(), "1".to_owned())
+        ]
+    );
+}
+
+/// Each registry's collector is forgotten once the registry and its
+/// exporters are gone (it was kept for the life of the process, and
+/// every later build probed it).
+#[test]
+fn collectors_of_dropped_registries_are_forgotten() {
+    // A namespace of its own: other tests build exporters concurrently.
+    const NS: &str = "forgotten_collectors_test";
+    let live = || FAMILIES.live().iter().filter(|f| f.namespace == NS).count();
+    let entries = || FAMILIES.len();
+    let kept = Registry::new();
+    let build = |registry: &Registry, id: &str| {
+        ExecutorExporter::builder()
+            .namespace(NS)
+            .exporter_id(id)
+            .registry(registry.clone())
+            .build()
+            .unwrap()
+    };
+    let _kept = build(&kept, "kept");
+    for i in 0..200 {
+        let registry = Registry::new();
+        let exporter = build(&registry, &format!("batch-{i}"));
+        drop((registry, exporter));
+    }
+    assert_eq!(live(), 1, "only the kept registry's collector is alive");
+    // The next build prunes the dead entries; fewer than 200 remain even
+    // with other tests' live collectors in the list.
+    let _again = build(&kept, "kept-too");
+    assert_eq!(live(), 1, "the kept registry's collector is found again");
+    assert!(entries() < 100, "{} entries kept", entries());
+}
+
+#[test]
+fn exponential_buckets_up_to_the_largest_float_are_valid() {
+    let b = resolve_buckets(&None, &Some((1.0, f64::MAX, 10.0)), "w").unwrap();
+    assert_eq!(b.len(), 309, "1, 10, ... 1e308");
+    assert!(b.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn empty_label_values_are_build_errors() {
+    for builder in [
+        ExecutorExporter::builder().exporter_id(""),
+        ExecutorExporter::builder().executor_type(""),
+    ] {
+        let err = builder.registry(Registry::new()).build().unwrap_err();
+        assert!(err.to_string().contains("must not be empty"), "{err}");
+    }
+}
+
+#[test]
+fn exponential_buckets_include_both_ends() {
+    let b = resolve_buckets(&None, &Some((0.001, 1.0, 10.0)), "w").unwrap();
+    assert_eq!(b.len(), 4);
+    assert!((b[3] - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn default_buckets_are_valid_and_span_microseconds_to_minutes() {
+    let b = resolve_buckets(&Some(DEFAULT_BUCKETS.to_vec()), &None, "w").unwrap();
+    assert_eq!(b[0], 1e-6);
+    assert!(*b.last().unwrap() >= 60.0);
+}
+
+#[test]
+fn metrics_table_names_are_unique_and_counters_end_in_total() {
+    let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), METRICS.len());
+    for m in METRICS {
+        assert_eq!(
+            m.kind == Kind::Counter,
+            m.name.ends_with("_total"),
+            "{}",
+            m.name
+        );
+    }
+}
