@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use prometheus::Histogram;
 
 /// Times one named step inside tasks into `step_duration_seconds`; made by
-/// [`ExecutorExporter::step`].
+/// [`ExecutorExporter::step`](super::ExecutorExporter::step).
 ///
 /// The series is resolved when the handle is made, so timing never looks it
 /// up. Cloning is cheap (a reference count) and clones record into the same
