@@ -25,21 +25,41 @@ const RULE_TESTS: &str = "alerts/executor-exporter.rules.test.yml";
 
 const PROMTOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The metric families of the default namespace and their types.
-const FAMILIES: &[(&str, &str)] = &[
-    ("executor_max_workers_total", "counter"),
-    ("executor_initialized_workers_total", "counter"),
-    ("executor_submitted_tasks_total", "counter"),
-    ("executor_rejected_tasks_total", "counter"),
-    ("executor_queued_tasks", "gauge"),
-    ("executor_running_tasks", "gauge"),
-    ("executor_cancelled_tasks_total", "counter"),
-    ("executor_task_wait_seconds", "histogram"),
-    ("executor_tasks_duration_seconds", "histogram"),
-    ("executor_task_failures_total", "counter"),
-    ("executor_worker_restarts_total", "counter"),
-    ("executor_step_duration_seconds", "histogram"),
-];
+/// The metric families of the default namespace and whether each is a
+/// histogram, read from a real registry's exposition (the crate's catalogue
+/// declares them; nothing here repeats the list).
+fn families() -> &'static [(String, bool)] {
+    use executor_exporter::prometheus::{proto::MetricType, Registry};
+    use executor_exporter::ThreadPoolExecutor;
+    static FAMILIES: std::sync::OnceLock<Vec<(String, bool)>> = std::sync::OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        let registry = Registry::new();
+        // A pool exposes the failure family (its reasons at zero); the step
+        // family has series once a step exists.
+        let pool = ThreadPoolExecutor::builder()
+            .registry(registry.clone())
+            .build()
+            .expect("a pool on a fresh registry");
+        let _step = pool.exporter().step("any");
+        let families: Vec<(String, bool)> = registry
+            .gather()
+            .iter()
+            .map(|f| {
+                (
+                    f.name().to_owned(),
+                    f.get_field_type() == MetricType::HISTOGRAM,
+                )
+            })
+            .collect();
+        assert!(
+            families
+                .iter()
+                .any(|(name, _)| name == "executor_task_failures_total"),
+            "the exposition lists the failure family: {families:?}"
+        );
+        families
+    })
+}
 
 /// Label names that start like a metric name.
 const LABELS_WITH_METRIC_PREFIX: &[&str] = &["executor_type"];
@@ -181,11 +201,11 @@ fn metric_selectors(expr: &str) -> Vec<(String, String)> {
     found
 }
 
-/// Whether `name` is a series of one of [`FAMILIES`].
+/// Whether `name` is a series of one of the [`families`].
 fn is_known_series(name: &str) -> bool {
-    FAMILIES.iter().any(|&(family, kind)| {
+    families().iter().any(|(family, histogram)| {
         name == family
-            || (kind == "histogram"
+            || (*histogram
                 && ["_bucket", "_sum", "_count"]
                     .iter()
                     .any(|suffix| name.strip_suffix(suffix) == Some(family)))

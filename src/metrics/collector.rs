@@ -7,10 +7,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::Registry;
 
-use super::catalogue::{idx, Kind, METRICS};
+use super::catalogue::{Kind, CATALOGUE};
 use super::registry_map::RegistryMap;
 use super::series::Series;
-use super::FailureReason;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::sync::lock;
 
@@ -18,7 +17,7 @@ use crate::sync::lock;
 pub(super) struct Families {
     pub(super) namespace: String,
     descs: Vec<Desc>,
-    /// `{namespace}_{name}` of each family in [`METRICS`].
+    /// `{namespace}_{name}` of each family in [`CATALOGUE`].
     names: Vec<String>,
     pub(super) series: Mutex<BTreeMap<(String, String), Arc<Series>>>,
 }
@@ -26,12 +25,12 @@ pub(super) struct Families {
 impl Families {
     /// The families of `namespace`; `marker` tells their registry they are there.
     fn new(namespace: &str, marker: Desc) -> Result<Families, BuildError> {
-        let names: Vec<String> = METRICS
+        let names: Vec<String> = CATALOGUE
             .iter()
             .map(|def| format!("{namespace}_{}", def.name))
             .collect();
-        let mut descs = Vec::with_capacity(METRICS.len() + 1);
-        for (def, name) in METRICS.iter().zip(&names) {
+        let mut descs = Vec::with_capacity(CATALOGUE.len() + 1);
+        for (def, name) in CATALOGUE.iter().zip(&names) {
             let mut labels = vec!["executor".to_owned(), "executor_type".to_owned()];
             labels.extend(def.extra_label.map(str::to_owned));
             let desc = Desc::new(
@@ -53,18 +52,6 @@ impl Families {
     }
 }
 
-/// How many samples one series usually adds to family `i` of [`METRICS`]
-/// (failures: the reasons of a thread pool; steps: none until a step is
-/// made). A capacity hint: a family's vector grows past it if need be.
-fn samples_per_series(i: usize) -> usize {
-    match i {
-        idx::DURATION => 2,
-        idx::FAILURES => FailureReason::IN_PROCESS.len(),
-        idx::STEP => 0,
-        _ => 1,
-    }
-}
-
 impl Collector for Families {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
@@ -72,14 +59,18 @@ impl Collector for Families {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let all = lock(&self.series);
-        let mut samples: Vec<Vec<proto::Metric>> = (0..METRICS.len())
-            .map(|i| Vec::with_capacity(all.len() * samples_per_series(i)))
+        let mut samples: Vec<Vec<proto::Metric>> = CATALOGUE
+            .iter()
+            .map(|family| Vec::with_capacity(all.len() * family.per_series))
             .collect();
         for series in all.values() {
-            series.collect_into(&mut samples);
+            let mut reading = series.read();
+            for (family, out) in CATALOGUE.iter().zip(&mut samples) {
+                (family.samples)(&mut reading, out);
+            }
         }
         drop(all);
-        METRICS
+        CATALOGUE
             .iter()
             .zip(&self.names)
             .zip(samples)

@@ -10,7 +10,6 @@ use prometheus::core::Metric as _;
 use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
-use super::catalogue::idx;
 use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
 use super::FailureReason;
 use crate::sync::lock;
@@ -38,6 +37,31 @@ pub(crate) struct Series {
     reasons: AtomicU16,
     /// The label pairs of every sample but the steps', built once.
     labels: SeriesLabels,
+}
+
+/// Every count of one series as one scrape read it, with the labels of its
+/// samples: what the catalogue's samplers turn into samples.
+pub(crate) struct Reading<'a> {
+    /// `executor`, `executor_type`.
+    pub(crate) labels: &'a [proto::LabelPair],
+    pub(crate) max_workers: u64,
+    pub(crate) initialized_workers: u64,
+    pub(crate) restarts: u64,
+    pub(crate) submitted: u64,
+    pub(crate) rejected: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) queued: i64,
+    pub(crate) running: i64,
+    /// The wait histogram, labelled.
+    pub(crate) wait: proto::Metric,
+    /// The duration histogram of completed tasks, labelled `result="completed"`.
+    pub(crate) completed: proto::Metric,
+    /// ... of failed ones, `result="failed"`.
+    pub(crate) failed: proto::Metric,
+    /// Failures by reason, with their labels: the reasons expected or seen.
+    pub(crate) failures: Vec<(u64, &'a [proto::LabelPair])>,
+    /// One histogram per step, labelled.
+    pub(crate) steps: Vec<proto::Metric>,
 }
 
 /// The label pairs of one series' samples, built when the series is created
@@ -204,24 +228,6 @@ impl Series {
         });
     }
 
-    fn counter(value: u64, labels: &[proto::LabelPair]) -> proto::Metric {
-        let mut counter = proto::Counter::default();
-        counter.set_value(value as f64);
-        let mut m = proto::Metric::default();
-        m.set_label(labels.to_vec());
-        m.set_counter(counter);
-        m
-    }
-
-    fn gauge(value: i64, labels: &[proto::LabelPair]) -> proto::Metric {
-        let mut gauge = proto::Gauge::default();
-        gauge.set_value(value as f64);
-        let mut m = proto::Metric::default();
-        m.set_label(labels.to_vec());
-        m.set_gauge(gauge);
-        m
-    }
-
     fn step_histogram(&self, h: &Histogram, step: &str) -> proto::Metric {
         let mut labels = Vec::with_capacity(self.labels.plain.len() + 1);
         labels.extend_from_slice(&self.labels.plain);
@@ -264,8 +270,9 @@ impl Series {
         m
     }
 
-    /// Appends this series' samples to `families` (indexed like [`METRICS`]).
-    pub(super) fn collect_into(&self, families: &mut [Vec<proto::Metric>]) {
+    /// Reads every count of this series once, for one scrape: the
+    /// catalogue's samplers turn the reading into samples.
+    pub(super) fn read(&self) -> Reading<'_> {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let shards = &self.shards;
         // The gauges are derived from counts, read in the reverse order of a
@@ -299,28 +306,33 @@ impl Series {
             i128::from(submitted) - started - i128::from(cancelled) - i128::from(failed_unstarted);
         debug_assert!(running >= 0, "running_tasks read as {running}");
         let gauge = |n: i128| i64::try_from(n.max(0)).unwrap_or(i64::MAX);
-        let (queued, running) = (gauge(queued), gauge(running));
-        let plain = &self.labels.plain;
-        families[idx::MAX_WORKERS].push(Self::counter(load(&self.max_workers), plain));
-        families[idx::INITIALIZED_WORKERS]
-            .push(Self::counter(load(&self.initialized_workers), plain));
-        families[idx::QUEUED].push(Self::gauge(queued, plain));
-        families[idx::RUNNING].push(Self::gauge(running, plain));
-        families[idx::CANCELLED].push(Self::counter(cancelled, plain));
-        families[idx::SUBMITTED].push(Self::counter(submitted, plain));
-        families[idx::REJECTED].push(Self::counter(rejected, plain));
-        families[idx::RESTARTS].push(Self::counter(load(&self.restarts), plain));
-        families[idx::WAIT].push(wait);
-        families[idx::DURATION].push(completed);
-        families[idx::DURATION].push(failed);
         let expected = self.reasons.load(Ordering::Relaxed);
-        for (reason, labels) in &self.labels.failures {
-            if expected & 1 << reason != 0 || failures[*reason] != 0 {
-                families[idx::FAILURES].push(Self::counter(failures[*reason], labels));
-            }
-        }
-        for (name, h) in lock(&self.steps).iter() {
-            families[idx::STEP].push(self.step_histogram(h, name));
+        let failures = self
+            .labels
+            .failures
+            .iter()
+            .filter(|(reason, _)| expected & 1 << reason != 0 || failures[*reason] != 0)
+            .map(|(reason, labels)| (failures[*reason], labels.as_slice()))
+            .collect();
+        let steps = lock(&self.steps)
+            .iter()
+            .map(|(name, h)| self.step_histogram(h, name))
+            .collect();
+        Reading {
+            labels: &self.labels.plain,
+            max_workers: load(&self.max_workers),
+            initialized_workers: load(&self.initialized_workers),
+            restarts: load(&self.restarts),
+            submitted,
+            rejected,
+            cancelled,
+            queued: gauge(queued),
+            running: gauge(running),
+            wait,
+            completed,
+            failed,
+            failures,
+            steps,
         }
     }
 

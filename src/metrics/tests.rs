@@ -2,7 +2,7 @@
 use prometheus::Registry;
 
 use super::buckets::resolve_buckets;
-use super::catalogue::{Kind, METRICS};
+use super::catalogue::{Kind, CATALOGUE};
 use super::collector::FAMILIES;
 use super::*;
 
@@ -120,16 +120,97 @@ fn default_buckets_are_valid_and_span_microseconds_to_minutes() {
 
 #[test]
 fn metrics_table_names_are_unique_and_counters_end_in_total() {
-    let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+    let mut names: Vec<_> = CATALOGUE.iter().map(|m| m.name).collect();
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), METRICS.len());
-    for m in METRICS {
+    assert_eq!(names.len(), CATALOGUE.len());
+    for m in CATALOGUE {
         assert_eq!(
             m.kind == Kind::Counter,
             m.name.ends_with("_total"),
             "{}",
             m.name
         );
+    }
+}
+
+/// Rows `| `executor_name` | type | extra label | ... |` of a Markdown
+/// table (also inside `//!` doc comments), as (name, type, extra label).
+fn table_rows(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .map(|line| line.trim_start_matches("//!").trim())
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.strip_prefix('|')?.split('|').map(str::trim).collect();
+            let name = cells
+                .first()?
+                .strip_prefix("`executor_")?
+                .strip_suffix('`')?;
+            let kind = cells.get(1)?;
+            let extra = cells.get(2)?.split('`').nth(1).unwrap_or("");
+            Some((name.to_owned(), kind.to_string(), extra.to_owned()))
+        })
+        .collect()
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    }
+}
+
+/// The catalogue is the one declaration of the families: the exposition of a
+/// real registry, the README's table and the crate docs' table all match it
+/// (name, type, extra label, help), so none of them can drift.
+#[test]
+fn catalogue_matches_the_exposition_and_both_tables() {
+    let registry = Registry::new();
+    let exporter = ExecutorExporter::builder()
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    exporter.series().expect_failures(&FailureReason::ALL);
+    let _step = exporter.step("decode");
+    let gathered = registry.gather();
+    let exposed: Vec<String> = gathered.iter().map(|f| f.name().to_owned()).collect();
+    let expected: Vec<String> = CATALOGUE
+        .iter()
+        .map(|f| format!("executor_{}", f.name))
+        .collect();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(exposed, sorted, "the exposition's families");
+    for family in CATALOGUE {
+        let name = format!("executor_{}", family.name);
+        let got = gathered.iter().find(|f| f.name() == name).unwrap();
+        assert_eq!(got.help(), family.help, "{name}");
+        let kind = match got.get_field_type() {
+            prometheus::proto::MetricType::COUNTER => Kind::Counter,
+            prometheus::proto::MetricType::GAUGE => Kind::Gauge,
+            _ => Kind::Histogram,
+        };
+        assert_eq!(kind, family.kind, "{name}");
+        for sample in got.get_metric() {
+            let labels: Vec<&str> = sample.get_label().iter().map(|l| l.name()).collect();
+            let mut want = vec!["executor", "executor_type"];
+            want.extend(family.extra_label);
+            want.sort_unstable();
+            let mut labels = labels;
+            labels.sort_unstable();
+            assert_eq!(labels, want, "{name}");
+        }
+    }
+    let catalogue: Vec<(String, String, String)> = CATALOGUE
+        .iter()
+        .map(|f| {
+            let extra = f.extra_label.unwrap_or("").to_owned();
+            (f.name.to_owned(), kind_name(f.kind).to_owned(), extra)
+        })
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in ["README.md", "src/lib.rs"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        assert_eq!(table_rows(&text), catalogue, "the metrics table of {doc}");
     }
 }
