@@ -3,8 +3,6 @@
 use std::fmt;
 use std::ops::Deref;
 
-use prometheus::Registry;
-
 use crate::error::BuildError;
 use crate::executor::{Executor, Rejected, Task};
 use crate::metrics::ExecutorExporterBuilder;
@@ -140,53 +138,7 @@ impl ThreadPoolExecutorBuilder {
         self
     }
 
-    /// See [`ExecutorExporterBuilder::exporter_id`].
-    pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
-        self.exporter = self.exporter.exporter_id(id);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::executor_type`] (default `thread_pool`).
-    pub fn executor_type(mut self, ty: impl Into<String>) -> Self {
-        self.exporter = self.exporter.executor_type(ty);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::registry`].
-    pub fn registry(mut self, registry: Registry) -> Self {
-        self.exporter = self.exporter.registry(registry);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::namespace`].
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.exporter = self.exporter.namespace(namespace);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::wait_buckets`].
-    pub fn wait_buckets(mut self, bounds: Vec<f64>) -> Self {
-        self.exporter = self.exporter.wait_buckets(bounds);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::wait_buckets_exponential`].
-    pub fn wait_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
-        self.exporter = self.exporter.wait_buckets_exponential(min, max, factor);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::duration_buckets`].
-    pub fn duration_buckets(mut self, bounds: Vec<f64>) -> Self {
-        self.exporter = self.exporter.duration_buckets(bounds);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::duration_buckets_exponential`].
-    pub fn duration_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
-        self.exporter = self.exporter.duration_buckets_exponential(min, max, factor);
-        self
-    }
+    crate::metrics::exporter_options!("thread_pool");
 
     /// Builds the exporter (registering its families) and the pool; every
     /// series exists, at zero, when this returns (of the failure reasons,

@@ -6,8 +6,6 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
-use prometheus::Registry;
-
 use crate::error::{BuildError, BuildErrorKind};
 use crate::executor::{sealed::Unboxed, Executor, Rejected, Task};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
@@ -297,24 +295,7 @@ impl RayonExecutorBuilder {
         self
     }
 
-    /// The exporter's options (id, type, registry, namespace, buckets),
-    /// replacing any set before. The type defaults to `rayon`.
-    pub fn exporter(mut self, exporter: ExecutorExporterBuilder) -> Self {
-        self.exporter = exporter;
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::exporter_id`].
-    pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
-        self.exporter = self.exporter.exporter_id(id);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::registry`].
-    pub fn registry(mut self, registry: Registry) -> Self {
-        self.exporter = self.exporter.registry(registry);
-        self
-    }
+    crate::metrics::exporter_options!("rayon");
 
     /// Builds the rayon pool (its threads start at once), then the exporter.
     ///

@@ -308,3 +308,81 @@ impl ExecutorExporterBuilder {
         })
     }
 }
+
+/// The exporter's options on the builder of an instrumented pool, which keeps
+/// them in its field `exporter: ExecutorExporterBuilder`: every instrumented
+/// builder has this one set of setters, forwarding to
+/// [`ExecutorExporterBuilder`], and `executor_type` defaults to `$ty`.
+macro_rules! exporter_options {
+    ($ty:literal) => {
+        /// All the exporter's options at once (id, type, registry, namespace,
+        /// buckets), replacing any set before.
+        #[doc = concat!("The type defaults to `", $ty, "`.")]
+        #[must_use]
+        pub fn exporter(mut self, exporter: $crate::ExecutorExporterBuilder) -> Self {
+            self.exporter = exporter;
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::exporter_id`](crate::ExecutorExporterBuilder::exporter_id).
+        #[must_use]
+        pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
+            self.exporter = self.exporter.exporter_id(id);
+            self
+        }
+
+        #[doc = concat!(
+            "See [`ExecutorExporterBuilder::executor_type`](crate::ExecutorExporterBuilder::executor_type) (default `",
+            $ty,
+            "`)."
+        )]
+        #[must_use]
+        pub fn executor_type(mut self, ty: impl Into<String>) -> Self {
+            self.exporter = self.exporter.executor_type(ty);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::registry`](crate::ExecutorExporterBuilder::registry).
+        #[must_use]
+        pub fn registry(mut self, registry: $crate::prometheus::Registry) -> Self {
+            self.exporter = self.exporter.registry(registry);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::namespace`](crate::ExecutorExporterBuilder::namespace).
+        #[must_use]
+        pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+            self.exporter = self.exporter.namespace(namespace);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::wait_buckets`](crate::ExecutorExporterBuilder::wait_buckets).
+        #[must_use]
+        pub fn wait_buckets(mut self, bounds: Vec<f64>) -> Self {
+            self.exporter = self.exporter.wait_buckets(bounds);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::wait_buckets_exponential`](crate::ExecutorExporterBuilder::wait_buckets_exponential).
+        #[must_use]
+        pub fn wait_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+            self.exporter = self.exporter.wait_buckets_exponential(min, max, factor);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::duration_buckets`](crate::ExecutorExporterBuilder::duration_buckets).
+        #[must_use]
+        pub fn duration_buckets(mut self, bounds: Vec<f64>) -> Self {
+            self.exporter = self.exporter.duration_buckets(bounds);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::duration_buckets_exponential`](crate::ExecutorExporterBuilder::duration_buckets_exponential).
+        #[must_use]
+        pub fn duration_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
+            self.exporter = self.exporter.duration_buckets_exponential(min, max, factor);
+            self
+        }
+    };
+}
+pub(crate) use exporter_options;

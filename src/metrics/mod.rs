@@ -27,6 +27,7 @@ mod steps;
 mod tests;
 
 pub use buckets::DEFAULT_BUCKETS;
+pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 pub use reason::FailureReason;
 pub(crate) use registry_map::RegistryMap;
