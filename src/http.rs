@@ -96,6 +96,12 @@ impl fmt::Debug for MetricsServer {
 impl MetricsServer {
     /// Binds `addr` and serves `registry` until dropped. Port 0 picks a free
     /// port; [`local_addr`](Self::local_addr) tells which.
+    ///
+    /// # Errors
+    ///
+    /// When `addr` does not resolve or cannot be bound. The error keeps the
+    /// [`io::ErrorKind`] of the cause (`AddrInUse` for a port another socket
+    /// listens on) and its message names the address.
     pub fn start(addr: impl ToSocketAddrs, registry: Registry) -> io::Result<MetricsServer> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -132,21 +138,27 @@ impl MetricsServer {
     }
 }
 
-/// Binds the first address `addr` resolves to that can be bound, or fails
-/// with the last address's error, as `std::net::TcpListener::bind` does. Must
-/// run inside the server's runtime.
+/// Binds the first address `addr` resolves to that can be bound; on failure,
+/// the error names the address and says what to do. Must run inside the
+/// server's runtime.
 fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let addrs = addr.to_socket_addrs().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot resolve the address to serve metrics on: {e}"),
+        )
+    })?;
     let mut failed = None;
-    for addr in addr.to_socket_addrs()? {
+    for addr in addrs {
         match listen(addr) {
             Ok(listener) => return Ok(listener),
-            Err(e) => failed = Some(e),
+            Err(e) => failed = Some(bind_error(addr, &e)),
         }
     }
     Err(failed.unwrap_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            "could not resolve to any addresses",
+            "the address to serve metrics on resolves to no address",
         )
     }))
 }
@@ -168,6 +180,27 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_QUEUE)
+}
+
+/// The error of binding `addr`, naming it and saying what to do, of the
+/// same kind (callers match on `AddrInUse`).
+fn bind_error(addr: SocketAddr, e: &io::Error) -> io::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "; another process listens there: stop it, or pick another port (0 picks a free one)"
+        }
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "; ports below 1024 need privileges: pick a port from 1024 up"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "; no network interface here has that address: bind 127.0.0.1, or 0.0.0.0 for all"
+        }
+        _ => "",
+    };
+    io::Error::new(
+        e.kind(),
+        format!("cannot serve metrics on {addr}: {e}{hint}"),
+    )
 }
 
 /// Which connections are open, and which to close when a new one needs room.

@@ -4,7 +4,7 @@ mod support;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -391,6 +391,19 @@ fn a_request_head_over_16_kib_is_refused_with_431() {
         "p".repeat(4 << 10)
     );
     assert_eq!(status(&request(&server, usual.as_bytes())), "200");
+}
+
+#[test]
+fn a_port_in_use_is_an_error_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = MetricsServer::start(addr, Registry::new()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    // `main` returning the error prints its Debug form; users read either.
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(shown.contains(&addr.to_string()), "{shown}");
+        assert!(shown.contains("another port"), "{shown}");
+    }
 }
 
 #[test]
