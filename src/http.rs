@@ -79,6 +79,20 @@ const MAX_BUFFER: usize = 16 * 1024;
 /// conn.read_to_string(&mut reply).unwrap();
 /// assert!(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"));
 /// ```
+///
+/// Keep the server in a variable for as long as it should serve (`let _ =`
+/// drops it at once, as a statement does). The compiler warns of a server
+/// dropped unused:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn main() -> std::io::Result<()> {
+///     executor_exporter::MetricsServer::start("127.0.0.1:0", prometheus::Registry::new())?;
+///     Ok(())
+/// }
+/// ```
+#[must_use = "dropping a MetricsServer stops it: keep it in a variable \
+              (`let _server = MetricsServer::start(..)?;`) for as long as it should serve"]
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
