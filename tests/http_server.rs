@@ -468,11 +468,6 @@ fn keeps_answering_under_load_from_wrk() {
     );
 }
 
-/// With the `protobuf` feature, a scraper that ranks the protobuf format
-/// first (Prometheus with native histograms sends this `Accept`) gets the
-/// length-delimited `MetricFamily` stream, and it holds exactly what the
-/// registry gathers; the text format stays the answer to everything else.
-#[cfg(feature = "protobuf")]
 /// A collector whose family the text format has no type for.
 #[derive(Clone)]
 struct Untyped(executor_exporter::prometheus::core::Desc);
@@ -522,6 +517,11 @@ fn a_family_the_text_format_cannot_encode_is_a_500_not_a_dropped_connection() {
     assert_eq!(status(&get), "200", "{get}");
 }
 
+/// With the `protobuf` feature, a scraper that ranks the protobuf format
+/// first (Prometheus with native histograms sends this `Accept`) gets the
+/// length-delimited `MetricFamily` stream, and it holds exactly what the
+/// registry gathers; the text format stays the answer to everything else.
+#[cfg(feature = "protobuf")]
 #[test]
 fn serves_protobuf_to_a_scraper_that_prefers_it() {
     use executor_exporter::prometheus::proto::MetricFamily;
