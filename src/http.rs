@@ -5,16 +5,20 @@
 //! async runtime. Connections are bounded in number and in time, so stalled
 //! or slow clients cannot exhaust the process.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
-use std::sync::Arc;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, VARY};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,17 +28,25 @@ use prometheus::proto::MetricFamily;
 #[cfg(feature = "protobuf")]
 use prometheus::ProtobufEncoder;
 use prometheus::{Encoder, Registry};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, Notify};
 
 use crate::TextEncoder;
 
-/// Connections served at once; more are closed as soon as they are accepted.
+/// Connections held at once. At the limit a new connection closes another
+/// (see [`Admission`]) instead of being refused.
 const MAX_CONNECTIONS: usize = 256;
 /// A client must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection lives longer than this, however it behaves.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the kernel completes and queues for the server to accept
+/// (capped by the system, `net.core.somaxconn` on Linux).
+const ACCEPT_QUEUE: u32 = 4096;
+/// Bytes a connection buffers: a request head longer than this is refused
+/// with 431. Scrapers send well under 1 KiB; this bounds what stalled clients
+/// make the server hold to `MAX_CONNECTIONS` times this.
+const MAX_BUFFER: usize = 16 * 1024;
 
 /// Serves the text exposition (format 0.0.4) of a registry at `/metrics`.
 ///
@@ -47,9 +59,13 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// It binds exactly the address given; bind `127.0.0.1` unless Prometheus
 /// scrapes from another host, and then restrict who can reach the port: the
 /// endpoint has no authentication. `GET` and `HEAD /metrics` answer 200; other
-/// paths 404; other methods 405; malformed requests 400. At most 256
-/// connections are served at once, headers must arrive within 10 s, and no
-/// connection lasts more than 60 s. It stops, and frees the port, when dropped.
+/// paths 404; other methods 405; malformed requests 400, request heads over
+/// 16 KiB 431. Headers must arrive within 10 s, and no connection lasts more
+/// than 60 s. At most 256 connections are held at once; with that many open,
+/// a new connection closes the one that has waited longest for a request (a
+/// client stalled before the end of its headers, or idle between requests),
+/// so stalled clients, even ones that reconnect as fast as they can, cannot
+/// shut out a scraper. It stops, and frees the port, when dropped.
 ///
 /// ```
 /// use executor_exporter::MetricsServer;
@@ -63,6 +79,20 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// conn.read_to_string(&mut reply).unwrap();
 /// assert!(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"));
 /// ```
+///
+/// Keep the server in a variable for as long as it should serve (`let _ =`
+/// drops it at once, as a statement does). The compiler warns of a server
+/// dropped unused:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn main() -> std::io::Result<()> {
+///     executor_exporter::MetricsServer::start("127.0.0.1:0", prometheus::Registry::new())?;
+///     Ok(())
+/// }
+/// ```
+#[must_use = "dropping a MetricsServer stops it: keep it in a variable \
+              (`let _server = MetricsServer::start(..)?;`) for as long as it should serve"]
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -80,40 +110,35 @@ impl fmt::Debug for MetricsServer {
 impl MetricsServer {
     /// Binds `addr` and serves `registry` until dropped. Port 0 picks a free
     /// port; [`local_addr`](Self::local_addr) tells which.
+    ///
+    /// # Errors
+    ///
+    /// When `addr` does not resolve or cannot be bound. The error keeps the
+    /// [`io::ErrorKind`] of the cause (`AddrInUse` for a port another socket
+    /// listens on) and its message names the address.
     pub fn start(addr: impl ToSocketAddrs, registry: Registry) -> io::Result<MetricsServer> {
-        let listener = StdListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()?;
+        // The listener registers with the runtime it is created in.
+        let listener = {
+            let _runtime = runtime.enter();
+            bind(addr)?
+        };
+        let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let thread = thread::Builder::new()
             .name("metrics-http".to_owned())
             .spawn(move || {
                 let registry = Arc::new(registry);
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => {
-                            let _ = ready_tx.send(Ok(()));
-                            l
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
                     tokio::spawn(accept_loop(listener, registry));
                     // Runs until the server is dropped; dropping the runtime
                     // afterwards cancels every connection and closes the port.
                     let _ = stopped.await;
                 });
             })?;
-        ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("the metrics server thread exited"))??;
         Ok(MetricsServer {
             addr,
             stop: Some(stop),
@@ -127,8 +152,325 @@ impl MetricsServer {
     }
 }
 
+/// Binds the first address `addr` resolves to that can be bound; on failure,
+/// the error names the address and says what to do. Must run inside the
+/// server's runtime.
+fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let addrs = addr.to_socket_addrs().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot resolve the address to serve metrics on: {e}"),
+        )
+    })?;
+    let mut failed = None;
+    for addr in addrs {
+        match listen(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => failed = Some(bind_error(addr, &e)),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address to serve metrics on resolves to no address",
+        )
+    }))
+}
+
+/// Listens on `addr` as `std::net::TcpListener::bind` does, with a longer
+/// accept queue: a burst of connections faster than the server accepts
+/// them (a client reconnecting in a loop) then waits in the queue instead
+/// of having its handshake dropped, which would delay a scraper caught in
+/// the burst by the second it takes TCP to retry.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As std does: a port left in TIME_WAIT by the previous run can be
+    // bound again. (On Windows the option would let another socket take
+    // the port, so std leaves it unset there.)
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_QUEUE)
+}
+
+/// The error of binding `addr`, naming it and saying what to do, of the
+/// same kind (callers match on `AddrInUse`).
+fn bind_error(addr: SocketAddr, e: &io::Error) -> io::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "; another process listens there: stop it, or pick another port (0 picks a free one)"
+        }
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "; ports below 1024 need privileges: pick a port from 1024 up"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "; no network interface here has that address: bind 127.0.0.1, or 0.0.0.0 for all"
+        }
+        _ => "",
+    };
+    io::Error::new(
+        e.kind(),
+        format!("cannot serve metrics on {addr}: {e}{hint}"),
+    )
+}
+
+/// Which connections are open, and which to close when a new one needs room.
+///
+/// Open connections are kept in an eviction order: first those waiting for
+/// a request (for its headers, or idle between requests), then those
+/// answering one, each group by when it entered it, oldest first. At the
+/// limit, a new connection closes the first in that order instead of being
+/// refused. A client that stalls before finishing its headers goes first,
+/// even one that reconnects as fast as it can: a scraper's connection is the
+/// newest when accepted and read as soon as it is, and its turn would come
+/// only after `MAX_CONNECTIONS` more connections. An answer being written is
+/// cut only when every open connection is being answered, and then the one
+/// answered longest first (a client that does not read its answer).
+#[derive(Default)]
+struct Admission {
+    table: Mutex<Table>,
+    /// Notified each time a connection closes.
+    closed: Notify,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Connections open, including one asked to close that has not yet.
+    open: usize,
+    next_ticket: u64,
+    /// The open connections not asked to close, keyed by whether they are
+    /// answering a request and a ticket issued when they entered that state;
+    /// notifying one closes it.
+    order: BTreeMap<(bool, u64), Arc<Notify>>,
+}
+
+impl Table {
+    /// Files `evict` last among the connections answering or not.
+    fn file(&mut self, answering: bool, evict: Arc<Notify>) -> (bool, u64) {
+        let key = (answering, self.next_ticket);
+        self.next_ticket += 1;
+        self.order.insert(key, evict);
+        key
+    }
+}
+
+impl Admission {
+    /// Waits until a connection may be admitted, asking the first connection
+    /// in the eviction order to close if all places are taken, and returns
+    /// the new connection's place.
+    async fn admit(self: &Arc<Self>) -> Arc<Slot> {
+        let mut evicted = false;
+        loop {
+            {
+                let mut table = lock(&self.table);
+                if table.open < MAX_CONNECTIONS {
+                    table.open += 1;
+                    let evict = Arc::new(Notify::new());
+                    let key = table.file(false, evict.clone());
+                    return Arc::new(Slot {
+                        admission: self.clone(),
+                        evict,
+                        state: Mutex::new(SlotState {
+                            key: Some(key),
+                            unsent: 0,
+                        }),
+                    });
+                }
+                if !evicted {
+                    if let Some((_, first)) = table.order.pop_first() {
+                        first.notify_one();
+                        evicted = true;
+                    }
+                }
+            }
+            // Waiting for the evicted connection to release its descriptor
+            // keeps the server at `MAX_CONNECTIONS` connections and the one
+            // in hand, and lets the connections accepted before this one be
+            // read before more are accepted. A close since the check left a
+            // permit, so this does not miss it.
+            self.closed.notified().await;
+        }
+    }
+}
+
+/// One admitted connection's place in [`Admission`], shared by its task, its
+/// socket and its answers; dropping it frees the place.
+struct Slot {
+    admission: Arc<Admission>,
+    /// Notified to close the connection.
+    evict: Arc<Notify>,
+    /// Locked only with the table locked, after it.
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    /// The place in `Table::order`; `None` once asked to close. A key no
+    /// longer in the table means the same.
+    key: Option<(bool, u64)>,
+    /// Answers hyper has not yet taken whole into its write buffer.
+    unsent: usize,
+}
+
+impl Slot {
+    /// A request's headers arrived: the connection is answering.
+    fn answering(&self) {
+        let mut table = lock(&self.admission.table);
+        let mut state = lock(&self.state);
+        state.unsent += 1;
+        self.refile(&mut table, &mut state, true);
+    }
+
+    /// Hyper has taken a whole answer (or dropped it).
+    fn answer_taken(&self) {
+        let _table = lock(&self.admission.table);
+        let mut state = lock(&self.state);
+        state.unsent = state.unsent.saturating_sub(1);
+    }
+
+    /// Hyper flushed the socket, which it does only once everything it
+    /// buffered is written: with every answer taken, the answers are sent.
+    fn flushed(&self) {
+        let mut table = lock(&self.admission.table);
+        let mut state = lock(&self.state);
+        if state.unsent == 0 {
+            self.refile(&mut table, &mut state, false);
+        }
+    }
+
+    fn refile(&self, table: &mut Table, state: &mut SlotState, answering: bool) {
+        let Some(key) = state.key else { return };
+        if key.0 == answering {
+            return;
+        }
+        // Not in the table: asked to close, so no longer filed.
+        state.key = table
+            .order
+            .remove(&key)
+            .map(|evict| table.file(answering, evict));
+    }
+
+    /// Runs `conn` until it ends or the connection is asked to close.
+    async fn serve<F: Future>(&self, conn: F) {
+        let evicted = self.evict.notified();
+        let mut evicted = pin!(evicted);
+        let mut conn = pin!(conn);
+        poll_fn(|cx| {
+            if evicted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            conn.as_mut().poll(cx).map(drop)
+        })
+        .await;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut table = lock(&self.admission.table);
+        if let Some(key) = lock(&self.state).key.take() {
+            table.order.remove(&key);
+        }
+        table.open -= 1;
+        drop(table);
+        self.admission.closed.notify_one();
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere: the tables are consistent
+/// at every step, so there is nothing to recover.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's socket, telling its [`Slot`] when a flush completes.
+struct Watched {
+    io: TokioIo<TcpStream>,
+    slot: Arc<Slot>,
+}
+
+impl hyper::rt::Read for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.slot.flushed();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A response body that tells its connection's [`Slot`] when hyper has
+/// taken all of it (it drops the body then).
+struct Answer {
+    body: Full<Bytes>,
+    slot: Arc<Slot>,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.slot.answer_taken();
+    }
+}
+
 async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Arc::new(Admission::default());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -139,22 +481,30 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        let slot = admission.admit().await;
         let registry = registry.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let registry = registry.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+            let service = service_fn({
+                let slot = slot.clone();
+                move |req| {
+                    slot.answering();
+                    let response = respond(&req, &registry).map(|body| Answer {
+                        body,
+                        slot: slot.clone(),
+                    });
+                    async move { Ok::<_, Infallible>(response) }
+                }
             });
+            let io = Watched {
+                io: TokioIo::new(stream),
+                slot: slot.clone(),
+            };
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(slot);
+                .max_buf_size(MAX_BUFFER)
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, slot.serve(conn)).await;
         });
     }
 }
