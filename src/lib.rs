@@ -86,9 +86,8 @@
 mod clock;
 mod error;
 mod executor;
+mod export;
 mod handle;
-#[cfg(feature = "http")]
-mod http;
 mod instrumented;
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -97,21 +96,22 @@ mod metrics;
 #[cfg(target_os = "linux")]
 pub mod process_pool;
 mod proxy;
-#[cfg(feature = "push")]
-mod push;
 #[cfg(feature = "rayon")]
 #[path = "rayon.rs"]
 mod rayon_support;
-
 mod sync;
-mod text;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};
 pub use executor::{Executor, RejectReason, Rejected, Task};
-pub use handle::{TaskHandle, TaskState};
 #[cfg(feature = "http")]
-pub use http::MetricsServer;
+pub use export::MetricsServer;
+pub use export::TextEncoder;
+#[cfg(feature = "push")]
+pub use export::{
+    PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
+};
+pub use handle::{TaskHandle, TaskState};
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
 pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
@@ -119,13 +119,8 @@ pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
 pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use proxy::InstrumentedExecutorProxy;
-#[cfg(feature = "push")]
-pub use push::{
-    PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
-};
 #[cfg(feature = "rayon")]
 pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
-pub use text::TextEncoder;
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 
 /// The `prometheus` crate this one is built on, so your types match ours.

@@ -30,6 +30,7 @@ pub use buckets::DEFAULT_BUCKETS;
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 pub use reason::FailureReason;
+#[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
 pub(crate) use series::Series;
 pub use steps::{Step, StepTimer};

@@ -11,9 +11,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounter, Registry};
 
+use super::TextEncoder;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::metrics::RegistryMap;
-use crate::TextEncoder;
 
 /// Name of the counter of failed pushes, registered in the pushed registry.
 pub const PUSH_FAILURES_METRIC: &str = "executor_exporter_push_failures_total";

@@ -1,0 +1,17 @@
+//! Serving what the registry holds, the way Prometheus users expect: the text
+//! exposition encoder, the `/metrics` server, and pushes to a Pushgateway.
+//! These read the registry only; nothing here records.
+
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "push")]
+mod push;
+mod text;
+
+#[cfg(feature = "http")]
+pub use http::MetricsServer;
+#[cfg(feature = "push")]
+pub use push::{
+    PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
+};
+pub use text::TextEncoder;
