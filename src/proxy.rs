@@ -486,8 +486,10 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         ));
         let handle = TaskHandle::new(core.clone());
         self.acct.series.enqueue();
-        self.handed_over(self.inner.execute(Task::from_runnable(core)))
-            .map(|()| handle)
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct.series);
+        let outcome = self.inner.execute(Task::from_runnable(core));
+        std::mem::forget(accepted_if_unwinding);
+        self.handed_over(outcome).map(|()| handle)
     }
 
     /// Admits and hands over a task without a handle.
@@ -497,7 +499,10 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         }
         let task = Detached::new(body, &self.acct);
         self.acct.series.enqueue();
-        self.handed_over(self.inner.execute_unboxed(task))
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct.series);
+        let outcome = self.inner.execute_unboxed(task);
+        std::mem::forget(accepted_if_unwinding);
+        self.handed_over(outcome)
     }
 
     /// A submit refused before anything was queued (the proxy is shut down).
@@ -730,6 +735,22 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// [`shutdown_now`](Self::shutdown_now) was called.
     pub fn is_shutdown(&self) -> bool {
         self.acct.is_closed()
+    }
+}
+
+/// Counts a task as submitted when the executor's `execute` panics (its
+/// drop runs only then: on the way out it is forgotten). The executor took
+/// the task: it may have queued it, run it, or dropped it while unwinding
+/// (which counted it cancelled), and it ends counted as whichever it was,
+/// so the task must also count as submitted for the counts to add up.
+/// Telling those apart to count a dropped one as rejected instead would
+/// cost every submit a mark of its own; the panic goes on to the caller.
+struct AcceptedIfUnwinding<'a>(&'a Series);
+
+impl Drop for AcceptedIfUnwinding<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        self.0.accepted();
     }
 }
 
