@@ -50,9 +50,11 @@ type Inner = SmallBox<dyn Runnable, S4>;
 /// What a task's closure is kept in.
 ///
 /// The [`Task`] that holds it (inline, boxed, or through the `Arc` of a
-/// submitted task) is the only owner of the closure inside: it calls
-/// exactly one of `run`, `abandon`, `discard` or `reject`, once (unless the
-/// task is leaked, which leaks the closure too).
+/// submitted task) calls exactly one of `run`, `abandon`, `discard` or
+/// `reject`, once (unless the task is leaked, which leaks the closure too).
+/// It owns the closure inside, except that a submitted task's closure may
+/// be taken first by a thread joining its handle, which runs it (the
+/// task's state word decides; see the proxy's `Job`).
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the task; `body_done` is called once the task's own code has
     /// returned (or did not run), before its result becomes visible to
@@ -86,14 +88,15 @@ impl<R: Runnable> Runnable for Arc<R> {
     }
 }
 
-/// Holds a closure that is taken out exactly once, by the one [`Task`] that
-/// owns it.
+/// Holds a closure that is taken out exactly once, by its one owner: the
+/// [`Task`] that holds it, or for a submitted task whichever of that task
+/// and a thread joining its handle the task's state word made the owner.
 pub(crate) struct Once<F>(UnsafeCell<ManuallyDrop<F>>);
 
 // SAFETY: the closure is only reached through `Once::take`, whose contract
-// gives one caller, once (the owning `Task`, which is `Send` but not
-// `Clone`). Sharing a `Once` never gives two threads access to `F`; moving
-// `F` to the thread that takes it needs only `F: Send`.
+// gives one caller, once (the closure's one owner). Sharing a `Once` never
+// gives two threads access to `F`; moving `F` to the thread that takes it
+// needs only `F: Send`.
 unsafe impl<F: Send> Sync for Once<F> {}
 
 impl<F> Once<F> {
@@ -106,8 +109,9 @@ impl<F> Once<F> {
     /// # Safety
     ///
     /// Called at most once per `Once`, and never while another thread may
-    /// call it: the [`Runnable`] methods of the owning task are the only
-    /// callers.
+    /// call it: by the closure's one owner (the [`Runnable`] methods of the
+    /// owning task, or a joiner that took a submitted task out of its
+    /// queue).
     pub(crate) unsafe fn take(&self) -> F {
         // SAFETY: the caller guarantees exclusive, single use, so the value
         // is still there and nothing else reads it.

@@ -8,6 +8,11 @@
 //! recorded by the one thread that made it. The end publishes the result with
 //! one more read-modify-write of that word; only a thread that waits for the
 //! result (or an awaited handle's waker) makes it take a lock.
+//!
+//! A thread that joins a task it would otherwise wait for forever (it runs a
+//! task of the same executor, so it may be the worker the queued task needs)
+//! takes the task out of the queue itself, with the same compare-and-swap as
+//! a worker's start, and runs it ([`Help`]).
 
 use std::fmt;
 use std::future::Future;
@@ -46,6 +51,12 @@ const WAKER: u32 = 1 << 5;
 /// A thread blocks (or blocked) in `join` or `wait_timeout`: the end must
 /// wake the task's signal. Never cleared.
 const BLOCKED: u32 = 1 << 6;
+/// The task's closure, kept in its core, has an owner other than a worker
+/// that starts it: a joiner that took the task out of the queue to run it
+/// (set with the move to `RUNNING`), or the executor's task about to drop
+/// it unrun (set while queued; a joiner then leaves the task alone). Never
+/// cleared: whoever set it first has the closure.
+const CLAIMED: u32 = 1 << 7;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here only move an `Option` in or out: a panic cannot
@@ -121,6 +132,18 @@ pub(crate) struct RunningNode {
 }
 
 impl RunningNode {
+    #[inline]
+    fn new(acct: *const Accounting) -> RunningNode {
+        #[cfg(loom)]
+        let _ = acct;
+        RunningNode {
+            #[cfg(not(loom))]
+            acct,
+            #[cfg(not(loom))]
+            outer: std::cell::Cell::new(std::ptr::null()),
+        }
+    }
+
     /// Marks this thread as running a task of `acct` while the returned
     /// guard lives. The guard borrows the node, so the node cannot move or
     /// be dropped while the list points at it.
@@ -320,12 +343,7 @@ impl Accounting {
     /// ([`RunningNode::enter`]).
     #[inline]
     pub(crate) fn running_node(&self) -> RunningNode {
-        RunningNode {
-            #[cfg(not(loom))]
-            acct: self,
-            #[cfg(not(loom))]
-            outer: std::cell::Cell::new(std::ptr::null()),
-        }
+        RunningNode::new(self)
     }
 
     /// True on a thread inside one of this accounting's tasks (however
@@ -333,25 +351,7 @@ impl Accounting {
     /// for the tasks to end would wait for that one forever. Always false
     /// under loom.
     pub(crate) fn is_running_here(&self) -> bool {
-        #[cfg(not(loom))]
-        return INNERMOST_TASK
-            .try_with(|head| {
-                let mut node = head.get();
-                while !node.is_null() {
-                    // SAFETY: every node in the list is entered, so its
-                    // guard, which borrows it, is alive in a frame of this
-                    // thread below this one (see `RunningNode::enter`).
-                    let n = unsafe { &*node };
-                    if std::ptr::eq(n.acct, self) {
-                        return true;
-                    }
-                    node = n.outer.get();
-                }
-                false
-            })
-            .unwrap_or(false);
-        #[cfg(loom)]
-        false
+        running_here(self)
     }
 
     pub(crate) fn close(&self) {
@@ -383,6 +383,35 @@ impl Accounting {
         // Below 2^40: fits a usize on 64-bit targets; elsewhere a count that
         // large cannot be held in memory anyway.
         (admitted.wrapping_sub(ended) & COUNT_MASK) as usize
+    }
+}
+
+/// [`Accounting::is_running_here`] by address: `acct` is only compared,
+/// never read, so it may be an accounting that is gone (a task that ended
+/// no longer keeps it alive), which no thread then runs a task of.
+#[inline]
+fn running_here(acct: *const Accounting) -> bool {
+    #[cfg(not(loom))]
+    return INNERMOST_TASK
+        .try_with(|head| {
+            let mut node = head.get();
+            while !node.is_null() {
+                // SAFETY: every node in the list is entered, so its guard,
+                // which borrows it, is alive in a frame of this thread below
+                // this one (see `RunningNode::enter`).
+                let n = unsafe { &*node };
+                if std::ptr::eq(n.acct, acct) {
+                    return true;
+                }
+                node = n.outer.get();
+            }
+            false
+        })
+        .unwrap_or(false);
+    #[cfg(loom)]
+    {
+        let _ = acct;
+        false
     }
 }
 
@@ -418,6 +447,11 @@ impl AcctRef {
     /// For a task `acct` has admitted ([`Accounting::admit`] returned true).
     pub(crate) fn new(acct: &Arc<Accounting>) -> AcctRef {
         AcctRef(NonNull::from(&**acct))
+    }
+
+    /// The address, valid or not: for comparisons only.
+    fn addr(self) -> *const Accounting {
+        self.0.as_ptr()
     }
 }
 
@@ -467,6 +501,26 @@ pub(crate) struct TaskCore<T, J: ?Sized = ()> {
 unsafe impl<T: Send, J: ?Sized + Send> Send for TaskCore<T, J> {}
 // SAFETY: as above; `&TaskCore` gives no access to a `&T`.
 unsafe impl<T: Send, J: ?Sized + Sync> Sync for TaskCore<T, J> {}
+
+/// What a handle's task runs, as a thread joining the handle sees it: the
+/// proxy keeps a submitted task's closure in the task's core
+/// ([`TaskCore::job`]), so a joiner can run the task itself instead of
+/// waiting for a worker that may never come (see [`TaskHandle::join`]).
+pub(crate) trait Help<T>: Send + Sync {
+    /// Runs the task on this thread if this call takes it out of the queue
+    /// ([`TaskCore::claim_to_run`]): true if it did (the task has ended
+    /// then), false if the task had left the queue. `core` is the core this
+    /// job is in.
+    fn help(&self, core: &TaskCore<T, dyn Help<T>>) -> bool;
+}
+
+/// A task with nothing in its core to run (the process pool's): its joiner
+/// waits.
+impl<T> Help<T> for () {
+    fn help(&self, _core: &TaskCore<T, dyn Help<T>>) -> bool {
+        false
+    }
+}
 
 impl<T> TaskCore<T> {
     /// A task `acct` has admitted ([`Accounting::admit`] returned true).
@@ -589,6 +643,50 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         if !self.leave_queue(RUNNING) {
             return None;
         }
+        self.begin(before_cancel)
+    }
+
+    /// A joiner takes the task out of the queue to run it on its own
+    /// thread: the move to `RUNNING` a worker's start makes, which also
+    /// claims the closure (`CLAIMED`). False if the task had left the
+    /// queue, or the executor's task claimed the closure to drop it.
+    pub(crate) fn claim_to_run(&self) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & (PHASE | CLAIMED) != QUEUED {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | RUNNING | CLAIMED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// The executor's task claims the closure to drop it without running
+    /// it: false if a joiner claimed it first (and runs the task).
+    pub(crate) fn claim_to_drop(&self) -> bool {
+        self.state.fetch_or(CLAIMED, Ordering::AcqRel) & CLAIMED == 0
+    }
+
+    /// For the executor's task, once its start found the task out of the
+    /// queue already: true if a joiner took it (and its closure), false if
+    /// its handle cancelled it (the closure is still there).
+    pub(crate) fn taken_by_joiner(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLAIMED != 0
+    }
+
+    /// Records the start of a task that left the queue for `RUNNING`, or,
+    /// if a `shutdown_now` came first, cancels it (calling `before_cancel`
+    /// first) and returns `None`. Inlined into the run paths: out of line,
+    /// a worker's run took about 10 instructions more per task.
+    #[inline(always)]
+    pub(crate) fn begin(&self, before_cancel: impl FnOnce()) -> Option<Clock> {
         if self.acct.cancelling_pending() {
             before_cancel();
             self.acct.series.cancelled();
@@ -651,57 +749,15 @@ impl<T, J: ?Sized> TaskCore<T, J> {
 
     /// A node to mark this thread as running this task (see
     /// [`Accounting::running_node`]); the run path enters it over the whole
-    /// run, the unrun closure's drop included.
+    /// run, the unrun closure's drop included. By address: a task its
+    /// handle cancelled may reach its run after its accounting is gone.
     #[inline]
     pub(crate) fn running_node(&self) -> RunningNode {
-        self.acct.running_node()
+        RunningNode::new(self.acct.addr())
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
         self.phase() == CANCELLED
-    }
-
-    /// Blocks until `READY`, or until `deadline`; the state word then.
-    fn wait_ready(&self, deadline: Option<Instant>) -> u32 {
-        // A result due within a few microseconds is waited for without
-        // sleeping: blocking costs this thread a sleep and the worker a
-        // wake-up call, each longer than a short task. Not under loom, where
-        // each look would be one more interleaving to explore.
-        let backoff = Backoff::new();
-        loop {
-            let state = self.state.load(Ordering::Acquire);
-            if state & READY != 0 {
-                return state;
-            }
-            if cfg!(loom) || backoff.is_completed() {
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return state;
-            }
-            backoff.snooze();
-        }
-        let signal = self.signal();
-        let mut guard = lock(&signal.lock);
-        let mut state = self.state.fetch_or(BLOCKED, Ordering::AcqRel) | BLOCKED;
-        while state & READY == 0 {
-            guard = match deadline {
-                None => signal.cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    signal
-                        .cv
-                        .wait_timeout(guard, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-            state = self.state.load(Ordering::Acquire);
-        }
-        state
     }
 
     /// Moves the result out. Only the handle's owner calls it, once, after
@@ -775,7 +831,66 @@ pub enum TaskState {
 /// assert_eq!(handle.join(), Ok(42));
 /// ```
 pub struct TaskHandle<T> {
-    core: Arc<TaskCore<T, dyn Send + Sync>>,
+    core: Arc<TaskCore<T, dyn Help<T>>>,
+}
+
+impl<T> TaskCore<T, dyn Help<T>> {
+    /// Blocks until `READY`, or until `deadline`; the state word then.
+    ///
+    /// A task still queued is run here first if this thread runs a task of
+    /// the same executor: a wait there could be a wait for this very thread
+    /// (the pool's only free worker is the one waiting). Elsewhere, or once
+    /// the task has left the queue, this waits as usual.
+    fn wait_ready(&self, deadline: Option<Instant>) -> u32 {
+        let state = self.state.load(Ordering::Acquire);
+        if state & READY != 0 {
+            return state;
+        }
+        // The address is compared before anything is read through it: only
+        // a thread running one of its tasks keeps the accounting alive.
+        if state & (PHASE | CLAIMED) == QUEUED && running_here(self.acct.addr()) {
+            self.job.help(self);
+        }
+        // A result due within a few microseconds is waited for without
+        // sleeping: blocking costs this thread a sleep and the worker a
+        // wake-up call, each longer than a short task. Not under loom, where
+        // each look would be one more interleaving to explore.
+        let backoff = Backoff::new();
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state & READY != 0 {
+                return state;
+            }
+            if cfg!(loom) || backoff.is_completed() {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return state;
+            }
+            backoff.snooze();
+        }
+        let signal = self.signal();
+        let mut guard = lock(&signal.lock);
+        let mut state = self.state.fetch_or(BLOCKED, Ordering::AcqRel) | BLOCKED;
+        while state & READY == 0 {
+            guard = match deadline {
+                None => signal.cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    signal
+                        .cv
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            state = self.state.load(Ordering::Acquire);
+        }
+        state
+    }
 }
 
 impl<T> fmt::Debug for TaskHandle<T> {
@@ -787,13 +902,47 @@ impl<T> fmt::Debug for TaskHandle<T> {
 }
 
 impl<T> TaskHandle<T> {
-    pub(crate) fn new<J: Send + Sync + 'static>(core: Arc<TaskCore<T, J>>) -> TaskHandle<T> {
+    pub(crate) fn new<J: Help<T> + 'static>(core: Arc<TaskCore<T, J>>) -> TaskHandle<T> {
         TaskHandle { core }
+    }
+
+    /// Runs the task on this thread if this call takes it out of the queue,
+    /// whatever thread this is (the loom models' joiner, which no task marks
+    /// as a worker).
+    #[cfg(all(test, loom))]
+    pub(crate) fn help(&self) -> bool {
+        self.core.job.help(&self.core)
     }
 
     /// Waits for the task and returns its value, or why there is none
     /// ([`TaskError::AlreadyTaken`] if the handle, polled as a future, has
     /// returned it already).
+    ///
+    /// Called inside a task of the same executor (on one of its workers,
+    /// say) for a task that has not started, it runs that task on this
+    /// thread instead of waiting: on a pool whose workers are all busy,
+    /// waiting there for a worker to start it could wait forever. The task
+    /// is taken out of the queue (no worker runs it later) and counted like
+    /// any task, its wait ending now. Tasks it submits and joins in turn
+    /// run the same way. Elsewhere `join` waits, and so it does for a task
+    /// that has started, and for tasks of a process pool.
+    ///
+    /// ```
+    /// use executor_exporter::ThreadPoolExecutor;
+    /// use std::sync::Arc;
+    ///
+    /// let pool = Arc::new(
+    ///     ThreadPoolExecutor::builder()
+    ///         .max_workers(1)
+    ///         .registry(prometheus::Registry::new())
+    ///         .build()
+    ///         .unwrap(),
+    /// );
+    /// let p = pool.clone();
+    /// // The only worker runs the outer task, and its `join` runs the inner one.
+    /// let outer = pool.submit(move || p.submit(|| 6 * 7).unwrap().join()).unwrap();
+    /// assert_eq!(outer.join(), Ok(Ok(42)));
+    /// ```
     pub fn join(self) -> Result<T, TaskError> {
         if self.core.wait_ready(None) & TAKEN != 0 {
             return Err(TaskError::AlreadyTaken);
@@ -803,6 +952,10 @@ impl<T> TaskHandle<T> {
 
     /// Waits up to `timeout` for the task to end; true if it has ended.
     /// Can be called any number of times.
+    ///
+    /// Inside a task of the same executor, a task that has not started runs
+    /// on this thread first, as with [`join`](Self::join), however long it
+    /// takes: the timeout bounds only a wait for another thread's run.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         // A timeout too large for an `Instant` waits without a deadline.
         let deadline = Instant::now().checked_add(timeout);
@@ -814,6 +967,10 @@ impl<T> TaskHandle<T> {
     /// and the handle stays usable, to wait again or [`join`](Self::join).
     /// Once the value was returned, later calls give
     /// [`TaskError::AlreadyTaken`].
+    ///
+    /// Inside a task of the same executor, a task that has not started runs
+    /// on this thread first, as with [`join`](Self::join), however long it
+    /// takes: the timeout bounds only a wait for another thread's run.
     ///
     /// ```
     /// use executor_exporter::{TaskError, ThreadPoolExecutor};
@@ -833,7 +990,8 @@ impl<T> TaskHandle<T> {
     /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<T, TaskError> {
         // A timeout too large for an `Instant` waits without a deadline.
-        let state = self.core.wait_ready(Instant::now().checked_add(timeout));
+        let deadline = Instant::now().checked_add(timeout);
+        let state = self.core.wait_ready(deadline);
         if state & READY == 0 {
             return Err(TaskError::TimedOut);
         }
@@ -868,8 +1026,9 @@ impl<T> TaskHandle<T> {
 }
 
 /// Resolves to the task's result, like [`TaskHandle::join`], without blocking
-/// a thread and without depending on any async runtime. Polled again after
-/// it resolved, it resolves to [`TaskError::AlreadyTaken`].
+/// a thread and without depending on any async runtime (nor running the task
+/// itself). Polled again after it resolved, it resolves to
+/// [`TaskError::AlreadyTaken`].
 impl<T> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 

@@ -23,8 +23,10 @@ use loom::thread;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::error::TaskError;
+use crate::executor::{Executor, Rejected, Task};
 use crate::handle::{Accounting, TaskCore, TaskHandle};
 use crate::metrics::{ExecutorExporter, FailureReason};
+use crate::proxy::InstrumentedExecutorProxy;
 
 type Core = Arc<TaskCore<u32>>;
 
@@ -387,5 +389,131 @@ fn shutdown_now_racing_two_tasks_ending_returns() {
         assert_eq!(c.completed, f64::from(ran));
         assert_eq!(c.cancelled, f64::from(2 - ran));
         assert_eq!((c.queued, c.running, c.failed), (0.0, 0.0, 0.0));
+    });
+}
+
+/// Keeps the one task it is given, for a model to hand to a worker.
+#[derive(Default)]
+struct Capture(std::sync::Mutex<Option<Task>>);
+
+impl Executor for Capture {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        *self.0.lock().unwrap() = Some(task);
+        Ok(())
+    }
+}
+
+/// Counts the closure's runs and drops.
+#[derive(Default)]
+struct Tally {
+    runs: std::sync::atomic::AtomicUsize,
+    drops: std::sync::atomic::AtomicUsize,
+}
+
+struct DropMark(Arc<Tally>);
+
+impl Drop for DropMark {
+    fn drop(&mut self) {
+        self.0.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn joiner_take_racing_worker_start_and_cancel_has_one_winner() {
+    loom::model(|| {
+        let exporter = ExecutorExporter::builder()
+            .exporter_id("loom")
+            .registry(Registry::new())
+            .build()
+            .expect("the exporter builds");
+        let proxy = InstrumentedExecutorProxy::new(Capture::default(), exporter, None);
+        let tally = Arc::new(Tally::default());
+        let mark = DropMark(tally.clone());
+        let handle = proxy
+            .submit(move || {
+                mark.0.runs.fetch_add(1, Ordering::SeqCst);
+                7u32
+            })
+            .expect("the proxy is open");
+        let task = proxy.inner().0.lock().unwrap().take().expect("handed over");
+        // The worker pops the task; a joiner (one of the executor's own
+        // threads) takes it out of the queue to run it; the handle cancels.
+        let worker = thread::spawn(move || task.run());
+        let handle = Arc::new(handle);
+        let h = handle.clone();
+        let joiner = thread::spawn(move || h.help());
+        let cancelled = handle.cancel();
+        worker.join().unwrap();
+        let helped = joiner.join().unwrap();
+        let runs = tally.runs.load(Ordering::SeqCst);
+        assert_eq!(
+            runs + usize::from(cancelled),
+            1,
+            "runs: {runs}, cancelled: {cancelled}, helped: {helped}"
+        );
+        assert!(!(helped && cancelled), "the joiner and the cancel both won");
+        assert_eq!(
+            tally.drops.load(Ordering::SeqCst),
+            1,
+            "the closure is dropped once"
+        );
+        let handle = Arc::try_unwrap(handle).expect("the only handle left");
+        if cancelled {
+            assert_eq!(handle.join(), Err(TaskError::Cancelled));
+        } else {
+            assert_eq!(handle.join(), Ok(7));
+        }
+        let c = counts(proxy.exporter());
+        assert_eq!(c, one_task(!cancelled, cancelled, false));
+        drop(proxy);
+    });
+}
+
+#[test]
+fn joiner_take_racing_worker_start_and_shutdown_now_ends_the_task_once() {
+    loom::model(|| {
+        let exporter = ExecutorExporter::builder()
+            .exporter_id("loom")
+            .registry(Registry::new())
+            .build()
+            .expect("the exporter builds");
+        let proxy = Arc::new(InstrumentedExecutorProxy::new(
+            Capture::default(),
+            exporter,
+            None,
+        ));
+        let tally = Arc::new(Tally::default());
+        let mark = DropMark(tally.clone());
+        let handle = proxy
+            .submit(move || {
+                mark.0.runs.fetch_add(1, Ordering::SeqCst);
+                7u32
+            })
+            .expect("the proxy is open");
+        let task = proxy.inner().0.lock().unwrap().take().expect("handed over");
+        let worker = thread::spawn(move || task.run());
+        let handle = Arc::new(handle);
+        let h = handle.clone();
+        let joiner = thread::spawn(move || h.help());
+        // Waits until the task has ended, whoever ends it.
+        proxy.shutdown_now();
+        worker.join().unwrap();
+        joiner.join().unwrap();
+        let runs = tally.runs.load(Ordering::SeqCst);
+        assert!(runs <= 1);
+        assert_eq!(
+            tally.drops.load(Ordering::SeqCst),
+            1,
+            "the closure is dropped once"
+        );
+        let handle = Arc::try_unwrap(handle).expect("the only handle left");
+        let result = handle.join();
+        if runs == 1 {
+            assert_eq!(result, Ok(7));
+        } else {
+            assert_eq!(result, Err(TaskError::Cancelled));
+        }
+        let c = counts(proxy.exporter());
+        assert_eq!(c, one_task(runs == 1, runs == 0, false));
     });
 }

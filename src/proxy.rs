@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
-use crate::handle::{Accounting, AcctRef, Clock, TaskCore, TaskHandle};
+use crate::handle::{Accounting, AcctRef, Clock, Help, TaskCore, TaskHandle};
 use crate::map::Map;
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
 
@@ -86,9 +86,12 @@ impl Body for RunTask {
 
 /// The closure of one submitted task and how its value is classified,
 /// stored inside its [`TaskCore`] so that a submit allocates once. The
-/// [`Task`] handed to the executor is the only code that takes the closure
-/// (see [`Runnable`]); dropping that task without running it cancels the
-/// task, so no task can vanish from the counts.
+/// closure has one owner, decided by the task's state word: the [`Task`]
+/// handed to the executor (see [`Runnable`]), unless a thread joining the
+/// task's handle takes the task out of the queue first ([`Help`]), in which
+/// case that thread runs it and the `Task` finds it gone. Dropping the
+/// `Task` without running it cancels the task, so no task can vanish from
+/// the counts.
 struct Job<F, C> {
     f: Once<F>,
     classify: C,
@@ -96,11 +99,54 @@ struct Job<F, C> {
 
 type JobCore<F, T, C> = TaskCore<T, Job<F, C>>;
 
-impl<F, T, C> JobCore<F, T, C> {
-    fn take_f(&self) -> F {
-        // SAFETY: only the owning `Task` calls the `Runnable` methods that
-        // call this, one of them, once.
-        unsafe { self.job.f.take() }
+impl<F, C> Job<F, C> {
+    /// Takes the closure out.
+    ///
+    /// # Safety
+    ///
+    /// Called once, by the closure's owner: the thread whose move of the
+    /// task out of the queue succeeded (a worker's start, a joiner's
+    /// [`TaskCore::claim_to_run`], the `Task`'s
+    /// [`TaskCore::claim_to_drop`]), or the `Task` after its handle
+    /// cancelled it, which no joiner claims.
+    unsafe fn take_f(&self) -> F {
+        // SAFETY: the caller is the closure's one owner, once.
+        unsafe { self.f.take() }
+    }
+
+    /// Runs the body of a task that `core` (the core this job is in) has
+    /// started, and ends it with the body's value or panic. `body_done` as
+    /// in [`Runnable::run`]. Inlined into each of its two callers (a
+    /// worker's run, a joiner's): called out of line, the worker's run
+    /// took about 15 instructions more per task.
+    #[inline(always)]
+    fn run_started<T, J: ?Sized>(
+        &self,
+        core: &TaskCore<T, J>,
+        started: Clock,
+        f: F,
+        body_done: &dyn Fn(),
+    ) where
+        F: Body<Output = T>,
+        C: Classify<T>,
+    {
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
+        body_done();
+        match outcome {
+            Ok(value) => {
+                let failure = self.classify.failed(&value).then_some(FailureReason::Error);
+                core.finish(started, Ok(value), failure);
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                drop_quietly(payload);
+                core.finish(
+                    started,
+                    Err(TaskError::Panicked { message }),
+                    Some(FailureReason::Panic),
+                );
+            }
+        }
     }
 }
 
@@ -115,39 +161,35 @@ where
         // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
         let running = self.running_node();
         let _running = running.enter();
-        let mut f = Some(self.take_f());
-        let started = self.start_or_cancel(|| drop_quietly(f.take()));
-        // Not started: cancelled by `shutdown_now` just now (the closure
-        // is gone), or ended before (cancelled through its handle; the
-        // closure is dropped here).
-        let (Some(started), Some(f)) = (started, f) else {
+        let mut dropped = false;
+        let started = self.start_or_cancel(|| {
+            dropped = true;
+            // SAFETY: this start moved the task out of the queue.
+            drop_quietly(unsafe { self.job.take_f() });
+        });
+        let Some(started) = started else {
+            // Not started: cancelled by `shutdown_now` just now (the closure
+            // is gone), taken by a joiner (which has the closure), or
+            // cancelled through its handle (the closure is dropped here).
+            if !dropped && !self.taken_by_joiner() {
+                // SAFETY: the handle's cancel moved the task out of the
+                // queue, and it does not take the closure; no joiner can
+                // take it any more.
+                drop_quietly(unsafe { self.job.take_f() });
+            }
             return body_done();
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
-        body_done();
-        match outcome {
-            Ok(value) => {
-                let failure = self
-                    .job
-                    .classify
-                    .failed(&value)
-                    .then_some(FailureReason::Error);
-                self.finish(started, Ok(value), failure);
-            }
-            Err(payload) => {
-                let message = panic_message(&*payload);
-                drop_quietly(payload);
-                self.finish(
-                    started,
-                    Err(TaskError::Panicked { message }),
-                    Some(FailureReason::Panic),
-                );
-            }
-        }
+        // SAFETY: this start moved the task out of the queue.
+        let f = unsafe { self.job.take_f() };
+        self.job.run_started(self, started, f, body_done);
     }
 
     fn abandon(&self, reason: String) {
-        let f = self.take_f();
+        if !self.claim_to_drop() {
+            return;
+        }
+        // SAFETY: `claim_to_drop` made this task the closure's owner.
+        let f = unsafe { self.job.take_f() };
         let _end = Finally::new(|| {
             self.fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
         });
@@ -155,7 +197,11 @@ where
     }
 
     fn discard(&self) {
-        let f = self.take_f();
+        if !self.claim_to_drop() {
+            return;
+        }
+        // SAFETY: `claim_to_drop` made this task the closure's owner.
+        let f = unsafe { self.job.take_f() };
         let _end = Finally::new(|| {
             self.cancel();
         });
@@ -163,12 +209,42 @@ where
     }
 
     fn reject(&self) -> Option<Box<dyn Any + Send>> {
-        let f = self.take_f();
+        if !self.claim_to_drop() {
+            return None;
+        }
+        // SAFETY: `claim_to_drop` made this task the closure's owner.
+        let f = unsafe { self.job.take_f() };
         if self.refuse() {
             Some(Box::new(f))
         } else {
             None
         }
+    }
+}
+
+/// A joiner that takes the task out of the queue runs it on its own thread,
+/// counted as a worker's run would be; the `Task` still in the executor's
+/// queue then finds it gone and ends nothing.
+impl<F, T, C> Help<T> for Job<F, C>
+where
+    F: Body<Output = T>,
+    T: Send + 'static,
+    C: Classify<T>,
+{
+    fn help(&self, core: &TaskCore<T, dyn Help<T>>) -> bool {
+        if !core.claim_to_run() {
+            return false;
+        }
+        let running = core.running_node();
+        let _running = running.enter();
+        // SAFETY: `claim_to_run` made this thread the closure's owner.
+        let mut f = Some(unsafe { self.take_f() });
+        // Not started: `shutdown_now` cancels it, dropping the closure.
+        let started = core.begin(|| drop_quietly(f.take()));
+        if let (Some(started), Some(f)) = (started, f) {
+            self.run_started(core, started, f, &|| {});
+        }
+        true
     }
 }
 
@@ -486,8 +562,10 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         ));
         let handle = TaskHandle::new(core.clone());
         self.acct.series.enqueue();
-        self.handed_over(self.inner.execute(Task::from_runnable(core)))
-            .map(|()| handle)
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
+        let outcome = self.inner.execute(Task::from_runnable(core));
+        std::mem::forget(accepted_if_unwinding);
+        self.handed_over(outcome).map(|()| handle)
     }
 
     /// Admits and hands over a task without a handle.
@@ -497,7 +575,10 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         }
         let task = Detached::new(body, &self.acct);
         self.acct.series.enqueue();
-        self.handed_over(self.inner.execute_unboxed(task))
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
+        let outcome = self.inner.execute_unboxed(task);
+        std::mem::forget(accepted_if_unwinding);
+        self.handed_over(outcome)
     }
 
     /// A submit refused before anything was queued (the proxy is shut down).
@@ -730,6 +811,25 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// [`shutdown_now`](Self::shutdown_now) was called.
     pub fn is_shutdown(&self) -> bool {
         self.acct.is_closed()
+    }
+}
+
+/// Counts a task as submitted when the executor's `execute` panics (its
+/// drop runs only then: on the way out it is forgotten). The executor took
+/// the task: it may have queued it, run it, or dropped it while unwinding
+/// (which counted it cancelled), and it ends counted as whichever it was,
+/// so the task must also count as submitted for the counts to add up.
+/// Telling those apart to count a dropped one as rejected instead would
+/// cost every submit a mark of its own; the panic goes on to the caller.
+struct AcceptedIfUnwinding<'a>(&'a Accounting);
+
+impl Drop for AcceptedIfUnwinding<'_> {
+    // Inlined into the unwinding path of the caller, which then finds the
+    // accounting in a register it keeps anyway: the guard adds nothing to
+    // a submit that returns (not inlined, it made the caller store it).
+    #[inline]
+    fn drop(&mut self) {
+        self.0.series.accepted();
     }
 }
 

@@ -878,6 +878,75 @@ fn abandoning_with_a_panicking_reason_still_ends_the_task() {
     c.assert_invariant();
 }
 
+/// An executor whose `execute` panics, after doing nothing with the task or
+/// after running it.
+struct PanicsInExecute {
+    run_first: bool,
+}
+
+impl Executor for PanicsInExecute {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        if self.run_first {
+            task.run();
+        }
+        panic!("execute is broken")
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// A panic in the executor's `execute` reaches the caller of `submit` and
+/// `spawn`, and the task is counted once: the executor took it, so it is
+/// submitted, and it ends as whatever the executor did with it (dropped
+/// while unwinding: cancelled; run first: completed). Dropping the proxy
+/// then returns.
+#[test]
+fn a_panic_in_execute_reaches_the_caller_and_the_task_is_counted_once() {
+    for run_first in [false, true] {
+        let registry = Registry::new();
+        let id = if run_first {
+            "ran_then_panicked"
+        } else {
+            "panicked"
+        };
+        let proxy = InstrumentedExecutorProxy::new(
+            PanicsInExecute { run_first },
+            exporter(&registry, id),
+            None,
+        );
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            proxy.submit(move || r.fetch_add(1, Ordering::SeqCst))
+        }));
+        assert_eq!(panic_text(submitted.unwrap_err()), "execute is broken");
+        let r = ran.clone();
+        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            proxy.spawn(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+        }));
+        assert_eq!(panic_text(spawned.unwrap_err()), "execute is broken");
+        let c = counts(&scrape(&registry), "executor", id);
+        c.assert_invariant();
+        let (completed, cancelled) = if run_first { (2.0, 0.0) } else { (0.0, 2.0) };
+        assert_eq!(ran.load(Ordering::SeqCst), completed as usize);
+        assert_eq!(
+            (c.submitted, c.rejected, c.completed, c.cancelled, c.failed),
+            (2.0, 0.0, completed, cancelled, 0.0),
+            "{id}: {c:?}"
+        );
+        assert_eq!((c.queued, c.running), (0.0, 0.0), "{id}");
+        common::watchdog(10, move || drop(proxy));
+    }
+}
+
 /// The gauges are derived from the counts at scrape time: exact while tasks
 /// are queued, running, cancelled or failed without starting, and 0 at the
 /// end.

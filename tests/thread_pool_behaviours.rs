@@ -943,3 +943,192 @@ fn a_handle_whose_result_was_polled_out_says_so_instead_of_blocking() {
     );
     assert_eq!(h.join(), Err(TaskError::AlreadyTaken));
 }
+
+/// A pool of one worker, shared with its own tasks.
+fn one_worker(registry: &Registry, id: &str) -> Arc<ThreadPoolExecutor> {
+    Arc::new(
+        ThreadPoolExecutor::builder()
+            .max_workers(1)
+            .exporter_id(id)
+            .registry(registry.clone())
+            .build()
+            .unwrap(),
+    )
+}
+
+fn thread_name() -> String {
+    std::thread::current().name().unwrap_or_default().to_owned()
+}
+
+/// Every task of exporter `id` completed, each counted once with its wait.
+fn all_completed(registry: &Registry, id: &str, tasks: f64) {
+    let c = counts(&scrape(registry), "executor", id);
+    assert_eq!(
+        (c.submitted, c.completed, c.wait_count),
+        (tasks, tasks, tasks),
+        "{c:?}"
+    );
+    assert_eq!(
+        (c.queued, c.running, c.cancelled, c.failed),
+        (0.0, 0.0, 0.0, 0.0)
+    );
+    c.assert_invariant();
+}
+
+/// The only worker runs a task that submits another and joins it: no other
+/// worker will ever start that one, so the joining worker runs it itself,
+/// counted like any task. The pool then shuts down.
+#[test]
+fn a_task_joining_a_task_it_submitted_to_its_own_saturated_pool_runs_it() {
+    let registry = Registry::new();
+    let p = one_worker(&registry, "joins_own");
+    let p2 = p.clone();
+    let q = p.clone();
+    let joined = watchdog(10, move || {
+        let out = q
+            .submit(move || p2.submit(|| 7).unwrap().join())
+            .unwrap()
+            .join();
+        q.join();
+        out
+    });
+    assert_eq!(joined, Ok(Ok(7)));
+    all_completed(&registry, "joins_own", 2.0);
+    watchdog(10, move || p.shutdown());
+}
+
+/// `join_timeout` and `wait_timeout` on the pool's own worker run the
+/// queued task there too (the timeout only bounds a wait for another
+/// thread's run).
+#[test]
+fn join_timeout_and_wait_timeout_on_the_pools_own_worker_run_the_task() {
+    let registry = Registry::new();
+    let p = one_worker(&registry, "joins_own_timeout");
+    let p2 = p.clone();
+    let q = p.clone();
+    let (worker, by_join_timeout, waited, by_wait_timeout) = watchdog(10, move || {
+        let out = q
+            .submit(move || {
+                let mut a = p2.submit(thread_name).unwrap();
+                let a = a.join_timeout(Duration::from_secs(60));
+                let b = p2.submit(thread_name).unwrap();
+                let waited = b.wait_timeout(Duration::from_secs(60));
+                (thread_name(), a, waited, b.join())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        q.join();
+        out
+    });
+    assert_eq!(by_join_timeout.as_ref(), Ok(&worker));
+    assert!(waited);
+    assert_eq!(by_wait_timeout.as_ref(), Ok(&worker));
+    all_completed(&registry, "joins_own_timeout", 3.0);
+    watchdog(10, move || p.shutdown());
+}
+
+/// A task run by its joiner may itself submit and join: two levels deep on
+/// a one-worker pool.
+#[test]
+fn a_task_run_by_its_joiner_can_submit_and_join_in_turn() {
+    let registry = Registry::new();
+    let p = one_worker(&registry, "joins_nested");
+    let (p2, p3) = (p.clone(), p.clone());
+    let q = p.clone();
+    let joined = watchdog(10, move || {
+        let out = q
+            .submit(move || {
+                p2.submit(move || p3.submit(|| 7).unwrap().join())
+                    .unwrap()
+                    .join()
+            })
+            .unwrap()
+            .join();
+        q.join();
+        out
+    });
+    assert_eq!(joined, Ok(Ok(Ok(7))));
+    all_completed(&registry, "joins_nested", 3.0);
+    watchdog(10, move || p.shutdown());
+}
+
+/// A join from a thread that runs none of the pool's tasks (the test's
+/// own, or another pool's worker) waits for the pool's worker as before.
+#[test]
+fn a_join_from_a_thread_that_is_not_the_pools_worker_waits_for_the_worker() {
+    let registry = Registry::new();
+    let p = one_worker(&registry, "joined_outside");
+    let gate = Gate::new();
+    let g = gate.clone();
+    let blocker = p
+        .submit(move || {
+            g.wait();
+            thread_name()
+        })
+        .unwrap();
+    let mut queued = p.submit(thread_name).unwrap();
+    assert_eq!(
+        queued.join_timeout(Duration::from_millis(50)),
+        Err(TaskError::TimedOut)
+    );
+    assert!(!queued.wait_timeout(Duration::from_millis(10)));
+    let other = pool(1);
+    let (from_other_pool, mut queued) = other
+        .submit(move || (queued.join_timeout(Duration::from_millis(50)), queued))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(from_other_pool, Err(TaskError::TimedOut));
+    assert_eq!(queued.state(), TaskState::Pending);
+    gate.open();
+    let worker = blocker.join().unwrap();
+    assert_eq!(queued.join_timeout(Duration::from_secs(30)), Ok(worker));
+    p.join();
+    all_completed(&registry, "joined_outside", 2.0);
+}
+
+/// Runs tasks in order on one thread of its own: a user's executor.
+struct OneThread(Mutex<std::sync::mpsc::Sender<Task>>);
+
+impl OneThread {
+    fn new() -> OneThread {
+        let (tx, rx) = std::sync::mpsc::channel::<Task>();
+        std::thread::spawn(move || rx.into_iter().for_each(Task::run));
+        OneThread(Mutex::new(tx))
+    }
+}
+
+impl Executor for OneThread {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        self.0
+            .lock()
+            .unwrap()
+            .send(task)
+            .map_err(|e| executor_exporter::Rejected::new(e.0, RejectReason::Shutdown))
+    }
+}
+
+/// The proxy over any executor: a task that submits to its own proxy and
+/// joins runs the joined task itself when that one has not started.
+#[test]
+fn a_task_joining_a_task_of_its_own_proxy_over_a_one_thread_executor_runs_it() {
+    let registry = Registry::new();
+    let proxy = Arc::new(InstrumentedExecutorProxy::new(
+        OneThread::new(),
+        exporter(&registry, "one_thread"),
+        None,
+    ));
+    let (p, q) = (proxy.clone(), proxy.clone());
+    let joined = watchdog(10, move || {
+        let out = q
+            .submit(move || p.submit(|| 7).unwrap().join())
+            .unwrap()
+            .join();
+        q.join();
+        out
+    });
+    assert_eq!(joined, Ok(Ok(7)));
+    all_completed(&registry, "one_thread", 2.0);
+    watchdog(10, move || drop(proxy));
+}
