@@ -87,7 +87,6 @@ mod clock;
 mod error;
 mod executor;
 mod export;
-mod handle;
 mod instrumented;
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -100,6 +99,7 @@ mod proxy;
 #[path = "rayon.rs"]
 mod rayon_support;
 mod sync;
+mod task;
 mod thread_pool;
 
 pub use error::{BuildError, SubmitError, TaskError};
@@ -111,7 +111,6 @@ pub use export::TextEncoder;
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
-pub use handle::{TaskHandle, TaskState};
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use map::Map;
 pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
@@ -121,6 +120,7 @@ pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use proxy::InstrumentedExecutorProxy;
 #[cfg(feature = "rayon")]
 pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
+pub use task::{TaskHandle, TaskState};
 pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
 
 /// The `prometheus` crate this one is built on, so your types match ours.

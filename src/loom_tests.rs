@@ -24,9 +24,9 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::error::TaskError;
 use crate::executor::{Executor, Rejected, Task};
-use crate::handle::{Accounting, TaskCore, TaskHandle};
 use crate::metrics::{ExecutorExporter, FailureReason};
 use crate::proxy::InstrumentedExecutorProxy;
+use crate::task::{Accounting, TaskCore, TaskHandle};
 
 type Core = Arc<TaskCore<u32>>;
 

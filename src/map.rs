@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::error::TaskError;
 use crate::executor::Executor;
-use crate::handle::TaskHandle;
 use crate::proxy::{ClassifyFn, InstrumentedExecutorProxy};
+use crate::task::TaskHandle;
 
 /// Results of [`InstrumentedExecutorProxy::map`], in input order.
 ///

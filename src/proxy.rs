@@ -6,11 +6,12 @@ use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
-use crate::handle::{Accounting, AcctRef, Clock, Help, TaskCore, TaskHandle};
 use crate::map::Map;
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
+use crate::task::{Accounting, AcctRef, Help, TaskCore, TaskHandle};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
 pub(crate) trait Classify<T>: Send + Sync + 'static {

@@ -106,7 +106,7 @@ impl ExecutorExporter {
     /// API.
     #[doc(hidden)]
     pub fn __record_task_bundle(&self) {
-        use crate::handle::Clock;
+        use crate::clock::Clock;
         let submitted = Clock::now();
         self.series.enqueue();
         self.series.accepted();
@@ -263,7 +263,7 @@ impl ExecutorExporterBuilder {
     pub fn build(self) -> Result<ExecutorExporter, BuildError> {
         // The task clock calibrates itself on first use; pay that here, not
         // in the first task's submit.
-        let _ = crate::handle::Clock::now();
+        let _ = crate::clock::Clock::now();
         let namespace = self.namespace.unwrap_or_else(|| "executor".to_owned());
         validate_namespace(&namespace)?;
         let wait = resolve_buckets(&self.wait_explicit, &self.wait_exponential, "wait buckets")?;

@@ -22,9 +22,10 @@ use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{Blob, WireOutcome};
 use super::SubmitError;
+use crate::clock::Clock;
 use crate::error::{panic_message, BuildError, BuildErrorKind, TaskError};
-use crate::handle::{Accounting, Clock, TaskCore, TaskHandle};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
+use crate::task::{Accounting, TaskCore, TaskHandle};
 
 /// What a process task's handle yields: the task's own `Result`, whose `Err`
 /// is counted as failed with reason `error`.
