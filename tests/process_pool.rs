@@ -848,6 +848,39 @@ fn cfg_1_and_cfg_3_invalid_options_are_rejected() {
         .is_err());
 }
 
+/// Both process-pool builders return the crate's one `BuildError`, with the same words as every other
+/// pool for the same mistake.
+#[test]
+fn both_builders_return_the_crates_build_error_with_the_same_words() {
+    let _watchdog =
+        test_watchdog("both_builders_return_the_crates_build_error_with_the_same_words");
+    let plain: executor_exporter::BuildError =
+        ProcessPool::builder().max_workers(0).build().unwrap_err();
+    let instrumented = executor_exporter::ProcessPoolExecutor::builder()
+        .max_workers(0)
+        .registry(executor_exporter::prometheus::Registry::new())
+        .build()
+        .unwrap_err();
+    assert_eq!(plain.to_string(), "max_workers must be greater than 0");
+    assert_eq!(instrumented.to_string(), plain.to_string());
+    let err = ProcessPool::builder()
+        .max_tasks_per_child(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "max_tasks_per_child must be greater than 0"
+    );
+    let err = ProcessPool::builder()
+        .max_frame_size(10)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("max_frame_size must be between"),
+        "{err}"
+    );
+}
+
 #[test]
 fn cfg_2_default_max_workers_is_the_cpu_count() {
     let _watchdog = test_watchdog("cfg_2_default_max_workers_is_the_cpu_count");

@@ -713,8 +713,7 @@ impl ProcessPoolExecutorBuilder {
         let pool = self
             .pool
             .observer(Arc::new(Observer(series_slot.clone())))
-            .build()
-            .map_err(|e| BuildError::new(BuildErrorKind::Pool(Box::new(e))))?;
+            .build()?;
         let exporter = self.exporter.executor_type_or("process_pool").build()?;
         let _ = series_slot.set(exporter.series().clone());
         exporter.series().expect_failures(&FailureReason::ALL);

@@ -73,7 +73,7 @@ mod worker;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use error::{BuildError, SubmitError};
+pub use error::SubmitError;
 pub use handle::{ProcessHandle, TaskError, TaskResult};
 pub use instrumented::{
     ProcessChunkedMap, ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::error::{BuildError, SubmitError};
+use super::error::SubmitError;
 use super::handle::{self, ProcessHandle};
 use super::job::{
     JobFailure, JobOutcome, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
@@ -27,6 +27,7 @@ use super::wire::{
     MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 use super::worker::{forgotten_hook, CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use crate::error::{BuildError, BuildErrorKind};
 
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -49,7 +50,7 @@ const EXIT_CHECK: Duration = Duration::from_millis(250);
 ///     .max_tasks_per_child(1000)
 ///     .task_timeout(Duration::from_secs(30))
 ///     .build()?;
-/// # Ok::<(), executor_exporter::process_pool::BuildError>(())
+/// # Ok::<(), executor_exporter::BuildError>(())
 /// ```
 pub struct ProcessPoolBuilder {
     max_workers: Option<usize>,
@@ -221,29 +222,32 @@ impl ProcessPoolBuilder {
     /// Validates the options and starts the dispatcher thread. Workers start lazily, on demand.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         if let Some(message) = forgotten_hook() {
-            return Err(BuildError::new(message));
+            return Err(BuildError::new(BuildErrorKind::ForgottenHook(message)));
         }
         let max_workers = match self.max_workers {
-            Some(0) => return Err(BuildError::new("max_workers must be greater than 0")),
+            Some(0) => return Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
             Some(n) => n,
             None => num_cpus::get().max(1),
         };
+        let zero = |what| Err(BuildError::new(BuildErrorKind::ZeroBound(what)));
         if self.max_tasks_per_child == Some(0) {
-            return Err(BuildError::new(
-                "max_tasks_per_child must be greater than 0",
-            ));
+            return zero("max_tasks_per_child");
         }
         if self.max_start_failures == 0 {
-            return Err(BuildError::new("max_start_failures must be greater than 0"));
+            return zero("max_start_failures");
         }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return zero("task_timeout");
+        }
+        if self.start_timeout.is_zero() {
+            return zero("start_timeout");
+        }
+        let invalid = |why: String| BuildError::new(BuildErrorKind::Invalid(why));
         if !(MIN_MAX_FRAME..=u32::MAX as usize).contains(&self.max_frame) {
-            return Err(BuildError::new(format!(
+            return Err(invalid(format!(
                 "max_frame_size must be between {MIN_MAX_FRAME} and {} bytes",
                 u32::MAX
             )));
-        }
-        if self.task_timeout == Some(Duration::ZERO) || self.start_timeout.is_zero() {
-            return Err(BuildError::new("timeouts must be greater than zero"));
         }
         let init = match self.init {
             None => None,
@@ -252,7 +256,7 @@ impl ProcessPoolBuilder {
                 payload: Blob(Cow::Owned(payload)),
             }),
             Some((task, Err(e))) => {
-                return Err(BuildError::new(format!(
+                return Err(invalid(format!(
                     "cannot encode the input of initializer `{task}`: {e}"
                 )))
             }
@@ -264,9 +268,10 @@ impl ProcessPoolBuilder {
             },
             self.max_frame,
         )
-        .map_err(|e| BuildError::new(format!("initializer input: {e}")))?;
-        let wake = sys::EventFd::new()
-            .map_err(|e| BuildError::new(format!("cannot create an eventfd: {e}")))?;
+        .map_err(|e| invalid(format!("initializer input: {e}")))?;
+        let resource =
+            |what| move |error| BuildError::new(BuildErrorKind::Resource { what, error });
+        let wake = sys::EventFd::new().map_err(resource("create an eventfd"))?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 mode: Mode::Running,
@@ -308,7 +313,7 @@ impl ProcessPoolBuilder {
         let thread = thread::Builder::new()
             .name(self.thread_name.unwrap_or_else(|| "process-pool".into()))
             .spawn(move || dispatcher.run())
-            .map_err(|e| BuildError::new(format!("cannot start the dispatcher thread: {e}")))?;
+            .map_err(resource("start the dispatcher thread"))?;
         Ok(ProcessPool {
             shared,
             thread: Mutex::new(Some(thread)),
