@@ -258,9 +258,3 @@ pub(crate) trait PoolObserver: Send + Sync + 'static {
     /// A worker could not be started (spawn error, initializer failure, exit before the handshake).
     fn worker_start_failed(&self, _message: &str) {}
 }
-
-/// The observer used when nobody listens.
-#[derive(Debug)]
-pub(crate) struct NoObserver;
-
-impl PoolObserver for NoObserver {}

@@ -34,7 +34,7 @@
 //!
 //!     let pool = ProcessPool::builder().max_workers(2).build().unwrap();
 //!     let handle = pool.submit::<Square>(&7).unwrap();
-//!     assert_eq!(handle.join().unwrap(), 49);
+//!     assert_eq!(handle.join(), Ok(Ok(49)));
 //! }
 //! ```
 //!
@@ -61,10 +61,10 @@
 //! once.
 
 mod error;
-mod handle;
 mod instrumented;
 mod job;
 mod pool;
+mod sink;
 mod sys;
 mod task;
 mod wire;
@@ -74,12 +74,12 @@ mod worker;
 mod tests;
 
 pub use error::SubmitError;
-pub use handle::{ProcessHandle, TaskError, TaskResult};
 pub use instrumented::{
-    ProcessChunkedMap, ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
+    ProcessChunkedMap, ProcessMap, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
 };
 pub use job::{JobFailure, WorkerExit};
 pub use pool::{ProcessPool, ProcessPoolBuilder};
+pub use sink::ProcessOutput;
 pub use task::{ProcessTask, WorkerRegistry};
 pub use worker::{is_worker_process, run_if_worker};
 
