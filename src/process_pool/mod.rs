@@ -77,7 +77,6 @@ pub use error::SubmitError;
 pub use instrumented::{
     ProcessChunkedMap, ProcessMap, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
 };
-pub use job::{JobFailure, WorkerExit};
 pub use pool::{ProcessPool, ProcessPoolBuilder};
 pub use sink::ProcessOutput;
 pub use task::{ProcessTask, WorkerRegistry};

@@ -127,7 +127,7 @@ impl ProcessPoolBuilder {
     }
 
     /// Default timeout of every task (default: none). On expiry the worker is killed and replaced and the
-    /// task fails with [`JobFailure::Timeout`]. [`ProcessPool::submit_with_timeout`] overrides it per task.
+    /// task fails with reason [`Timeout`](crate::FailureReason::Timeout). [`ProcessPool::submit_with_timeout`] overrides it per task.
     #[must_use]
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
@@ -151,7 +151,7 @@ impl ProcessPoolBuilder {
     }
 
     /// After this many workers in a row fail to start, the pool is broken: queued and later tasks fail
-    /// at once with [`JobFailure::Broken`] (default: 3). Must be at least 1.
+    /// at once with [`TaskError::Broken`](crate::TaskError::Broken) (default: 3). Must be at least 1.
     #[must_use]
     pub fn max_start_failures(mut self, n: u32) -> Self {
         self.max_start_failures = n;
@@ -159,7 +159,8 @@ impl ProcessPoolBuilder {
     }
 
     /// The largest message, in bytes, either side accepts (default: 256 MiB). Inputs larger than this
-    /// fail at submit; larger results fail the task with [`JobFailure::Serialization`]; a worker that
+    /// fail at submit; larger results fail the task with reason
+    /// [`Serialization`](crate::FailureReason::Serialization); a worker that
     /// announces a larger frame is killed. Between 4 KiB and 4 GiB − 1.
     #[must_use]
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
@@ -599,7 +600,8 @@ impl ProcessPool {
         self.stop(Mode::Shutdown);
     }
 
-    /// Stops accepting tasks, cancels the tasks not yet sent to a worker ([`JobFailure::Cancelled`]),
+    /// Stops accepting tasks, cancels the tasks not yet sent to a worker
+    /// ([`TaskError::Cancelled`](crate::TaskError::Cancelled)),
     /// waits for the running ones, then stops and reaps the workers.
     pub fn shutdown_now(&self) {
         self.acct.close();
@@ -607,7 +609,7 @@ impl ProcessPool {
     }
 
     /// Stops accepting tasks and kills every worker with SIGKILL now: running tasks fail with
-    /// [`JobFailure::Killed`], queued ones too. Returns once every worker is reaped.
+    /// reason [`Killed`](crate::FailureReason::Killed), queued ones too. Returns once every worker is reaped.
     pub fn kill(&self) {
         self.acct.close();
         self.stop(Mode::Kill);
