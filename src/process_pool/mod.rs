@@ -81,8 +81,3 @@ pub use pool::{ProcessPool, ProcessPoolBuilder};
 pub use sink::ProcessOutput;
 pub use task::{ProcessTask, WorkerRegistry};
 pub use worker::{is_worker_process, run_if_worker};
-
-#[allow(unused_imports)] // the crate's accounting builds on these once it lands
-pub(crate) use job::{JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
-#[allow(unused_imports)]
-pub(crate) use pool::Rejected;
