@@ -558,9 +558,10 @@ fn a_worker_that_exits_while_its_fork_holds_the_channel_fails_its_task_at_once()
         }
     };
     let message = match result {
-        Err(TaskError::Failed { reason, message }) if reason == FailureReason::WorkerDied => {
-            message
-        }
+        Err(TaskError::Failed {
+            reason: FailureReason::WorkerDied,
+            message,
+        }) => message,
         other => {
             kill_grandchild();
             panic!("expected a worker_died failure, got {:?}", other.is_ok());
