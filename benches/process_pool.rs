@@ -7,8 +7,9 @@
 //!   [`BATCH`] and then all joined (one iteration is one task; criterion's
 //!   slope over samples of growing size removes each sample's fixed cost).
 //!
-//! Pools: our plain `ProcessPool`, `ProcessPoolExecutor` (the same pool with
-//! the metrics), and `procspawn::Pool`; in the throughput group also
+//! Pools: our plain `ProcessPool` (task states recorded into a series
+//! registered nowhere), `ProcessPoolExecutor` (the same pool, its series
+//! registered), and `procspawn::Pool`; in the throughput group also
 //! `ProcessPoolExecutor::map_chunked` with chunks of [`CHUNK`] inputs.
 //!
 //! The bench binary is its own worker program for both pools, so `main` is
@@ -102,7 +103,7 @@ mod linux {
             b.iter(|| {
                 x += 1;
                 let h = plain.submit::<Square>(black_box(&x)).unwrap();
-                black_box(h.join().unwrap())
+                black_box(h.join().unwrap().unwrap())
             })
         });
         g.bench_function("executor", |b| {
@@ -137,7 +138,7 @@ mod linux {
                         .map(|x| plain.submit::<Square>(&x).unwrap())
                         .collect();
                     for h in handles {
-                        black_box(h.join().unwrap());
+                        black_box(h.join().unwrap().unwrap());
                     }
                 })
             })

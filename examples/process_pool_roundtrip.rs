@@ -16,6 +16,7 @@ fn main() {
     use executor_exporter::process_pool::{
         run_if_worker, ProcessPool, ProcessTask, WorkerRegistry,
     };
+    use executor_exporter::{FailureReason, TaskError};
 
     struct Tiny;
     impl ProcessTask for Tiny {
@@ -50,7 +51,7 @@ fn main() {
     for _ in 0..20 {
         let pool = ProcessPool::builder().max_workers(1).build().unwrap();
         let t = Instant::now();
-        pool.submit::<Tiny>(&1).unwrap().join().unwrap();
+        pool.submit::<Tiny>(&1).unwrap().join().unwrap().unwrap();
         starts.push(t.elapsed());
     }
     starts.sort();
@@ -58,13 +59,13 @@ fn main() {
     // Round trip: submit → join, one at a time, one warm worker.
     let pool = ProcessPool::builder().max_workers(1).build().unwrap();
     for i in 0..1000 {
-        pool.submit::<Tiny>(&i).unwrap().join().unwrap();
+        pool.submit::<Tiny>(&i).unwrap().join().unwrap().unwrap();
     }
     let n = 20_000;
     let mut rtt = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let t = Instant::now();
-        pool.submit::<Tiny>(&i).unwrap().join().unwrap();
+        pool.submit::<Tiny>(&i).unwrap().join().unwrap().unwrap();
         rtt.push(t.elapsed());
     }
     rtt.sort();
@@ -72,11 +73,20 @@ fn main() {
     // Crash detection: a task that aborts, submit → error.
     let mut crash = Vec::new();
     for _ in 0..20 {
-        pool.submit::<Tiny>(&0).unwrap().join().unwrap(); // a warm worker
+        pool.submit::<Tiny>(&0).unwrap().join().unwrap().unwrap(); // a warm worker
         let t = Instant::now();
         let err = pool.submit::<Die>(&()).unwrap().join().unwrap_err();
         crash.push(t.elapsed());
-        assert_eq!(err.reason(), "worker_died");
+        assert!(
+            matches!(
+                err,
+                TaskError::Failed {
+                    reason: FailureReason::WorkerDied,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
     crash.sort();
     drop(pool);
@@ -84,7 +94,7 @@ fn main() {
     // Throughput: many tasks queued at once on two workers.
     let pool = ProcessPool::builder().max_workers(2).build().unwrap();
     for i in 0..1000 {
-        pool.submit::<Tiny>(&i).unwrap().join().unwrap();
+        pool.submit::<Tiny>(&i).unwrap().join().unwrap().unwrap();
     }
     let total = 100_000u64;
     let t = Instant::now();
@@ -92,7 +102,7 @@ fn main() {
         .map(|i| pool.submit::<Tiny>(&i).unwrap())
         .collect();
     for h in handles {
-        h.join().unwrap();
+        h.join().unwrap().unwrap();
     }
     let elapsed = t.elapsed();
     drop(pool);

@@ -33,11 +33,26 @@ pub(crate) enum BuildErrorKind {
         error: prometheus::Error,
     },
     /// The wrapped pool could not be built (for example, rayon's builder failed).
-    #[cfg_attr(not(any(feature = "rayon", target_os = "linux")), allow(dead_code))]
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
     Pool(Box<dyn Error + Send + Sync>),
     /// A Pushgateway option is invalid (URL, job name or grouping label).
     #[cfg_attr(not(feature = "push"), allow(dead_code))]
     Push(String),
+    /// An option outside its allowed range, or one that cannot be used
+    /// (an initializer input that cannot be encoded); the message says which.
+    #[cfg(target_os = "linux")]
+    Invalid(String),
+    /// Something the pool needs from the system could not be made: `what`
+    /// says what was being done.
+    #[cfg(target_os = "linux")]
+    Resource {
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// A process pool built in a worker process that never called
+    /// `run_if_worker`: the message says how to fix the program.
+    #[cfg(target_os = "linux")]
+    ForgottenHook(String),
 }
 
 impl BuildError {
@@ -89,6 +104,17 @@ impl fmt::Display for BuildError {
             ),
             BuildErrorKind::Pool(e) => write!(f, "could not build the pool: {e}"),
             BuildErrorKind::Push(why) => write!(f, "invalid Pushgateway option: {why}"),
+            #[cfg(target_os = "linux")]
+            BuildErrorKind::Invalid(why) => write!(f, "invalid process pool option: {why}"),
+            #[cfg(target_os = "linux")]
+            BuildErrorKind::Resource { what, error } => {
+                write!(
+                    f,
+                    "could not build the process pool: cannot {what}: {error}"
+                )
+            }
+            #[cfg(target_os = "linux")]
+            BuildErrorKind::ForgottenHook(message) => f.write_str(message),
         }
     }
 }
@@ -98,6 +124,8 @@ impl Error for BuildError {
         match &self.kind {
             BuildErrorKind::Registry(e) | BuildErrorKind::FamilyTaken { error: e, .. } => Some(e),
             BuildErrorKind::Pool(e) => Some(&**e),
+            #[cfg(target_os = "linux")]
+            BuildErrorKind::Resource { error, .. } => Some(error),
             _ => None,
         }
     }

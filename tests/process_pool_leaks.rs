@@ -8,9 +8,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use executor_exporter::process_pool::{
-    run_if_worker, ProcessPool, ProcessTask, TaskError, WorkerRegistry,
-};
+use executor_exporter::process_pool::{run_if_worker, ProcessPool, ProcessTask, WorkerRegistry};
+use executor_exporter::{FailureReason, TaskError, TaskHandle};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -76,6 +75,14 @@ fn children() -> Vec<(u32, char)> {
     out
 }
 
+/// The task's result, failing the test if it does not come within the watchdog.
+fn join<T: Send + 'static>(mut h: TaskHandle<T>) -> Result<T, TaskError> {
+    match h.join_timeout(WATCHDOG) {
+        Err(TaskError::TimedOut) => panic!("a task did not end within {WATCHDOG:?}"),
+        other => other,
+    }
+}
+
 #[test]
 fn no_zombies_and_no_fd_growth_over_10_000_tasks() {
     let _watchdog = test_watchdog("no_zombies_and_no_fd_growth_over_10_000_tasks");
@@ -91,21 +98,27 @@ fn no_zombies_and_no_fd_growth_over_10_000_tasks() {
             .unwrap();
         let handles: Vec<_> = (0..5000).map(|_| pool.submit::<Pid>(&0).unwrap()).collect();
         for h in handles {
-            all_pids.insert(h.join_timeout(WATCHDOG).ok().unwrap().unwrap());
+            all_pids.insert(join(h).unwrap().unwrap());
         }
         for _ in 0..3 {
             let h = pool.submit::<Crash>(&()).unwrap();
-            assert_eq!(
-                h.join_timeout(WATCHDOG).ok().unwrap().unwrap_err().reason(),
-                "worker_died"
-            );
+            assert!(matches!(
+                join(h),
+                Err(TaskError::Failed {
+                    reason: FailureReason::WorkerDied,
+                    ..
+                })
+            ));
         }
         let t = pool
             .submit_with_timeout::<Pid>(&30_000, Duration::from_millis(100))
             .unwrap();
         assert!(matches!(
-            t.join_timeout(WATCHDOG).ok().unwrap(),
-            Err(TaskError::Pool(_))
+            join(t),
+            Err(TaskError::Failed {
+                reason: FailureReason::Timeout,
+                ..
+            })
         ));
         if round == 1 {
             pool.kill();

@@ -1,28 +1,6 @@
-//! Errors of building a pool and of submitting to it.
+//! Errors of submitting to a pool.
 
 use std::fmt;
-
-/// The pool could not be built: an invalid option, or a resource the pool needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    message: String,
-}
-
-impl BuildError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid process pool: {}", self.message)
-    }
-}
-
-impl std::error::Error for BuildError {}
 
 /// A task was not accepted; nothing was queued.
 #[derive(Debug, Clone, PartialEq, Eq)]

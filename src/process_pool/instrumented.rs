@@ -1,314 +1,24 @@
-//! [`ProcessPoolExecutor`]: the process pool with the crate's metrics.
+//! [`ProcessPoolExecutor`]: the process pool with its series registered as
+//! the crate's metrics.
 //!
 //! Every metric is recorded in the parent process, through the same task
-//! state machine ([`TaskCore`]) and series as the thread pool: the pool's
-//! dispatcher reports each job's life through a [`JobSink`], and this module
-//! turns those reports into the task's state moves. Wait is submit to the
-//! worker's start acknowledgement; duration is that acknowledgement to the
-//! result.
+//! state machine and series as the thread pool (see the `sink` module); the
+//! plain pool records the same way, into a series registered nowhere.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::marker::PhantomData;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::Registry;
-use serde::de::DeserializeOwned;
 
-use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
 use super::pool::{ProcessPool, ProcessPoolBuilder};
-use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
-use super::wire::{Blob, WireOutcome};
+use super::sink::{ChunkValue, ItemResult, ProcessOutput};
+use super::task::ProcessTask;
+use super::wire::Blob;
 use super::SubmitError;
-use crate::clock::Clock;
-use crate::error::{panic_message, BuildError, BuildErrorKind, TaskError};
-use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
-use crate::task::{Accounting, TaskCore, TaskHandle};
-
-/// What a process task's handle yields: the task's own `Result`, whose `Err`
-/// is counted as failed with reason `error`.
-pub type ProcessOutput<T> = Result<<T as ProcessTask>::Output, <T as ProcessTask>::Error>;
-
-/// Reports worker start-ups and replacements into the series, once it exists.
-struct Observer(Arc<OnceLock<Arc<Series>>>);
-
-impl PoolObserver for Observer {
-    fn worker_started(&self, _pid: u32) {
-        if let Some(series) = self.0.get() {
-            series.worker_started();
-        }
-    }
-
-    fn worker_restarted(&self, _pid: u32, _reason: RestartReason) {
-        if let Some(series) = self.0.get() {
-            series.worker_restarted();
-        }
-    }
-}
-
-fn classify(failure: JobFailure) -> (TaskError, FailureReason) {
-    let reason = match &failure {
-        JobFailure::Panic { message } => {
-            return (
-                TaskError::Panicked {
-                    message: message.clone(),
-                },
-                FailureReason::Panic,
-            )
-        }
-        JobFailure::Broken { message } => {
-            return (
-                TaskError::Broken {
-                    reason: message.clone(),
-                },
-                FailureReason::Broken,
-            )
-        }
-        JobFailure::Error { .. } => FailureReason::Error,
-        JobFailure::UnknownTask { .. } => FailureReason::UnknownTask,
-        JobFailure::Serialization { .. } => FailureReason::Serialization,
-        JobFailure::WorkerDied { .. } => FailureReason::WorkerDied,
-        JobFailure::Timeout { .. } => FailureReason::Timeout,
-        JobFailure::Protocol { .. } => FailureReason::Protocol,
-        JobFailure::Killed => FailureReason::Killed,
-        JobFailure::Cancelled => return (TaskError::Cancelled, FailureReason::Broken),
-    };
-    (
-        TaskError::Failed {
-            reason,
-            message: failure.to_string(),
-        },
-        reason,
-    )
-}
-
-/// What one item of a task yields: the task's own `Result`, or why there is none.
-type ItemResult<T> = Result<ProcessOutput<T>, TaskError>;
-
-/// What a chunk's handle yields: one result per item sent, in order.
-type ChunkValue<T> = Vec<ItemResult<T>>;
-
-/// Turns the outcome of one run of `T` (a task, or one item of a chunk) into
-/// its result and the failure reason it counts under (`None`: completed).
-///
-/// Runs on the pool's dispatcher thread, and `Deserialize` is the user's
-/// code: a panic there fails this one result with reason `serialization`
-/// (the panic's message in the error) instead of unwinding the dispatcher.
-fn decode_item<T: ProcessTask>(outcome: JobOutcome) -> (ItemResult<T>, Option<FailureReason>) {
-    fn decode<V: DeserializeOwned>(what: &str, name: &str, bytes: &[u8]) -> Result<V, JobFailure> {
-        let message = match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<V>(bytes))) {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => format!("cannot decode the {what} of task `{name}`: {e}"),
-            Err(panic) => format!(
-                "decoding the {what} of task `{name}` panicked: {}",
-                panic_message(&*panic)
-            ),
-        };
-        Err(JobFailure::Serialization { message })
-    }
-    let failure = match outcome {
-        Ok(bytes) => match decode::<T::Output>("output", T::NAME, &bytes) {
-            Ok(value) => return (Ok(Ok(value)), None),
-            Err(failure) => failure,
-        },
-        Err(JobFailure::Error { payload, .. }) => {
-            match decode::<T::Error>("error", T::NAME, &payload) {
-                Ok(error) => return (Ok(Err(error)), Some(FailureReason::Error)),
-                Err(failure) => failure,
-            }
-        }
-        Err(failure) => failure,
-    };
-    let (error, reason) = classify(failure);
-    (Err(error), Some(reason))
-}
-
-/// How a job's reports become its handle's value: one task, or a chunk.
-trait Decode: Send + 'static {
-    type Value: Send + 'static;
-    /// The value of a job that ended (a started job's outcome) and the
-    /// failure reason it counts under.
-    fn decode(
-        &self,
-        outcome: JobOutcome,
-    ) -> (Result<Self::Value, TaskError>, Option<FailureReason>);
-    /// A failure the pool reports, as the user should see it.
-    fn failure(&self, failure: JobFailure) -> JobFailure {
-        failure
-    }
-}
-
-/// One task of type `T`.
-struct One<T>(PhantomData<fn() -> T>);
-
-impl<T> Decode for One<T>
-where
-    T: ProcessTask,
-    T::Output: Send,
-    T::Error: Send,
-{
-    type Value = ProcessOutput<T>;
-
-    fn decode(
-        &self,
-        outcome: JobOutcome,
-    ) -> (Result<Self::Value, TaskError>, Option<FailureReason>) {
-        decode_item::<T>(outcome)
-    }
-}
-
-/// A chunk of `items` inputs of `T`, sent as one job under the derived chunk
-/// name. Its reason: `panic` if an item panicked, else `serialization` if an
-/// item's data could not be encoded or decoded, else `error` if an item
-/// returned `Err`, else none (completed).
-struct Chunk<T> {
-    items: usize,
-    _task: PhantomData<fn() -> T>,
-}
-
-impl<T> Decode for Chunk<T>
-where
-    T: ProcessTask,
-    T::Output: Send,
-    T::Error: Send,
-{
-    type Value = ChunkValue<T>;
-
-    fn decode(
-        &self,
-        outcome: JobOutcome,
-    ) -> (Result<Self::Value, TaskError>, Option<FailureReason>) {
-        let outcomes = match outcome {
-            Ok(bytes) => match postcard::from_bytes::<Vec<WireOutcome>>(&bytes) {
-                Ok(outcomes) if outcomes.len() == self.items => outcomes,
-                Ok(outcomes) => {
-                    return fail(JobFailure::Serialization {
-                        message: format!(
-                            "a chunk of {} inputs of task `{}` came back with {} results",
-                            self.items,
-                            T::NAME,
-                            outcomes.len()
-                        ),
-                    })
-                }
-                Err(e) => {
-                    return fail(JobFailure::Serialization {
-                        message: format!(
-                            "cannot decode the results of a chunk of task `{}`: {e}",
-                            T::NAME
-                        ),
-                    })
-                }
-            },
-            Err(failure) => return fail(self.failure(failure)),
-        };
-        let mut worst: Option<FailureReason> = None;
-        let results = outcomes
-            .into_iter()
-            .map(|outcome| {
-                let (result, reason) = decode_item::<T>(outcome.into_job_outcome());
-                if rank(reason) > rank(worst) {
-                    worst = reason;
-                }
-                result
-            })
-            .collect();
-        (Ok(results), worst)
-    }
-
-    /// The chunk's derived name is an implementation detail: an unknown chunk
-    /// is reported under the task's own name.
-    fn failure(&self, failure: JobFailure) -> JobFailure {
-        match failure {
-            JobFailure::UnknownTask { .. } => JobFailure::UnknownTask {
-                name: T::NAME.to_owned(),
-            },
-            other => other,
-        }
-    }
-}
-
-/// Which item failure decides a chunk's reason: `panic` over
-/// `serialization` over `error` (the only reasons an item alone can have).
-fn rank(reason: Option<FailureReason>) -> u8 {
-    match reason {
-        None => 0,
-        Some(FailureReason::Error) => 1,
-        Some(FailureReason::Panic) => 3,
-        Some(_) => 2,
-    }
-}
-
-fn fail<V>(failure: JobFailure) -> (Result<V, TaskError>, Option<FailureReason>) {
-    let (error, reason) = classify(failure);
-    (Err(error), Some(reason))
-}
-
-/// One job's link to its task state: the pool's reports move the task.
-struct Sink<D: Decode> {
-    core: Arc<TaskCore<D::Value>>,
-    decode: D,
-    started: Option<Clock>,
-    ended: bool,
-}
-
-impl<D: Decode> JobSink for Sink<D> {
-    fn is_cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    fn started(&mut self) -> bool {
-        self.started = self.core.start();
-        self.started.is_some()
-    }
-
-    fn finished(mut self: Box<Self>, outcome: JobOutcome) {
-        self.ended = true;
-        let Some(started) = self.started else { return };
-        let (result, reason) = self.decode.decode(outcome);
-        self.core.finish(started, result, reason);
-    }
-
-    fn refused(&mut self) {
-        self.ended = true;
-    }
-
-    fn failed_unstarted(mut self: Box<Self>, failure: JobFailure) {
-        self.ended = true;
-        if failure == JobFailure::Cancelled {
-            self.core.cancel();
-            return;
-        }
-        let (error, reason) = classify(self.decode.failure(failure));
-        self.core.fail_unstarted(error, reason);
-    }
-}
-
-impl<D: Decode> Drop for Sink<D> {
-    /// A job the pool drops without a terminal report was cancelled by its
-    /// owner (the cancel already counted it); anything else would be a lost
-    /// task, so it is ended here rather than left uncounted.
-    fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        match self.started {
-            None => {
-                self.core.cancel();
-            }
-            Some(started) => self.core.finish(
-                started,
-                Err(TaskError::Failed {
-                    reason: FailureReason::WorkerDied,
-                    message: "the pool lost track of the task".to_owned(),
-                }),
-                Some(FailureReason::WorkerDied),
-            ),
-        }
-    }
-}
+use crate::error::{BuildError, BuildErrorKind, TaskError};
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason};
+use crate::task::TaskHandle;
 
 /// A process pool that is instrumented out of the box: every metric of the
 /// thread pool, with `executor_type="process_pool"`, recorded in this
@@ -345,7 +55,6 @@ impl<D: Decode> Drop for Sink<D> {
 pub struct ProcessPoolExecutor {
     pool: ProcessPool,
     exporter: ExecutorExporter,
-    acct: Arc<Accounting>,
 }
 
 impl fmt::Debug for ProcessPoolExecutor {
@@ -376,7 +85,7 @@ impl ProcessPoolExecutor {
         T::Output: Send,
         T::Error: Send,
     {
-        self.submit_inner::<T>(input, None)
+        self.pool.submit::<T>(input)
     }
 
     /// Like [`submit`](Self::submit), with a timeout for this task: on expiry
@@ -392,118 +101,7 @@ impl ProcessPoolExecutor {
         T::Output: Send,
         T::Error: Send,
     {
-        self.submit_inner::<T>(input, Some(timeout))
-    }
-
-    fn submit_inner<T>(
-        &self,
-        input: &T::Input,
-        timeout: Option<Duration>,
-    ) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
-    where
-        T: ProcessTask,
-        T::Output: Send,
-        T::Error: Send,
-    {
-        let series = &self.acct.series;
-        if !self.acct.admit() {
-            series.rejected_unqueued();
-            return Err(SubmitError::Shutdown);
-        }
-        let payload = match postcard::to_stdvec(input) {
-            Ok(payload) => payload,
-            Err(e) => {
-                series.rejected_unqueued();
-                self.acct.ended();
-                return Err(SubmitError::Serialization(format!(
-                    "cannot encode the input of task `{}`: {e}",
-                    T::NAME
-                )));
-            }
-        };
-        let spec = JobSpec {
-            task: T::NAME.to_owned(),
-            payload,
-            timeout,
-        };
-        self.enqueue(spec, One::<T>(PhantomData))
-    }
-
-    /// Queues an admitted job (`acct.admit()` already returned true): its
-    /// task state, its sink, and the submit counts.
-    fn enqueue<D: Decode>(
-        &self,
-        spec: JobSpec,
-        decode: D,
-    ) -> Result<TaskHandle<D::Value>, SubmitError> {
-        let series = &self.acct.series;
-        let core = Arc::new(TaskCore::new(&self.acct));
-        let sink = Sink {
-            core: core.clone(),
-            decode,
-            started: None,
-            ended: false,
-        };
-        series.enqueue();
-        match self.pool.submit_job(spec, Box::new(sink)) {
-            Ok(()) => {
-                series.accepted();
-                Ok(TaskHandle::new(core))
-            }
-            Err(rejected) => {
-                // The refused sink is dropped as "ended": it never held a task.
-                let mut sink = rejected.sink;
-                sink.refused();
-                series.rejected();
-                self.acct.ended();
-                Err(rejected.error)
-            }
-        }
-    }
-
-    /// Submits one chunk: the inputs already encoded one by one. Counted as
-    /// one task.
-    fn submit_chunk<T>(
-        &self,
-        items: Vec<Blob<'static>>,
-    ) -> Result<TaskHandle<ChunkValue<T>>, SubmitError>
-    where
-        T: ProcessTask,
-        T::Output: Send,
-        T::Error: Send,
-    {
-        if !self.acct.admit() {
-            self.acct.series.rejected_unqueued();
-            return Err(SubmitError::Shutdown);
-        }
-        let payload = match postcard::to_stdvec(&items) {
-            Ok(payload) => payload,
-            Err(e) => {
-                // Byte strings always encode; kept for completeness.
-                self.acct.series.rejected_unqueued();
-                self.acct.ended();
-                return Err(SubmitError::Serialization(format!(
-                    "cannot encode a chunk of task `{}`: {e}",
-                    T::NAME
-                )));
-            }
-        };
-        let spec = JobSpec {
-            task: chunk_name::<T>(),
-            payload,
-            timeout: None,
-        };
-        let decode = Chunk::<T> {
-            items: items.len(),
-            _task: PhantomData,
-        };
-        self.enqueue(spec, decode).map_err(|e| match e {
-            // The derived name is an implementation detail (e.g. a chunk over the frame size).
-            SubmitError::Serialization(m) => {
-                SubmitError::Serialization(m.replace(CHUNK_PREFIX, "chunk of "))
-            }
-            other => other,
-        })
+        self.pool.submit_with_timeout::<T>(input, timeout)
     }
 
     /// Applies task `T` to every input, each its own task, and yields the
@@ -618,20 +216,18 @@ impl ProcessPoolExecutor {
 
     /// Waits until every task accepted so far has ended; the pool stays usable.
     pub fn join(&self) {
-        self.acct.wait_idle();
+        self.pool.accounting().wait_idle();
     }
 
     /// Stops accepting tasks, waits for every accepted task, then stops and
     /// reaps the workers. Idempotent; also what `Drop` does.
     pub fn shutdown(&self) {
-        self.acct.close();
         self.pool.shutdown();
     }
 
     /// Like [`shutdown`](Self::shutdown), but tasks not yet sent to a worker
     /// are cancelled (counted as cancelled). Running tasks finish.
     pub fn shutdown_now(&self) {
-        self.acct.close();
         self.pool.shutdown_now();
     }
 
@@ -639,7 +235,6 @@ impl ProcessPoolExecutor {
     /// and queued tasks fail with reason `killed`. Returns once every worker
     /// is reaped.
     pub fn kill(&self) {
-        self.acct.close();
         self.pool.kill();
     }
 }
@@ -710,22 +305,12 @@ impl ProcessPoolExecutorBuilder {
     /// Builds the pool (no worker starts until the first task), then the
     /// exporter; every series exists, at zero, when this returns.
     pub fn build(self) -> Result<ProcessPoolExecutor, BuildError> {
-        let series_slot = Arc::new(OnceLock::new());
-        let pool = self
-            .pool
-            .observer(Arc::new(Observer(series_slot.clone())))
-            .build()
-            .map_err(|e| BuildError::new(BuildErrorKind::Pool(Box::new(e))))?;
-        let exporter = self.exporter.executor_type_or("process_pool").build()?;
-        let _ = series_slot.set(exporter.series().clone());
-        exporter.series().expect_failures(&FailureReason::ALL);
-        exporter.add_max_workers(pool.max_workers());
-        let acct = Arc::new(Accounting::new(exporter.series().clone()));
-        Ok(ProcessPoolExecutor {
-            pool,
-            exporter,
-            acct,
-        })
+        let exporter = self.exporter.executor_type_or("process_pool");
+        let (pool, exporter) = self.pool.build_recording(|| {
+            let exporter = exporter.build()?;
+            Ok((exporter.series().clone(), exporter))
+        })?;
+        Ok(ProcessPoolExecutor { pool, exporter })
     }
 }
 
@@ -872,7 +457,7 @@ where
                     }
                     Err(e) => {
                         // Counted like `map` counts it: one task refused.
-                        self.pool.acct.series.rejected_unqueued();
+                        self.pool.pool.accounting().series.rejected_unqueued();
                         slots.push(Some(TaskError::Failed {
                             reason: FailureReason::Serialization,
                             message: format!("cannot encode the input of task `{}`: {e}", T::NAME),
@@ -889,7 +474,7 @@ where
             let handle = if items.is_empty() {
                 None
             } else {
-                let handle = self.pool.submit_chunk::<T>(items).map_err(map_error);
+                let handle = self.pool.pool.submit_chunk::<T>(items).map_err(map_error);
                 if ends_map(&handle) {
                     self.inputs = None;
                 }

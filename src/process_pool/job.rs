@@ -4,10 +4,9 @@ use std::fmt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// How a worker process ended.
+/// How a worker process ended; its `Display` text is what a failure's message says of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WorkerExit {
+pub(crate) enum WorkerExit {
     /// It exited with this code (`std::process::exit`, or returned from `main`).
     Code(i32),
     /// It was killed by this signal (SIGKILL from outside or from a timeout, SIGABRT from `abort`, SIGSEGV,
@@ -84,11 +83,11 @@ impl fmt::Display for WorkerExit {
     }
 }
 
-/// Why a job did not produce a result. Each failure maps to one metric reason label
-/// ([`reason`](JobFailure::reason)).
+/// Why a job did not produce a result, as the dispatcher reports it. The sink turns it into the
+/// crate's [`TaskError`](crate::TaskError) and [`FailureReason`](crate::FailureReason); its
+/// `Display` text is the message the user sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JobFailure {
+pub(crate) enum JobFailure {
     /// The task returned `Err`: the encoded error and its `Display` text.
     Error {
         /// The postcard encoding of the task's error value.
@@ -143,25 +142,6 @@ pub enum JobFailure {
         /// Why workers cannot start.
         message: String,
     },
-}
-
-impl JobFailure {
-    /// The metric reason label: `error`, `panic`, `unknown_task`, `serialization`, `worker_died`,
-    /// `timeout`, `protocol`, `killed`, `cancelled` or `broken`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            JobFailure::Error { .. } => "error",
-            JobFailure::Panic { .. } => "panic",
-            JobFailure::UnknownTask { .. } => "unknown_task",
-            JobFailure::Serialization { .. } => "serialization",
-            JobFailure::WorkerDied { .. } => "worker_died",
-            JobFailure::Timeout { .. } => "timeout",
-            JobFailure::Protocol { .. } => "protocol",
-            JobFailure::Killed => "killed",
-            JobFailure::Cancelled => "cancelled",
-            JobFailure::Broken { .. } => "broken",
-        }
-    }
 }
 
 impl fmt::Display for JobFailure {
@@ -258,9 +238,3 @@ pub(crate) trait PoolObserver: Send + Sync + 'static {
     /// A worker could not be started (spawn error, initializer failure, exit before the handshake).
     fn worker_start_failed(&self, _message: &str) {}
 }
-
-/// The observer used when nobody listens.
-#[derive(Debug)]
-pub(crate) struct NoObserver;
-
-impl PoolObserver for NoObserver {}

@@ -34,7 +34,7 @@
 //!
 //!     let pool = ProcessPool::builder().max_workers(2).build().unwrap();
 //!     let handle = pool.submit::<Square>(&7).unwrap();
-//!     assert_eq!(handle.join().unwrap(), 49);
+//!     assert_eq!(handle.join(), Ok(Ok(49)));
 //! }
 //! ```
 //!
@@ -61,10 +61,10 @@
 //! once.
 
 mod error;
-mod handle;
 mod instrumented;
 mod job;
 mod pool;
+mod sink;
 mod sys;
 mod task;
 mod wire;
@@ -73,17 +73,11 @@ mod worker;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use error::{BuildError, SubmitError};
-pub use handle::{ProcessHandle, TaskError, TaskResult};
+pub use error::SubmitError;
 pub use instrumented::{
-    ProcessChunkedMap, ProcessMap, ProcessOutput, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
+    ProcessChunkedMap, ProcessMap, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
 };
-pub use job::{JobFailure, WorkerExit};
 pub use pool::{ProcessPool, ProcessPoolBuilder};
+pub use sink::ProcessOutput;
 pub use task::{ProcessTask, WorkerRegistry};
 pub use worker::{is_worker_process, run_if_worker};
-
-#[allow(unused_imports)] // the crate's accounting builds on these once it lands
-pub(crate) use job::{JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
-#[allow(unused_imports)]
-pub(crate) use pool::Rejected;

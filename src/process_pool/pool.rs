@@ -15,18 +15,21 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::error::{BuildError, SubmitError};
-use super::handle::{self, ProcessHandle};
+use super::error::SubmitError;
 use super::job::{
-    JobFailure, JobOutcome, JobSink, JobSpec, NoObserver, PoolObserver, RestartReason, WorkerExit,
+    JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason, WorkerExit,
 };
+use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
 use super::sys;
-use super::task::ProcessTask;
+use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{
     self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, DEFAULT_MAX_FRAME,
     MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 use super::worker::{forgotten_hook, CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use crate::error::{BuildError, BuildErrorKind};
+use crate::metrics::{ExecutorExporter, FailureReason, Series};
+use crate::task::{Accounting, TaskCore, TaskHandle};
 
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -49,7 +52,7 @@ const EXIT_CHECK: Duration = Duration::from_millis(250);
 ///     .max_tasks_per_child(1000)
 ///     .task_timeout(Duration::from_secs(30))
 ///     .build()?;
-/// # Ok::<(), executor_exporter::process_pool::BuildError>(())
+/// # Ok::<(), executor_exporter::BuildError>(())
 /// ```
 pub struct ProcessPoolBuilder {
     max_workers: Option<usize>,
@@ -62,7 +65,8 @@ pub struct ProcessPoolBuilder {
     program: PathBuf,
     args: Vec<OsString>,
     init: Option<(String, Result<Vec<u8>, String>)>,
-    observer: Arc<dyn PoolObserver>,
+    /// Where worker lifecycle events go instead of the pool's series (unit tests).
+    observer: Option<Arc<dyn PoolObserver>>,
     thread_name: Option<String>,
 }
 
@@ -79,7 +83,7 @@ impl Default for ProcessPoolBuilder {
             program: PathBuf::from("/proc/self/exe"),
             args: Vec::new(),
             init: None,
-            observer: Arc::new(NoObserver),
+            observer: None,
             thread_name: None,
         }
     }
@@ -123,7 +127,7 @@ impl ProcessPoolBuilder {
     }
 
     /// Default timeout of every task (default: none). On expiry the worker is killed and replaced and the
-    /// task fails with [`JobFailure::Timeout`]. [`ProcessPool::submit_with_timeout`] overrides it per task.
+    /// task fails with reason [`Timeout`](crate::FailureReason::Timeout). [`ProcessPool::submit_with_timeout`] overrides it per task.
     #[must_use]
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
@@ -147,7 +151,7 @@ impl ProcessPoolBuilder {
     }
 
     /// After this many workers in a row fail to start, the pool is broken: queued and later tasks fail
-    /// at once with [`JobFailure::Broken`] (default: 3). Must be at least 1.
+    /// at once with [`TaskError::Broken`](crate::TaskError::Broken) (default: 3). Must be at least 1.
     #[must_use]
     pub fn max_start_failures(mut self, n: u32) -> Self {
         self.max_start_failures = n;
@@ -155,7 +159,8 @@ impl ProcessPoolBuilder {
     }
 
     /// The largest message, in bytes, either side accepts (default: 256 MiB). Inputs larger than this
-    /// fail at submit; larger results fail the task with [`JobFailure::Serialization`]; a worker that
+    /// fail at submit; larger results fail the task with reason
+    /// [`Serialization`](crate::FailureReason::Serialization); a worker that
     /// announces a larger frame is killed. Between 4 KiB and 4 GiB − 1.
     #[must_use]
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
@@ -203,11 +208,11 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Worker lifecycle events go to `observer` (crate accounting).
+    /// Worker lifecycle events go to `observer` instead of the pool's series.
+    #[cfg(test)]
     #[must_use]
-    #[allow(dead_code)] // used by the instrumented pool once it lands
     pub(crate) fn observer(mut self, observer: Arc<dyn PoolObserver>) -> Self {
-        self.observer = observer;
+        self.observer = Some(observer);
         self
     }
 
@@ -220,30 +225,52 @@ impl ProcessPoolBuilder {
 
     /// Validates the options and starts the dispatcher thread. Workers start lazily, on demand.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
+        let (pool, ()) = self.build_recording(|| {
+            // Handles are the crate's `TaskHandle`, whose task state records into a series; the
+            // plain pool's is registered nowhere.
+            let exporter = ExecutorExporter::builder()
+                .executor_type("process_pool")
+                .registry(prometheus::Registry::new())
+                .build()?;
+            Ok((exporter.series().clone(), ()))
+        })?;
+        Ok(pool)
+    }
+
+    /// Validates the options, then asks `recorder` for the series the pool's tasks and workers are
+    /// counted in (so a bad pool option is reported before anything is registered), then starts the
+    /// dispatcher thread. `recorder`'s extra value is handed back with the pool.
+    pub(crate) fn build_recording<X>(
+        self,
+        recorder: impl FnOnce() -> Result<(Arc<Series>, X), BuildError>,
+    ) -> Result<(ProcessPool, X), BuildError> {
         if let Some(message) = forgotten_hook() {
-            return Err(BuildError::new(message));
+            return Err(BuildError::new(BuildErrorKind::ForgottenHook(message)));
         }
         let max_workers = match self.max_workers {
-            Some(0) => return Err(BuildError::new("max_workers must be greater than 0")),
+            Some(0) => return Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
             Some(n) => n,
             None => num_cpus::get().max(1),
         };
+        let zero = |what| Err(BuildError::new(BuildErrorKind::ZeroBound(what)));
         if self.max_tasks_per_child == Some(0) {
-            return Err(BuildError::new(
-                "max_tasks_per_child must be greater than 0",
-            ));
+            return zero("max_tasks_per_child");
         }
         if self.max_start_failures == 0 {
-            return Err(BuildError::new("max_start_failures must be greater than 0"));
+            return zero("max_start_failures");
         }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return zero("task_timeout");
+        }
+        if self.start_timeout.is_zero() {
+            return zero("start_timeout");
+        }
+        let invalid = |why: String| BuildError::new(BuildErrorKind::Invalid(why));
         if !(MIN_MAX_FRAME..=u32::MAX as usize).contains(&self.max_frame) {
-            return Err(BuildError::new(format!(
+            return Err(invalid(format!(
                 "max_frame_size must be between {MIN_MAX_FRAME} and {} bytes",
                 u32::MAX
             )));
-        }
-        if self.task_timeout == Some(Duration::ZERO) || self.start_timeout.is_zero() {
-            return Err(BuildError::new("timeouts must be greater than zero"));
         }
         let init = match self.init {
             None => None,
@@ -252,7 +279,7 @@ impl ProcessPoolBuilder {
                 payload: Blob(Cow::Owned(payload)),
             }),
             Some((task, Err(e))) => {
-                return Err(BuildError::new(format!(
+                return Err(invalid(format!(
                     "cannot encode the input of initializer `{task}`: {e}"
                 )))
             }
@@ -264,9 +291,14 @@ impl ProcessPoolBuilder {
             },
             self.max_frame,
         )
-        .map_err(|e| BuildError::new(format!("initializer input: {e}")))?;
-        let wake = sys::EventFd::new()
-            .map_err(|e| BuildError::new(format!("cannot create an eventfd: {e}")))?;
+        .map_err(|e| invalid(format!("initializer input: {e}")))?;
+        let resource =
+            |what| move |error| BuildError::new(BuildErrorKind::Resource { what, error });
+        let wake = sys::EventFd::new().map_err(resource("create an eventfd"))?;
+        let (series, extra) = recorder()?;
+        let observer = self
+            .observer
+            .unwrap_or_else(|| Arc::new(SeriesObserver(series.clone())));
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 mode: Mode::Running,
@@ -288,7 +320,7 @@ impl ProcessPoolBuilder {
             arg0: std::env::args_os().next(),
             args: self.args,
             hello,
-            observer: self.observer,
+            observer,
         };
         let max_frame = cfg.max_frame;
         let mut dispatcher = Dispatcher {
@@ -308,13 +340,17 @@ impl ProcessPoolBuilder {
         let thread = thread::Builder::new()
             .name(self.thread_name.unwrap_or_else(|| "process-pool".into()))
             .spawn(move || dispatcher.run())
-            .map_err(|e| BuildError::new(format!("cannot start the dispatcher thread: {e}")))?;
-        Ok(ProcessPool {
+            .map_err(resource("start the dispatcher thread"))?;
+        series.expect_failures(&FailureReason::ALL);
+        series.add_max_workers(max_workers as u64);
+        let pool = ProcessPool {
             shared,
             thread: Mutex::new(Some(thread)),
             max_workers,
             max_frame,
-        })
+            acct: Arc::new(Accounting::new(series)),
+        };
+        Ok((pool, extra))
     }
 }
 
@@ -333,6 +369,8 @@ pub struct ProcessPool {
     thread: Mutex<Option<JoinHandle<()>>>,
     max_workers: usize,
     max_frame: usize,
+    /// Every task's admission and end, and the series its life is counted in.
+    acct: Arc<Accounting>,
 }
 
 impl fmt::Debug for ProcessPool {
@@ -358,46 +396,140 @@ impl ProcessPool {
         ProcessPoolBuilder::new()
     }
 
-    /// Queues task `T` with `input`. The input is encoded here: an input that cannot be encoded (or is
-    /// larger than the maximum frame size) fails now, with nothing queued.
-    pub fn submit<T: ProcessTask>(
-        &self,
-        input: &T::Input,
-    ) -> Result<ProcessHandle<T>, SubmitError> {
+    /// Queues task `T` with `input`; its handle yields the task's own `Result`, or a
+    /// [`TaskError`](crate::TaskError) when the task could not produce one (panic, crash, timeout,
+    /// ...). The input is encoded here: an input that cannot be encoded (or is larger than the maximum
+    /// frame size) is refused now, with nothing queued.
+    pub fn submit<T>(&self, input: &T::Input) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+    {
         self.submit_typed::<T>(input, None)
     }
 
     /// Like [`submit`](Self::submit), with a timeout for this task: on expiry its worker is killed and
-    /// replaced, and the task fails with [`JobFailure::Timeout`]. The clock starts when the task is sent to
-    /// a worker.
-    pub fn submit_with_timeout<T: ProcessTask>(
+    /// replaced, and the task fails with reason [`Timeout`](crate::FailureReason::Timeout). The clock
+    /// starts when the task is sent to a worker.
+    pub fn submit_with_timeout<T>(
         &self,
         input: &T::Input,
         timeout: Duration,
-    ) -> Result<ProcessHandle<T>, SubmitError> {
+    ) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+    {
         self.submit_typed::<T>(input, Some(timeout))
     }
 
-    fn submit_typed<T: ProcessTask>(
+    fn submit_typed<T>(
         &self,
         input: &T::Input,
         timeout: Option<Duration>,
-    ) -> Result<ProcessHandle<T>, SubmitError> {
-        let payload = postcard::to_stdvec(input).map_err(|e| {
-            SubmitError::Serialization(format!(
-                "cannot encode the input of task `{}`: {e}",
-                T::NAME
-            ))
-        })?;
-        let (sink, handle) = handle::channel::<T>();
+    ) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+    {
+        let series = &self.acct.series;
+        if !self.acct.admit() {
+            series.rejected_unqueued();
+            return Err(SubmitError::Shutdown);
+        }
+        let payload = match postcard::to_stdvec(input) {
+            Ok(payload) => payload,
+            Err(e) => {
+                series.rejected_unqueued();
+                self.acct.ended();
+                return Err(SubmitError::Serialization(format!(
+                    "cannot encode the input of task `{}`: {e}",
+                    T::NAME
+                )));
+            }
+        };
         let spec = JobSpec {
             task: T::NAME.to_owned(),
             payload,
             timeout,
         };
-        self.submit_job(spec, Box::new(sink))
-            .map_err(|rejected| rejected.error)?;
-        Ok(handle)
+        self.enqueue(spec, One::<T>::new())
+    }
+
+    /// Submits one chunk of inputs of `T`, each already encoded. Counted as one task.
+    pub(crate) fn submit_chunk<T>(
+        &self,
+        items: Vec<Blob<'static>>,
+    ) -> Result<TaskHandle<ChunkValue<T>>, SubmitError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+    {
+        if !self.acct.admit() {
+            self.acct.series.rejected_unqueued();
+            return Err(SubmitError::Shutdown);
+        }
+        let payload = match postcard::to_stdvec(&items) {
+            Ok(payload) => payload,
+            Err(e) => {
+                // Byte strings always encode; kept for completeness.
+                self.acct.series.rejected_unqueued();
+                self.acct.ended();
+                return Err(SubmitError::Serialization(format!(
+                    "cannot encode a chunk of task `{}`: {e}",
+                    T::NAME
+                )));
+            }
+        };
+        let spec = JobSpec {
+            task: chunk_name::<T>(),
+            payload,
+            timeout: None,
+        };
+        self.enqueue(spec, Chunk::<T>::new(items.len()))
+            .map_err(|e| match e {
+                // The derived name is an implementation detail (e.g. a chunk over the frame size).
+                SubmitError::Serialization(m) => {
+                    SubmitError::Serialization(m.replace(CHUNK_PREFIX, "chunk of "))
+                }
+                other => other,
+            })
+    }
+
+    /// Queues an admitted job (`acct.admit()` already returned true): its task state, its sink, and
+    /// the submit counts.
+    fn enqueue<D: Decode>(
+        &self,
+        spec: JobSpec,
+        decode: D,
+    ) -> Result<TaskHandle<D::Value>, SubmitError> {
+        let series = &self.acct.series;
+        let core = Arc::new(TaskCore::new(&self.acct));
+        let sink = Sink::new(core.clone(), decode);
+        series.enqueue();
+        match self.submit_job(spec, Box::new(sink)) {
+            Ok(()) => {
+                series.accepted();
+                Ok(TaskHandle::new(core))
+            }
+            Err(rejected) => {
+                // The refused sink is dropped as "ended": it never held a task.
+                let mut sink = rejected.sink;
+                sink.refused();
+                series.rejected();
+                self.acct.ended();
+                Err(rejected.error)
+            }
+        }
+    }
+
+    /// The admission and end counts of this pool's tasks.
+    pub(crate) fn accounting(&self) -> &Accounting {
+        &self.acct
     }
 
     /// Queues an encoded job whose lifecycle goes to `sink`. On rejection the sink is handed back
@@ -464,18 +596,22 @@ impl ProcessPool {
     /// Stops accepting tasks, waits for every accepted task to end, then stops and reaps the workers.
     /// Calling it again, or after [`kill`](Self::kill), does nothing more.
     pub fn shutdown(&self) {
+        self.acct.close();
         self.stop(Mode::Shutdown);
     }
 
-    /// Stops accepting tasks, cancels the tasks not yet sent to a worker ([`JobFailure::Cancelled`]),
+    /// Stops accepting tasks, cancels the tasks not yet sent to a worker
+    /// ([`TaskError::Cancelled`](crate::TaskError::Cancelled)),
     /// waits for the running ones, then stops and reaps the workers.
     pub fn shutdown_now(&self) {
+        self.acct.close();
         self.stop(Mode::ShutdownNow);
     }
 
     /// Stops accepting tasks and kills every worker with SIGKILL now: running tasks fail with
-    /// [`JobFailure::Killed`], queued ones too. Returns once every worker is reaped.
+    /// reason [`Killed`](crate::FailureReason::Killed), queued ones too. Returns once every worker is reaped.
     pub fn kill(&self) {
+        self.acct.close();
         self.stop(Mode::Kill);
     }
 
@@ -504,7 +640,6 @@ impl Drop for ProcessPool {
 /// A submit the pool refused, with the sink handed back untouched.
 pub(crate) struct Rejected {
     pub(crate) error: SubmitError,
-    #[allow(dead_code)] // read by the instrumented pool once it lands
     pub(crate) sink: Box<dyn JobSink>,
 }
 

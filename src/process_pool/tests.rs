@@ -11,13 +11,13 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use proptest::prelude::*;
 
-use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
+use super::job::{
+    JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason, WorkerExit,
+};
 use super::wire::{
     self, Blob, Call, FrameError, FrameReader, FromWorker, ToWorker, WireOutcome, HEADER_LEN,
 };
-use super::{
-    run_if_worker, ProcessPool, ProcessPoolBuilder, ProcessTask, WorkerExit, WorkerRegistry,
-};
+use super::{run_if_worker, ProcessPool, ProcessPoolBuilder, ProcessTask, WorkerRegistry};
 
 const ENTRY: &str = "process_pool::tests::worker_entry";
 const WATCHDOG: Duration = Duration::from_secs(60);
