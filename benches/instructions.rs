@@ -10,8 +10,6 @@
 //!
 //! - `bare`: an inline executor given a boxed closure;
 //! - `clock_reads`: three reads of the process-wide clock (`quanta`, raw);
-//! - `bundle`: the metric bundle as the exporter records it (three clock
-//!   reads, the counts, a wait and a duration observation);
 //! - `proxy_spawn`: `InstrumentedExecutorProxy::spawn` over the inline
 //!   executor, the whole fire-and-forget path.
 //!
@@ -25,7 +23,7 @@ use std::hint::black_box;
 use common::Inline;
 use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Task};
 
-const VARIANTS: [&str; 4] = ["bare", "clock_reads", "bundle", "proxy_spawn"];
+const VARIANTS: [&str; 3] = ["bare", "clock_reads", "proxy_spawn"];
 
 #[inline(never)]
 fn loop_bare(n: u64) {
@@ -44,14 +42,6 @@ fn loop_clock_reads(clock: &quanta::Clock, n: u64) {
         black_box(clock.raw());
         black_box(clock.raw());
         black_box(clock.raw());
-    }
-}
-
-#[inline(never)]
-fn loop_bundle(exporter: &ExecutorExporter, n: u64) {
-    for i in 0..n {
-        black_box(i);
-        exporter.__record_task_bundle();
     }
 }
 
@@ -79,7 +69,6 @@ fn run(variant: &str, n: u64) {
     match variant {
         "bare" => loop_bare(n),
         "clock_reads" => loop_clock_reads(&clock, n),
-        "bundle" => loop_bundle(proxy.exporter(), n),
         "proxy_spawn" => loop_proxy_spawn(&proxy, n),
         other => panic!("unknown variant {other:?}; one of {VARIANTS:?}"),
     }

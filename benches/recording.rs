@@ -10,14 +10,10 @@
 //! - `proxy_drop` / `proxy_join`: the same with `submit`, then drop (or
 //!   join) the handle: also the task's state word and its handle (an
 //!   `Arc`'d slot the result is published to);
-//! - `bundle`: the metric bundle alone, recorded by the exporter's own code
-//!   (`ExecutorExporter::__record_task_bundle`, hidden from the docs): three
-//!   clock reads, the submit/start/end counts and gauges, a wait and a
-//!   duration observation into the per-thread shards;
-//! - `clock_reads`: three reads of the clock the bundle uses (the process-wide
-//!   `quanta::Clock`, raw), nothing else: the part of the bundle no design
-//!   can skip while every task gets its own wait and duration, measured in
-//!   the same run as the bundle so the two compare.
+//! - `clock_reads`: three reads of the clock the instrumentation uses (the
+//!   process-wide `quanta::Clock`, raw), nothing else: the part of
+//!   `proxy_spawn` no design can skip while every task gets its own wait and
+//!   duration, measured in the same run so the two compare.
 //!
 //! Each runs on 1 thread, then on 2 threads recording into the same exporter
 //! at once (the figure is the wall time per task per thread).
@@ -64,7 +60,6 @@ fn recording(c: &mut Criterion) {
         .build()
         .unwrap();
     let proxy = InstrumentedExecutorProxy::new(Inline, exporter, None);
-    let bundle = proxy.exporter().clone();
     // The crate reads one process-wide clock; `quanta` shares its
     // calibration, so this one reads the same source the same way.
     let clock = quanta::Clock::new();
@@ -111,16 +106,6 @@ fn recording(c: &mut Criterion) {
                 on_threads(threads, iters, |n| {
                     for i in 0..n {
                         black_box(proxy.submit(move || black_box(i)).unwrap().join().unwrap());
-                    }
-                })
-            })
-        });
-        g.bench_function("bundle", |b| {
-            b.iter_custom(|iters| {
-                on_threads(threads, iters, |n| {
-                    for i in 0..n {
-                        black_box(i);
-                        bundle.__record_task_bundle();
                     }
                 })
             })

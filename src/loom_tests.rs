@@ -44,8 +44,7 @@ fn setup() -> (ExecutorExporter, Arc<Accounting>) {
 /// What the instrumented proxy does for an admitted task it hands over.
 fn submit_admitted(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
     let core = Arc::new(TaskCore::new(acct));
-    acct.series.enqueue();
-    acct.series.accepted();
+    acct.accepted();
     (core.clone(), TaskHandle::new(core))
 }
 
@@ -316,7 +315,7 @@ fn shutdown_racing_submit_waits_for_what_it_admitted() {
         let (a, slot) = (acct.clone(), admitted.clone());
         let submitter = thread::spawn(move || {
             if !a.admit() {
-                a.series.rejected_unqueued();
+                a.refused_unadmitted();
                 return None;
             }
             let (core, handle) = submit_admitted(&a);

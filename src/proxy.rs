@@ -10,8 +10,8 @@ use crate::clock::Clock;
 use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
 use crate::map::Map;
-use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, Series};
-use crate::task::{Accounting, AcctRef, Help, TaskCore, TaskHandle};
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason};
+use crate::task::{Accounting, Help, TaskCore, TaskHandle, Ticket};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
 pub(crate) trait Classify<T>: Send + Sync + 'static {
@@ -260,10 +260,7 @@ where
 /// [`Task`] (inline for a closure of up to two words).
 pub(crate) struct Detached<F> {
     f: ManuallyDrop<F>,
-    /// Valid until this task's [`Accounting::ended`]: the task holds a unit
-    /// of the in-flight count until then.
-    acct: AcctRef,
-    submitted_at: Clock,
+    ticket: ManuallyDrop<Ticket>,
 }
 
 impl<F: Body<Output = ()>> Detached<F> {
@@ -271,64 +268,60 @@ impl<F: Body<Output = ()>> Detached<F> {
     fn new(f: F, acct: &Arc<Accounting>) -> Detached<F> {
         Detached {
             f: ManuallyDrop::new(f),
-            acct: AcctRef::new(acct),
-            submitted_at: Clock::now(),
+            ticket: ManuallyDrop::new(Ticket::new(acct)),
         }
     }
 
     /// Takes the task apart; its `Drop` (the cancel) does not run.
-    fn into_parts(self) -> (F, AcctRef, Clock) {
+    fn into_parts(self) -> (F, Ticket) {
         let mut this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the body is
-        // moved out exactly once.
-        let f = unsafe { ManuallyDrop::take(&mut this.f) };
-        (f, this.acct, this.submitted_at)
+        // SAFETY: `this` is never used or dropped again, so the body and the
+        // ticket are moved out exactly once.
+        unsafe {
+            (
+                ManuallyDrop::take(&mut this.f),
+                ManuallyDrop::take(&mut this.ticket),
+            )
+        }
     }
 
     /// Runs the task, catching its panic (counted as failed with reason
     /// `panic`; the panic hook has printed the message). `body_done` as in
     /// [`Runnable::run`].
     fn run_then(self, body_done: &dyn Fn()) {
-        let (f, acct, submitted_at) = self.into_parts();
+        let (f, ticket) = self.into_parts();
         // The body, or its captures when it is dropped unrun, may drop the
         // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
-        let running = acct.running_node();
+        let running = ticket.running_node();
         let _running = running.enter();
-        if acct.cancelling_pending() {
-            let end = end_unrun(acct, Series::cancelled);
+        let Some(started) = ticket.start() else {
+            let end = ticket.cancel_on_drop();
             drop_quietly(f);
             body_done();
             return drop(end);
-        }
-        let started = Clock::now();
-        acct.series.started(started.nanos_since(submitted_at));
+        };
         let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
         body_done();
         let failure = outcome.is_err().then_some(FailureReason::Panic);
         if let Err(payload) = outcome {
             drop_quietly(payload);
         }
-        acct.series
-            .finished(Clock::now().nanos_since(started), failure);
-        acct.ended();
+        ticket.finish(started, failure);
     }
 
     /// The executor cannot run the task: it fails as broken (nobody holds
     /// a handle to read the reason).
     fn abandon(self) {
-        let (f, acct, _) = self.into_parts();
-        let _end = end_unrun(acct, |series| {
-            series.failed_unstarted(FailureReason::Broken)
-        });
+        let (f, ticket) = self.into_parts();
+        let _end = ticket.fail_broken_on_drop();
         drop(f);
     }
 
     /// The executor refused the task: counted as rejected; the body comes
     /// back.
     fn refuse(self) -> F {
-        let (f, acct, _) = self.into_parts();
-        acct.series.rejected();
-        acct.ended();
+        let (f, ticket) = self.into_parts();
+        ticket.refuse();
         f
     }
 }
@@ -337,9 +330,10 @@ impl<F> Drop for Detached<F> {
     /// Dropped unrun: counted as cancelled, once the body is dropped (also
     /// if dropping it panics).
     fn drop(&mut self) {
-        let _end = end_unrun(self.acct, Series::cancelled);
         // SAFETY: `drop` runs once, and the other ways out (`into_parts`)
-        // do not run it.
+        // do not run it: the ticket and the body are each taken once.
+        let _end = unsafe { ManuallyDrop::take(&mut self.ticket) }.cancel_on_drop();
+        // SAFETY: as above.
         unsafe { ManuallyDrop::drop(&mut self.f) };
     }
 }
@@ -376,17 +370,6 @@ impl<G: FnOnce()> Drop for Finally<G> {
             end();
         }
     }
-}
-
-/// Ends a detached task that did not run, when dropped: records how
-/// (`count`) and gives up its unit of the in-flight count. Dropped after
-/// the body, so `join` returns only once the body's captures are gone, and
-/// even a body whose drop panics is counted.
-fn end_unrun(acct: AcctRef, count: fn(&Series)) -> Finally<impl FnOnce()> {
-    Finally::new(move || {
-        count(&acct.series);
-        acct.ended();
-    })
 }
 
 /// A [`Detached`] task inside a [`Task`] (inline for a small closure).
@@ -552,7 +535,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         T: Send + 'static,
     {
         if !self.acct.admit() {
-            return Err(self.refused_unqueued(f));
+            return Err(self.refused_unadmitted(f));
         }
         let core = Arc::new(TaskCore::with_job(
             &self.acct,
@@ -562,7 +545,6 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             },
         ));
         let handle = TaskHandle::new(core.clone());
-        self.acct.series.enqueue();
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
         let outcome = self.inner.execute(Task::from_runnable(core));
         std::mem::forget(accepted_if_unwinding);
@@ -572,10 +554,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Admits and hands over a task without a handle.
     fn detach<B: Body<Output = ()>>(&self, body: B) -> Result<(), SubmitError<B>> {
         if !self.acct.admit() {
-            return Err(self.refused_unqueued(body));
+            return Err(self.refused_unadmitted(body));
         }
         let task = Detached::new(body, &self.acct);
-        self.acct.series.enqueue();
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
         let outcome = self.inner.execute_unboxed(task);
         std::mem::forget(accepted_if_unwinding);
@@ -584,8 +565,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 
     /// A submit refused before anything was queued (the proxy is shut down).
     #[cold]
-    fn refused_unqueued<B>(&self, body: B) -> SubmitError<B> {
-        self.acct.series.rejected_unqueued();
+    fn refused_unadmitted<B>(&self, body: B) -> SubmitError<B> {
+        self.acct.refused_unadmitted();
         SubmitError::new(body, RejectReason::Shutdown)
     }
 
@@ -595,7 +576,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     fn handed_over<B: 'static>(&self, outcome: Result<(), Rejected>) -> Result<(), SubmitError<B>> {
         match outcome {
             Ok(()) => {
-                self.acct.series.accepted();
+                self.acct.accepted();
                 Ok(())
             }
             Err(rejected) => {
@@ -830,7 +811,7 @@ impl Drop for AcceptedIfUnwinding<'_> {
     // a submit that returns (not inlined, it made the caller store it).
     #[inline]
     fn drop(&mut self) {
-        self.0.series.accepted();
+        self.0.accepted();
     }
 }
 

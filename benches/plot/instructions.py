@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-VARIANTS = ["bare", "clock_reads", "bundle", "proxy_spawn"]
+VARIANTS = ["bare", "clock_reads", "proxy_spawn"]
 
 
 def binary():

@@ -100,22 +100,6 @@ impl ExecutorExporter {
         &self.series.duration_bounds
     }
 
-    /// Records one task's metric bundle exactly as the pools' hot path does
-    /// (three clock reads, the submit, start and end counts, a wait and a
-    /// duration observation), for the recording benchmark. Not part of the
-    /// API.
-    #[doc(hidden)]
-    pub fn __record_task_bundle(&self) {
-        use crate::clock::Clock;
-        let submitted = Clock::now();
-        self.series.enqueue();
-        self.series.accepted();
-        let started = Clock::now();
-        self.series.started(started.nanos_since(submitted));
-        let ended = Clock::now();
-        self.series.finished(ended.nanos_since(started), None);
-    }
-
     /// Adds `n` to `max_workers_total`: call once per pool built.
     pub fn add_max_workers(&self, n: usize) {
         self.series.add_max_workers(n as u64);

@@ -167,28 +167,14 @@ impl Series {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A submit is being attempted. Nothing to record: `queued_tasks` is
-    /// derived at scrape time from the tasks accepted ([`Series::accepted`]).
-    #[inline]
-    pub(crate) fn enqueue(&self) {}
-
-    /// The executor took the task: it counts as submitted, and as queued
-    /// until it starts, is cancelled or fails without starting.
-    ///
-    /// Called once `execute` has returned, so a worker may start the task
-    /// first: a scrape in between sees the start and not the submit, and
-    /// `queued_tasks` is clamped at zero.
+    /// The executor took the task (see `Accounting::accepted`).
     #[inline]
     pub(crate) fn accepted(&self) {
         self.shards.with_local(|s| s.add(&s.submitted, 1));
     }
 
+    /// A submit was refused.
     pub(crate) fn rejected(&self) {
-        self.shards.with_local(|s| s.add(&s.rejected, 1));
-    }
-
-    /// Counts a submit refused before anything was queued.
-    pub(crate) fn rejected_unqueued(&self) {
         self.shards.with_local(|s| s.add(&s.rejected, 1));
     }
 

@@ -457,7 +457,7 @@ where
                     }
                     Err(e) => {
                         // Counted like `map` counts it: one task refused.
-                        self.pool.pool.accounting().series.rejected_unqueued();
+                        self.pool.pool.accounting().refused_unadmitted();
                         slots.push(Some(TaskError::Failed {
                             reason: FailureReason::Serialization,
                             message: format!("cannot encode the input of task `{}`: {e}", T::NAME),

@@ -435,16 +435,14 @@ impl ProcessPool {
         T::Output: Send,
         T::Error: Send,
     {
-        let series = &self.acct.series;
         if !self.acct.admit() {
-            series.rejected_unqueued();
+            self.acct.refused_unadmitted();
             return Err(SubmitError::Shutdown);
         }
         let payload = match postcard::to_stdvec(input) {
             Ok(payload) => payload,
             Err(e) => {
-                series.rejected_unqueued();
-                self.acct.ended();
+                self.acct.refused();
                 return Err(SubmitError::Serialization(format!(
                     "cannot encode the input of task `{}`: {e}",
                     T::NAME
@@ -470,15 +468,14 @@ impl ProcessPool {
         T::Error: Send,
     {
         if !self.acct.admit() {
-            self.acct.series.rejected_unqueued();
+            self.acct.refused_unadmitted();
             return Err(SubmitError::Shutdown);
         }
         let payload = match postcard::to_stdvec(&items) {
             Ok(payload) => payload,
             Err(e) => {
                 // Byte strings always encode; kept for completeness.
-                self.acct.series.rejected_unqueued();
-                self.acct.ended();
+                self.acct.refused();
                 return Err(SubmitError::Serialization(format!(
                     "cannot encode a chunk of task `{}`: {e}",
                     T::NAME
@@ -507,21 +504,18 @@ impl ProcessPool {
         spec: JobSpec,
         decode: D,
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
-        let series = &self.acct.series;
         let core = Arc::new(TaskCore::new(&self.acct));
         let sink = Sink::new(core.clone(), decode);
-        series.enqueue();
         match self.submit_job(spec, Box::new(sink)) {
             Ok(()) => {
-                series.accepted();
+                self.acct.accepted();
                 Ok(TaskHandle::new(core))
             }
             Err(rejected) => {
                 // The refused sink is dropped as "ended": it never held a task.
                 let mut sink = rejected.sink;
                 sink.refused();
-                series.rejected();
-                self.acct.ended();
+                self.acct.refused();
                 Err(rejected.error)
             }
         }

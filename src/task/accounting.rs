@@ -101,6 +101,11 @@ impl Accounting {
         }
     }
 
+    /// This accounting's address, the key of the running-here list.
+    fn addr(&self) -> *const () {
+        (self as *const Accounting).cast()
+    }
+
     fn signal(&self) -> &'static WaitSignal {
         wait_signal(self as *const Accounting as usize)
     }
@@ -114,6 +119,41 @@ impl Accounting {
             return false;
         }
         true
+    }
+
+    /// The submit sequence, the same for every front-end: [`admit`](Self::admit);
+    /// if that fails, [`refused_unadmitted`](Self::refused_unadmitted);
+    /// otherwise the task is handed to its executor, and then either
+    /// [`accepted`](Self::accepted), or refused (the task's
+    /// [`TaskCore::refuse`](super::TaskCore::refuse) or
+    /// [`Ticket::refuse`](super::Ticket::refuse), or
+    /// [`refused`](Self::refused) when no task was made).
+    ///
+    /// A submit [`admit`](Self::admit) turned away (closed): counted as
+    /// rejected; it holds no unit of the in-flight count.
+    #[cold]
+    pub(crate) fn refused_unadmitted(&self) {
+        self.series.rejected();
+    }
+
+    /// An admitted submit refused before its task was handed to the
+    /// executor (an input that cannot be encoded, say): counted as
+    /// rejected, and its unit of the in-flight count is given back.
+    #[cold]
+    pub(crate) fn refused(&self) {
+        self.series.rejected();
+        self.ended();
+    }
+
+    /// The executor took an admitted task: it counts as submitted, and as
+    /// queued until it starts, is cancelled or fails without starting.
+    ///
+    /// Called once the hand-over has returned, so a worker may start the
+    /// task first: a scrape in between sees the start and not the submit,
+    /// and `queued_tasks` is clamped at zero.
+    #[inline]
+    pub(crate) fn accepted(&self) {
+        self.series.accepted();
     }
 
     /// One admitted task ended (finished, cancelled, failed or rejected).
@@ -191,7 +231,7 @@ impl Accounting {
     /// ([`RunningNode::enter`]).
     #[inline]
     pub(crate) fn running_node(&self) -> RunningNode {
-        RunningNode::new(self)
+        RunningNode::new(self.addr())
     }
 
     /// True on a thread inside one of this accounting's tasks (however
@@ -199,7 +239,7 @@ impl Accounting {
     /// for the tasks to end would wait for that one forever. Always false
     /// under loom.
     pub(crate) fn is_running_here(&self) -> bool {
-        running_here(self)
+        running_here(self.addr())
     }
 
     pub(crate) fn close(&self) {
@@ -269,8 +309,8 @@ impl AcctRef {
     }
 
     /// The address, valid or not: for comparisons only.
-    pub(super) fn addr(self) -> *const Accounting {
-        self.0.as_ptr()
+    pub(super) fn addr(self) -> *const () {
+        self.0.as_ptr().cast_const().cast()
     }
 }
 

@@ -1,7 +1,8 @@
 //! A task's life, in one place: admission and the executor's accounting
 //! (`accounting.rs`), the state machine that makes every task end exactly
 //! once and records each of its moves (`core.rs`), the handle the submitter
-//! holds (`handle.rs`), and which tasks a thread is running (`running.rs`).
+//! holds (`handle.rs`), the same life for a task without a handle
+//! (`ticket.rs`), and which tasks a thread is running (`running.rs`).
 //!
 //! A task moves `QUEUED -> RUNNING -> DONE`, or `QUEUED -> CANCELLED`, or
 //! `QUEUED -> DONE` when it fails without starting. Leaving the queue is one
@@ -21,7 +22,9 @@ mod core;
 mod handle;
 mod running;
 mod signal;
+mod ticket;
 
-pub(crate) use self::accounting::{Accounting, AcctRef};
+pub(crate) use self::accounting::Accounting;
 pub(crate) use self::core::{Help, TaskCore};
 pub use self::handle::{TaskHandle, TaskState};
+pub(crate) use self::ticket::Ticket;

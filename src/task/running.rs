@@ -2,8 +2,6 @@
 //! frames, so a pool dropped, shut down or joined inside one of its own tasks
 //! knows not to wait for it.
 
-use super::accounting::Accounting;
-
 #[cfg(not(loom))]
 thread_local! {
     /// The innermost task this thread is running, the head of a list of
@@ -20,14 +18,15 @@ thread_local! {
 /// long as the task runs.
 pub(crate) struct RunningNode {
     #[cfg(not(loom))]
-    acct: *const Accounting,
+    /// The address of the executor's accounting: only compared, never read.
+    acct: *const (),
     #[cfg(not(loom))]
     outer: std::cell::Cell<*const RunningNode>,
 }
 
 impl RunningNode {
     #[inline]
-    pub(super) fn new(acct: *const Accounting) -> RunningNode {
+    pub(super) fn new(acct: *const ()) -> RunningNode {
         #[cfg(loom)]
         let _ = acct;
         RunningNode {
@@ -65,11 +64,11 @@ impl Drop for RunningHere<'_> {
     }
 }
 
-/// [`Accounting::is_running_here`] by address: `acct` is only compared,
+/// `Accounting::is_running_here` by address: `acct` is only compared,
 /// never read, so it may be an accounting that is gone (a task that ended
 /// no longer keeps it alive), which no thread then runs a task of.
 #[inline]
-pub(super) fn running_here(acct: *const Accounting) -> bool {
+pub(super) fn running_here(acct: *const ()) -> bool {
     #[cfg(not(loom))]
     return INNERMOST_TASK
         .try_with(|head| {

@@ -1,0 +1,90 @@
+//! [`Ticket`]: the life of a task submitted without a handle (fire and
+//! forget). The same moves as [`TaskCore`](super::TaskCore)'s, recorded the
+//! same way, with no state word and no allocation: whoever holds the ticket
+//! makes its one move.
+
+use super::accounting::{Accounting, AcctRef};
+use super::running::RunningNode;
+use crate::clock::Clock;
+use crate::metrics::{FailureReason, Series};
+use crate::sync::Arc;
+
+/// An admitted task without a handle: its executor's accounting and its
+/// submit time. Moved into the run path, which ends it once.
+pub(crate) struct Ticket {
+    /// Valid until this task's [`Accounting::ended`]: the task holds a unit
+    /// of the in-flight count until then.
+    acct: AcctRef,
+    submitted_at: Clock,
+}
+
+impl Ticket {
+    /// For a task `acct` has admitted ([`Accounting::admit`] returned true).
+    #[inline]
+    pub(crate) fn new(acct: &Arc<Accounting>) -> Ticket {
+        Ticket {
+            acct: AcctRef::new(acct),
+            submitted_at: Clock::now(),
+        }
+    }
+
+    /// A node to mark this thread as running the task while it runs, or
+    /// while its closure is dropped unrun ([`RunningNode::enter`]).
+    #[inline]
+    pub(crate) fn running_node(&self) -> RunningNode {
+        self.acct.running_node()
+    }
+
+    /// Starts the task and records its wait. `None` when a `shutdown_now`
+    /// cancels it instead: it must not run (end it with
+    /// [`cancel_on_drop`](Self::cancel_on_drop)).
+    #[inline]
+    pub(crate) fn start(&self) -> Option<Clock> {
+        if self.acct.cancelling_pending() {
+            return None;
+        }
+        let now = Clock::now();
+        self.acct.series.started(now.nanos_since(self.submitted_at));
+        Some(now)
+    }
+
+    /// The started task ended (`failure`: why it failed, if it did).
+    #[inline]
+    pub(crate) fn finish(self, started: Clock, failure: Option<FailureReason>) {
+        self.acct
+            .series
+            .finished(Clock::now().nanos_since(started), failure);
+        self.acct.ended();
+    }
+
+    /// The executor refused the task: counted as rejected.
+    pub(crate) fn refuse(self) {
+        self.acct.series.rejected();
+        self.acct.ended();
+    }
+
+    /// Ends the unrun task as cancelled when the returned guard drops: drop
+    /// the closure first, so `join` returns only once its captures are gone,
+    /// and even a closure whose drop panics is counted.
+    pub(crate) fn cancel_on_drop(self) -> impl Drop {
+        self.end_on_drop(Series::cancelled)
+    }
+
+    /// Ends the unrun task as failed (reason `broken`: its executor cannot
+    /// run anything) when the returned guard drops, as
+    /// [`cancel_on_drop`](Self::cancel_on_drop) does.
+    pub(crate) fn fail_broken_on_drop(self) -> impl Drop {
+        self.end_on_drop(|series| series.failed_unstarted(FailureReason::Broken))
+    }
+
+    fn end_on_drop(self, count: fn(&Series)) -> impl Drop {
+        struct End(AcctRef, fn(&Series));
+        impl Drop for End {
+            fn drop(&mut self) {
+                (self.1)(&self.0.series);
+                self.0.ended();
+            }
+        }
+        End(self.acct, count)
+    }
+}
