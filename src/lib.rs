@@ -90,7 +90,6 @@ mod export;
 mod instrumented;
 #[cfg(all(test, loom))]
 mod loom_tests;
-mod map;
 mod metrics;
 #[cfg(target_os = "linux")]
 pub mod process_pool;
@@ -112,12 +111,11 @@ pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
 pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
-pub use map::Map;
 pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
 pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
 pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
-pub use proxy::InstrumentedExecutorProxy;
+pub use proxy::{InstrumentedExecutorProxy, Map};
 #[cfg(feature = "rayon")]
 pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use task::{TaskHandle, TaskState};

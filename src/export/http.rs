@@ -31,7 +31,7 @@ use prometheus::{Encoder, Registry};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
-use super::TextEncoder;
+use super::text::TextEncoder;
 
 /// Connections held at once. At the limit a new connection closes another
 /// (see [`Admission`]) instead of being refused.

@@ -11,7 +11,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounter, Registry};
 
-use super::TextEncoder;
+use super::text::TextEncoder;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::metrics::RegistryMap;
 

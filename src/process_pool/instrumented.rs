@@ -7,18 +7,19 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use prometheus::Registry;
 
+use super::error::SubmitError;
 use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::sink::{ChunkValue, ItemResult, ProcessOutput};
 use super::task::ProcessTask;
 use super::wire::Blob;
-use super::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason};
-use crate::task::TaskHandle;
+use crate::task::{Ordered, SubmitOne, TaskHandle};
 
 /// A process pool that is instrumented out of the box: every metric of the
 /// thread pool, with `executor_type="process_pool"`, recorded in this
@@ -115,13 +116,14 @@ impl ProcessPoolExecutor {
         T::Error: Send,
         I: IntoIterator<Item = T::Input>,
     {
-        ProcessMap {
+        let in_flight = self.pool.max_workers().saturating_mul(2).max(1);
+        let submit = OneInput {
             pool: self,
-            inputs: Some(inputs.into_iter()),
-            pending: VecDeque::new(),
-            in_flight: self.pool.max_workers().saturating_mul(2).max(1),
+            _task: PhantomData,
+        };
+        ProcessMap {
+            inner: Ordered::new(inputs.into_iter(), in_flight, submit),
         }
-        .filled()
     }
 
     /// Like [`map`](Self::map), but sends the inputs `chunk_size` at a time:
@@ -317,36 +319,25 @@ impl ProcessPoolExecutorBuilder {
 /// Results of [`ProcessPoolExecutor::map`], in input order.
 #[must_use = "the map is lazy: iterate it (`.collect()`, `for`) or only the first few inputs are submitted, and those not yet started are cancelled"]
 pub struct ProcessMap<'a, T: ProcessTask, I> {
-    pool: &'a ProcessPoolExecutor,
-    inputs: Option<I>,
-    pending: VecDeque<Result<TaskHandle<ProcessOutput<T>>, TaskError>>,
-    in_flight: usize,
+    inner: Ordered<I, OneInput<'a, T>, ProcessOutput<T>>,
 }
 
-impl<T, I> ProcessMap<'_, T, I>
+/// Submits one input of a [`ProcessMap`].
+struct OneInput<'a, T> {
+    pool: &'a ProcessPoolExecutor,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T> SubmitOne<T::Input> for OneInput<'_, T>
 where
     T: ProcessTask,
     T::Output: Send,
     T::Error: Send,
-    I: Iterator<Item = T::Input>,
 {
-    fn filled(mut self) -> Self {
-        self.fill();
-        self
-    }
+    type Value = ProcessOutput<T>;
 
-    fn fill(&mut self) {
-        while self.pending.len() < self.in_flight {
-            let Some(input) = self.inputs.as_mut().and_then(Iterator::next) else {
-                self.inputs = None;
-                return;
-            };
-            let handle = self.pool.submit::<T>(&input).map_err(map_error);
-            if ends_map(&handle) {
-                self.inputs = None;
-            }
-            self.pending.push_back(handle);
-        }
+    fn submit_one(&mut self, input: T::Input) -> Result<TaskHandle<Self::Value>, TaskError> {
+        self.pool.submit::<T>(&input).map_err(map_error)
     }
 }
 
@@ -381,25 +372,19 @@ where
     type Item = Result<ProcessOutput<T>, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let next = self.pending.pop_front()?;
-        self.fill();
-        Some(next.and_then(TaskHandle::join))
+        self.inner.next()
     }
-}
 
-impl<T: ProcessTask, I> Drop for ProcessMap<'_, T, I> {
-    fn drop(&mut self) {
-        for handle in self.pending.drain(..).flatten() {
-            handle.cancel();
-        }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
     }
 }
 
 impl<T: ProcessTask, I> fmt::Debug for ProcessMap<'_, T, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessMap")
-            .field("pending", &self.pending.len())
-            .field("in_flight", &self.in_flight)
+            .field("pending", &self.inner.pending())
+            .field("in_flight", &self.inner.in_flight())
             .finish_non_exhaustive()
     }
 }

@@ -20,6 +20,7 @@
 mod accounting;
 mod core;
 mod handle;
+mod ordered;
 mod running;
 mod signal;
 mod ticket;
@@ -27,4 +28,5 @@ mod ticket;
 pub(crate) use self::accounting::Accounting;
 pub(crate) use self::core::{Help, TaskCore};
 pub use self::handle::{TaskHandle, TaskState};
+pub(crate) use self::ordered::{Ordered, SubmitOne};
 pub(crate) use self::ticket::Ticket;

@@ -1,405 +1,20 @@
 //! [`InstrumentedExecutorProxy`]: wraps any [`Executor`] and counts every task.
 
-use std::any::Any;
+mod job;
+mod map;
+
 use std::fmt;
-use std::mem::ManuallyDrop;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::clock::Clock;
-use crate::error::{panic_message, BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{sealed, Executor, Once, RejectReason, Rejected, Runnable, Task};
-use crate::map::Map;
+pub(crate) use self::job::Classify;
+use self::job::{
+    is_err, never_failed, Body, ClassifyFn, Detached, ErrFails, Job, NeverFails, RunTask,
+};
+pub use self::map::Map;
+use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
+use crate::executor::{Executor, RejectReason, Rejected, Task};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason};
-use crate::task::{Accounting, Help, TaskCore, TaskHandle, Ticket};
-
-/// Decides whether a task's value counts as a failure (`reason="error"`).
-pub(crate) trait Classify<T>: Send + Sync + 'static {
-    fn failed(&self, value: &T) -> bool;
-}
-
-/// What `map` keeps: a classifier chosen at run time.
-pub(crate) type ClassifyFn<T> = fn(&T) -> bool;
-
-impl<T: 'static> Classify<T> for ClassifyFn<T> {
-    fn failed(&self, value: &T) -> bool {
-        self(value)
-    }
-}
-
-/// `submit`: no value is a failure. A zero-sized type, so a task does not
-/// carry a classifier.
-struct NeverFails;
-
-impl<T: 'static> Classify<T> for NeverFails {
-    fn failed(&self, _: &T) -> bool {
-        false
-    }
-}
-
-/// `submit_fallible`: an `Err` is a failure.
-struct ErrFails;
-
-impl<T: 'static, E: 'static> Classify<Result<T, E>> for ErrFails {
-    fn failed(&self, value: &Result<T, E>) -> bool {
-        value.is_err()
-    }
-}
-
-fn never_failed<T>(_: &T) -> bool {
-    false
-}
-
-fn is_err<T, E>(result: &Result<T, E>) -> bool {
-    result.is_err()
-}
-
-/// What a task runs: a submitted closure, or a [`Task`] given to the proxy
-/// through [`Executor::execute`] (wrapped in [`RunTask`], so that a refused
-/// one goes back to its caller as the same task).
-pub(crate) trait Body: Send + 'static {
-    type Output: Send + 'static;
-    fn call(self) -> Self::Output;
-}
-
-impl<F, T> Body for F
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    type Output = T;
-
-    fn call(self) -> T {
-        self()
-    }
-}
-
-/// A task given to the proxy as an [`Executor`].
-struct RunTask(Task);
-
-impl Body for RunTask {
-    type Output = ();
-
-    fn call(self) {
-        self.0.run()
-    }
-}
-
-/// The closure of one submitted task and how its value is classified,
-/// stored inside its [`TaskCore`] so that a submit allocates once. The
-/// closure has one owner, decided by the task's state word: the [`Task`]
-/// handed to the executor (see [`Runnable`]), unless a thread joining the
-/// task's handle takes the task out of the queue first ([`Help`]), in which
-/// case that thread runs it and the `Task` finds it gone. Dropping the
-/// `Task` without running it cancels the task, so no task can vanish from
-/// the counts.
-struct Job<F, C> {
-    f: Once<F>,
-    classify: C,
-}
-
-type JobCore<F, T, C> = TaskCore<T, Job<F, C>>;
-
-impl<F, C> Job<F, C> {
-    /// Takes the closure out.
-    ///
-    /// # Safety
-    ///
-    /// Called once, by the closure's owner: the thread whose move of the
-    /// task out of the queue succeeded (a worker's start, a joiner's
-    /// [`TaskCore::claim_to_run`], the `Task`'s
-    /// [`TaskCore::claim_to_drop`]), or the `Task` after its handle
-    /// cancelled it, which no joiner claims.
-    unsafe fn take_f(&self) -> F {
-        // SAFETY: the caller is the closure's one owner, once.
-        unsafe { self.f.take() }
-    }
-
-    /// Runs the body of a task that `core` (the core this job is in) has
-    /// started, and ends it with the body's value or panic. `body_done` as
-    /// in [`Runnable::run`]. Inlined into each of its two callers (a
-    /// worker's run, a joiner's): called out of line, the worker's run
-    /// took about 15 instructions more per task.
-    #[inline(always)]
-    fn run_started<T, J: ?Sized>(
-        &self,
-        core: &TaskCore<T, J>,
-        started: Clock,
-        f: F,
-        body_done: &dyn Fn(),
-    ) where
-        F: Body<Output = T>,
-        C: Classify<T>,
-    {
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
-        body_done();
-        match outcome {
-            Ok(value) => {
-                let failure = self.classify.failed(&value).then_some(FailureReason::Error);
-                core.finish(started, Ok(value), failure);
-            }
-            Err(payload) => {
-                let message = panic_message(&*payload);
-                drop_quietly(payload);
-                core.finish(
-                    started,
-                    Err(TaskError::Panicked { message }),
-                    Some(FailureReason::Panic),
-                );
-            }
-        }
-    }
-}
-
-impl<F, T, C> Runnable for JobCore<F, T, C>
-where
-    F: Body<Output = T>,
-    T: Send + 'static,
-    C: Classify<T>,
-{
-    fn run(&self, body_done: &dyn Fn()) {
-        // The body, or its captures when it is dropped unrun, may drop the
-        // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
-        let running = self.running_node();
-        let _running = running.enter();
-        let mut dropped = false;
-        let started = self.start_or_cancel(|| {
-            dropped = true;
-            // SAFETY: this start moved the task out of the queue.
-            drop_quietly(unsafe { self.job.take_f() });
-        });
-        let Some(started) = started else {
-            // Not started: cancelled by `shutdown_now` just now (the closure
-            // is gone), taken by a joiner (which has the closure), or
-            // cancelled through its handle (the closure is dropped here).
-            if !dropped && !self.taken_by_joiner() {
-                // SAFETY: the handle's cancel moved the task out of the
-                // queue, and it does not take the closure; no joiner can
-                // take it any more.
-                drop_quietly(unsafe { self.job.take_f() });
-            }
-            return body_done();
-        };
-        // SAFETY: this start moved the task out of the queue.
-        let f = unsafe { self.job.take_f() };
-        self.job.run_started(self, started, f, body_done);
-    }
-
-    fn abandon(&self, reason: String) {
-        if !self.claim_to_drop() {
-            return;
-        }
-        // SAFETY: `claim_to_drop` made this task the closure's owner.
-        let f = unsafe { self.job.take_f() };
-        let _end = Finally::new(|| {
-            self.fail_unstarted(TaskError::Broken { reason }, FailureReason::Broken);
-        });
-        drop(f);
-    }
-
-    fn discard(&self) {
-        if !self.claim_to_drop() {
-            return;
-        }
-        // SAFETY: `claim_to_drop` made this task the closure's owner.
-        let f = unsafe { self.job.take_f() };
-        let _end = Finally::new(|| {
-            self.cancel();
-        });
-        drop(f);
-    }
-
-    fn reject(&self) -> Option<Box<dyn Any + Send>> {
-        if !self.claim_to_drop() {
-            return None;
-        }
-        // SAFETY: `claim_to_drop` made this task the closure's owner.
-        let f = unsafe { self.job.take_f() };
-        if self.refuse() {
-            Some(Box::new(f))
-        } else {
-            None
-        }
-    }
-}
-
-/// A joiner that takes the task out of the queue runs it on its own thread,
-/// counted as a worker's run would be; the `Task` still in the executor's
-/// queue then finds it gone and ends nothing.
-impl<F, T, C> Help<T> for Job<F, C>
-where
-    F: Body<Output = T>,
-    T: Send + 'static,
-    C: Classify<T>,
-{
-    fn help(&self, core: &TaskCore<T, dyn Help<T>>) -> bool {
-        if !core.claim_to_run() {
-            return false;
-        }
-        let running = core.running_node();
-        let _running = running.enter();
-        // SAFETY: `claim_to_run` made this thread the closure's owner.
-        let mut f = Some(unsafe { self.take_f() });
-        // Not started: `shutdown_now` cancels it, dropping the closure.
-        let started = core.begin(|| drop_quietly(f.take()));
-        if let (Some(started), Some(f)) = (started, f) {
-            self.run_started(core, started, f, &|| {});
-        }
-        true
-    }
-}
-
-/// A task nobody holds a handle to ([`spawn`](InstrumentedExecutorProxy::spawn),
-/// [`Executor::execute`]): its body, its executor's accounting and its
-/// submit time, moved as one value. Nothing shares it, so it needs no state
-/// word and no result slot: whoever holds it ends it, once, by running it,
-/// refusing it, abandoning it, or dropping it unrun (cancelled).
-///
-/// Handed to executors unboxed ([`sealed::Unboxed`]): rayon's pool runs it
-/// from the one allocation its own `spawn` makes; the others get it in a
-/// [`Task`] (inline for a closure of up to two words).
-pub(crate) struct Detached<F> {
-    f: ManuallyDrop<F>,
-    ticket: ManuallyDrop<Ticket>,
-}
-
-impl<F: Body<Output = ()>> Detached<F> {
-    /// A task `acct` has admitted ([`Accounting::admit`] returned true).
-    fn new(f: F, acct: &Arc<Accounting>) -> Detached<F> {
-        Detached {
-            f: ManuallyDrop::new(f),
-            ticket: ManuallyDrop::new(Ticket::new(acct)),
-        }
-    }
-
-    /// Takes the task apart; its `Drop` (the cancel) does not run.
-    fn into_parts(self) -> (F, Ticket) {
-        let mut this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the body and the
-        // ticket are moved out exactly once.
-        unsafe {
-            (
-                ManuallyDrop::take(&mut this.f),
-                ManuallyDrop::take(&mut this.ticket),
-            )
-        }
-    }
-
-    /// Runs the task, catching its panic (counted as failed with reason
-    /// `panic`; the panic hook has printed the message). `body_done` as in
-    /// [`Runnable::run`].
-    fn run_then(self, body_done: &dyn Fn()) {
-        let (f, ticket) = self.into_parts();
-        // The body, or its captures when it is dropped unrun, may drop the
-        // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
-        let running = ticket.running_node();
-        let _running = running.enter();
-        let Some(started) = ticket.start() else {
-            let end = ticket.cancel_on_drop();
-            drop_quietly(f);
-            body_done();
-            return drop(end);
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
-        body_done();
-        let failure = outcome.is_err().then_some(FailureReason::Panic);
-        if let Err(payload) = outcome {
-            drop_quietly(payload);
-        }
-        ticket.finish(started, failure);
-    }
-
-    /// The executor cannot run the task: it fails as broken (nobody holds
-    /// a handle to read the reason).
-    fn abandon(self) {
-        let (f, ticket) = self.into_parts();
-        let _end = ticket.fail_broken_on_drop();
-        drop(f);
-    }
-
-    /// The executor refused the task: counted as rejected; the body comes
-    /// back.
-    fn refuse(self) -> F {
-        let (f, ticket) = self.into_parts();
-        ticket.refuse();
-        f
-    }
-}
-
-impl<F> Drop for Detached<F> {
-    /// Dropped unrun: counted as cancelled, once the body is dropped (also
-    /// if dropping it panics).
-    fn drop(&mut self) {
-        // SAFETY: `drop` runs once, and the other ways out (`into_parts`)
-        // do not run it: the ticket and the body are each taken once.
-        let _end = unsafe { ManuallyDrop::take(&mut self.ticket) }.cancel_on_drop();
-        // SAFETY: as above.
-        unsafe { ManuallyDrop::drop(&mut self.f) };
-    }
-}
-
-impl<F: Body<Output = ()>> sealed::Unboxed for Detached<F> {
-    fn run(self) {
-        self.run_then(&|| {})
-    }
-
-    fn into_task(self) -> Task {
-        Task::from_runnable(DetachedTask(Once::new(self)))
-    }
-}
-
-/// Drops `value`, catching a panic of its `Drop` (a panic payload's, or a
-/// closure's that is not run): it must not escape into the worker.
-fn drop_quietly<X>(value: X) {
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
-}
-
-/// Runs its closure when dropped: a task's end placed after the drop of
-/// its closure still happens if that drop panics.
-struct Finally<G: FnOnce()>(Option<G>);
-
-impl<G: FnOnce()> Finally<G> {
-    fn new(end: G) -> Finally<G> {
-        Finally(Some(end))
-    }
-}
-
-impl<G: FnOnce()> Drop for Finally<G> {
-    fn drop(&mut self) {
-        if let Some(end) = self.0.take() {
-            end();
-        }
-    }
-}
-
-/// A [`Detached`] task inside a [`Task`] (inline for a small closure).
-struct DetachedTask<F>(Once<Detached<F>>);
-
-impl<F> DetachedTask<F> {
-    fn take(&self) -> Detached<F> {
-        // SAFETY: only the owning `Task` calls the `Runnable` methods that
-        // call this, one of them, once.
-        unsafe { self.0.take() }
-    }
-}
-
-impl<F: Body<Output = ()>> Runnable for DetachedTask<F> {
-    fn run(&self, body_done: &dyn Fn()) {
-        self.take().run_then(body_done)
-    }
-
-    fn abandon(&self, _reason: String) {
-        self.take().abandon()
-    }
-
-    fn discard(&self) {
-        drop(self.take())
-    }
-
-    fn reject(&self) -> Option<Box<dyn Any + Send>> {
-        Some(Box::new(self.take().refuse()))
-    }
-}
+use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle};
 
 /// Wraps any [`Executor`] and records, for every task given to it, the
 /// submit, the wait, the run and the result into an [`ExecutorExporter`].
@@ -537,13 +152,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         if !self.acct.admit() {
             return Err(self.refused_unadmitted(f));
         }
-        let core = Arc::new(TaskCore::with_job(
-            &self.acct,
-            Job {
-                f: Once::new(f),
-                classify,
-            },
-        ));
+        let core = Arc::new(TaskCore::with_job(&self.acct, Job::new(f, classify)));
         let handle = TaskHandle::new(core.clone());
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
         let outcome = self.inner.execute(Task::from_runnable(core));
@@ -687,11 +296,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     {
         let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
         Map::new(
-            self,
-            f,
+            Submitter {
+                proxy: self,
+                f: Arc::new(f),
+                classify: never_failed::<T> as ClassifyFn<T>,
+            },
             items.into_iter(),
             in_flight,
-            never_failed::<T> as ClassifyFn<T>,
         )
     }
 
@@ -713,11 +324,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             return Err(BuildError::new(BuildErrorKind::ZeroBound("in_flight")));
         }
         Ok(Map::new(
-            self,
-            f,
+            Submitter {
+                proxy: self,
+                f: Arc::new(f),
+                classify: never_failed::<T> as ClassifyFn<T>,
+            },
             items.into_iter(),
             in_flight,
-            never_failed::<T> as ClassifyFn<T>,
         ))
     }
 
@@ -737,11 +350,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     {
         let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
         Map::new(
-            self,
-            f,
+            Submitter {
+                proxy: self,
+                f: Arc::new(f),
+                classify: is_err::<T, Er> as ClassifyFn<_>,
+            },
             items.into_iter(),
             in_flight,
-            is_err::<T, Er> as ClassifyFn<_>,
         )
     }
 
@@ -812,6 +427,30 @@ impl Drop for AcceptedIfUnwinding<'_> {
     #[inline]
     fn drop(&mut self) {
         self.0.accepted();
+    }
+}
+
+/// Submits one item of a [`Map`] through its proxy.
+struct Submitter<'a, E: Executor, F, T> {
+    proxy: &'a InstrumentedExecutorProxy<E>,
+    f: Arc<F>,
+    classify: ClassifyFn<T>,
+}
+
+impl<E, F, In, T> SubmitOne<In> for Submitter<'_, E, F, T>
+where
+    E: Executor,
+    F: Fn(In) -> T + Send + Sync + 'static,
+    In: Send + 'static,
+    T: Send + 'static,
+{
+    type Value = T;
+
+    fn submit_one(&mut self, item: In) -> Result<TaskHandle<T>, TaskError> {
+        let f = self.f.clone();
+        self.proxy
+            .submit_classified(move || f(item), self.classify)
+            .map_err(|e| TaskError::Rejected(e.reason()))
     }
 }
 
@@ -888,7 +527,7 @@ impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
 
 #[cfg(all(test, not(loom), target_pointer_width = "64"))]
 mod layout {
-    use super::{DetachedTask, JobCore, NeverFails};
+    use super::job::{DetachedTask, JobCore, NeverFails};
 
     fn core_size<F: FnOnce()>(_: &F) -> usize {
         std::mem::size_of::<JobCore<F, (), NeverFails>>()
