@@ -87,7 +87,6 @@ mod clock;
 mod error;
 mod executor;
 mod export;
-mod instrumented;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod metrics;
@@ -110,7 +109,6 @@ pub use export::TextEncoder;
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
-pub use instrumented::{ThreadPoolExecutor, ThreadPoolExecutorBuilder};
 pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
 pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
@@ -119,7 +117,9 @@ pub use proxy::{InstrumentedExecutorProxy, Map};
 #[cfg(feature = "rayon")]
 pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use task::{TaskHandle, TaskState};
-pub use thread_pool::{ThreadPool, ThreadPoolBuilder};
+pub use thread_pool::{
+    ThreadPool, ThreadPoolBuilder, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
+};
 
 /// The `prometheus` crate this one is built on, so your types match ours.
 pub use prometheus;

@@ -3,11 +3,11 @@
 use std::fmt;
 use std::ops::Deref;
 
+use super::plain::{ThreadPool, ThreadPoolBuilder};
 use crate::error::BuildError;
 use crate::executor::{Executor, Rejected, Task};
 use crate::metrics::ExecutorExporterBuilder;
 use crate::proxy::InstrumentedExecutorProxy;
-use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 
 /// A thread pool that is instrumented out of the box: a [`ThreadPool`] inside
 /// an [`InstrumentedExecutorProxy`], with `executor_type="thread_pool"`.
