@@ -100,7 +100,7 @@ mod sync;
 mod task;
 mod thread_pool;
 
-pub use error::{BuildError, SubmitError, TaskError};
+pub use error::{BuildError, FailureReason, SubmitError, TaskError};
 pub use executor::{Executor, RejectReason, Rejected, Task};
 #[cfg(feature = "http")]
 pub use export::MetricsServer;
@@ -109,7 +109,7 @@ pub use export::TextEncoder;
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
-pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason, DEFAULT_BUCKETS};
+pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, DEFAULT_BUCKETS};
 pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
 pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};

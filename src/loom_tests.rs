@@ -22,9 +22,10 @@ use loom::sync::Mutex;
 use loom::thread;
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::error::FailureReason;
 use crate::error::TaskError;
 use crate::executor::{Executor, Rejected, Task};
-use crate::metrics::{ExecutorExporter, FailureReason};
+use crate::metrics::ExecutorExporter;
 use crate::proxy::InstrumentedExecutorProxy;
 use crate::task::{Accounting, TaskCore, TaskHandle};
 

@@ -303,7 +303,7 @@ macro_rules! exporter_options {
         /// buckets), replacing any set before.
         #[doc = concat!("The type defaults to `", $ty, "`.")]
         #[must_use]
-        pub fn exporter(mut self, exporter: $crate::ExecutorExporterBuilder) -> Self {
+        pub fn exporter(mut self, exporter: $crate::metrics::ExecutorExporterBuilder) -> Self {
             self.exporter = exporter;
             self
         }
@@ -328,7 +328,7 @@ macro_rules! exporter_options {
 
         /// See [`ExecutorExporterBuilder::registry`](crate::ExecutorExporterBuilder::registry).
         #[must_use]
-        pub fn registry(mut self, registry: $crate::prometheus::Registry) -> Self {
+        pub fn registry(mut self, registry: ::prometheus::Registry) -> Self {
             self.exporter = self.exporter.registry(registry);
             self
         }

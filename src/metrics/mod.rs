@@ -18,7 +18,6 @@ mod buckets;
 mod catalogue;
 mod collector;
 mod exporter;
-mod reason;
 mod registry_map;
 mod series;
 mod shards;
@@ -29,7 +28,6 @@ mod tests;
 pub use buckets::DEFAULT_BUCKETS;
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
-pub use reason::FailureReason;
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
 pub(crate) use series::Series;

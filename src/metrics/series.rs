@@ -10,8 +10,8 @@ use prometheus::core::Metric as _;
 use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
-use super::reason::FailureReason;
 use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
+use crate::error::FailureReason;
 use crate::sync::lock;
 
 /// The series of one (`exporter_id`, `executor_type`) pair. Task counts and

@@ -91,7 +91,7 @@ pub(crate) struct Shard {
     pub(crate) cancelled: AtomicU64,
     /// Failed without starting (also observed into `failed`).
     pub(crate) failed_unstarted: AtomicU64,
-    pub(crate) failures: [AtomicU64; crate::FailureReason::ALL.len()],
+    pub(crate) failures: [AtomicU64; crate::error::FailureReason::ALL.len()],
     pub(crate) wait: Buckets,
     pub(crate) completed: Buckets,
     pub(crate) failed: Buckets,

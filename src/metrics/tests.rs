@@ -5,6 +5,7 @@ use super::buckets::resolve_buckets;
 use super::catalogue::{Kind, CATALOGUE};
 use super::collector::FAMILIES;
 use super::*;
+use crate::error::FailureReason;
 
 /// The failure reasons of `exporter_id`'s series in `registry`, with
 /// their counts, read from the text exposition.

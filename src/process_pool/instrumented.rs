@@ -17,8 +17,9 @@ use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::sink::{ChunkValue, ItemResult, ProcessOutput};
 use super::task::ProcessTask;
 use super::wire::Blob;
+use crate::error::FailureReason;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
-use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason};
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Ordered, SubmitOne, TaskHandle};
 
 /// A process pool that is instrumented out of the box: every metric of the
@@ -349,7 +350,7 @@ fn map_error(e: SubmitError) -> TaskError {
             message,
         },
         SubmitError::Broken(reason) => TaskError::Broken { reason },
-        _ => TaskError::Rejected(crate::RejectReason::Shutdown),
+        _ => TaskError::Rejected(crate::executor::RejectReason::Shutdown),
     }
 }
 

@@ -27,8 +27,9 @@ use super::wire::{
     MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 use super::worker::{forgotten_hook, CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use crate::error::FailureReason;
 use crate::error::{BuildError, BuildErrorKind};
-use crate::metrics::{ExecutorExporter, FailureReason, Series};
+use crate::metrics::{ExecutorExporter, Series};
 use crate::task::{Accounting, TaskCore, TaskHandle};
 
 /// How often a job is sent again after its worker died before acknowledging it.

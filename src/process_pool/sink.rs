@@ -13,8 +13,9 @@ use super::job::{JobFailure, JobOutcome, JobSink, PoolObserver, RestartReason};
 use super::task::ProcessTask;
 use super::wire::WireOutcome;
 use crate::clock::Clock;
+use crate::error::FailureReason;
 use crate::error::{panic_message, TaskError};
-use crate::metrics::{FailureReason, Series};
+use crate::metrics::Series;
 use crate::task::TaskCore;
 
 /// What a process task's handle yields: the task's own `Result`, whose `Err`

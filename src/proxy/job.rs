@@ -8,9 +8,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::error::FailureReason;
 use crate::error::{panic_message, TaskError};
 use crate::executor::{sealed, Once, Runnable, Task};
-use crate::metrics::FailureReason;
 use crate::task::{Accounting, Help, TaskCore, Ticket};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).

@@ -11,9 +11,10 @@ use self::job::{
     is_err, never_failed, Body, ClassifyFn, Detached, ErrFails, Job, NeverFails, RunTask,
 };
 pub use self::map::Map;
+use crate::error::FailureReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{Executor, RejectReason, Rejected, Task};
-use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder, FailureReason};
+use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle};
 
 /// Wraps any [`Executor`] and records, for every task given to it, the

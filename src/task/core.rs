@@ -13,8 +13,8 @@ use super::accounting::{Accounting, AcctRef};
 use super::running::{running_here, RunningNode};
 use super::signal::{lock, wait_signal, WaitSignal};
 use crate::clock::Clock;
+use crate::error::FailureReason;
 use crate::error::TaskError;
-use crate::metrics::FailureReason;
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::sync::Arc;
 

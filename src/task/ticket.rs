@@ -6,7 +6,8 @@
 use super::accounting::{Accounting, AcctRef};
 use super::running::RunningNode;
 use crate::clock::Clock;
-use crate::metrics::{FailureReason, Series};
+use crate::error::FailureReason;
+use crate::metrics::Series;
 use crate::sync::Arc;
 
 /// An admitted task without a handle: its executor's accounting and its
