@@ -146,19 +146,36 @@ impl Error for BuildError {
 /// let task = err.into_inner();
 /// assert_eq!(task(), 2);
 /// ```
-pub struct SubmitError<F> {
+///
+/// Every pool refuses with this one type. A thread pool hands the closure
+/// back; a process pool, whose task's input was only borrowed, hands back
+/// nothing (`SubmitError<()>`, the default), and says more in
+/// [`detail`](Self::detail): why the pool is broken, or what could not be
+/// encoded.
+pub struct SubmitError<F = ()> {
     task: F,
     reason: RejectReason,
+    detail: Option<String>,
 }
 
 impl<F> SubmitError<F> {
     pub(crate) fn new(task: F, reason: RejectReason) -> SubmitError<F> {
-        SubmitError { task, reason }
+        SubmitError {
+            task,
+            reason,
+            detail: None,
+        }
     }
 
     /// Why the submit was refused.
     pub fn reason(&self) -> RejectReason {
         self.reason
+    }
+
+    /// More about the refusal, where the pool knows more than the reason:
+    /// why it is broken, what could not be encoded.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
     }
 
     /// Gives the task back.
@@ -167,17 +184,34 @@ impl<F> SubmitError<F> {
     }
 }
 
+impl SubmitError {
+    /// A refusal with nothing to hand back, and `detail` saying more.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn with_detail(reason: RejectReason, detail: impl Into<String>) -> SubmitError {
+        SubmitError {
+            task: (),
+            reason,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
 impl<F> fmt::Debug for SubmitError<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SubmitError")
             .field("reason", &self.reason)
+            .field("detail", &self.detail)
             .finish_non_exhaustive()
     }
 }
 
 impl<F> fmt::Display for SubmitError<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot submit the task: {}", self.reason)
+        write!(f, "cannot submit the task: {}", self.reason)?;
+        match &self.detail {
+            Some(detail) => write!(f, ": {detail}"),
+            None => Ok(()),
+        }
     }
 }
 

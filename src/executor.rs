@@ -255,6 +255,12 @@ pub enum RejectReason {
     /// thread (a process or cgroup thread limit, memory). Nothing was
     /// queued; the executor stays usable and a later submit tries again.
     NoWorker,
+    /// The task's input could not be encoded, or is larger than the maximum
+    /// frame size (process pools). Nothing was sent; the pool stays usable.
+    Serialization,
+    /// An argument of the submit is invalid (a zero timeout, say); the
+    /// error's detail names it.
+    Invalid,
 }
 
 impl fmt::Display for RejectReason {
@@ -264,6 +270,10 @@ impl fmt::Display for RejectReason {
             RejectReason::Full => "the executor's queue is full",
             RejectReason::Broken => "the executor is broken and cannot run tasks",
             RejectReason::NoWorker => "no worker thread could be started to run the task",
+            RejectReason::Serialization => {
+                "the task's input could not be encoded, or is over the maximum frame size"
+            }
+            RejectReason::Invalid => "an argument of the submit is invalid",
         })
     }
 }

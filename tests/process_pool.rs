@@ -12,9 +12,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use executor_exporter::process_pool::{
-    run_if_worker, ProcessPool, ProcessPoolBuilder, ProcessTask, SubmitError, WorkerRegistry,
+    run_if_worker, ProcessPool, ProcessPoolBuilder, ProcessTask, WorkerRegistry,
 };
 use executor_exporter::{FailureReason, TaskError, TaskHandle};
+use executor_exporter::{RejectReason, SubmitError};
 use serde::{Deserialize, Serialize};
 
 /// Every blocking wait in these tests gives up after this long: a hang fails, it does not block CI.
@@ -577,7 +578,10 @@ fn dl_1_arguments_that_fail_to_serialize_fail_in_the_caller() {
     let pool = pool(1).build().unwrap();
     match pool.submit::<BadArgs>(&Unserializable) {
         // postcard reports a generic serialization error; the message names the task.
-        Err(SubmitError::Serialization(msg)) => assert!(msg.contains("bad_args"), "{msg}"),
+        Err(e) if e.reason() == RejectReason::Serialization => {
+            let msg = e.detail().unwrap_or_default();
+            assert!(msg.contains("bad_args"), "{msg}")
+        }
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(wait(pool.submit::<Square>(&7).unwrap()).unwrap(), 49);
@@ -610,7 +614,7 @@ fn oversized_input_is_rejected_at_submit() {
     let _watchdog = test_watchdog("oversized_input_is_rejected_at_submit");
     let pool = pool(1).max_frame_size(64 << 10).build().unwrap();
     let err = pool.submit::<Echo>(&vec![0u8; 100 << 10]).unwrap_err();
-    assert!(matches!(err, SubmitError::Serialization(_)), "{err}");
+    assert_eq!(err.reason(), RejectReason::Serialization, "{err}");
     let big_result = failure(pool.submit::<Zeros>(&(100 << 10)).unwrap());
     assert_eq!(
         failed(&big_result).0,
@@ -821,7 +825,10 @@ fn init_2_failing_initializer_breaks_the_pool_fast() {
     );
     assert!(pool.is_broken());
     match pool.submit::<Square>(&1) {
-        Err(SubmitError::Broken(msg)) => assert!(msg.contains("initializer failed"), "{msg}"),
+        Err(e) if e.reason() == RejectReason::Broken => {
+            let msg = e.detail().unwrap_or_default();
+            assert!(msg.contains("initializer failed"), "{msg}")
+        }
         other => panic!("unexpected {other:?}"),
     }
     within_watchdog("shutdown of a broken pool", move || drop(pool));
@@ -843,7 +850,7 @@ fn pp_5_binary_not_prepared_as_worker_breaks_the_pool() {
     );
     assert!(matches!(
         pool.submit::<Square>(&2),
-        Err(SubmitError::Broken(_))
+        Err(e) if e.reason() == RejectReason::Broken
     ));
 }
 
@@ -952,7 +959,7 @@ fn shut_1_submit_after_shutdown_is_rejected() {
     pool.shutdown();
     assert!(matches!(
         pool.submit::<Square>(&2),
-        Err(SubmitError::Shutdown)
+        Err(e) if e.reason() == RejectReason::Shutdown
     ));
     assert_eq!(pool.workers(), 0);
 }
@@ -1002,7 +1009,7 @@ fn shut_5_shutdown_now_cancels_queued_tasks() {
     }
     assert!(matches!(
         pool.submit::<Pid>(&()),
-        Err(SubmitError::Shutdown)
+        Err(e) if e.reason() == RejectReason::Shutdown
     ));
 }
 
@@ -1058,7 +1065,7 @@ fn pp_6_kill_fails_running_tasks_and_reaps_workers() {
     assert_reaped(pids);
     assert!(matches!(
         pool.submit::<Pid>(&()),
-        Err(SubmitError::Shutdown)
+        Err(e) if e.reason() == RejectReason::Shutdown
     ));
     pool.kill();
     pool.shutdown();

@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{counts, scrape, Exposition};
-use executor_exporter::process_pool::{
-    run_if_worker, ProcessPool, ProcessTask, SubmitError, WorkerRegistry,
-};
+use executor_exporter::process_pool::{run_if_worker, ProcessPool, ProcessTask, WorkerRegistry};
 use executor_exporter::prometheus::Registry;
+use executor_exporter::RejectReason;
 use executor_exporter::{FailureReason, ProcessPoolExecutor, TaskError, TaskHandle};
 
 /// Far beyond any task here: only catches a task that never ends.
@@ -332,7 +331,8 @@ fn payload_of_64_mib_over_the_frame_limit_is_a_typed_error() {
     // Input too large: refused at submit, handed back as an error, counted.
     let big = "z".repeat(64 * MIB);
     match p.submit::<Len>(&big) {
-        Err(SubmitError::Serialization(msg)) => {
+        Err(e) if e.reason() == RejectReason::Serialization => {
+            let msg = e.detail().unwrap_or_default();
             assert!(msg.contains("frame"), "{msg}")
         }
         other => panic!(

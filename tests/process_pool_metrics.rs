@@ -9,8 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::{counts, scrape, Exposition};
-use executor_exporter::process_pool::{run_if_worker, ProcessTask, SubmitError, WorkerRegistry};
+use executor_exporter::process_pool::{run_if_worker, ProcessTask, WorkerRegistry};
 use executor_exporter::prometheus::Registry;
+use executor_exporter::RejectReason;
 use executor_exporter::{FailureReason, ProcessPoolExecutor, TaskError};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -341,7 +342,10 @@ fn init_2_failing_initializer_breaks_the_pool_and_fails_fast() {
         other => panic!("expected Broken, got {other:?}"),
     }
     match p.submit::<Square>(&2) {
-        Err(SubmitError::Broken(msg)) => assert!(msg.contains("no database"), "{msg}"),
+        Err(e) if e.reason() == RejectReason::Broken => {
+            let msg = e.detail().unwrap_or_default();
+            assert!(msg.contains("no database"), "{msg}")
+        }
         other => panic!("expected a refused submit, got {other:?}"),
     }
     let exp = scrape(&registry);
@@ -370,7 +374,10 @@ fn unknown_task_and_unencodable_args_fail_only_that_task() {
         other => panic!("{other:?}"),
     }
     match p.submit::<TakesUnencodable>(&Unencodable) {
-        Err(SubmitError::Serialization(msg)) => assert!(msg.contains("takes_unencodable"), "{msg}"),
+        Err(e) if e.reason() == RejectReason::Serialization => {
+            let msg = e.detail().unwrap_or_default();
+            assert!(msg.contains("takes_unencodable"), "{msg}")
+        }
         other => panic!(
             "expected a serialization error, got {:?}",
             other.map(|_| ())
@@ -406,7 +413,7 @@ fn shut_1_submit_after_shutdown_and_shutdown_now_cancels_queued() {
     for h in queued {
         assert_eq!(join(h), Err(TaskError::Cancelled));
     }
-    assert!(matches!(p.submit::<Square>(&1), Err(SubmitError::Shutdown)));
+    assert!(matches!(p.submit::<Square>(&1), Err(e) if e.reason() == RejectReason::Shutdown));
     p.shutdown(); // idempotent
     let c = counts(&scrape(&registry), "executor", "shut");
     c.assert_invariant();

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use prometheus::Registry;
 
-use super::error::SubmitError;
 use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::sink::{ChunkValue, ItemResult, ProcessOutput};
 use super::task::ProcessTask;
 use super::wire::Blob;
 use crate::error::FailureReason;
+use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
+use crate::executor::RejectReason;
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Ordered, SubmitOne, TaskHandle};
 
@@ -79,7 +80,7 @@ impl ProcessPoolExecutor {
     /// [`TaskError`] when the task could not produce one.
     ///
     /// The input is encoded here: an input that cannot be encoded, or is over
-    /// the maximum frame size, is refused ([`SubmitError::Serialization`]) and
+    /// the maximum frame size, is refused ([`RejectReason::Serialization`](crate::RejectReason::Serialization)) and
     /// counted as rejected, with nothing sent.
     pub fn submit<T>(&self, input: &T::Input) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
     where
@@ -344,13 +345,14 @@ where
 
 /// A submit error as the result of the input(s) `map` submitted for you.
 fn map_error(e: SubmitError) -> TaskError {
-    match e {
-        SubmitError::Serialization(message) => TaskError::Failed {
+    let detail = e.detail().unwrap_or_default().to_owned();
+    match e.reason() {
+        RejectReason::Serialization => TaskError::Failed {
             reason: FailureReason::Serialization,
-            message,
+            message: detail,
         },
-        SubmitError::Broken(reason) => TaskError::Broken { reason },
-        _ => TaskError::Rejected(crate::executor::RejectReason::Shutdown),
+        RejectReason::Broken => TaskError::Broken { reason: detail },
+        other => TaskError::Rejected(other),
     }
 }
 

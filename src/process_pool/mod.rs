@@ -60,7 +60,6 @@
 //! workers cannot start N times in a row the pool is *broken* and fails every queued and later task at
 //! once.
 
-mod error;
 mod instrumented;
 mod job;
 mod pool;
@@ -73,7 +72,6 @@ mod worker;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use error::SubmitError;
 pub use instrumented::{
     ProcessChunkedMap, ProcessMap, ProcessPoolExecutor, ProcessPoolExecutorBuilder,
 };

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::error::SubmitError;
 use super::job::{
     JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason, WorkerExit,
 };
@@ -28,7 +27,9 @@ use super::wire::{
 };
 use super::worker::{forgotten_hook, CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
 use crate::error::FailureReason;
+use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind};
+use crate::executor::RejectReason;
 use crate::metrics::{ExecutorExporter, Series};
 use crate::task::{Accounting, TaskCore, TaskHandle};
 
@@ -438,16 +439,16 @@ impl ProcessPool {
     {
         if !self.acct.admit() {
             self.acct.refused_unadmitted();
-            return Err(SubmitError::Shutdown);
+            return Err(SubmitError::new((), RejectReason::Shutdown));
         }
         let payload = match postcard::to_stdvec(input) {
             Ok(payload) => payload,
             Err(e) => {
                 self.acct.refused();
-                return Err(SubmitError::Serialization(format!(
-                    "cannot encode the input of task `{}`: {e}",
-                    T::NAME
-                )));
+                return Err(SubmitError::with_detail(
+                    RejectReason::Serialization,
+                    format!("cannot encode the input of task `{}`: {e}", T::NAME),
+                ));
             }
         };
         let spec = JobSpec {
@@ -470,17 +471,17 @@ impl ProcessPool {
     {
         if !self.acct.admit() {
             self.acct.refused_unadmitted();
-            return Err(SubmitError::Shutdown);
+            return Err(SubmitError::new((), RejectReason::Shutdown));
         }
         let payload = match postcard::to_stdvec(&items) {
             Ok(payload) => payload,
             Err(e) => {
                 // Byte strings always encode; kept for completeness.
                 self.acct.refused();
-                return Err(SubmitError::Serialization(format!(
-                    "cannot encode a chunk of task `{}`: {e}",
-                    T::NAME
-                )));
+                return Err(SubmitError::with_detail(
+                    RejectReason::Serialization,
+                    format!("cannot encode a chunk of task `{}`: {e}", T::NAME),
+                ));
             }
         };
         let spec = JobSpec {
@@ -491,9 +492,12 @@ impl ProcessPool {
         self.enqueue(spec, Chunk::<T>::new(items.len()))
             .map_err(|e| match e {
                 // The derived name is an implementation detail (e.g. a chunk over the frame size).
-                SubmitError::Serialization(m) => {
-                    SubmitError::Serialization(m.replace(CHUNK_PREFIX, "chunk of "))
-                }
+                e if e.reason() == RejectReason::Serialization => SubmitError::with_detail(
+                    RejectReason::Serialization,
+                    e.detail()
+                        .unwrap_or_default()
+                        .replace(CHUNK_PREFIX, "chunk of "),
+                ),
                 other => other,
             })
     }
@@ -532,28 +536,33 @@ impl ProcessPool {
     pub(crate) fn submit_job(&self, spec: JobSpec, sink: Box<dyn JobSink>) -> Result<(), Rejected> {
         let size = spec.payload.len() + spec.task.len() + RUN_OVERHEAD;
         if size > self.max_frame {
-            let error = SubmitError::Serialization(format!(
-                "the input of task `{}` is {} bytes, over the maximum frame size of {} bytes",
-                spec.task,
-                spec.payload.len(),
-                self.max_frame
-            ));
+            let error = SubmitError::with_detail(
+                RejectReason::Serialization,
+                format!(
+                    "the input of task `{}` is {} bytes, over the maximum frame size of {} bytes",
+                    spec.task,
+                    spec.payload.len(),
+                    self.max_frame
+                ),
+            );
             return Err(Rejected { error, sink });
         }
         if spec.timeout == Some(Duration::ZERO) {
-            let error =
-                SubmitError::Serialization("a task timeout must be greater than zero".into());
+            let error = SubmitError::with_detail(
+                RejectReason::Invalid,
+                "a task timeout must be greater than zero",
+            );
             return Err(Rejected { error, sink });
         }
         {
             let mut inner = self.shared.lock();
             if let Some(msg) = &inner.broken {
-                let error = SubmitError::Broken(msg.clone());
+                let error = SubmitError::with_detail(RejectReason::Broken, msg.clone());
                 return Err(Rejected { error, sink });
             }
             if inner.mode != Mode::Running {
                 return Err(Rejected {
-                    error: SubmitError::Shutdown,
+                    error: SubmitError::new((), RejectReason::Shutdown),
                     sink,
                 });
             }
@@ -583,7 +592,7 @@ impl ProcessPool {
     }
 
     /// Whether the pool is broken (workers could not be started); submits then fail with
-    /// [`SubmitError::Broken`].
+    /// [`RejectReason::Broken`](crate::RejectReason::Broken).
     pub fn is_broken(&self) -> bool {
         self.shared.lock().broken.is_some()
     }
