@@ -60,9 +60,11 @@
 //! workers cannot start N times in a row the pool is *broken* and fails every queued and later task at
 //! once.
 
+mod dispatcher;
 mod instrumented;
 mod job;
 mod pool;
+mod reap;
 mod sink;
 mod sys;
 mod task;

@@ -1,0 +1,793 @@
+//! The dispatcher: the one thread that owns a process pool's workers. It
+//! starts them, sends them jobs, reads their reports, sees them die (their
+//! channel's end or their pidfd), reaps and replaces them, and hands every
+//! job's end to its sink.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
+use super::reap::{after, kill_and_reap, reap_after_eof, wait_until};
+use super::sys;
+use super::wire::{
+    self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, PROTOCOL_VERSION,
+};
+use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+
+/// How often a job is sent again after its worker died before acknowledging it.
+const MAX_ATTEMPTS: u32 = 3;
+/// Where pidfds are unavailable (kernels before 5.3, a seccomp filter), how often busy or starting
+/// workers are checked for an exit that their channel does not show (a forked child holds it open).
+const EXIT_CHECK: Duration = Duration::from_millis(250);
+
+/// Lifecycle of the pool; ordered so a stop request only ever escalates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Mode {
+    Running,
+    Shutdown,
+    ShutdownNow,
+    Kill,
+    Terminated,
+}
+
+pub(super) struct Shared {
+    pub(super) inner: Mutex<Inner>,
+    pub(super) wake: sys::EventFd,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Sink and observer calls happen outside this lock, so a poisoned lock still holds valid state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) mode: Mode,
+    /// Submitted jobs the dispatcher has not taken yet.
+    pub(super) queue: VecDeque<Job>,
+    pub(super) broken: Option<String>,
+    pub(super) pids: Vec<u32>,
+}
+
+pub(super) struct Job {
+    pub(super) spec: JobSpec,
+    pub(super) sink: Box<dyn JobSink>,
+    pub(super) attempts: u32,
+}
+
+impl Job {
+    /// Reports the end of a started job. The report may run the user's code on this thread (the
+    /// `Waker` of whoever `.await`s the task): a panic there is contained, so one task's waker cannot
+    /// take down the dispatcher, and with it every other task.
+    fn finished(self, outcome: JobOutcome) {
+        let sink = self.sink;
+        let _ = catch_unwind(AssertUnwindSafe(move || sink.finished(outcome)));
+    }
+
+    /// Reports the end of a job that never started; contained as [`finished`](Self::finished) is.
+    fn failed_unstarted(self, failure: JobFailure) {
+        let sink = self.sink;
+        let _ = catch_unwind(AssertUnwindSafe(move || sink.failed_unstarted(failure)));
+    }
+}
+
+pub(super) struct Config {
+    pub(super) max_workers: usize,
+    pub(super) max_tasks_per_child: Option<u64>,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) start_timeout: Duration,
+    pub(super) shutdown_grace: Duration,
+    pub(super) max_start_failures: u32,
+    pub(super) max_frame: usize,
+    pub(super) program: PathBuf,
+    pub(super) arg0: Option<OsString>,
+    pub(super) args: Vec<OsString>,
+    /// The `Hello` frame, the same for every worker.
+    pub(super) hello: Vec<u8>,
+    pub(super) observer: Arc<dyn PoolObserver>,
+}
+
+enum WState {
+    /// Started, handshake not done.
+    Starting,
+    Idle,
+    Busy {
+        job: Job,
+        id: u64,
+        /// `Started` arrived.
+        started: bool,
+        /// The sink said the owner cancelled it: drop the outcome.
+        discard: bool,
+        limit: Option<Duration>,
+    },
+    /// Sent `Shutdown` after `max_tasks_per_child`; waiting for it to exit.
+    Retiring,
+}
+
+impl WState {
+    fn name(&self) -> &'static str {
+        match self {
+            WState::Starting => "starting",
+            WState::Idle => "idle",
+            WState::Busy { started: false, .. } => "dispatched",
+            WState::Busy { started: true, .. } => "running a task",
+            WState::Retiring => "retiring",
+        }
+    }
+}
+
+/// Why a worker is being removed.
+enum Death {
+    /// Its channel reached end of stream (or failed): the process is gone or going.
+    Eof,
+    /// The process exited (seen through its pidfd), whoever still holds its channel.
+    Exited,
+    /// Sending to it failed (it is gone).
+    SendFailed,
+    /// A send to it made no progress for the stall bound: it stopped reading.
+    Stalled,
+    Protocol(String),
+    InitFailed(String),
+    /// The program does not call `run_if_worker`: no worker of it can ever start.
+    HookMissing(String),
+    StartTimeout,
+    Timeout,
+    RetireTimeout,
+}
+
+struct Worker {
+    child: Child,
+    pid: u32,
+    sock: OwnedFd,
+    /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
+    pidfd: Option<OwnedFd>,
+    reader: FrameReader,
+    state: WState,
+    /// Start timeout, task timeout or retire grace, depending on the state.
+    deadline: Option<Instant>,
+    tasks_done: u64,
+    dead: Option<Death>,
+}
+
+impl Worker {
+    /// Whether the process has exited (it is then reaped; `Child` keeps its status for `bury`).
+    fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+pub(super) struct Dispatcher {
+    shared: Arc<Shared>,
+    cfg: Config,
+    workers: Vec<Worker>,
+    /// Jobs taken from `Inner::queue`, in order, not yet sent.
+    queue: VecDeque<Job>,
+    next_id: u64,
+    /// Consecutive failed starts; reset by a successful handshake.
+    start_failures: u32,
+    broken: Option<String>,
+    /// After a failed start, no new start before this instant (a short backoff).
+    next_start: Option<Instant>,
+    scratch: Vec<u8>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl Dispatcher {
+    /// The dispatcher of a new pool; [`run`](Self::run) it on its own thread.
+    pub(super) fn new(shared: Arc<Shared>, cfg: Config) -> Dispatcher {
+        Dispatcher {
+            shared,
+            cfg,
+            workers: Vec::new(),
+            queue: VecDeque::new(),
+            next_id: 0,
+            start_failures: 0,
+            broken: None,
+            next_start: None,
+            scratch: vec![0; 64 << 10],
+            pollfds: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(&mut self) {
+        loop {
+            let mode = self.take_submissions();
+            match mode {
+                Mode::Kill | Mode::Terminated => {
+                    self.kill_all();
+                    break;
+                }
+                Mode::ShutdownNow => self.fail_queued(|| JobFailure::Cancelled),
+                Mode::Running | Mode::Shutdown => {}
+            }
+            if let Some(msg) = &self.broken {
+                let message = msg.clone();
+                self.fail_queued(|| JobFailure::Broken {
+                    message: message.clone(),
+                });
+            }
+            self.dispatch();
+            if self.sweep() {
+                continue; // re-queued jobs or freed slots: dispatch again before sleeping
+            }
+            let busy = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.state, WState::Busy { .. }));
+            if mode != Mode::Running && self.queue.is_empty() && !busy {
+                self.stop_workers();
+                break;
+            }
+            self.wait_for_events();
+            self.sweep();
+        }
+        let leftover: Vec<Job> = {
+            let mut inner = self.shared.lock();
+            inner.mode = Mode::Terminated;
+            inner.pids.clear();
+            inner.queue.drain(..).collect()
+        };
+        for job in leftover.into_iter().chain(self.queue.drain(..)) {
+            job.failed_unstarted(JobFailure::Cancelled);
+        }
+    }
+
+    /// Moves new submissions into the local queue; returns the requested mode.
+    fn take_submissions(&mut self) -> Mode {
+        let mut inner = self.shared.lock();
+        self.queue.extend(inner.queue.drain(..));
+        inner.mode
+    }
+
+    fn publish_pids(&self) {
+        let pids = self.workers.iter().map(|w| w.pid).collect();
+        self.shared.lock().pids = pids;
+    }
+
+    fn fail_queued(&mut self, failure: impl Fn() -> JobFailure) {
+        for job in self.queue.drain(..) {
+            if !job.sink.is_cancelled() {
+                job.failed_unstarted(failure());
+            }
+        }
+    }
+
+    /// Sends queued jobs to idle workers and starts workers for the rest, up to the maximum.
+    fn dispatch(&mut self) {
+        loop {
+            while self.queue.front().is_some_and(|j| j.sink.is_cancelled()) {
+                self.queue.pop_front();
+            }
+            if self.queue.is_empty() {
+                break;
+            }
+            let Some(i) = self
+                .workers
+                .iter()
+                .position(|w| w.dead.is_none() && matches!(w.state, WState::Idle))
+            else {
+                break;
+            };
+            let job = self.queue.pop_front().expect("queue is not empty");
+            self.send_job(i, job);
+        }
+        if self.broken.is_some() {
+            return;
+        }
+        if let Some(at) = self.next_start {
+            if Instant::now() < at {
+                return;
+            }
+            self.next_start = None;
+        }
+        let starting = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state, WState::Starting))
+            .count();
+        let mut wanted = self.queue.len().saturating_sub(starting);
+        while wanted > 0
+            && self.workers.len() < self.cfg.max_workers
+            && self.broken.is_none()
+            && self.next_start.is_none()
+        {
+            self.spawn();
+            wanted -= 1;
+        }
+    }
+
+    fn send_job(&mut self, i: usize, job: Job) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = wire::encode_frame(
+            &ToWorker::Run {
+                id,
+                call: Call {
+                    task: Cow::Borrowed(&job.spec.task),
+                    payload: Blob(Cow::Borrowed(&job.spec.payload)),
+                },
+            },
+            self.cfg.max_frame,
+        );
+        let frame = match frame {
+            Ok(f) => f,
+            Err(message) => {
+                job.failed_unstarted(JobFailure::Serialization { message });
+                return;
+            }
+        };
+        let limit = job.spec.timeout.or(self.cfg.task_timeout);
+        let w = &mut self.workers[i];
+        w.deadline = limit.and_then(after);
+        if let Err(e) = sys::send_all(w.sock.as_fd(), &frame) {
+            w.dead = Some(send_failure(&e));
+        }
+        w.state = WState::Busy {
+            job,
+            id,
+            started: false,
+            discard: false,
+            limit,
+        };
+    }
+
+    fn spawn(&mut self) {
+        match self.start_worker() {
+            Ok(w) => {
+                self.workers.push(w);
+                self.publish_pids();
+            }
+            Err(msg) => self.start_failed(msg, false),
+        }
+    }
+
+    fn start_worker(&self) -> Result<Worker, String> {
+        let (ours, theirs) =
+            sys::socketpair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+        // The dispatcher writes with blocking sends; a worker that stops reading (a program that is not a
+        // worker, a wedged process) must not stall it forever: a send stuck this long fails the worker.
+        sys::set_send_timeout(ours.as_fd(), self.cfg.start_timeout)
+            .map_err(|e| format!("cannot set a send timeout: {e}"))?;
+        let mut cmd = Command::new(&self.cfg.program);
+        if let Some(arg0) = &self.cfg.arg0 {
+            cmd.arg0(arg0);
+        }
+        cmd.args(&self.cfg.args)
+            .env(ENV_WORKER, CHANNEL_FD.to_string())
+            .env(ENV_MAX_FRAME, self.cfg.max_frame.to_string())
+            .stdin(Stdio::null());
+        let channel = theirs.as_raw_fd();
+        let parent = sys::getpid();
+        // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe calls
+        // are allowed: `child_after_fork` makes only such calls (dup2, fcntl, prctl, getppid, _exit) and
+        // allocates nothing; it captures two integers. `channel` is open in the parent across the spawn.
+        // Descriptor 3 cannot be the spawn's internal error pipe: the socket pair, created just before,
+        // took the lowest free descriptors, so 3 is in use (by it or by something older) during the spawn.
+        unsafe {
+            cmd.pre_exec(move || sys::child_after_fork(channel, CHANNEL_FD, parent));
+        }
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start worker program {}: {e}",
+                self.cfg.program.display()
+            )
+        })?;
+        drop(theirs);
+        let pid = child.id();
+        let pidfd = sys::pidfd_open(pid).ok();
+        // A worker that dies at once makes this fail; its end of stream then reports the start failure.
+        let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
+            .err()
+            .map(|e| send_failure(&e));
+        Ok(Worker {
+            child,
+            pid,
+            sock: ours,
+            pidfd,
+            reader: FrameReader::new(self.cfg.max_frame),
+            state: WState::Starting,
+            deadline: after(self.cfg.start_timeout),
+            tasks_done: 0,
+            dead,
+        })
+    }
+
+    /// A worker failed to start. `certain`: every start would fail the same way (the program does not
+    /// call `run_if_worker`), so the pool breaks now instead of after `max_start_failures`.
+    fn start_failed(&mut self, message: String, certain: bool) {
+        self.cfg.observer.worker_start_failed(&message);
+        self.start_failures += 1;
+        // Back off 25 ms, 50 ms, ... up to 1 s, so a transient failure (EMFILE, EAGAIN) can clear.
+        let backoff = Duration::from_millis(25 << self.start_failures.min(6)) / 2;
+        self.next_start = Some(Instant::now() + backoff.min(Duration::from_secs(1)));
+        if (certain || self.start_failures >= self.cfg.max_start_failures) && self.broken.is_none()
+        {
+            let message = if certain {
+                message
+            } else {
+                format!(
+                    "{} worker processes in a row failed to start; the last one: {message}",
+                    self.start_failures
+                )
+            };
+            self.shared.lock().broken = Some(message.clone());
+            self.broken = Some(message.clone());
+            self.fail_queued(|| JobFailure::Broken {
+                message: message.clone(),
+            });
+        }
+    }
+
+    /// Sleeps until a submission, a worker message or exit, or the nearest deadline, and handles what
+    /// happened.
+    fn wait_for_events(&mut self) {
+        let now = Instant::now();
+        // A pending restart after a backoff is a deadline too, but only when there is work waiting.
+        let restart = self.next_start.filter(|_| !self.queue.is_empty());
+        let exit_check = self
+            .workers
+            .iter()
+            .any(|w| w.dead.is_none() && w.pidfd.is_none())
+            .then(|| now + EXIT_CHECK);
+        let timeout_ms = self
+            .workers
+            .iter()
+            .filter_map(|w| w.deadline)
+            .chain(restart)
+            .chain(exit_check)
+            .min()
+            .map_or(-1, |d| {
+                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                ms.min(i32::MAX as u128) as i32
+            });
+        let mut pollfds = mem::take(&mut self.pollfds);
+        pollfds.clear();
+        pollfds.push(libc::pollfd {
+            fd: self.shared.wake.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // Two entries a worker: its channel, then its pidfd (-1 entries are skipped by poll).
+        for w in &self.workers {
+            let live = |fd: Option<&OwnedFd>| match fd {
+                Some(fd) if w.dead.is_none() => fd.as_raw_fd(),
+                _ => -1,
+            };
+            for fd in [live(Some(&w.sock)), live(w.pidfd.as_ref())] {
+                pollfds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        if let Err(e) = sys::poll(&mut pollfds, timeout_ms) {
+            // Only EFAULT/EINVAL/ENOMEM: back off instead of spinning.
+            eprintln!("executor-exporter: process pool poll failed: {e}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        if pollfds[0].revents != 0 {
+            self.shared.wake.drain();
+        }
+        for i in 0..self.workers.len() {
+            let (channel, pidfd) = (pollfds[1 + 2 * i].revents, pollfds[2 + 2 * i].revents);
+            let exited = if self.workers[i].pidfd.is_some() {
+                pidfd != 0
+            } else {
+                exit_check.is_some() && self.workers[i].has_exited()
+            };
+            if channel != 0 || exited {
+                // Whatever it wrote before it exited is in the channel already: read it first.
+                self.read_worker(i);
+            }
+            let w = &mut self.workers[i];
+            if exited && w.dead.is_none() {
+                w.dead = Some(Death::Exited);
+            }
+        }
+        self.pollfds = pollfds;
+
+        let now = Instant::now();
+        for w in &mut self.workers {
+            if w.dead.is_some() || w.deadline.is_none_or(|d| d > now) {
+                continue;
+            }
+            w.dead = Some(match w.state {
+                WState::Starting => Death::StartTimeout,
+                WState::Busy { .. } => Death::Timeout,
+                WState::Retiring => Death::RetireTimeout,
+                WState::Idle => continue,
+            });
+        }
+    }
+
+    /// Reads what worker `i` sent and handles every whole message.
+    fn read_worker(&mut self, i: usize) {
+        let mut eof = false;
+        {
+            let w = &mut self.workers[i];
+            loop {
+                match sys::recv_nonblocking(w.sock.as_fd(), &mut self.scratch) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => w.reader.push(&self.scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+        }
+        loop {
+            if self.workers[i].dead.is_some() {
+                return;
+            }
+            match self.workers[i].reader.next_message::<FromWorker>() {
+                Ok(Some(msg)) => self.on_message(i, msg),
+                Ok(None) => break,
+                Err(e) => {
+                    self.workers[i].dead = Some(Death::Protocol(e.to_string()));
+                    return;
+                }
+            }
+        }
+        if eof {
+            self.workers[i].dead = Some(Death::Eof);
+        }
+    }
+
+    fn on_message(&mut self, i: usize, msg: FromWorker) {
+        let w = &mut self.workers[i];
+        let pid = w.pid;
+        match (&mut w.state, msg) {
+            (WState::Starting, FromWorker::Ready { version }) if version == PROTOCOL_VERSION => {
+                w.state = WState::Idle;
+                w.deadline = None;
+                self.start_failures = 0;
+                self.cfg.observer.worker_started(pid);
+            }
+            (WState::Starting, FromWorker::InitFailed(msg)) => {
+                w.dead = Some(Death::InitFailed(msg));
+            }
+            (WState::Starting, FromWorker::HookMissing(msg)) => {
+                w.dead = Some(Death::HookMissing(msg));
+            }
+            (
+                WState::Busy {
+                    job,
+                    id,
+                    started,
+                    discard,
+                    ..
+                },
+                FromWorker::Started { id: got },
+            ) if *id == got && !*started => {
+                *started = true;
+                *discard = !job.sink.started();
+            }
+            (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
+                let WState::Busy {
+                    job,
+                    started,
+                    discard,
+                    ..
+                } = mem::replace(&mut w.state, WState::Idle)
+                else {
+                    unreachable!("matched Busy above")
+                };
+                w.deadline = None;
+                w.tasks_done += 1;
+                if self
+                    .cfg
+                    .max_tasks_per_child
+                    .is_some_and(|n| w.tasks_done >= n)
+                {
+                    if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
+                        let _ = sys::send_all(w.sock.as_fd(), &frame);
+                    }
+                    w.state = WState::Retiring;
+                    w.deadline = after(self.cfg.shutdown_grace);
+                    self.cfg
+                        .observer
+                        .worker_restarted(pid, RestartReason::Recycled);
+                }
+                deliver(job, started, discard, outcome);
+            }
+            (state, msg) => {
+                let message = format!("unexpected message {msg:?} while {}", state.name());
+                w.dead = Some(Death::Protocol(message));
+            }
+        }
+    }
+
+    /// Removes dead workers: reaps them, reports them, and fails or re-queues their jobs. Returns whether
+    /// anything was removed.
+    fn sweep(&mut self) -> bool {
+        if self.workers.iter().all(|w| w.dead.is_none()) {
+            return false;
+        }
+        let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| w.dead.is_some());
+        self.workers = alive;
+        self.publish_pids();
+        for w in dead {
+            self.bury(w);
+        }
+        true
+    }
+
+    fn bury(&mut self, mut w: Worker) {
+        let death = w.dead.take().expect("only dead workers are buried");
+        let exit = match death {
+            Death::Eof | Death::Exited | Death::SendFailed => reap_after_eof(&mut w.child),
+            _ => kill_and_reap(&mut w.child),
+        };
+        let pid = w.pid;
+        drop(w.sock);
+        let reason = match death {
+            Death::Timeout => RestartReason::Timeout,
+            Death::Protocol(_) => RestartReason::Protocol,
+            _ => RestartReason::Died(exit),
+        };
+        match w.state {
+            WState::Starting => {
+                let certain = matches!(death, Death::HookMissing(_));
+                let message = match death {
+                    Death::InitFailed(m) | Death::HookMissing(m) => {
+                        format!("worker process {pid}: {m}")
+                    }
+                    Death::StartTimeout => format!(
+                        "worker process {pid} did not complete its handshake within {:?}",
+                        self.cfg.start_timeout
+                    ),
+                    Death::Protocol(m) => {
+                        format!("worker process {pid} broke the handshake: {m}")
+                    }
+                    Death::Stalled => format!(
+                        "worker process {pid} did not read its channel for {:?}; does the program \
+                         call `run_if_worker` first thing in `main`?",
+                        self.cfg.start_timeout
+                    ),
+                    _ => format!(
+                        "worker process {pid} ended before its handshake ({exit}); does the program \
+                         call `run_if_worker` first thing in `main` (under `cargo test`: is \
+                         `worker_test_entry` set to a test that calls it)?"
+                    ),
+                };
+                self.start_failed(message, certain);
+            }
+            WState::Idle => self.cfg.observer.worker_restarted(pid, reason),
+            WState::Retiring => {}
+            WState::Busy {
+                mut job,
+                started,
+                discard,
+                limit,
+                ..
+            } => {
+                self.cfg.observer.worker_restarted(pid, reason);
+                let failure = match death {
+                    Death::Timeout => JobFailure::Timeout {
+                        pid,
+                        limit: limit.unwrap_or_default(),
+                    },
+                    Death::Protocol(message) => JobFailure::Protocol { pid, message },
+                    _ => JobFailure::WorkerDied { pid, exit },
+                };
+                // Died or stalled before acknowledging: it never ran the task.
+                let never_ran = !started && matches!(failure, JobFailure::WorkerDied { .. });
+                if started {
+                    if !discard {
+                        job.finished(Err(failure));
+                    }
+                } else if never_ran && job.attempts + 1 < MAX_ATTEMPTS {
+                    // It never acknowledged the start, so it provably did not run: try again.
+                    job.attempts += 1;
+                    self.queue.push_front(job);
+                } else {
+                    job.failed_unstarted(failure);
+                }
+            }
+        }
+    }
+
+    /// Graceful end: asks every worker to exit, waits up to the grace period, kills the rest.
+    fn stop_workers(&mut self) {
+        if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
+            for w in &self.workers {
+                if !matches!(w.state, WState::Retiring) {
+                    let _ = sys::send_all(w.sock.as_fd(), &frame);
+                }
+            }
+        }
+        let deadline = after(self.cfg.shutdown_grace);
+        for mut w in mem::take(&mut self.workers) {
+            wait_until(&mut w.child, deadline);
+        }
+        self.publish_pids();
+    }
+
+    /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
+    fn kill_all(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+        }
+        for mut w in mem::take(&mut self.workers) {
+            let _ = w.child.wait();
+            if let WState::Busy {
+                job,
+                started,
+                discard,
+                ..
+            } = w.state
+            {
+                if !started {
+                    job.failed_unstarted(JobFailure::Killed);
+                } else if !discard {
+                    job.finished(Err(JobFailure::Killed));
+                }
+            }
+        }
+        self.publish_pids();
+        self.fail_queued(|| JobFailure::Killed);
+    }
+}
+
+impl Drop for Dispatcher {
+    /// Normally there is nothing left here. If the dispatcher panicked, this keeps the promises anyway:
+    /// no worker outlives the pool, no job waits forever, later submits fail.
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            return;
+        }
+        let message = "internal error: the process pool's dispatcher thread panicked".to_owned();
+        {
+            let mut inner = self.shared.lock();
+            inner.mode = Mode::Terminated;
+            inner.broken = Some(message.clone());
+            inner.pids.clear();
+            self.queue.extend(inner.queue.drain(..));
+        }
+        self.broken = Some(message);
+        self.kill_all();
+    }
+}
+
+fn send_failure(e: &io::Error) -> Death {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Death::Stalled
+    } else {
+        Death::SendFailed
+    }
+}
+
+/// Hands the worker's report of a job to its sink.
+fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome) {
+    if let WireOutcome::UnknownTask(name) = outcome {
+        if !started {
+            return job.failed_unstarted(JobFailure::UnknownTask { name });
+        }
+        return job.finished(Err(JobFailure::UnknownTask { name }));
+    }
+    // A `Finished` without `Started` is tolerated: the start and the end are reported together.
+    if discard || (!started && !job.sink.started()) {
+        return;
+    }
+    job.finished(outcome.into_job_outcome());
+}
