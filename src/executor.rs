@@ -387,38 +387,27 @@ pub trait Executor {
     }
 }
 
-impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
-    fn execute(&self, task: Task) -> Result<(), Rejected> {
-        (**self).execute(task)
-    }
-    fn max_workers(&self) -> Option<usize> {
-        (**self).max_workers()
-    }
-    fn executor_type(&self) -> &str {
-        (**self).executor_type()
-    }
-    fn shutdown(&self) {
-        (**self).shutdown()
-    }
-    fn is_worker_thread(&self) -> bool {
-        (**self).is_worker_thread()
-    }
+/// `Executor` for a pointer to one: every method is the pointee's.
+macro_rules! forward_executor {
+    ($($ptr:ty),*) => {$(
+        impl<E: Executor + ?Sized> Executor for $ptr {
+            fn execute(&self, task: Task) -> Result<(), Rejected> {
+                (**self).execute(task)
+            }
+            fn max_workers(&self) -> Option<usize> {
+                (**self).max_workers()
+            }
+            fn executor_type(&self) -> &str {
+                (**self).executor_type()
+            }
+            fn shutdown(&self) {
+                (**self).shutdown()
+            }
+            fn is_worker_thread(&self) -> bool {
+                (**self).is_worker_thread()
+            }
+        }
+    )*};
 }
 
-impl<E: Executor + ?Sized> Executor for &E {
-    fn execute(&self, task: Task) -> Result<(), Rejected> {
-        (**self).execute(task)
-    }
-    fn max_workers(&self) -> Option<usize> {
-        (**self).max_workers()
-    }
-    fn executor_type(&self) -> &str {
-        (**self).executor_type()
-    }
-    fn shutdown(&self) {
-        (**self).shutdown()
-    }
-    fn is_worker_thread(&self) -> bool {
-        (**self).is_worker_thread()
-    }
-}
+forward_executor!(std::sync::Arc<E>, &E);

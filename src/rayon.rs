@@ -3,7 +3,6 @@
 //! [`rayon::ThreadPoolBuilder`].
 
 use std::fmt;
-use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{BuildError, BuildErrorKind};
@@ -208,35 +207,7 @@ impl RayonExecutor {
     }
 }
 
-impl Deref for RayonExecutor {
-    type Target = InstrumentedExecutorProxy<rayon::ThreadPool>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.proxy
-    }
-}
-
-impl Executor for RayonExecutor {
-    fn execute(&self, task: Task) -> Result<(), Rejected> {
-        self.proxy.execute(task)
-    }
-
-    fn max_workers(&self) -> Option<usize> {
-        self.proxy.max_workers()
-    }
-
-    fn executor_type(&self) -> &str {
-        self.proxy.exporter().executor_type()
-    }
-
-    fn shutdown(&self) {
-        self.proxy.shutdown()
-    }
-
-    fn is_worker_thread(&self) -> bool {
-        self.proxy.is_worker_thread()
-    }
-}
+crate::proxy::instrumented_pool!(RayonExecutor, rayon::ThreadPool);
 
 type StartHandler = Arc<dyn Fn(usize) + Send + Sync>;
 

@@ -10,8 +10,6 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use prometheus::Registry;
-
 use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::sink::{ChunkValue, ItemResult, ProcessOutput};
 use super::task::ProcessTask;
@@ -287,24 +285,7 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
-    /// See [`ExecutorExporterBuilder::exporter_id`].
-    pub fn exporter_id(mut self, id: impl Into<String>) -> Self {
-        self.exporter = self.exporter.exporter_id(id);
-        self
-    }
-
-    /// See [`ExecutorExporterBuilder::registry`].
-    pub fn registry(mut self, registry: Registry) -> Self {
-        self.exporter = self.exporter.registry(registry);
-        self
-    }
-
-    /// All the exporter's options at once (namespace, buckets, type...);
-    /// `executor_type` defaults to `process_pool`.
-    pub fn exporter(mut self, exporter: ExecutorExporterBuilder) -> Self {
-        self.exporter = exporter;
-        self
-    }
+    crate::metrics::exporter_options!("process_pool");
 
     /// Builds the pool (no worker starts until the first task), then the
     /// exporter; every series exists, at zero, when this returns.

@@ -295,15 +295,11 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         I::Item: Send + 'static,
         T: Send + 'static,
     {
-        let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
-        Map::new(
-            Submitter {
-                proxy: self,
-                f: Arc::new(f),
-                classify: never_failed::<T> as ClassifyFn<T>,
-            },
-            items.into_iter(),
-            in_flight,
+        self.map_with(
+            f,
+            items,
+            self.default_in_flight(),
+            never_failed::<T> as ClassifyFn<T>,
         )
     }
 
@@ -324,15 +320,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         if in_flight == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroBound("in_flight")));
         }
-        Ok(Map::new(
-            Submitter {
-                proxy: self,
-                f: Arc::new(f),
-                classify: never_failed::<T> as ClassifyFn<T>,
-            },
-            items.into_iter(),
-            in_flight,
-        ))
+        Ok(self.map_with(f, items, in_flight, never_failed::<T> as ClassifyFn<T>))
     }
 
     /// Like [`map`](Self::map) for a function returning `Result`: each `Err`
@@ -349,16 +337,39 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         T: Send + 'static,
         Er: Send + 'static,
     {
-        let in_flight = self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1));
-        Map::new(
-            Submitter {
-                proxy: self,
-                f: Arc::new(f),
-                classify: is_err::<T, Er> as ClassifyFn<_>,
-            },
-            items.into_iter(),
-            in_flight,
+        self.map_with(
+            f,
+            items,
+            self.default_in_flight(),
+            is_err::<T, Er> as ClassifyFn<_>,
         )
+    }
+
+    /// Twice the workers (16 when unknown): enough queued to keep every
+    /// worker busy while results are read in order.
+    fn default_in_flight(&self) -> usize {
+        self.max_workers.map_or(16, |n| n.saturating_mul(2).max(1))
+    }
+
+    fn map_with<F, I, T>(
+        &self,
+        f: F,
+        items: I,
+        in_flight: usize,
+        classify: ClassifyFn<T>,
+    ) -> Map<'_, E, F, I::IntoIter, T>
+    where
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        T: Send + 'static,
+    {
+        let submit = Submitter {
+            proxy: self,
+            f: Arc::new(f),
+            classify,
+        };
+        Map::new(submit, items.into_iter(), in_flight)
     }
 
     /// Waits until every task accepted so far has ended. The executor stays
@@ -525,6 +536,47 @@ impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
         }
     }
 }
+
+/// A pool made of a proxy over an executor (in its field `proxy`): it
+/// derefs to the proxy, and is an [`Executor`] as the proxy is, so it stands
+/// wherever the plain pool stood.
+macro_rules! instrumented_pool {
+    ($pool:ty, $inner:ty) => {
+        impl std::ops::Deref for $pool {
+            type Target = $crate::proxy::InstrumentedExecutorProxy<$inner>;
+
+            fn deref(&self) -> &Self::Target {
+                &self.proxy
+            }
+        }
+
+        impl $crate::executor::Executor for $pool {
+            fn execute(
+                &self,
+                task: $crate::executor::Task,
+            ) -> Result<(), $crate::executor::Rejected> {
+                self.proxy.execute(task)
+            }
+
+            fn max_workers(&self) -> Option<usize> {
+                self.proxy.max_workers()
+            }
+
+            fn executor_type(&self) -> &str {
+                self.proxy.exporter().executor_type()
+            }
+
+            fn shutdown(&self) {
+                self.proxy.shutdown()
+            }
+
+            fn is_worker_thread(&self) -> bool {
+                self.proxy.is_worker_thread()
+            }
+        }
+    };
+}
+pub(crate) use instrumented_pool;
 
 #[cfg(all(test, not(loom), target_pointer_width = "64"))]
 mod layout {

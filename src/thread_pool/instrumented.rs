@@ -1,11 +1,9 @@
 //! [`ThreadPoolExecutor`]: the drop-in instrumented thread pool.
 
 use std::fmt;
-use std::ops::Deref;
 
 use super::plain::{ThreadPool, ThreadPoolBuilder};
 use crate::error::BuildError;
-use crate::executor::{Executor, Rejected, Task};
 use crate::metrics::ExecutorExporterBuilder;
 use crate::proxy::InstrumentedExecutorProxy;
 
@@ -14,7 +12,7 @@ use crate::proxy::InstrumentedExecutorProxy;
 ///
 /// It dereferences to the proxy, so `submit`, `submit_fallible`, `map`,
 /// `join`, `shutdown`, `shutdown_now` and `exporter` are all there. It also
-/// implements [`Executor`], so it can stand wherever a plain pool stood.
+/// implements [`Executor`](crate::Executor), so it can stand wherever a plain pool stood.
 /// Dropping it waits for every accepted task and joins the threads.
 ///
 /// ```
@@ -72,35 +70,7 @@ impl ThreadPoolExecutor {
     }
 }
 
-impl Deref for ThreadPoolExecutor {
-    type Target = InstrumentedExecutorProxy<ThreadPool>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.proxy
-    }
-}
-
-impl Executor for ThreadPoolExecutor {
-    fn execute(&self, task: Task) -> Result<(), Rejected> {
-        self.proxy.execute(task)
-    }
-
-    fn max_workers(&self) -> Option<usize> {
-        self.proxy.max_workers()
-    }
-
-    fn executor_type(&self) -> &str {
-        self.proxy.exporter().executor_type()
-    }
-
-    fn shutdown(&self) {
-        self.proxy.shutdown()
-    }
-
-    fn is_worker_thread(&self) -> bool {
-        self.proxy.is_worker_thread()
-    }
-}
+crate::proxy::instrumented_pool!(ThreadPoolExecutor, ThreadPool);
 
 /// Options of a [`ThreadPoolExecutor`]: the pool's (see [`ThreadPoolBuilder`])
 /// and the exporter's (see [`ExecutorExporterBuilder`]).
