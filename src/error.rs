@@ -7,7 +7,15 @@ use crate::executor::RejectReason;
 
 /// A pool or exporter could not be built from the options given.
 ///
-/// Returned by every `build()`; the message says which option was wrong.
+/// Returned by every `build()`, of every pool, the exporter and the
+/// Pushgateway client; the message says which option was wrong.
+///
+/// ```
+/// use executor_exporter::ThreadPoolExecutor;
+///
+/// let err = ThreadPoolExecutor::builder().max_workers(0).build().unwrap_err();
+/// assert_eq!(err.to_string(), "max_workers must be greater than 0");
+/// ```
 #[derive(Debug)]
 pub struct BuildError {
     kind: BuildErrorKind,
@@ -33,10 +41,10 @@ pub(crate) enum BuildErrorKind {
         error: prometheus::Error,
     },
     /// The wrapped pool could not be built (for example, rayon's builder failed).
-    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    #[cfg(feature = "rayon")]
     Pool(Box<dyn Error + Send + Sync>),
     /// A Pushgateway option is invalid (URL, job name or grouping label).
-    #[cfg_attr(not(feature = "push"), allow(dead_code))]
+    #[cfg(feature = "push")]
     Push(String),
     /// An option outside its allowed range, or one that cannot be used
     /// (an initializer input that cannot be encoded); the message says which.
@@ -102,7 +110,9 @@ impl fmt::Display for BuildError {
                  a metric of that name, registered by something else (your own metric, or \
                  another version of executor-exporter); {fix}"
             ),
+            #[cfg(feature = "rayon")]
             BuildErrorKind::Pool(e) => write!(f, "could not build the pool: {e}"),
+            #[cfg(feature = "push")]
             BuildErrorKind::Push(why) => write!(f, "invalid Pushgateway option: {why}"),
             #[cfg(target_os = "linux")]
             BuildErrorKind::Invalid(why) => write!(f, "invalid process pool option: {why}"),
@@ -123,6 +133,7 @@ impl Error for BuildError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match &self.kind {
             BuildErrorKind::Registry(e) | BuildErrorKind::FamilyTaken { error: e, .. } => Some(e),
+            #[cfg(feature = "rayon")]
             BuildErrorKind::Pool(e) => Some(&**e),
             #[cfg(target_os = "linux")]
             BuildErrorKind::Resource { error, .. } => Some(error),
@@ -218,6 +229,20 @@ impl<F> fmt::Display for SubmitError<F> {
 impl<F> Error for SubmitError<F> {}
 
 /// Why a task produced no value.
+///
+/// ```
+/// use executor_exporter::{prometheus::Registry, TaskError, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::builder().registry(Registry::new()).build()?;
+/// let handle = pool.submit(|| -> u32 { panic!("no such file") })?;
+/// assert_eq!(
+///     handle.join(),
+///     Err(TaskError::Panicked { message: "no such file".to_owned() })
+/// );
+/// let handle = pool.submit_fallible(|| "x".parse::<u32>())?;
+/// assert!(handle.join()?.is_err()); // an `Err` is the task's own value, counted as failed
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TaskError {

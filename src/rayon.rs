@@ -218,6 +218,17 @@ type StartHandler = Arc<dyn Fn(usize) + Send + Sync>;
 /// so this builder installs its own, which runs yours (given to
 /// [`start_handler`](Self::start_handler)) and then counts the worker. A
 /// handler set directly on the rayon builder is replaced.
+///
+/// ```
+/// use executor_exporter::{prometheus::Registry, RayonExecutor};
+///
+/// let pool = RayonExecutor::builder(rayon::ThreadPoolBuilder::new().num_threads(2))
+///     .exporter_id("crunch")
+///     .registry(Registry::new())
+///     .build()?;
+/// assert_eq!(pool.submit(|| 6 * 7)?.join()?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct RayonExecutorBuilder {
     pool: rayon::ThreadPoolBuilder,
     start_handler: Option<StartHandler>,

@@ -242,6 +242,20 @@ impl ProcessPoolExecutor {
 }
 
 /// Options of a [`ProcessPoolExecutor`]: the pool's and the exporter's.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use executor_exporter::ProcessPoolExecutor;
+///
+/// // `run_if_worker(..)` comes first in `main` (see the module docs).
+/// let pool = ProcessPoolExecutor::builder()
+///     .max_workers(4)
+///     .task_timeout(Duration::from_secs(30))
+///     .max_tasks_per_child(1000)
+///     .exporter_id("parsers")
+///     .build()?;
+/// # Ok::<(), executor_exporter::BuildError>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct ProcessPoolExecutorBuilder {
     pool: ProcessPoolBuilder,

@@ -44,14 +44,21 @@ impl RunningNode {
     pub(crate) fn enter(&self) -> RunningHere<'_> {
         #[cfg(not(loom))]
         let _ = INNERMOST_TASK.try_with(|head| self.outer.set(head.replace(self)));
-        RunningHere { node: self }
+        RunningHere {
+            #[cfg(not(loom))]
+            node: self,
+            #[cfg(loom)]
+            _node: std::marker::PhantomData,
+        }
     }
 }
 
 /// While alive, this thread counts as running a task of one accounting.
 pub(crate) struct RunningHere<'a> {
-    #[cfg_attr(loom, allow(dead_code))]
+    #[cfg(not(loom))]
     node: &'a RunningNode,
+    #[cfg(loom)]
+    _node: std::marker::PhantomData<&'a RunningNode>,
 }
 
 impl Drop for RunningHere<'_> {

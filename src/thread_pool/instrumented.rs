@@ -74,6 +74,19 @@ crate::proxy::instrumented_pool!(ThreadPoolExecutor, ThreadPool);
 
 /// Options of a [`ThreadPoolExecutor`]: the pool's (see [`ThreadPoolBuilder`])
 /// and the exporter's (see [`ExecutorExporterBuilder`]).
+///
+/// ```
+/// use executor_exporter::{prometheus::Registry, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::builder()
+///     .max_workers(4)
+///     .thread_name_prefix("resize")
+///     .exporter_id("thumbnails")
+///     .registry(Registry::new())
+///     .build()?;
+/// assert_eq!(pool.submit(|| 2 + 2)?.join()?, 4);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct ThreadPoolExecutorBuilder {
     pool: ThreadPoolBuilder,
