@@ -410,26 +410,11 @@ impl ProcessPool {
         T::Output: Send,
         T::Error: Send,
     {
-        if !self.acct.admit() {
-            self.acct.refused_unadmitted();
-            return Err(SubmitError::new((), RejectReason::Shutdown));
-        }
-        let payload = match postcard::to_stdvec(input) {
-            Ok(payload) => payload,
-            Err(e) => {
-                self.acct.refused();
-                return Err(SubmitError::with_detail(
-                    RejectReason::Serialization,
-                    format!("cannot encode the input of task `{}`: {e}", T::NAME),
-                ));
-            }
+        let encode = || {
+            postcard::to_stdvec(input)
+                .map_err(|e| format!("cannot encode the input of task `{}`: {e}", T::NAME))
         };
-        let spec = JobSpec {
-            task: T::NAME.to_owned(),
-            payload,
-            timeout,
-        };
-        self.enqueue(spec, One::<T>::new())
+        self.submit_encoded(T::NAME.to_owned(), timeout, One::<T>::new(), encode)
     }
 
     /// Submits one chunk of inputs of `T`, each already encoded. Counted as one task.
@@ -442,37 +427,58 @@ impl ProcessPool {
         T::Output: Send,
         T::Error: Send,
     {
+        // Byte strings always encode; the error is kept for completeness.
+        let encode = || {
+            postcard::to_stdvec(&items)
+                .map_err(|e| format!("cannot encode a chunk of task `{}`: {e}", T::NAME))
+        };
+        self.submit_encoded(
+            chunk_name::<T>(),
+            None,
+            Chunk::<T>::new(items.len()),
+            encode,
+        )
+        .map_err(|e| match e {
+            // The derived name is an implementation detail (e.g. a chunk over the frame size).
+            e if e.reason() == RejectReason::Serialization => SubmitError::with_detail(
+                RejectReason::Serialization,
+                e.detail()
+                    .unwrap_or_default()
+                    .replace(CHUNK_PREFIX, "chunk of "),
+            ),
+            other => other,
+        })
+    }
+
+    /// The submit sequence of every process task: admission, the input encoded (a failure refuses
+    /// the submit, counted as rejected, with nothing sent), then the job queued.
+    fn submit_encoded<D: Decode>(
+        &self,
+        task: String,
+        timeout: Option<Duration>,
+        decode: D,
+        encode: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> Result<TaskHandle<D::Value>, SubmitError> {
         if !self.acct.admit() {
             self.acct.refused_unadmitted();
             return Err(SubmitError::new((), RejectReason::Shutdown));
         }
-        let payload = match postcard::to_stdvec(&items) {
+        let payload = match encode() {
             Ok(payload) => payload,
-            Err(e) => {
-                // Byte strings always encode; kept for completeness.
+            Err(message) => {
                 self.acct.refused();
                 return Err(SubmitError::with_detail(
                     RejectReason::Serialization,
-                    format!("cannot encode a chunk of task `{}`: {e}", T::NAME),
+                    message,
                 ));
             }
         };
         let spec = JobSpec {
-            task: chunk_name::<T>(),
+            task,
             payload,
-            timeout: None,
+            timeout,
         };
-        self.enqueue(spec, Chunk::<T>::new(items.len()))
-            .map_err(|e| match e {
-                // The derived name is an implementation detail (e.g. a chunk over the frame size).
-                e if e.reason() == RejectReason::Serialization => SubmitError::with_detail(
-                    RejectReason::Serialization,
-                    e.detail()
-                        .unwrap_or_default()
-                        .replace(CHUNK_PREFIX, "chunk of "),
-                ),
-                other => other,
-            })
+        self.enqueue(spec, decode)
     }
 
     /// Queues an admitted job (`acct.admit()` already returned true): its task state, its sink, and
