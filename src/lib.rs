@@ -55,7 +55,8 @@
 //!
 //! | name | type | extra label | meaning |
 //! |---|---|---|---|
-//! | `executor_max_workers_total` | counter | | max workers added by each pool built with this id |
+//! | `executor_max_workers` | gauge | | sum of `max_workers` of the live pools with this id (down when a pool shuts down) |
+//! | `executor_workers` | gauge | | worker threads/processes alive now (started and not exited) |
 //! | `executor_initialized_workers_total` | counter | | workers that finished starting |
 //! | `executor_submitted_tasks_total` | counter | | tasks accepted |
 //! | `executor_rejected_tasks_total` | counter | | submits refused |

@@ -97,11 +97,16 @@ impl Executor for rayon::ThreadPool {
 ///   `inner().join(..)`, and anything run on rayon's global pool
 ///   (`rayon::spawn`, a `par_iter` outside any task).
 ///
-/// Worker start-up is counted (`initialized_workers_total`) only for pools
-/// built by [`RayonExecutorBuilder`], which installs rayon's `start_handler`.
-/// A pool that already exists can still be wrapped with
-/// [`InstrumentedExecutorProxy::new`], since `rayon::ThreadPool` implements
-/// [`Executor`]; its workers have started already and are not counted.
+/// Workers (`initialized_workers_total`, `workers`) are counted only for
+/// pools built by [`RayonExecutorBuilder`], which installs rayon's
+/// `start_handler` and `exit_handler`. A pool that already exists can still
+/// be wrapped with [`InstrumentedExecutorProxy::new`], since
+/// `rayon::ThreadPool` implements [`Executor`]; its workers have started
+/// already and are not counted (`workers` stays 0 for it).
+///
+/// rayon does not join its threads when the pool is dropped: `workers` goes
+/// down as each thread actually exits, shortly after the drop, while
+/// `max_workers` goes down at the drop (or at `shutdown`).
 ///
 /// Dropping it waits for every task accepted through it (like the other
 /// instrumented executors), then drops the rayon pool.
@@ -146,8 +151,9 @@ impl RayonExecutor {
     /// registry with exporter id `"default"`: the one-line change from
     /// `pool.build()`.
     ///
-    /// A `start_handler` set on `pool` is replaced: give it to
-    /// [`RayonExecutorBuilder::start_handler`] instead.
+    /// A `start_handler` or `exit_handler` set on `pool` is replaced: give
+    /// it to [`RayonExecutorBuilder::start_handler`] or
+    /// [`RayonExecutorBuilder::exit_handler`] instead.
     ///
     /// ```no_run
     /// use executor_exporter::RayonExecutor;
@@ -167,6 +173,7 @@ impl RayonExecutor {
         RayonExecutorBuilder {
             pool,
             start_handler: None,
+            exit_handler: None,
             exporter: ExecutorExporter::builder(),
         }
     }
@@ -209,15 +216,16 @@ impl RayonExecutor {
 
 crate::proxy::instrumented_pool!(RayonExecutor, rayon::ThreadPool);
 
-type StartHandler = Arc<dyn Fn(usize) + Send + Sync>;
+type ThreadHandler = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// Options of a [`RayonExecutor`]: rayon's own builder, a start handler of
 /// yours, and the exporter's options.
 ///
-/// rayon's builder has a single `start_handler` and no way to read it back,
-/// so this builder installs its own, which runs yours (given to
-/// [`start_handler`](Self::start_handler)) and then counts the worker. A
-/// handler set directly on the rayon builder is replaced.
+/// rayon's builder has a single `start_handler` and `exit_handler` and no
+/// way to read them back, so this builder installs its own, which run yours
+/// (given to [`start_handler`](Self::start_handler) and
+/// [`exit_handler`](Self::exit_handler)) and count the worker in and out.
+/// Handlers set directly on the rayon builder are replaced.
 ///
 /// ```
 /// use executor_exporter::{prometheus::Registry, RayonExecutor};
@@ -231,7 +239,8 @@ type StartHandler = Arc<dyn Fn(usize) + Send + Sync>;
 /// ```
 pub struct RayonExecutorBuilder {
     pool: rayon::ThreadPoolBuilder,
-    start_handler: Option<StartHandler>,
+    start_handler: Option<ThreadHandler>,
+    exit_handler: Option<ThreadHandler>,
     exporter: ExecutorExporterBuilder,
 }
 
@@ -240,6 +249,7 @@ impl fmt::Debug for RayonExecutorBuilder {
         f.debug_struct("RayonExecutorBuilder")
             .field("pool", &self.pool)
             .field("start_handler", &self.start_handler.is_some())
+            .field("exit_handler", &self.exit_handler.is_some())
             .field("exporter", &self.exporter)
             .finish()
     }
@@ -277,6 +287,17 @@ impl RayonExecutorBuilder {
         self
     }
 
+    /// Runs `handler(thread_index)` in each worker as it exits, after the
+    /// worker is counted out of `workers`. Use this instead of rayon's
+    /// `ThreadPoolBuilder::exit_handler`, which this builder replaces.
+    pub fn exit_handler<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(usize) + Send + Sync + 'static,
+    {
+        self.exit_handler = Some(Arc::new(handler));
+        self
+    }
+
     crate::metrics::exporter_options!("rayon");
 
     /// Builds the rayon pool (its threads start at once), then the exporter.
@@ -286,16 +307,27 @@ impl RayonExecutorBuilder {
     pub fn build(self) -> Result<RayonExecutor, BuildError> {
         // Workers start inside `build`, before the exporter exists: count
         // them here and hand the count over once it does.
-        let starts = Arc::new(StartCounter(Mutex::new(Starts::Pending(0))));
-        let counter = starts.clone();
-        let user = self.start_handler;
+        let starts = Arc::new(StartCounter(Mutex::new(Starts::Pending {
+            started: 0,
+            stopped: 0,
+        })));
+        let (counter, exits) = (starts.clone(), starts.clone());
+        let (user_start, user_exit) = (self.start_handler, self.exit_handler);
         let pool = self
             .pool
             .start_handler(move |index| {
-                if let Some(handler) = &user {
+                if let Some(handler) = &user_start {
                     handler(index);
                 }
                 counter.worker_started();
+            })
+            .exit_handler(move |index| {
+                // Counted out first: the thread is leaving whatever the
+                // user's handler does.
+                exits.worker_stopped();
+                if let Some(handler) = &user_exit {
+                    handler(index);
+                }
             })
             .build()
             .map_err(|e| BuildError::new(BuildErrorKind::Pool(Box::new(e))))?;
@@ -307,11 +339,12 @@ impl RayonExecutorBuilder {
     }
 }
 
-/// Counts workers that started, before and after the exporter exists.
+/// Counts workers that started and exited, before and after the exporter
+/// exists.
 struct StartCounter(Mutex<Starts>);
 
 enum Starts {
-    Pending(u64),
+    Pending { started: u64, stopped: u64 },
     Ready(ExecutorExporter),
 }
 
@@ -323,16 +356,26 @@ impl StartCounter {
 
     fn worker_started(&self) {
         match &mut *self.lock() {
-            Starts::Pending(n) => *n += 1,
+            Starts::Pending { started, .. } => *started += 1,
             Starts::Ready(exporter) => exporter.worker_started(),
+        }
+    }
+
+    fn worker_stopped(&self) {
+        match &mut *self.lock() {
+            Starts::Pending { stopped, .. } => *stopped += 1,
+            Starts::Ready(exporter) => exporter.worker_stopped(),
         }
     }
 
     fn ready(&self, exporter: ExecutorExporter) {
         let mut state = self.lock();
-        if let Starts::Pending(n) = *state {
-            for _ in 0..n {
+        if let Starts::Pending { started, stopped } = *state {
+            for _ in 0..started {
                 exporter.worker_started();
+            }
+            for _ in 0..stopped {
+                exporter.worker_stopped();
             }
         }
         *state = Starts::Ready(exporter);

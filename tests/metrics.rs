@@ -31,7 +31,8 @@ fn exporter(registry: &Registry, id: &str) -> ExecutorExporter {
 }
 
 const FAMILIES: &[(&str, &str)] = &[
-    ("executor_max_workers_total", "counter"),
+    ("executor_max_workers", "gauge"),
+    ("executor_workers", "gauge"),
     ("executor_initialized_workers_total", "counter"),
     ("executor_submitted_tasks_total", "counter"),
     ("executor_rejected_tasks_total", "counter"),
@@ -58,8 +59,9 @@ fn every_series_exists_at_zero_when_the_pool_is_built() {
         assert!(!exp.helps.get(*name).unwrap().is_empty(), "{name} has help");
     }
     let l = [("executor", "fresh"), ("executor_type", "thread_pool")];
-    assert_eq!(exp.value("executor_max_workers_total", &l), 3.0);
+    assert_eq!(exp.value("executor_max_workers", &l), 3.0);
     for name in [
+        "executor_workers",
         "executor_initialized_workers_total",
         "executor_submitted_tasks_total",
         "executor_rejected_tasks_total",
@@ -482,11 +484,11 @@ fn pools_sharing_an_id_are_combined_and_distinct_ids_are_separate() {
     b.submit(|| ()).unwrap().join().unwrap();
     let exp = scrape(&registry);
     assert_eq!(
-        exp.value("executor_max_workers_total", &[("executor", "shared")]),
+        exp.value("executor_max_workers", &[("executor", "shared")]),
         5.0
     );
     assert_eq!(
-        exp.value("executor_max_workers_total", &[("executor", "other")]),
+        exp.value("executor_max_workers", &[("executor", "other")]),
         4.0
     );
     assert_eq!(
@@ -715,7 +717,7 @@ fn label_values_needing_escapes_round_trip_and_never_collide() {
     let exp = scrape(&registry);
     let v = |id, ty| {
         exp.value(
-            "executor_max_workers_total",
+            "executor_max_workers",
             &[("executor", id), ("executor_type", ty)],
         )
     };
@@ -738,7 +740,7 @@ fn custom_exporter_recording_methods() {
     exporter.worker_restarted();
     let exp = scrape(&registry);
     let l = [("executor", "by-hand"), ("executor_type", "custom")];
-    assert_eq!(exp.value("executor_max_workers_total", &l), 8.0);
+    assert_eq!(exp.value("executor_max_workers", &l), 8.0);
     assert_eq!(exp.value("executor_initialized_workers_total", &l), 2.0);
     assert_eq!(exp.value("executor_worker_restarts_total", &l), 1.0);
 }
@@ -1097,4 +1099,94 @@ fn gauges_stay_sound_under_concurrent_scrapes() {
     assert_eq!((c.completed, c.failed), (completed as f64, failed as f64));
     assert_eq!(c.wait_count, (completed + failed) as f64);
     c.assert_invariant();
+}
+
+#[test]
+fn max_workers_is_the_capacity_of_the_live_pools_with_the_id() {
+    let registry = Registry::new();
+    let l = [("executor", "dup"), ("executor_type", "thread_pool")];
+    let max = |registry: &Registry| scrape(registry).value("executor_max_workers", &l);
+    let four = pool(&registry, "dup", 4);
+    let two = pool(&registry, "dup", 2);
+    assert_eq!(max(&registry), 6.0);
+    drop(four);
+    drop(two);
+    assert_eq!(max(&registry), 0.0);
+    let again = pool(&registry, "dup", 4);
+    assert_eq!(max(&registry), 4.0);
+    // Shut down but not dropped: the capacity is gone, and only once.
+    again.shutdown();
+    assert_eq!(max(&registry), 0.0);
+    again.shutdown();
+    drop(again);
+    assert_eq!(max(&registry), 0.0);
+}
+
+#[test]
+fn max_workers_of_a_proxy_goes_when_the_proxy_goes() {
+    let registry = Registry::new();
+    let l = [("executor", "wrapped")];
+    let proxy = InstrumentedExecutorProxy::new(
+        executor_exporter::ThreadPool::new(3).unwrap(),
+        exporter(&registry, "wrapped"),
+        Some(5),
+    );
+    assert_eq!(scrape(&registry).value("executor_max_workers", &l), 5.0);
+    drop(proxy);
+    assert_eq!(scrape(&registry).value("executor_max_workers", &l), 0.0);
+    // By hand, for an executor the crate does not wrap.
+    let by_hand = exporter(&registry, "wrapped");
+    by_hand.add_max_workers(8);
+    by_hand.remove_max_workers(8);
+    assert_eq!(scrape(&registry).value("executor_max_workers", &l), 0.0);
+}
+
+#[test]
+fn workers_counts_the_threads_alive() {
+    let registry = Registry::new();
+    let l = [("executor", "alive"), ("executor_type", "thread_pool")];
+    let workers = |registry: &Registry| scrape(registry).value("executor_workers", &l);
+    let p = pool(&registry, "alive", 4);
+    assert_eq!(workers(&registry), 0.0);
+    let gate = Gate::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let (gate, running) = (gate.clone(), running.clone());
+            p.submit(move || {
+                running.fetch_add(1, Ordering::SeqCst);
+                gate.wait();
+            })
+            .unwrap()
+        })
+        .collect();
+    common::eventually(10, "3 tasks running", || {
+        running.load(Ordering::SeqCst) == 3
+    });
+    assert_eq!(workers(&registry), 3.0);
+    assert_eq!(
+        scrape(&registry).value("executor_running_tasks", &l),
+        3.0,
+        "idle workers = workers - running = 0"
+    );
+    gate.open();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(workers(&registry), 3.0, "idle threads stay alive");
+    drop(p);
+    assert_eq!(workers(&registry), 0.0);
+}
+
+#[test]
+fn custom_exporter_reports_its_workers() {
+    let registry = Registry::new();
+    let e = exporter(&registry, "custom-workers");
+    e.worker_started();
+    e.worker_started();
+    e.worker_stopped();
+    let exp = scrape(&registry);
+    let l = [("executor", "custom-workers")];
+    assert_eq!(exp.value("executor_workers", &l), 1.0);
+    assert_eq!(exp.value("executor_initialized_workers_total", &l), 2.0);
 }

@@ -194,7 +194,7 @@ fn results_in_order_panic_and_err_are_counted() {
     assert_eq!(reason(&exp, "basic", FailureReason::Error), 1.0);
     assert_eq!(reason(&exp, "basic", FailureReason::Panic), 1.0);
     let l = [("executor", "basic"), ("executor_type", "process_pool")];
-    assert_eq!(exp.value("executor_max_workers_total", &l), 2.0);
+    assert_eq!(exp.value("executor_max_workers", &l), 2.0);
     let started = exp.value("executor_initialized_workers_total", &l);
     assert!((1.0..=2.0).contains(&started), "{started}");
     assert_eq!(exp.value("executor_worker_restarts_total", &l), 0.0);
@@ -598,4 +598,42 @@ fn a_worker_that_exits_while_its_fork_holds_the_channel_fails_its_task_at_once()
     let c = counts(&scrape(&registry), "executor", "forking");
     c.assert_invariant();
     assert_eq!((c.submitted, c.completed, c.failed), (2.0, 1.0, 1.0));
+}
+
+#[test]
+fn workers_counts_the_worker_processes_alive() {
+    let registry = Registry::new();
+    let l = [("executor", "procs"), ("executor_type", "process_pool")];
+    let value = |name| scrape(&registry).value(name, &l);
+    let p = pool(&registry, "procs", 2);
+    assert_eq!(value("executor_max_workers"), 2.0);
+    let gate_ms = 300;
+    let both: Vec<_> = (0..2)
+        .map(|_| p.submit::<SleepMs>(&gate_ms).unwrap())
+        .collect();
+    for h in both {
+        assert_eq!(join(h), Ok(Ok(gate_ms)));
+    }
+    assert_eq!(p.workers(), 2);
+    assert_eq!(value("executor_workers"), 2.0);
+    let victim = p.worker_pids()[0];
+    // SAFETY: kill(2) on a worker process this pool started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    common::eventually(10, "the killed worker to be counted out", || {
+        value("executor_workers") == 1.0
+    });
+    assert!(!p.worker_pids().contains(&victim));
+    assert_eq!(p.workers(), 1);
+    // Two tasks at once need two workers again: the replacement starts.
+    let both: Vec<_> = (0..2)
+        .map(|_| p.submit::<SleepMs>(&gate_ms).unwrap())
+        .collect();
+    for h in both {
+        assert_eq!(join(h), Ok(Ok(gate_ms)));
+    }
+    assert_eq!(value("executor_workers"), 2.0);
+    assert_eq!(value("executor_worker_restarts_total"), 1.0);
+    drop(p);
+    assert_eq!(value("executor_workers"), 0.0);
+    assert_eq!(value("executor_max_workers"), 0.0);
 }

@@ -29,7 +29,7 @@ fn smoke_builder_counts_every_worker_and_reports_rayon() {
     pool.inner().broadcast(|_| ());
     let exp = scrape(&registry);
     let l = [("executor", "smoke"), ("executor_type", "rayon")];
-    assert_eq!(exp.value("executor_max_workers_total", &l), 3.0);
+    assert_eq!(exp.value("executor_max_workers", &l), 3.0);
     assert_eq!(exp.value("executor_initialized_workers_total", &l), 3.0);
     assert_eq!(exp.value("executor_submitted_tasks_total", &l), 0.0);
     assert_eq!(pool.current_num_threads(), 3);
@@ -88,7 +88,7 @@ fn rayon_thread_pool_is_an_executor_behind_a_proxy() {
     assert_eq!(c.wait_count, 10.0);
     c.assert_invariant();
     assert_eq!(
-        exp.value("executor_max_workers_total", &[("executor", "wrapped")]),
+        exp.value("executor_max_workers", &[("executor", "wrapped")]),
         2.0
     );
     // An existing pool's workers have already started: not counted.
@@ -284,4 +284,21 @@ fn dropping_waits_for_accepted_tasks() {
     assert_eq!(done.load(Ordering::SeqCst), 20);
     let c = counts(&scrape(&registry), "executor", "drop");
     assert_eq!(c.completed, 20.0);
+}
+
+#[test]
+fn workers_is_the_number_of_rayon_threads_alive() {
+    let registry = Registry::new();
+    let l = [("executor", "threads"), ("executor_type", "rayon")];
+    let value = |name| scrape(&registry).value(name, &l);
+    let pool = rayon_pool(&registry, "threads", 3);
+    pool.inner().broadcast(|_| ());
+    assert_eq!(value("executor_workers"), 3.0);
+    assert_eq!(value("executor_max_workers"), 3.0);
+    drop(pool);
+    assert_eq!(value("executor_max_workers"), 0.0);
+    // rayon lets its threads end on their own once the pool is dropped.
+    eventually(10, "rayon threads to exit", || {
+        value("executor_workers") == 0.0
+    });
 }

@@ -847,7 +847,7 @@ fn a_user_defined_executor_in_the_proxy() {
     assert_eq!(proxy.inner().spawned.load(Ordering::SeqCst), 6);
     let exp = scrape(&registry);
     let l = [("executor", "tpt"), ("executor_type", "mine")];
-    assert_eq!(exp.value("executor_max_workers_total", &l), 8.0);
+    assert_eq!(exp.value("executor_max_workers", &l), 8.0);
     let c = counts(&exp, "executor", "tpt");
     assert_eq!((c.submitted, c.completed), (6.0, 6.0));
 

@@ -64,12 +64,20 @@ fn gauge(value: i64, labels: &[proto::LabelPair]) -> proto::Metric {
 /// and `executor_type`.
 pub(crate) const CATALOGUE: &[Family] = &[
     Family {
-        name: "max_workers_total",
-        kind: Kind::Counter,
+        name: "max_workers",
+        kind: Kind::Gauge,
         extra_label: None,
-        help: "Maximum number of workers, added up over every pool built with this exporter id.",
+        help: "Maximum number of workers of the live pools with this exporter id (a pool's leave when it shuts down).",
         per_series: 1,
-        samples: |r, out| out.push(counter(r.max_workers, r.labels)),
+        samples: |r, out| out.push(gauge(r.max_workers, r.labels)),
+    },
+    Family {
+        name: "workers",
+        kind: Kind::Gauge,
+        extra_label: None,
+        help: "Worker threads or processes alive now (started and not exited).",
+        per_series: 1,
+        samples: |r, out| out.push(gauge(r.workers, r.labels)),
     },
     Family {
         name: "initialized_workers_total",

@@ -34,6 +34,9 @@ use crate::sync::lock;
 /// // A custom executor reports what it does:
 /// exporter.add_max_workers(4);
 /// exporter.worker_started();
+/// // ... and when a worker exits, and when the pool shuts down:
+/// // exporter.worker_stopped();
+/// // exporter.remove_max_workers(4);
 ///
 /// let mut text = Vec::new();
 /// TextEncoder::new().encode(&registry.gather(), &mut text).unwrap();
@@ -41,6 +44,8 @@ use crate::sync::lock;
 /// assert!(text.contains(
 ///     r#"executor_initialized_workers_total{executor="ingest",executor_type="my_pool"} 1"#
 /// ));
+/// assert!(text.contains(r#"executor_workers{executor="ingest",executor_type="my_pool"} 1"#));
+/// assert!(text.contains(r#"executor_max_workers{executor="ingest",executor_type="my_pool"} 4"#));
 /// ```
 #[derive(Clone)]
 pub struct ExecutorExporter {
@@ -100,14 +105,36 @@ impl ExecutorExporter {
         &self.series.duration_bounds
     }
 
-    /// Adds `n` to `max_workers_total`: call once per pool built.
+    /// Adds `n` to the `max_workers` gauge: call once per pool built, and
+    /// [`remove_max_workers`](Self::remove_max_workers) with the same `n`
+    /// when that pool shuts down, so the gauge is the capacity of the pools
+    /// alive now. The pools of this crate and
+    /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy) do
+    /// both themselves.
     pub fn add_max_workers(&self, n: usize) {
         self.series.add_max_workers(n as u64);
     }
 
-    /// Counts one worker that finished starting (`initialized_workers_total`).
+    /// Takes `n` off the `max_workers` gauge: a pool that was counted with
+    /// [`add_max_workers`](Self::add_max_workers) shut down. Removing more
+    /// than was added makes the gauge negative; the exporter does not guess
+    /// which pool was meant.
+    pub fn remove_max_workers(&self, n: usize) {
+        self.series.remove_max_workers(n as u64);
+    }
+
+    /// Counts one worker that finished starting: `initialized_workers_total`
+    /// and the `workers` gauge go up by one. Call
+    /// [`worker_stopped`](Self::worker_stopped) when that worker exits,
+    /// or `workers` only grows.
     pub fn worker_started(&self) {
         self.series.worker_started();
+    }
+
+    /// One worker counted by [`worker_started`](Self::worker_started)
+    /// exited: the `workers` gauge goes down by one.
+    pub fn worker_stopped(&self) {
+        self.series.worker_stopped();
     }
 
     /// Counts one worker replaced after a crash, timeout or task limit

@@ -30,5 +30,5 @@ pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
-pub(crate) use series::Series;
+pub(crate) use series::{Capacity, Series};
 pub use steps::{Step, StepTimer};

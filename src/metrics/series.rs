@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::Metric as _;
 use prometheus::proto;
@@ -20,7 +20,11 @@ use crate::sync::lock;
 pub(crate) struct Series {
     pub(super) id: String,
     pub(super) ty: String,
-    max_workers: AtomicU64,
+    /// The `max_workers` of the live pools recording here: added when a
+    /// pool is built, taken off again by its [`Capacity`].
+    max_workers: AtomicI64,
+    /// Workers started and not yet exited.
+    workers: AtomicI64,
     initialized_workers: AtomicU64,
     restarts: AtomicU64,
     shards: Shards,
@@ -44,7 +48,8 @@ pub(crate) struct Series {
 pub(crate) struct Reading<'a> {
     /// `executor`, `executor_type`.
     pub(crate) labels: &'a [proto::LabelPair],
-    pub(crate) max_workers: u64,
+    pub(crate) max_workers: i64,
+    pub(crate) workers: i64,
     pub(crate) initialized_workers: u64,
     pub(crate) restarts: u64,
     pub(crate) submitted: u64,
@@ -124,6 +129,12 @@ fn histogram(bounds: &[f64]) -> Histogram {
         .expect("bounds are validated before a histogram is built")
 }
 
+/// A worker count as a gauge's increment: no pool has more than `i64::MAX`
+/// workers, so the clamp only keeps a nonsensical argument from wrapping.
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl Series {
     pub(super) fn new(
         id: &str,
@@ -134,7 +145,8 @@ impl Series {
         Series {
             id: id.to_owned(),
             ty: ty.to_owned(),
-            max_workers: AtomicU64::new(0),
+            max_workers: AtomicI64::new(0),
+            workers: AtomicI64::new(0),
             initialized_workers: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             shards: Shards::new(wait_bounds.len(), duration_bounds.len()),
@@ -156,11 +168,23 @@ impl Series {
     }
 
     pub(crate) fn add_max_workers(&self, n: u64) {
-        self.max_workers.fetch_add(n, Ordering::Relaxed);
+        self.max_workers.fetch_add(clamp(n), Ordering::Relaxed);
     }
 
+    pub(crate) fn remove_max_workers(&self, n: u64) {
+        self.max_workers.fetch_sub(clamp(n), Ordering::Relaxed);
+    }
+
+    /// A worker finished starting: it is counted as initialized, and alive
+    /// until [`worker_stopped`](Self::worker_stopped).
     pub(crate) fn worker_started(&self) {
         self.initialized_workers.fetch_add(1, Ordering::Relaxed);
+        self.workers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A worker counted by [`worker_started`](Self::worker_started) exited.
+    pub(crate) fn worker_stopped(&self) {
+        self.workers.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn worker_restarted(&self) {
@@ -306,7 +330,8 @@ impl Series {
             .collect();
         Reading {
             labels: &self.labels.plain,
-            max_workers: load(&self.max_workers),
+            max_workers: self.max_workers.load(Ordering::Relaxed),
+            workers: self.workers.load(Ordering::Relaxed),
             initialized_workers: load(&self.initialized_workers),
             restarts: load(&self.restarts),
             submitted,
@@ -331,5 +356,47 @@ impl Series {
         let h = histogram(&self.duration_bounds);
         steps.insert(name.to_owned(), h.clone());
         h
+    }
+}
+
+/// The `max_workers` one pool added to its series, taken off exactly once:
+/// by [`release`](Capacity::release) when the pool shuts down, or when this
+/// is dropped with the pool.
+pub(crate) struct Capacity {
+    series: Arc<Series>,
+    /// What is still counted; 0 once released.
+    n: AtomicU64,
+}
+
+impl Capacity {
+    /// Adds `n` to the series' `max_workers`.
+    pub(crate) fn register(series: Arc<Series>, n: u64) -> Capacity {
+        series.add_max_workers(n);
+        Capacity {
+            series,
+            n: AtomicU64::new(n),
+        }
+    }
+
+    /// Takes the pool's workers off `max_workers`; idempotent.
+    pub(crate) fn release(&self) {
+        let n = self.n.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            self.series.remove_max_workers(n);
+        }
+    }
+}
+
+impl fmt::Debug for Capacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Capacity")
+            .field(&self.n.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for Capacity {
+    fn drop(&mut self) {
+        self.release();
     }
 }

@@ -159,6 +159,21 @@ struct Worker {
     deadline: Option<Instant>,
     tasks_done: u64,
     dead: Option<Death>,
+    /// Set once the handshake is done: reports the worker's exit when the worker is dropped, which
+    /// every path that removes a worker does once it is reaped (or given up on).
+    counted: Option<Counted>,
+}
+
+/// A started worker, counted alive until this is dropped.
+struct Counted {
+    observer: Arc<dyn PoolObserver>,
+    pid: u32,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.observer.worker_exited(self.pid);
+    }
 }
 
 impl Worker {
@@ -401,6 +416,7 @@ impl Dispatcher {
             deadline: after(self.cfg.start_timeout),
             tasks_done: 0,
             dead,
+            counted: None,
         })
     }
 
@@ -560,6 +576,10 @@ impl Dispatcher {
                 w.deadline = None;
                 self.start_failures = 0;
                 self.cfg.observer.worker_started(pid);
+                w.counted = Some(Counted {
+                    observer: Arc::clone(&self.cfg.observer),
+                    pid,
+                });
             }
             (WState::Starting, FromWorker::InitFailed(msg)) => {
                 w.dead = Some(Death::InitFailed(msg));

@@ -235,6 +235,9 @@ pub(crate) trait PoolObserver: Send + Sync + 'static {
     fn worker_started(&self, _pid: u32) {}
     /// A worker left for a reason other than shutdown; a replacement starts when there is work.
     fn worker_restarted(&self, _pid: u32, _reason: RestartReason) {}
+    /// A worker reported by `worker_started` is gone: reaped, whatever ended it (crash, kill, retirement,
+    /// shutdown).
+    fn worker_exited(&self, _pid: u32) {}
     /// A worker could not be started (spawn error, initializer failure, exit before the handshake).
     fn worker_start_failed(&self, _message: &str) {}
 }

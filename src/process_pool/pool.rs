@@ -21,7 +21,7 @@ use crate::error::FailureReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::executor::RejectReason;
-use crate::metrics::{ExecutorExporter, Series};
+use crate::metrics::{Capacity, ExecutorExporter, Series};
 use crate::task::{Accounting, TaskCore, TaskHandle};
 
 /// Room for the message framing around a task's input (tag, id, name length, payload length).
@@ -317,13 +317,14 @@ impl ProcessPoolBuilder {
             .spawn(move || dispatcher.run())
             .map_err(resource("start the dispatcher thread"))?;
         series.expect_failures(&FailureReason::ALL);
-        series.add_max_workers(max_workers as u64);
+        let capacity = Capacity::register(series.clone(), max_workers as u64);
         let pool = ProcessPool {
             shared,
             thread: Mutex::new(Some(thread)),
             max_workers,
             max_frame,
             acct: Arc::new(Accounting::new(series)),
+            capacity,
         };
         Ok((pool, extra))
     }
@@ -346,6 +347,8 @@ pub struct ProcessPool {
     max_frame: usize,
     /// Every task's admission and end, and the series its life is counted in.
     acct: Arc<Accounting>,
+    /// `max_workers` in the series' gauge until the pool stops.
+    capacity: Capacity,
 }
 
 impl fmt::Debug for ProcessPool {
@@ -611,6 +614,7 @@ impl ProcessPool {
         if let Some(t) = thread.take() {
             let _ = t.join();
         }
+        self.capacity.release();
     }
 }
 

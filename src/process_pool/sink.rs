@@ -22,7 +22,7 @@ use crate::task::TaskCore;
 /// is counted as failed with reason `error`.
 pub type ProcessOutput<T> = Result<<T as ProcessTask>::Output, <T as ProcessTask>::Error>;
 
-/// Worker start-ups and replacements, counted in the pool's series.
+/// Worker start-ups, exits and replacements, counted in the pool's series.
 pub(crate) struct SeriesObserver(pub(crate) Arc<Series>);
 
 impl PoolObserver for SeriesObserver {
@@ -32,6 +32,10 @@ impl PoolObserver for SeriesObserver {
 
     fn worker_restarted(&self, _pid: u32, _reason: RestartReason) {
         self.0.worker_restarted();
+    }
+
+    fn worker_exited(&self, _pid: u32) {
+        self.0.worker_stopped();
     }
 }
 

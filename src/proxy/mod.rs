@@ -14,7 +14,7 @@ pub use self::map::Map;
 use crate::error::FailureReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{Executor, RejectReason, Rejected, Task};
-use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
+use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle};
 
 /// Wraps any [`Executor`] and records, for every task given to it, the
@@ -43,6 +43,8 @@ pub struct InstrumentedExecutorProxy<E: Executor> {
     exporter: ExecutorExporter,
     acct: Arc<Accounting>,
     max_workers: Option<usize>,
+    /// `max_workers` in the exporter's gauge until shutdown.
+    capacity: Capacity,
 }
 
 impl<E: Executor> fmt::Debug for InstrumentedExecutorProxy<E> {
@@ -57,7 +59,8 @@ impl<E: Executor> fmt::Debug for InstrumentedExecutorProxy<E> {
 
 impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Wraps `executor`. `max_workers` is added to the exporter's
-    /// `max_workers_total`; with `None`, the executor's own
+    /// `max_workers` gauge, and taken off again when the proxy shuts down or
+    /// is dropped; with `None`, the executor's own
     /// [`Executor::max_workers`] is used, if it knows. The metrics carry the
     /// exporter's `executor_type` as built; [`from_builder`](Self::from_builder)
     /// takes the executor's own when the builder sets none.
@@ -67,9 +70,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         max_workers: Option<usize>,
     ) -> InstrumentedExecutorProxy<E> {
         let max_workers = max_workers.or_else(|| executor.max_workers());
-        if let Some(n) = max_workers {
-            exporter.add_max_workers(n);
-        }
+        let capacity =
+            Capacity::register(exporter.series().clone(), max_workers.unwrap_or(0) as u64);
         exporter
             .series()
             .expect_failures(&FailureReason::IN_PROCESS);
@@ -79,6 +81,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             exporter,
             acct,
             max_workers,
+            capacity,
         }
     }
 
@@ -391,6 +394,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         self.acct.close();
         self.wait_idle_unless_inside();
         self.inner.shutdown();
+        self.capacity.release();
     }
 
     /// Like [`shutdown`](Self::shutdown), but tasks that have not started are
@@ -401,6 +405,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         self.acct.cancel_pending();
         self.wait_idle_unless_inside();
         self.inner.shutdown();
+        self.capacity.release();
     }
 
     fn wait_idle_unless_inside(&self) {

@@ -130,10 +130,11 @@ impl ThreadPoolExecutorBuilder {
         // Check the pool's options first, so a bad pool never creates series.
         self.pool.check()?;
         let exporter = self.exporter.executor_type_or("thread_pool").build()?;
-        let counter = exporter.clone();
+        let (started, stopped) = (exporter.clone(), exporter.clone());
         let pool = self
             .pool
-            .on_worker_start(move || counter.worker_started())
+            .on_worker_start(move || started.worker_started())
+            .on_worker_exit(move || stopped.worker_stopped())
             .build()?;
         let max_workers = pool.max_workers();
         Ok(ThreadPoolExecutor {

@@ -37,6 +37,7 @@ struct Shared {
     stack_size: Option<usize>,
     initializer: Option<Hook>,
     on_worker_start: Option<Hook>,
+    on_worker_exit: Option<Hook>,
     sender: Sender<Message>,
     receiver: Receiver<Message>,
     /// Workers started (a slot is claimed before the thread is spawned).
@@ -108,6 +109,7 @@ pub struct ThreadPoolBuilder {
     stack_size: Option<usize>,
     initializer: Option<Hook>,
     on_worker_start: Option<Hook>,
+    on_worker_exit: Option<Hook>,
 }
 
 impl fmt::Debug for ThreadPoolBuilder {
@@ -178,6 +180,19 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Runs in each worker whose initializer succeeded, as its thread exits
+    /// (at shutdown, or if the worker unwinds): the hook to count workers
+    /// alive (see
+    /// [`ExecutorExporter::worker_stopped`](crate::ExecutorExporter::worker_stopped)).
+    /// A panic in it is caught.
+    pub fn on_worker_exit<F>(mut self, f: F) -> Self
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.on_worker_exit = Some(Arc::new(f));
+        self
+    }
+
     pub(crate) fn check(&self) -> Result<(), BuildError> {
         if self.max_workers == Some(0) {
             return Err(BuildError::new(BuildErrorKind::ZeroWorkers));
@@ -207,6 +222,7 @@ impl ThreadPoolBuilder {
                 stack_size: self.stack_size,
                 initializer: self.initializer,
                 on_worker_start: self.on_worker_start,
+                on_worker_exit: self.on_worker_exit,
                 sender,
                 receiver,
                 workers: AtomicUsize::new(0),
@@ -369,6 +385,8 @@ fn worker_loop(shared: &Shared) {
     if let Some(hook) = &shared.on_worker_start {
         let _ = catch_unwind(AssertUnwindSafe(|| hook()));
     }
+    // A guard, so the exit is reported however the loop ends.
+    let _exit = shared.on_worker_exit.as_deref().map(OnExit);
     while let Ok(message) = shared.receiver.recv() {
         match message {
             Message::Run(task) => {
@@ -387,6 +405,15 @@ fn worker_loop(shared: &Shared) {
             }
             Message::Stop => return,
         }
+    }
+}
+
+/// Runs a worker's exit hook when dropped.
+struct OnExit<'a>(&'a (dyn Fn() + Send + Sync));
+
+impl Drop for OnExit<'_> {
+    fn drop(&mut self) {
+        let _ = catch_unwind(AssertUnwindSafe(|| (self.0)()));
     }
 }
 
