@@ -31,11 +31,13 @@ impl ChannelPool {
                 let receiver = receiver.clone();
                 let exporter = exporter.clone();
                 std::thread::spawn(move || {
-                    // Report each worker as it starts.
+                    // Report each worker as it starts and as it exits, so
+                    // `executor_workers` is the threads alive.
                     exporter.worker_started();
                     for task in receiver {
                         task.run();
                     }
+                    exporter.worker_stopped();
                 })
             })
             .collect();
