@@ -110,7 +110,9 @@ pub use export::TextEncoder;
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
-pub use metrics::{ExecutorExporter, ExecutorExporterBuilder, DEFAULT_BUCKETS};
+pub use metrics::{
+    ExecutorExporter, ExecutorExporterBuilder, InvariantError, Snapshot, DEFAULT_BUCKETS,
+};
 pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
 pub use process_pool::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};

@@ -1190,3 +1190,126 @@ fn custom_exporter_reports_its_workers() {
     assert_eq!(exp.value("executor_workers", &l), 1.0);
     assert_eq!(exp.value("executor_initialized_workers_total", &l), 2.0);
 }
+
+/// `snapshot()` reads what a scrape reads: under four concurrent submitters
+/// (completions, panics, `Err`s, cancels) its counters never go back, and
+/// once the pool is idle every family of the exposition equals the
+/// snapshot's number and the invariant holds.
+#[test]
+fn snapshot_agrees_with_the_exposition_under_concurrent_load() {
+    use executor_exporter::FailureReason;
+
+    let registry = Registry::new();
+    let pool = Arc::new(pool(&registry, "snap", 3));
+    let before = pool.snapshot();
+    let submitters: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..400u64 {
+                    match (i + t) % 4 {
+                        0 => drop(pool.submit(move || i)),
+                        1 => drop(pool.submit(move || {
+                            assert!(i % 8 != 1, "task {i} panics");
+                            i
+                        })),
+                        2 => {
+                            drop(pool.submit_fallible(
+                                move || if i % 3 == 0 { Err("odd") } else { Ok(i) },
+                            ))
+                        }
+                        _ => {
+                            if let Ok(h) = pool.submit(move || i) {
+                                h.cancel();
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut last = pool.snapshot();
+    while !submitters.iter().all(|t| t.is_finished()) {
+        let now = pool.snapshot();
+        for (a, b) in [
+            (now.submitted, last.submitted),
+            (now.completed, last.completed),
+            (now.failed, last.failed),
+            (now.cancelled, last.cancelled),
+        ] {
+            assert!(a >= b, "a counter went back: {last:?} then {now:?}");
+        }
+        last = now;
+    }
+    for t in submitters {
+        t.join().unwrap();
+    }
+    pool.join();
+    let snap = pool.snapshot();
+    snap.check_invariant().unwrap();
+    let did = snap.clone() - before;
+    assert_eq!(did.submitted, 1600);
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "snap");
+    let l = [("executor", "snap")];
+    let as_f64 = |n: u64| n as f64;
+    assert_eq!(c.submitted, as_f64(snap.submitted));
+    assert_eq!(c.rejected, as_f64(snap.rejected));
+    assert_eq!(c.queued, snap.queued as f64);
+    assert_eq!(c.running, snap.running as f64);
+    assert_eq!(c.completed, as_f64(snap.completed));
+    assert_eq!(c.failed, as_f64(snap.failed));
+    assert_eq!(c.cancelled, as_f64(snap.cancelled));
+    for r in FailureReason::ALL {
+        let scraped = exp.sum(
+            "executor_task_failures_total",
+            &[("executor", "snap"), ("reason", r.as_str())],
+        );
+        assert_eq!(scraped, as_f64(snap.failures(r)), "{r}");
+    }
+    assert_eq!(
+        exp.value("executor_max_workers", &l),
+        snap.max_workers as f64
+    );
+    assert_eq!(exp.value("executor_workers", &l), snap.workers as f64);
+    assert_eq!(
+        exp.value("executor_initialized_workers_total", &l),
+        as_f64(snap.initialized_workers)
+    );
+    assert_eq!(
+        exp.value("executor_worker_restarts_total", &l),
+        as_f64(snap.worker_restarts)
+    );
+    assert!(snap.failures(FailureReason::Panic) > 0 && snap.failures(FailureReason::Error) > 0);
+}
+
+/// An invariant that does not hold is an error naming the numbers.
+#[test]
+fn a_snapshot_whose_counts_do_not_add_up_names_them() {
+    let registry = Registry::new();
+    let p = pool(&registry, "counts", 1);
+    p.submit(|| 1).unwrap().join().unwrap();
+    p.join();
+    let mut snap = p.snapshot();
+    snap.check_invariant().unwrap();
+    // A task the executor lost: submitted, never ended.
+    snap.submitted += 1;
+    let err = snap.check_invariant().unwrap_err();
+    assert_eq!(err.snapshot().submitted, 2);
+    assert_eq!(
+        err.to_string(),
+        "the task counts do not add up: submitted 2 != queued 0 + running 0 + completed 1 \
+         + failed 0 + cancelled 0; failures by reason []"
+    );
+    // The difference of two snapshots shows a gauge going down.
+    let idle = p.snapshot();
+    drop(p);
+    let gone = ExecutorExporter::builder()
+        .exporter_id("counts")
+        .registry(registry.clone())
+        .executor_type("thread_pool")
+        .build()
+        .unwrap()
+        .snapshot();
+    assert_eq!((gone - idle).max_workers, -1);
+}

@@ -8,6 +8,7 @@ use prometheus::Registry;
 use super::buckets::{resolve_buckets, validate_namespace};
 use super::collector::families_for;
 use super::series::Series;
+use super::snapshot::Snapshot;
 use super::steps::Step;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::sync::lock;
@@ -141,6 +142,13 @@ impl ExecutorExporter {
     /// (`worker_restarts_total`).
     pub fn worker_restarted(&self) {
         self.series.worker_restarted();
+    }
+
+    /// This exporter's counts now, as plain numbers read from the same
+    /// shards a scrape reads (see [`Snapshot`]). Exporters sharing an id
+    /// share these counts.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::from_reading(&self.series.read())
     }
 
     /// A handle timing step `name` into `step_duration_seconds{step=name}`,

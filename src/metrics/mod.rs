@@ -21,6 +21,7 @@ mod exporter;
 mod registry_map;
 mod series;
 mod shards;
+mod snapshot;
 mod steps;
 #[cfg(test)]
 mod tests;
@@ -31,4 +32,5 @@ pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
 pub(crate) use series::{Capacity, Series};
+pub use snapshot::{InvariantError, Snapshot};
 pub use steps::{Step, StepTimer};

@@ -65,6 +65,8 @@ pub(crate) struct Reading<'a> {
     pub(crate) failed: proto::Metric,
     /// Failures by reason, with their labels: the reasons expected or seen.
     pub(crate) failures: Vec<(u64, &'a [proto::LabelPair])>,
+    /// Failures by reason, every reason, indexed like [`FailureReason::ALL`].
+    pub(crate) by_reason: [u64; FailureReason::ALL.len()],
     /// One histogram per step, labelled.
     pub(crate) steps: Vec<proto::Metric>,
 }
@@ -282,7 +284,7 @@ impl Series {
 
     /// Reads every count of this series once, for one scrape: the
     /// catalogue's samplers turn the reading into samples.
-    pub(super) fn read(&self) -> Reading<'_> {
+    pub(crate) fn read(&self) -> Reading<'_> {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let shards = &self.shards;
         // The gauges are derived from counts, read in the reverse order of a
@@ -299,10 +301,8 @@ impl Series {
         );
         let failed =
             self.sharded_histogram(&self.duration_bounds, |s| &s.failed, &self.labels.failed);
-        let failures: Vec<u64> = FailureReason::ALL
-            .iter()
-            .map(|r| shards.sum(|s| &s.failures[r.index()]))
-            .collect();
+        let by_reason: [u64; FailureReason::ALL.len()] =
+            FailureReason::ALL.map(|r| shards.sum(|s| &s.failures[r.index()]));
         let failed_unstarted = shards.sum(|s| &s.failed_unstarted);
         let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, &self.labels.plain);
         let cancelled = shards.sum(|s| &s.cancelled);
@@ -321,8 +321,8 @@ impl Series {
             .labels
             .failures
             .iter()
-            .filter(|(reason, _)| expected & 1 << reason != 0 || failures[*reason] != 0)
-            .map(|(reason, labels)| (failures[*reason], labels.as_slice()))
+            .filter(|(reason, _)| expected & 1 << reason != 0 || by_reason[*reason] != 0)
+            .map(|(reason, labels)| (by_reason[*reason], labels.as_slice()))
             .collect();
         let steps = lock(&self.steps)
             .iter()
@@ -343,6 +343,7 @@ impl Series {
             completed,
             failed,
             failures,
+            by_reason,
             steps,
         }
     }

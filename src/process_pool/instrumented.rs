@@ -196,6 +196,11 @@ impl ProcessPoolExecutor {
         &self.exporter
     }
 
+    /// The counts of this pool's exporter now ([`ExecutorExporter::snapshot`]).
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        self.exporter.snapshot()
+    }
+
     /// The uninstrumented pool inside.
     pub fn inner(&self) -> &ProcessPool {
         &self.pool

@@ -139,6 +139,11 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         &self.exporter
     }
 
+    /// The counts of this proxy's exporter now ([`ExecutorExporter::snapshot`]).
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        self.exporter.snapshot()
+    }
+
     /// The maximum number of workers, as given or as the executor reported it.
     pub fn max_workers(&self) -> Option<usize> {
         self.max_workers
