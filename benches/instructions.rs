@@ -11,7 +11,9 @@
 //! - `bare`: an inline executor given a boxed closure;
 //! - `clock_reads`: three reads of the process-wide clock (`quanta`, raw);
 //! - `proxy_spawn`: `InstrumentedExecutorProxy::spawn` over the inline
-//!   executor, the whole fire-and-forget path.
+//!   executor, the whole fire-and-forget path;
+//! - `proxy_execute`: the drop-in path, a [`Task`] handed to the same proxy
+//!   through `&dyn Executor` (what code written for a plain pool calls).
 //!
 //! `cargo bench` runs every variant for a few thousand tasks (so the loops
 //! build and run); `instructions VARIANT N` runs one.
@@ -23,7 +25,7 @@ use std::hint::black_box;
 use common::Inline;
 use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Task};
 
-const VARIANTS: [&str; 3] = ["bare", "clock_reads", "proxy_spawn"];
+const VARIANTS: [&str; 4] = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"];
 
 #[inline(never)]
 fn loop_bare(n: u64) {
@@ -56,6 +58,17 @@ fn loop_proxy_spawn(proxy: &InstrumentedExecutorProxy<Inline>, n: u64) {
     }
 }
 
+#[inline(never)]
+fn loop_proxy_execute(proxy: &dyn Executor, n: u64) {
+    for i in 0..n {
+        proxy
+            .execute(Task::new(move || {
+                black_box(i);
+            }))
+            .unwrap();
+    }
+}
+
 fn run(variant: &str, n: u64) {
     let exporter = ExecutorExporter::builder()
         .exporter_id("instructions")
@@ -70,6 +83,7 @@ fn run(variant: &str, n: u64) {
         "bare" => loop_bare(n),
         "clock_reads" => loop_clock_reads(&clock, n),
         "proxy_spawn" => loop_proxy_spawn(&proxy, n),
+        "proxy_execute" => loop_proxy_execute(black_box(&proxy), n),
         other => panic!("unknown variant {other:?}; one of {VARIANTS:?}"),
     }
 }

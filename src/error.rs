@@ -3,8 +3,6 @@
 use std::error::Error;
 use std::fmt;
 
-use crate::executor::RejectReason;
-
 /// A pool or exporter could not be built from the options given.
 ///
 /// Returned by every `build()`, of every pool, the exporter and the
@@ -378,5 +376,43 @@ impl FailureReason {
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why an executor refused a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The executor was shut down and accepts no new work.
+    Shutdown,
+    /// The executor's queue is full.
+    Full,
+    /// The executor can no longer run tasks (for example, its worker
+    /// initializer failed).
+    Broken,
+    /// No worker could be started to run the task: the system refused a new
+    /// thread (a process or cgroup thread limit, memory). Nothing was
+    /// queued; the executor stays usable and a later submit tries again.
+    NoWorker,
+    /// The task's input could not be encoded, or is larger than the maximum
+    /// frame size (process pools). Nothing was sent; the pool stays usable.
+    Serialization,
+    /// An argument of the submit is invalid (a zero timeout, say); the
+    /// error's detail names it.
+    Invalid,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RejectReason::Shutdown => "the executor is shut down",
+            RejectReason::Full => "the executor's queue is full",
+            RejectReason::Broken => "the executor is broken and cannot run tasks",
+            RejectReason::NoWorker => "no worker thread could be started to run the task",
+            RejectReason::Serialization => {
+                "the task's input could not be encoded, or is over the maximum frame size"
+            }
+            RejectReason::Invalid => "an argument of the submit is invalid",
+        })
     }
 }

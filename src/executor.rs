@@ -9,6 +9,9 @@ use std::sync::Arc;
 use smallbox::space::S4;
 use smallbox::{smallbox, SmallBox};
 
+pub(crate) use crate::error::RejectReason;
+use crate::task::Ticket;
+
 /// A unit of work handed to an [`Executor`]: an owned `FnOnce() + Send + 'static`, stored inline
 /// when small (four words), boxed otherwise.
 ///
@@ -31,13 +34,18 @@ use smallbox::{smallbox, SmallBox};
 /// assert!(ran.load(Ordering::SeqCst));
 /// ```
 pub struct Task {
-    /// What the task runs, inline when it fits in four words (a task of
-    /// [`spawn`](crate::InstrumentedExecutorProxy::spawn) with a closure of
-    /// up to two words, a [`Task::new`] closure of up to four, or the `Arc`
-    /// of a submitted task's shared state), boxed otherwise: a small task
-    /// handed to a queue allocates nothing beyond the queue's own slot.
-    /// Taken out exactly once, by `run`, `abandon`, `reject` or the drop.
+    /// What the task runs, inline when it fits in four words (a closure of
+    /// up to four words, given to [`Task::new`] or to the proxy's
+    /// [`spawn`](crate::InstrumentedExecutorProxy::spawn), or the `Arc` of a
+    /// submitted task's shared state), boxed otherwise: a small task handed
+    /// to a queue allocates nothing beyond the queue's own slot. Taken out
+    /// exactly once, by `run`, `abandon`, `reject` or the drop.
     inner: ManuallyDrop<Inner>,
+    /// The life of a task without a handle (`spawn`, or a `Task` given to
+    /// an instrumented proxy's [`Executor::execute`]), beside its closure
+    /// rather than around it: the proxy's bookkeeping never moves the
+    /// closure into a new allocation. Ended exactly once, with `inner`.
+    ticket: Option<Ticket>,
 }
 
 // Nothing pins what a task holds (it is moved in and out by value), so a
@@ -66,8 +74,7 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// The task is dropped without running: it counts as cancelled.
     fn discard(&self);
     /// The executor refused the task: it counts as rejected, and its
-    /// closure comes back out (`None` if the task is not the crate's proxy's,
-    /// or has ended already).
+    /// closure comes back out (`None` if the task has ended already).
     fn reject(&self) -> Option<Box<dyn Any + Send>>;
 }
 
@@ -160,8 +167,7 @@ impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
     }
     fn reject(&self) -> Option<Box<dyn Any + Send>> {
         // SAFETY: as in `run`.
-        drop(unsafe { self.0.take() });
-        None
+        Some(Box::new(unsafe { self.0.take() }))
     }
 }
 
@@ -178,21 +184,61 @@ impl Task {
     pub(crate) fn from_runnable<R: Runnable>(job: R) -> Task {
         Task {
             inner: ManuallyDrop::new(smallbox!(job)),
+            ticket: None,
         }
     }
 
+    /// A task without a handle: `f` run under `ticket`, which ends it.
+    pub(crate) fn detached<F>(f: F, ticket: Ticket) -> Task
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Task {
+            inner: ManuallyDrop::new(smallbox!(Plain(Once::new(f)))),
+            ticket: Some(ticket),
+        }
+    }
+
+    /// Gives this task `ticket` to end it with, unless it has one already
+    /// (it came from another instrumented proxy's `spawn` or `execute`):
+    /// then both come back.
+    #[inline]
+    pub(crate) fn attach(mut self, ticket: Ticket) -> Result<Task, (Task, Ticket)> {
+        if self.ticket.is_some() {
+            return Err((self, ticket));
+        }
+        self.ticket = Some(ticket);
+        Ok(self)
+    }
+
+    /// Takes the ticket off the task, which is then as it was before
+    /// [`attach`](Self::attach).
+    pub(crate) fn detach_ticket(mut self) -> (Task, Option<Ticket>) {
+        let ticket = self.ticket.take();
+        (self, ticket)
+    }
+
     /// Takes the contents out; the task's `Drop` (the cancel) does not run.
-    fn into_inner(self) -> Inner {
+    fn into_parts(self) -> (Inner, Option<Ticket>) {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again, so the contents
         // are moved out exactly once.
-        unsafe { ManuallyDrop::take(&mut this.inner) }
+        unsafe {
+            (
+                ManuallyDrop::take(&mut this.inner),
+                std::ptr::read(&this.ticket),
+            )
+        }
     }
 
     /// A refused task built by the crate's proxy: counted as rejected, with
     /// its closure; `None` for any other task (which is then dropped unrun).
     pub(crate) fn reject(self) -> Option<Box<dyn Any + Send>> {
-        self.into_inner().reject()
+        let (inner, ticket) = self.into_parts();
+        if let Some(ticket) = ticket {
+            ticket.refuse();
+        }
+        inner.reject()
     }
 
     /// Runs the task on the current thread.
@@ -204,8 +250,15 @@ impl Task {
         self.run_then(&|| {})
     }
 
+    #[inline]
     pub(crate) fn run_then(self, body_done: &dyn Fn()) {
-        self.into_inner().run(body_done)
+        match self.into_parts() {
+            (inner, None) => inner.run(body_done),
+            (inner, Some(ticket)) => {
+                let contents = Contents(ManuallyDrop::new(inner));
+                ticket.run(move || contents.run(), body_done)
+            }
+        }
     }
 
     /// Gives the task up without running it because the executor is broken
@@ -219,7 +272,9 @@ impl Task {
         // First: should the conversion panic, the task is still whole and
         // its drop cancels it.
         let reason = reason.into();
-        self.into_inner().abandon(reason)
+        let (inner, ticket) = self.into_parts();
+        let _end = ticket.map(Ticket::fail_broken_on_drop);
+        inner.abandon(reason)
     }
 }
 
@@ -227,54 +282,39 @@ impl Drop for Task {
     /// A task dropped without running counts as cancelled, so no task can
     /// vanish from the counts.
     fn drop(&mut self) {
-        // SAFETY: `drop` runs once, and the other ways out (`into_inner`)
+        // SAFETY: `drop` runs once, and the other ways out (`into_parts`)
         // do not run it.
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        let _end = self.ticket.take().map(Ticket::cancel_on_drop);
         inner.discard();
+    }
+}
+
+/// A task's contents without its ticket, while the ticket runs them:
+/// dropped unrun (a `shutdown_now` cancel), they are discarded as a task's
+/// are.
+struct Contents(ManuallyDrop<Inner>);
+
+impl Contents {
+    #[inline]
+    fn run(self) {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the contents
+        // are moved out exactly once.
+        unsafe { ManuallyDrop::take(&mut this.0) }.run(&|| {})
+    }
+}
+
+impl Drop for Contents {
+    fn drop(&mut self) {
+        // SAFETY: `drop` runs once, and `run` does not run it.
+        unsafe { ManuallyDrop::take(&mut self.0) }.discard();
     }
 }
 
 impl fmt::Debug for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Task").finish_non_exhaustive()
-    }
-}
-
-/// Why an executor refused a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// The executor was shut down and accepts no new work.
-    Shutdown,
-    /// The executor's queue is full.
-    Full,
-    /// The executor can no longer run tasks (for example, its worker
-    /// initializer failed).
-    Broken,
-    /// No worker could be started to run the task: the system refused a new
-    /// thread (a process or cgroup thread limit, memory). Nothing was
-    /// queued; the executor stays usable and a later submit tries again.
-    NoWorker,
-    /// The task's input could not be encoded, or is larger than the maximum
-    /// frame size (process pools). Nothing was sent; the pool stays usable.
-    Serialization,
-    /// An argument of the submit is invalid (a zero timeout, say); the
-    /// error's detail names it.
-    Invalid,
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RejectReason::Shutdown => "the executor is shut down",
-            RejectReason::Full => "the executor's queue is full",
-            RejectReason::Broken => "the executor is broken and cannot run tasks",
-            RejectReason::NoWorker => "no worker thread could be started to run the task",
-            RejectReason::Serialization => {
-                "the task's input could not be encoded, or is over the maximum frame size"
-            }
-            RejectReason::Invalid => "an argument of the submit is invalid",
-        })
     }
 }
 
@@ -411,3 +451,38 @@ macro_rules! forward_executor {
 }
 
 forward_executor!(std::sync::Arc<E>, &E);
+
+#[cfg(all(test, not(loom), target_pointer_width = "64"))]
+mod layout {
+    use super::*;
+
+    /// Four words of captures: the most a closure may hold and stay inline.
+    fn four_words() -> impl FnOnce() + Send + 'static {
+        let words = [1u64, 2, 3, 4];
+        move || {
+            std::hint::black_box(words);
+        }
+    }
+
+    /// A closure of up to four words is stored inline, given to
+    /// `Task::new` or spawned through a proxy (whose ticket has its own
+    /// slot), so handing it to a queue allocates nothing; a `Task` is eight
+    /// words.
+    #[test]
+    fn a_closure_of_four_words_is_stored_inline() {
+        assert_eq!(std::mem::size_of::<Task>(), 64);
+        let task = Task::new(four_words());
+        assert!(!task.inner.is_heap(), "a four-word Task::new spills");
+        drop(task);
+
+        let exporter = crate::ExecutorExporter::builder()
+            .registry(prometheus::Registry::new())
+            .build()
+            .unwrap();
+        let acct = crate::sync::Arc::new(crate::task::Accounting::new(exporter.series().clone()));
+        assert!(acct.admit());
+        let task = Task::detached(four_words(), Ticket::new(&acct));
+        assert!(!task.inner.is_heap(), "a four-word spawned task spills");
+        task.run();
+    }
+}

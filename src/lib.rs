@@ -101,8 +101,8 @@ mod sync;
 mod task;
 mod thread_pool;
 
-pub use error::{BuildError, FailureReason, SubmitError, TaskError};
-pub use executor::{Executor, RejectReason, Rejected, Task};
+pub use error::{BuildError, FailureReason, RejectReason, SubmitError, TaskError};
+pub use executor::{Executor, Rejected, Task};
 #[cfg(feature = "http")]
 pub use export::MetricsServer;
 pub use export::TextEncoder;

@@ -374,6 +374,101 @@ fn spawned_tasks_end_once_however_the_executor_ends_them() {
     c.assert_invariant();
 }
 
+/// The drop-in path: a `Task` given to the proxy through `&dyn Executor`
+/// carries the proxy's bookkeeping in its own slot, and ends exactly once
+/// however the executor ends it, as a spawned task does.
+#[test]
+fn executed_tasks_end_once_however_the_executor_ends_them() {
+    let registry = Registry::new();
+    let proxy =
+        InstrumentedExecutorProxy::new(Held::default(), exporter(&registry, "held_exec"), None);
+    let as_executor: &dyn Executor = &proxy;
+    let captured = Arc::new(());
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..4 {
+        let (captured, ran) = (captured.clone(), ran.clone());
+        as_executor
+            .execute(Task::new(move || {
+                let _captured = &captured;
+                if i == 1 {
+                    panic!("executed task {i} fails");
+                }
+                ran.fetch_add(1, Ordering::SeqCst);
+            }))
+            .unwrap();
+    }
+    proxy.inner().take().run();
+    proxy.inner().take().run(); // panics; caught and counted
+    proxy.inner().take().abandon("the executor broke");
+    drop(proxy.inner().take());
+    proxy.join();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(Arc::strong_count(&captured), 1, "every closure is dropped");
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "held_exec");
+    assert_eq!(
+        (
+            c.submitted,
+            c.completed,
+            c.failed,
+            c.cancelled,
+            c.wait_count
+        ),
+        (4.0, 1.0, 2.0, 1.0, 2.0),
+        "{c:?}"
+    );
+    for reason in ["panic", "broken"] {
+        let labels = [("executor", "held_exec"), ("reason", reason)];
+        assert_eq!(exp.value("executor_task_failures_total", &labels), 1.0);
+    }
+    c.assert_invariant();
+}
+
+/// A `Task` executed through a proxy over another proxy is counted by
+/// each, and a refused one comes back as the very task given: running it
+/// runs the caller's closure, and counts nothing more.
+#[test]
+fn a_task_executed_through_two_proxies_is_counted_by_each_and_handed_back_as_itself() {
+    let registry = Registry::new();
+    let inner = pool(&registry, "inner_exec", 1);
+    let outer = InstrumentedExecutorProxy::new(inner, exporter(&registry, "outer_exec"), None);
+    let as_executor: &dyn Executor = &outer;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    as_executor
+        .execute(Task::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+    outer.join();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+
+    outer.inner().shutdown();
+    let r = ran.clone();
+    let rejected = as_executor
+        .execute(Task::new(move || {
+            r.fetch_add(10, Ordering::SeqCst);
+        }))
+        .unwrap_err();
+    assert_eq!(rejected.reason(), RejectReason::Shutdown);
+    rejected.into_task().run();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        11,
+        "the caller's own task came back"
+    );
+    let exp = scrape(&registry);
+    for id in ["outer_exec", "inner_exec"] {
+        let c = counts(&exp, "executor", id);
+        assert_eq!(
+            (c.submitted, c.rejected, c.completed, c.cancelled),
+            (1.0, 1.0, 1.0, 0.0),
+            "{id}"
+        );
+        c.assert_invariant();
+    }
+}
+
 #[test]
 fn submit_after_shutdown_is_rejected_counted_and_handed_back() {
     let registry = Registry::new();

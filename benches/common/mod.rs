@@ -149,3 +149,53 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// A user's own pool, as a service might have written it before adopting
+/// the crate: `threads` workers reading one crossbeam channel of [`Task`]s.
+/// Dropping it closes the channel and joins the workers.
+pub struct ChannelPool {
+    sender: Option<crossbeam_channel::Sender<Task>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ChannelPool {
+    pub fn new(threads: usize) -> ChannelPool {
+        let (sender, receiver) = crossbeam_channel::unbounded::<Task>();
+        let workers = (0..threads)
+            .map(|_| {
+                let receiver = receiver.clone();
+                std::thread::spawn(move || {
+                    for task in receiver {
+                        task.run();
+                    }
+                })
+            })
+            .collect();
+        ChannelPool {
+            sender: Some(sender),
+            workers,
+        }
+    }
+}
+
+impl Executor for ChannelPool {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        let sender = self.sender.as_ref().expect("open until dropped");
+        sender
+            .send(task)
+            .map_err(|e| Rejected::new(e.into_inner(), executor_exporter::RejectReason::Shutdown))
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        Some(self.workers.len())
+    }
+}
+
+impl Drop for ChannelPool {
+    fn drop(&mut self) {
+        self.sender = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}

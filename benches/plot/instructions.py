@@ -6,8 +6,8 @@ divided by N (so one-time costs, such as a thread's first shard, drop out).
     python3 benches/plot/instructions.py [N]     # N defaults to 10000
 
 Builds the bench first (`cargo bench --no-run`). Needs valgrind (Debian
-package `valgrind`). Prints a Markdown table, and `proxy_spawn` minus `bare`:
-what the instrumentation adds to a task.
+package `valgrind`). Prints a Markdown table, `proxy_spawn` minus `bare` (what the
+instrumentation adds to a task), and `proxy_execute` over `proxy_spawn`.
 """
 
 import glob
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-VARIANTS = ["bare", "clock_reads", "proxy_spawn"]
+VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"]
 
 
 def binary():
@@ -58,6 +58,8 @@ def main():
         print(f"| {v} | {per_task[v]:.1f} |")
     added = per_task["proxy_spawn"] - per_task["bare"]
     print(f"\nproxy_spawn - bare: {added:.1f} instructions added per task")
+    ratio = per_task["proxy_execute"] / per_task["proxy_spawn"]
+    print(f"proxy_execute / proxy_spawn: {ratio:.2f} (the drop-in path against spawn)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::{panic_message, TaskError};
 use crate::executor::{sealed, Once, Runnable, Task};
-use crate::task::{Accounting, Help, TaskCore, Ticket};
+use crate::task::{drop_quietly, Accounting, Help, TaskCore, Ticket};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
 pub(crate) trait Classify<T>: Send + Sync + 'static {
@@ -52,37 +52,6 @@ pub(super) fn never_failed<T>(_: &T) -> bool {
 
 pub(super) fn is_err<T, E>(result: &Result<T, E>) -> bool {
     result.is_err()
-}
-
-/// What a task runs: a submitted closure, or a [`Task`] given to the proxy
-/// through [`Executor::execute`] (wrapped in [`RunTask`], so that a refused
-/// one goes back to its caller as the same task).
-pub(crate) trait Body: Send + 'static {
-    type Output: Send + 'static;
-    fn call(self) -> Self::Output;
-}
-
-impl<F, T> Body for F
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    type Output = T;
-
-    fn call(self) -> T {
-        self()
-    }
-}
-
-/// A task given to the proxy as an [`Executor`].
-pub(super) struct RunTask(pub(super) Task);
-
-impl Body for RunTask {
-    type Output = ();
-
-    fn call(self) {
-        self.0.run()
-    }
 }
 
 /// The closure of one submitted task and how its value is classified,
@@ -137,10 +106,10 @@ impl<F, C> Job<F, C> {
         f: F,
         body_done: &dyn Fn(),
     ) where
-        F: Body<Output = T>,
+        F: FnOnce() -> T + Send + 'static,
         C: Classify<T>,
     {
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
+        let outcome = catch_unwind(AssertUnwindSafe(f));
         body_done();
         match outcome {
             Ok(value) => {
@@ -162,7 +131,7 @@ impl<F, C> Job<F, C> {
 
 impl<F, T, C> Runnable for JobCore<F, T, C>
 where
-    F: Body<Output = T>,
+    F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
     C: Classify<T>,
 {
@@ -237,7 +206,7 @@ where
 /// queue then finds it gone and ends nothing.
 impl<F, T, C> Help<T> for Job<F, C>
 where
-    F: Body<Output = T>,
+    F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
     C: Classify<T>,
 {
@@ -258,21 +227,22 @@ where
     }
 }
 
-/// A task nobody holds a handle to ([`spawn`](InstrumentedExecutorProxy::spawn),
-/// [`Executor::execute`]): its body, its executor's accounting and its
-/// submit time, moved as one value. Nothing shares it, so it needs no state
-/// word and no result slot: whoever holds it ends it, once, by running it,
-/// refusing it, abandoning it, or dropping it unrun (cancelled).
+/// A task nobody holds a handle to ([`spawn`](InstrumentedExecutorProxy::spawn)):
+/// its closure, its executor's accounting and its submit time, moved as one
+/// value. Nothing shares it, so it needs no state word and no result slot:
+/// whoever holds it ends it, once, by running it, refusing it, abandoning
+/// it, or dropping it unrun (cancelled).
 ///
 /// Handed to executors unboxed ([`sealed::Unboxed`]): rayon's pool runs it
-/// from the one allocation its own `spawn` makes; the others get it in a
-/// [`Task`] (inline for a closure of up to two words).
+/// from the one allocation its own `spawn` makes; the others get it as a
+/// [`Task`] (inline for a closure of up to four words), with the ticket in
+/// the task's own slot for it.
 pub(crate) struct Detached<F> {
     f: ManuallyDrop<F>,
     ticket: ManuallyDrop<Ticket>,
 }
 
-impl<F: Body<Output = ()>> Detached<F> {
+impl<F: FnOnce() + Send + 'static> Detached<F> {
     /// A task `acct` has admitted ([`Accounting::admit`] returned true).
     pub(super) fn new(f: F, acct: &Arc<Accounting>) -> Detached<F> {
         Detached {
@@ -293,46 +263,6 @@ impl<F: Body<Output = ()>> Detached<F> {
             )
         }
     }
-
-    /// Runs the task, catching its panic (counted as failed with reason
-    /// `panic`; the panic hook has printed the message). `body_done` as in
-    /// [`Runnable::run`].
-    fn run_then(self, body_done: &dyn Fn()) {
-        let (f, ticket) = self.into_parts();
-        // The body, or its captures when it is dropped unrun, may drop the
-        // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
-        let running = ticket.running_node();
-        let _running = running.enter();
-        let Some(started) = ticket.start() else {
-            let end = ticket.cancel_on_drop();
-            drop_quietly(f);
-            body_done();
-            return drop(end);
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
-        body_done();
-        let failure = outcome.is_err().then_some(FailureReason::Panic);
-        if let Err(payload) = outcome {
-            drop_quietly(payload);
-        }
-        ticket.finish(started, failure);
-    }
-
-    /// The executor cannot run the task: it fails as broken (nobody holds
-    /// a handle to read the reason).
-    fn abandon(self) {
-        let (f, ticket) = self.into_parts();
-        let _end = ticket.fail_broken_on_drop();
-        drop(f);
-    }
-
-    /// The executor refused the task: counted as rejected; the body comes
-    /// back.
-    fn refuse(self) -> F {
-        let (f, ticket) = self.into_parts();
-        ticket.refuse();
-        f
-    }
 }
 
 impl<F> Drop for Detached<F> {
@@ -347,20 +277,16 @@ impl<F> Drop for Detached<F> {
     }
 }
 
-impl<F: Body<Output = ()>> sealed::Unboxed for Detached<F> {
+impl<F: FnOnce() + Send + 'static> sealed::Unboxed for Detached<F> {
     fn run(self) {
-        self.run_then(&|| {})
+        let (f, ticket) = self.into_parts();
+        ticket.run(f, &|| {})
     }
 
     fn into_task(self) -> Task {
-        Task::from_runnable(DetachedTask(Once::new(self)))
+        let (f, ticket) = self.into_parts();
+        Task::detached(f, ticket)
     }
-}
-
-/// Drops `value`, catching a panic of its `Drop` (a panic payload's, or a
-/// closure's that is not run): it must not escape into the worker.
-fn drop_quietly<X>(value: X) {
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
 }
 
 /// Runs its closure when dropped: a task's end placed after the drop of
@@ -378,34 +304,5 @@ impl<G: FnOnce()> Drop for Finally<G> {
         if let Some(end) = self.0.take() {
             end();
         }
-    }
-}
-
-/// A [`Detached`] task inside a [`Task`] (inline for a small closure).
-pub(super) struct DetachedTask<F>(Once<Detached<F>>);
-
-impl<F> DetachedTask<F> {
-    fn take(&self) -> Detached<F> {
-        // SAFETY: only the owning `Task` calls the `Runnable` methods that
-        // call this, one of them, once.
-        unsafe { self.0.take() }
-    }
-}
-
-impl<F: Body<Output = ()>> Runnable for DetachedTask<F> {
-    fn run(&self, body_done: &dyn Fn()) {
-        self.take().run_then(body_done)
-    }
-
-    fn abandon(&self, _reason: String) {
-        self.take().abandon()
-    }
-
-    fn discard(&self) {
-        drop(self.take())
-    }
-
-    fn reject(&self) -> Option<Box<dyn Any + Send>> {
-        Some(Box::new(self.take().refuse()))
     }
 }

@@ -7,15 +7,13 @@ use std::fmt;
 use std::sync::Arc;
 
 pub(crate) use self::job::Classify;
-use self::job::{
-    is_err, never_failed, Body, ClassifyFn, Detached, ErrFails, Job, NeverFails, RunTask,
-};
+use self::job::{is_err, never_failed, ClassifyFn, Detached, ErrFails, Job, NeverFails};
 pub use self::map::Map;
 use crate::error::FailureReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{Executor, RejectReason, Rejected, Task};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder};
-use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle};
+use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, Ticket};
 
 /// Wraps any [`Executor`] and records, for every task given to it, the
 /// submit, the wait, the run and the result into an [`ExecutorExporter`].
@@ -170,11 +168,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     }
 
     /// Admits and hands over a task without a handle.
-    fn detach<B: Body<Output = ()>>(&self, body: B) -> Result<(), SubmitError<B>> {
+    fn detach<F>(&self, f: F) -> Result<(), SubmitError<F>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
         if !self.acct.admit() {
-            return Err(self.refused_unadmitted(body));
+            return Err(self.refused_unadmitted(f));
         }
-        let task = Detached::new(body, &self.acct);
+        let task = Detached::new(f, &self.acct);
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
         let outcome = self.inner.execute_unboxed(task);
         std::mem::forget(accepted_if_unwinding);
@@ -478,6 +479,11 @@ where
 
 #[cold]
 fn unreachable_task<F, H>(reason: RejectReason) -> Result<H, SubmitError<F>> {
+    foreign_task(reason)
+}
+
+#[cold]
+fn foreign_task(reason: RejectReason) -> ! {
     // Reaching this means an `Executor` returned a task it was not given. The
     // task it kept is counted when it ends (run, or cancelled when dropped);
     // the closure cannot be returned.
@@ -485,13 +491,34 @@ fn unreachable_task<F, H>(reason: RejectReason) -> Result<H, SubmitError<F>> {
 }
 
 impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
+    /// Counted like [`spawn`](InstrumentedExecutorProxy::spawn), and as
+    /// cheap: the proxy's bookkeeping goes into the task's own slot for it,
+    /// so the closure is not moved into a new allocation. A refused task
+    /// goes back as itself, so a proxy wrapping this one gets its own task
+    /// back.
     fn execute(&self, task: Task) -> Result<(), Rejected> {
-        // Counted like `spawn`; a refused task goes back as itself, so a
-        // proxy wrapping this one gets its own task back.
-        self.detach(RunTask(task)).map_err(|e| {
-            let reason = e.reason();
-            Rejected::new(e.into_inner().0, reason)
-        })
+        if !self.acct.admit() {
+            self.acct.refused_unadmitted();
+            return Err(Rejected::new(task, RejectReason::Shutdown));
+        }
+        let ticket = Ticket::new(&self.acct);
+        let (task, nested) = match task.attach(ticket) {
+            Ok(task) => (task, false),
+            // A task of another instrumented proxy (this proxy wraps one,
+            // or is wrapped by one): it keeps its own ticket, inside a task
+            // that carries this proxy's.
+            Err((task, ticket)) => (Task::detached(move || task.run(), ticket), true),
+        };
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
+        let outcome = self.inner.execute(task);
+        std::mem::forget(accepted_if_unwinding);
+        match outcome {
+            Ok(()) => {
+                self.acct.accepted();
+                Ok(())
+            }
+            Err(rejected) => Err(self.refused(rejected, nested)),
+        }
     }
 
     fn max_workers(&self) -> Option<usize> {
@@ -547,6 +574,30 @@ impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
     }
 }
 
+impl<E: Executor> InstrumentedExecutorProxy<E> {
+    /// A task of [`Executor::execute`] the executor refused: counted as
+    /// rejected, and handed back as the task the caller gave.
+    #[cold]
+    fn refused(&self, rejected: Rejected, nested: bool) -> Rejected {
+        let reason = rejected.reason();
+        let (task, ticket) = rejected.into_task().detach_ticket();
+        let Some(ticket) = ticket else {
+            // The executor handed back a task it was not given: see
+            // `unreachable_task`.
+            foreign_task(reason);
+        };
+        ticket.refuse();
+        if !nested {
+            return Rejected::new(task, reason);
+        }
+        // The caller's task is the closure of the one this proxy made.
+        match task.reject().map(|f| f.downcast::<Task>()) {
+            Some(Ok(task)) => Rejected::new(*task, reason),
+            _ => foreign_task(reason),
+        }
+    }
+}
+
 /// A pool made of a proxy over an executor (in its field `proxy`): it
 /// derefs to the proxy, and is an [`Executor`] as the proxy is, so it stands
 /// wherever the plain pool stood.
@@ -590,7 +641,7 @@ pub(crate) use instrumented_pool;
 
 #[cfg(all(test, not(loom), target_pointer_width = "64"))]
 mod layout {
-    use super::job::{DetachedTask, JobCore, NeverFails};
+    use super::job::{JobCore, NeverFails};
 
     fn core_size<F: FnOnce()>(_: &F) -> usize {
         std::mem::size_of::<JobCore<F, (), NeverFails>>()
@@ -609,21 +660,5 @@ mod layout {
         };
         let size = 16 + core_size(&closure);
         assert!(size <= 56, "a small task takes {size} bytes");
-    }
-
-    /// A spawned task with the same closure (the closure, the accounting
-    /// pointer and the submit time) fits inline in a [`Task`], so handing
-    /// it to a queue allocates nothing; a `Task` is six words.
-    #[test]
-    fn a_small_spawned_task_is_stored_inline() {
-        fn detached_size<F: FnOnce()>(_: &F) -> usize {
-            std::mem::size_of::<DetachedTask<F>>()
-        }
-        let word = 7u64;
-        let closure = move || {
-            std::hint::black_box(word);
-        };
-        assert!(detached_size(&closure) <= 32, "a small spawned task spills");
-        assert_eq!(std::mem::size_of::<crate::Task>(), 48);
     }
 }

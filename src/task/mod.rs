@@ -29,4 +29,4 @@ pub(crate) use self::accounting::Accounting;
 pub(crate) use self::core::{Help, TaskCore};
 pub use self::handle::{TaskHandle, TaskState};
 pub(crate) use self::ordered::{Ordered, SubmitOne};
-pub(crate) use self::ticket::Ticket;
+pub(crate) use self::ticket::{drop_quietly, Ticket};

@@ -3,6 +3,8 @@
 //! same way, with no state word and no allocation: whoever holds the ticket
 //! makes its one move.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use super::accounting::{Accounting, AcctRef};
 use super::running::RunningNode;
 use crate::clock::Clock;
@@ -58,6 +60,34 @@ impl Ticket {
         self.acct.ended();
     }
 
+    /// Runs the task's body `f` on this thread, and ends the task: counted
+    /// as completed, or as failed with reason `panic` if `f` panics (the
+    /// panic hook has printed the message, and nobody holds a handle to
+    /// read it). A task cancelled by `shutdown_now` before it starts is
+    /// dropped unrun instead, counted as cancelled. `body_done` is called
+    /// once `f` has returned or was dropped, before the task ends (see
+    /// `Runnable::run`).
+    #[inline]
+    pub(crate) fn run<F: FnOnce()>(self, f: F, body_done: &dyn Fn()) {
+        // The body, or its captures when it is dropped unrun, may drop the
+        // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
+        let running = self.running_node();
+        let _running = running.enter();
+        let Some(started) = self.start() else {
+            let end = self.cancel_on_drop();
+            drop_quietly(f);
+            body_done();
+            return drop(end);
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(f));
+        body_done();
+        let failure = outcome.is_err().then_some(FailureReason::Panic);
+        if let Err(payload) = outcome {
+            drop_quietly(payload);
+        }
+        self.finish(started, failure);
+    }
+
     /// The executor refused the task: counted as rejected.
     pub(crate) fn refuse(self) {
         self.acct.series.rejected();
@@ -88,4 +118,10 @@ impl Ticket {
         }
         End(self.acct, count)
     }
+}
+
+/// Drops `value`, catching a panic of its `Drop` (a panic payload's, or a
+/// closure's that is not run): it must not escape into the worker.
+pub(crate) fn drop_quietly<X>(value: X) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
 }
