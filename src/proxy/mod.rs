@@ -43,7 +43,8 @@ pub struct InstrumentedExecutorProxy<E: Executor> {
     exporter: ExecutorExporter,
     acct: Arc<Accounting>,
     max_workers: Option<usize>,
-    /// `max_workers` in the exporter's gauge until shutdown.
+    /// `max_workers` (and a bounded queue's capacity) in the exporter's
+    /// gauges until shutdown.
     capacity: Capacity,
 }
 
@@ -61,7 +62,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Wraps `executor`. `max_workers` is added to the exporter's
     /// `max_workers` gauge, and taken off again when the proxy shuts down or
     /// is dropped; with `None`, the executor's own
-    /// [`Executor::max_workers`] is used, if it knows. The metrics carry the
+    /// [`Executor::max_workers`] is used, if it knows. A bounded queue's
+    /// [`Executor::queue_capacity`] goes in the `queue_capacity` gauge the
+    /// same way. The metrics carry the
     /// exporter's `executor_type` as built; [`from_builder`](Self::from_builder)
     /// takes the executor's own when the builder sets none.
     pub fn new(
@@ -71,7 +74,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     ) -> InstrumentedExecutorProxy<E> {
         let max_workers = max_workers.or_else(|| executor.max_workers());
         let capacity =
-            Capacity::register(exporter.series().clone(), max_workers.unwrap_or(0) as u64);
+            Capacity::register(exporter.series().clone(), max_workers.unwrap_or(0) as u64)
+                .with_queue(executor.queue_capacity());
         exporter
             .series()
             .expect_failures(&FailureReason::IN_PROCESS);
@@ -397,6 +401,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// this one runs what is left once the caller returns).
     pub fn shutdown(&self) {
         self.acct.close();
+        self.inner.close();
         self.wait_idle_unless_inside();
         self.inner.shutdown();
         self.capacity.release();
@@ -407,6 +412,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// [`TaskError::Cancelled`]). Running tasks finish. Idempotent.
     pub fn shutdown_now(&self) {
         self.acct.close();
+        self.inner.close();
         self.acct.cancel_pending();
         self.wait_idle_unless_inside();
         self.inner.shutdown();
@@ -498,12 +504,21 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
         self.max_workers
     }
 
+    fn queue_capacity(&self) -> Option<usize> {
+        self.inner.queue_capacity()
+    }
+
     fn executor_type(&self) -> &str {
         self.exporter.executor_type()
     }
 
     fn shutdown(&self) {
         InstrumentedExecutorProxy::shutdown(self)
+    }
+
+    fn close(&self) {
+        self.acct.close();
+        self.inner.close();
     }
 
     fn is_worker_thread(&self) -> bool {
@@ -572,12 +587,20 @@ macro_rules! instrumented_pool {
                 self.proxy.max_workers()
             }
 
+            fn queue_capacity(&self) -> Option<usize> {
+                $crate::executor::Executor::queue_capacity(&self.proxy)
+            }
+
             fn executor_type(&self) -> &str {
                 self.proxy.exporter().executor_type()
             }
 
             fn shutdown(&self) {
                 self.proxy.shutdown()
+            }
+
+            fn close(&self) {
+                $crate::executor::Executor::close(&self.proxy)
             }
 
             fn is_worker_thread(&self) -> bool {
