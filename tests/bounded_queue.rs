@@ -300,3 +300,125 @@ fn zero_capacity_and_a_policy_without_a_capacity_are_build_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("FullPolicy::Reject"), "{err}");
 }
+
+/// The process pool's bounded queue: tasks accepted and not yet sent to a
+/// worker process.
+#[cfg(target_os = "linux")]
+mod process {
+    use super::*;
+    use executor_exporter::process_pool::{run_if_worker, ProcessTask, WorkerRegistry};
+    use executor_exporter::{ProcessPoolExecutor, TaskState};
+
+    struct SleepMs;
+    impl ProcessTask for SleepMs {
+        const NAME: &'static str = "sleep_ms";
+        type Input = u64;
+        type Output = u64;
+        type Error = String;
+        fn run(ms: u64) -> Result<u64, String> {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ms)
+        }
+    }
+
+    /// This test binary is its own worker program.
+    #[test]
+    fn worker_entry() {
+        run_if_worker(&WorkerRegistry::new().register::<SleepMs>());
+    }
+
+    fn pool(registry: &Registry, id: &str, policy: FullPolicy) -> ProcessPoolExecutor {
+        ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .queue_capacity(1)
+            .when_full(policy)
+            .worker_test_entry("process::worker_entry")
+            .exporter_id(id)
+            .registry(registry.clone())
+            .build()
+            .unwrap()
+    }
+
+    /// Submits a task that keeps the one worker busy for `ms` and waits
+    /// until the worker has it (it has left the queue).
+    fn occupy(
+        pool: &ProcessPoolExecutor,
+        ms: u64,
+    ) -> executor_exporter::TaskHandle<Result<u64, String>> {
+        let running = pool.submit::<SleepMs>(&ms).unwrap();
+        common::eventually(30, "the worker to start the task", || {
+            running.state() != TaskState::Pending
+        });
+        running
+    }
+
+    #[test]
+    fn a_full_process_pool_queue_refuses_the_submit_and_counts_it() {
+        let registry = Registry::new();
+        let pool = pool(&registry, "proc-full", FullPolicy::Reject);
+        assert_eq!(pool.queue_capacity(), Some(1));
+        let running = occupy(&pool, 600);
+        let queued = pool.submit::<SleepMs>(&0).unwrap();
+        let refused = pool.submit::<SleepMs>(&0).unwrap_err();
+        assert_eq!(refused.reason(), RejectReason::Full);
+
+        let exp = scrape(&registry);
+        let l = [("executor", "proc-full")];
+        assert_eq!(exp.value("executor_rejected_tasks_total", &l), 1.0);
+        assert_eq!(exp.value("executor_queued_tasks", &l), 1.0);
+        assert_eq!(exp.value(CAPACITY, &l), 1.0);
+        assert_eq!(watchdog(30, move || running.join()), Ok(Ok(600)));
+        assert_eq!(watchdog(30, move || queued.join()), Ok(Ok(0)));
+        drop(pool);
+        assert_eq!(value(&registry, CAPACITY, "proc-full"), None);
+    }
+
+    #[test]
+    fn a_process_pool_submit_blocked_on_a_full_queue_times_out_or_is_woken_by_shutdown() {
+        let registry = Registry::new();
+        let timeout = Duration::from_millis(50);
+        let pool = Arc::new(pool(&registry, "proc-block", FullPolicy::BlockFor(timeout)));
+        let _running = occupy(&pool, 800);
+        let _queued = pool.submit::<SleepMs>(&0).unwrap();
+        let start = Instant::now();
+        let refused = pool.submit::<SleepMs>(&0).unwrap_err();
+        assert!(start.elapsed() >= timeout, "gave up before the timeout");
+        assert_eq!(refused.reason(), RejectReason::Full);
+
+        let blocked = Arc::new(self::pool(&registry, "proc-wake", FullPolicy::Block));
+        let _running = occupy(&blocked, 800);
+        let _queued = blocked.submit::<SleepMs>(&0).unwrap();
+        let submitter = {
+            let blocked = blocked.clone();
+            thread::spawn(move || {
+                blocked
+                    .submit::<SleepMs>(&0)
+                    .map(drop)
+                    .map_err(|e| e.reason())
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        let closer = {
+            let blocked = blocked.clone();
+            thread::spawn(move || blocked.shutdown())
+        };
+        let refused = watchdog(30, move || submitter.join().unwrap());
+        assert_eq!(refused, Err(RejectReason::Shutdown));
+        watchdog(30, move || closer.join().unwrap());
+    }
+
+    #[test]
+    fn caller_runs_is_a_build_error_for_a_process_pool() {
+        let err = ProcessPoolExecutor::builder()
+            .queue_capacity(1)
+            .when_full(FullPolicy::CallerRuns)
+            .worker_test_entry("process::worker_entry")
+            .registry(Registry::new())
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("use Reject, Block or BlockFor"),
+            "{err}"
+        );
+    }
+}
