@@ -82,6 +82,7 @@ const REQUIRED_PANELS: &[&str] = &[
     "Failures by reason",
     "Rejected and cancelled tasks",
     "Worker restarts",
+    "Queue fill",
 ];
 
 /// Alerts the rules file must keep.
@@ -92,6 +93,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ExecutorTasksRejected",
     "ExecutorSaturated",
     "ExecutorTaskTimeouts",
+    "ExecutorQueueFull",
 ];
 
 fn crate_path(relative: &str) -> PathBuf {
