@@ -386,7 +386,7 @@ mod process {
         assert_eq!(refused.reason(), RejectReason::Full);
 
         let blocked = Arc::new(self::pool(&registry, "proc-wake", FullPolicy::Block));
-        let _running = occupy(&blocked, 800);
+        let running = occupy(&blocked, 800);
         let _queued = blocked.submit::<SleepMs>(&0).unwrap();
         let submitter = {
             let blocked = blocked.clone();
@@ -404,6 +404,9 @@ mod process {
         };
         let refused = watchdog(30, move || submitter.join().unwrap());
         assert_eq!(refused, Err(RejectReason::Shutdown));
+        // Woken by the shutdown, not by the room the worker makes when it
+        // is done with the running task.
+        assert!(!running.is_finished(), "the submit waited for room");
         watchdog(30, move || closer.join().unwrap());
     }
 
