@@ -25,6 +25,9 @@ pub(crate) enum BuildErrorKind {
     ZeroBound(&'static str),
     /// A thread name prefix holding a NUL byte.
     ThreadName(String),
+    /// A `queue_capacity` or `when_full` that cannot be used; the message
+    /// says why and what to set instead.
+    Queue(String),
     /// An empty `exporter_id` or `executor_type`.
     EmptyLabel(&'static str),
     Buckets(String),
@@ -96,6 +99,7 @@ impl fmt::Display for BuildError {
                 f,
                 "thread_name_prefix {prefix:?} holds a NUL byte, which thread names cannot hold"
             ),
+            BuildErrorKind::Queue(why) => f.write_str(why),
             BuildErrorKind::Buckets(why) => write!(f, "invalid histogram buckets: {why}"),
             BuildErrorKind::Namespace(why) => write!(f, "invalid metric namespace: {why}"),
             BuildErrorKind::IncompatibleSeries(why) => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use smallbox::space::S4;
 use smallbox::{smallbox, SmallBox};
 
-pub(crate) use crate::error::RejectReason;
+use crate::error::RejectReason;
 use crate::task::Ticket;
 
 /// A unit of work handed to an [`Executor`]: an owned `FnOnce() + Send + 'static`, stored inline
@@ -389,6 +389,15 @@ pub trait Executor {
         None
     }
 
+    /// The capacity of this executor's queue (tasks accepted and not yet
+    /// started), if it is bounded. An
+    /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy)
+    /// adds it to the `queue_capacity` gauge while it lives. The default,
+    /// `None`, is an unbounded queue (the gauge has no sample for it).
+    fn queue_capacity(&self) -> Option<usize> {
+        None
+    }
+
     /// The `executor_type` label of this executor's metrics when none is
     /// configured ([`InstrumentedExecutorProxy::from_builder`](crate::InstrumentedExecutorProxy::from_builder)
     /// uses it; an exporter built on its own defaults to `custom`).
@@ -399,6 +408,15 @@ pub trait Executor {
     /// Stops accepting tasks, waits for accepted ones to finish and releases
     /// the workers. Must be idempotent. The default does nothing.
     fn shutdown(&self) {}
+
+    /// Stops accepting tasks, without waiting for anything: the first step
+    /// of [`shutdown`](Self::shutdown), which must still be called. A submit
+    /// blocked waiting for room in a full queue wakes and is refused with
+    /// [`RejectReason::Shutdown`]; accepted tasks still run. An
+    /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy) calls
+    /// it as its shutdown begins, before it waits for the tasks. Must be
+    /// idempotent. The default does nothing.
+    fn close(&self) {}
 
     /// True when the calling thread is one of this executor's workers. An
     /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy)
@@ -437,11 +455,17 @@ macro_rules! forward_executor {
             fn max_workers(&self) -> Option<usize> {
                 (**self).max_workers()
             }
+            fn queue_capacity(&self) -> Option<usize> {
+                (**self).queue_capacity()
+            }
             fn executor_type(&self) -> &str {
                 (**self).executor_type()
             }
             fn shutdown(&self) {
                 (**self).shutdown()
+            }
+            fn close(&self) {
+                (**self).close()
             }
             fn is_worker_thread(&self) -> bool {
                 (**self).is_worker_thread()

@@ -68,6 +68,7 @@
 //! | `executor_task_failures_total` | counter | `reason` | why tasks failed (the reasons the pool can produce) |
 //! | `executor_worker_restarts_total` | counter | | workers that left after a crash, timeout or task limit (process pools) |
 //! | `executor_step_duration_seconds` | histogram | `step` | steps timed with [`ExecutorExporter::step`] |
+//! | `executor_queue_capacity` | gauge | | capacity of the live pools' bounded queues (no sample for unbounded ones) |
 //!
 //! Whenever no task is in flight, `submitted = queued + running + completed +
 //! failed + cancelled`, where completed and failed are the duration
@@ -84,6 +85,7 @@
     rust_2018_idioms
 )]
 
+mod bounded;
 mod clock;
 mod error;
 mod executor;
@@ -101,6 +103,7 @@ mod sync;
 mod task;
 mod thread_pool;
 
+pub use bounded::FullPolicy;
 pub use error::{BuildError, FailureReason, RejectReason, SubmitError, TaskError};
 pub use executor::{Executor, Rejected, Task};
 #[cfg(feature = "http")]

@@ -41,6 +41,12 @@ fn families() -> &'static [(String, bool)] {
             .build()
             .expect("a pool on a fresh registry");
         let _step = pool.exporter().step("any");
+        // The queue capacity family has a sample while a bounded pool lives.
+        let _bounded = ThreadPoolExecutor::builder()
+            .queue_capacity(1)
+            .registry(registry.clone())
+            .build()
+            .expect("a bounded pool on the same registry");
         let families: Vec<(String, bool)> = registry
             .gather()
             .iter()
@@ -76,6 +82,7 @@ const REQUIRED_PANELS: &[&str] = &[
     "Failures by reason",
     "Rejected and cancelled tasks",
     "Worker restarts",
+    "Queue fill",
 ];
 
 /// Alerts the rules file must keep.
@@ -86,6 +93,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ExecutorTasksRejected",
     "ExecutorSaturated",
     "ExecutorTaskTimeouts",
+    "ExecutorQueueFull",
 ];
 
 fn crate_path(relative: &str) -> PathBuf {

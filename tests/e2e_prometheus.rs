@@ -673,3 +673,101 @@ fn get_metrics(server: &MetricsServer) -> String {
     );
     body.to_owned()
 }
+
+/// A bounded pool's capacity and queue fill as Prometheus stores them: the
+/// capacity gauge, the fill ratio the dashboard's "Queue fill" panel draws
+/// (queued / capacity), no capacity series for an unbounded pool, and the
+/// capacity gone once the bounded pool is dropped.
+#[test]
+fn queue_capacity_and_fill_reach_prometheus() {
+    const CAPACITY: usize = 4;
+    const QUEUED: usize = 3;
+    let registry = Registry::new();
+    let bounded = ThreadPoolExecutor::builder()
+        .max_workers(1)
+        .queue_capacity(CAPACITY)
+        .exporter_id("bounded")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let _unbounded = ThreadPoolExecutor::builder()
+        .max_workers(1)
+        .exporter_id("unbounded")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let config = PrometheusConfig {
+        rule_files: vec![crate_path("alerts/executor-exporter.rules.yml")],
+        ..PrometheusConfig::scraping([server.local_addr().to_string()])
+    };
+    let Some(prometheus) = PrometheusServer::start(&config) else {
+        return;
+    };
+    prometheus
+        .wait_for_targets_up(TARGETS_UP)
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+
+    // The one worker held busy, QUEUED tasks behind it, the queue not full.
+    let gate = Gate::new();
+    let (started, running) = std::sync::mpsc::channel();
+    let held = {
+        let gate = gate.clone();
+        bounded
+            .submit(move || {
+                started.send(()).unwrap();
+                gate.wait();
+            })
+            .unwrap()
+    };
+    running.recv_timeout(SCRAPED).unwrap();
+    let queued: Vec<_> = (0..QUEUED)
+        .map(|_| bounded.submit(|| ()).unwrap())
+        .collect();
+
+    wait_value(
+        &prometheus,
+        r#"executor_queue_capacity{executor="bounded"}"#,
+        CAPACITY,
+    );
+    wait_value(
+        &prometheus,
+        r#"executor_queued_tasks{executor="bounded"}"#,
+        QUEUED,
+    );
+    let fill = dashboard_queries()
+        .into_iter()
+        .find(|(title, _)| title == "Queue fill")
+        .expect("the dashboard has a Queue fill panel")
+        .1;
+    let samples = prometheus.query_vector(&fill).unwrap();
+    assert_eq!(
+        samples.len(),
+        1,
+        "only the bounded pool has a fill: {samples:?}"
+    );
+    assert_eq!(samples[0].label("executor"), "bounded");
+    assert_eq!(samples[0].value, QUEUED as f64 / CAPACITY as f64);
+    let unbounded = prometheus
+        .query_vector(r#"executor_queue_capacity{executor="unbounded"}"#)
+        .unwrap();
+    assert!(
+        unbounded.is_empty(),
+        "an unbounded pool has no capacity: {unbounded:?}"
+    );
+    assert_rules_evaluate(&prometheus);
+
+    gate.open();
+    assert_eq!(held.join(), Ok(()));
+    for handle in queued {
+        assert_eq!(handle.join(), Ok(()));
+    }
+    drop(bounded);
+    prometheus
+        .wait_for(
+            r#"executor_queue_capacity{executor="bounded"}"#,
+            |s| s.is_empty(),
+            SCRAPED,
+        )
+        .unwrap_or_else(|err| panic!("the capacity outlived its pool: {err}"));
+}

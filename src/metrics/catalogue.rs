@@ -174,4 +174,13 @@ pub(crate) const CATALOGUE: &[Family] = &[
         per_series: 0,
         samples: |r, out| out.append(&mut r.steps),
     },
+    // No sample while no live pool of the id has a bounded queue.
+    Family {
+        name: "queue_capacity",
+        kind: Kind::Gauge,
+        extra_label: None,
+        help: "Capacity of the bounded queues of the live pools with this exporter id (absent when every queue is unbounded).",
+        per_series: 1,
+        samples: |r, out| out.extend(r.queue_capacity.map(|c| gauge(c, r.labels))),
+    },
 ];

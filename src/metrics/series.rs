@@ -23,6 +23,10 @@ pub(crate) struct Series {
     /// The `max_workers` of the live pools recording here: added when a
     /// pool is built, taken off again by its [`Capacity`].
     max_workers: AtomicI64,
+    /// The queue capacities of the live pools with a bounded queue, and
+    /// how many such pools there are (no sample while there is none).
+    queue_capacity: AtomicI64,
+    bounded_queues: AtomicI64,
     /// Workers started and not yet exited.
     workers: AtomicI64,
     initialized_workers: AtomicU64,
@@ -49,6 +53,8 @@ pub(crate) struct Reading<'a> {
     /// `executor`, `executor_type`.
     pub(crate) labels: &'a [proto::LabelPair],
     pub(crate) max_workers: i64,
+    /// The sum of the live bounded queues' capacities; `None` with none.
+    pub(crate) queue_capacity: Option<i64>,
     pub(crate) workers: i64,
     pub(crate) initialized_workers: u64,
     pub(crate) restarts: u64,
@@ -148,6 +154,8 @@ impl Series {
             id: id.to_owned(),
             ty: ty.to_owned(),
             max_workers: AtomicI64::new(0),
+            queue_capacity: AtomicI64::new(0),
+            bounded_queues: AtomicI64::new(0),
             workers: AtomicI64::new(0),
             initialized_workers: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -175,6 +183,21 @@ impl Series {
 
     pub(crate) fn remove_max_workers(&self, n: u64) {
         self.max_workers.fetch_sub(clamp(n), Ordering::Relaxed);
+    }
+
+    /// A pool with a queue of `capacity` places records here.
+    pub(crate) fn add_queue(&self, capacity: u64) {
+        // The capacity first: a scrape that sees the pool sees its places.
+        self.queue_capacity
+            .fetch_add(clamp(capacity), Ordering::Relaxed);
+        self.bounded_queues.fetch_add(1, Ordering::Release);
+    }
+
+    /// A pool counted by [`add_queue`](Self::add_queue) stopped.
+    pub(crate) fn remove_queue(&self, capacity: u64) {
+        self.bounded_queues.fetch_sub(1, Ordering::Release);
+        self.queue_capacity
+            .fetch_sub(clamp(capacity), Ordering::Relaxed);
     }
 
     /// A worker finished starting: it is counted as initialized, and alive
@@ -331,6 +354,8 @@ impl Series {
         Reading {
             labels: &self.labels.plain,
             max_workers: self.max_workers.load(Ordering::Relaxed),
+            queue_capacity: (self.bounded_queues.load(Ordering::Acquire) > 0)
+                .then(|| self.queue_capacity.load(Ordering::Relaxed)),
             workers: self.workers.load(Ordering::Relaxed),
             initialized_workers: load(&self.initialized_workers),
             restarts: load(&self.restarts),
@@ -362,11 +387,14 @@ impl Series {
 
 /// The `max_workers` one pool added to its series, taken off exactly once:
 /// by [`release`](Capacity::release) when the pool shuts down, or when this
-/// is dropped with the pool.
+/// is dropped with the pool. The same for a bounded queue's capacity.
 pub(crate) struct Capacity {
     series: Arc<Series>,
     /// What is still counted; 0 once released.
     n: AtomicU64,
+    /// The queue's capacity still counted; 0 for an unbounded queue or once
+    /// released.
+    queue: AtomicU64,
 }
 
 impl Capacity {
@@ -376,14 +404,30 @@ impl Capacity {
         Capacity {
             series,
             n: AtomicU64::new(n),
+            queue: AtomicU64::new(0),
         }
     }
 
-    /// Takes the pool's workers off `max_workers`; idempotent.
+    /// Adds a bounded queue's capacity to the series' `queue_capacity`;
+    /// `None` (an unbounded queue) adds nothing.
+    pub(crate) fn with_queue(self, capacity: Option<usize>) -> Capacity {
+        if let Some(capacity) = capacity.filter(|&c| c > 0) {
+            self.series.add_queue(capacity as u64);
+            self.queue.store(capacity as u64, Ordering::Relaxed);
+        }
+        self
+    }
+
+    /// Takes the pool's workers off `max_workers` and its queue off
+    /// `queue_capacity`; idempotent.
     pub(crate) fn release(&self) {
         let n = self.n.swap(0, Ordering::AcqRel);
         if n > 0 {
             self.series.remove_max_workers(n);
+        }
+        let queue = self.queue.swap(0, Ordering::AcqRel);
+        if queue > 0 {
+            self.series.remove_queue(queue);
         }
     }
 }

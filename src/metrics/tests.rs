@@ -173,6 +173,8 @@ fn catalogue_matches_the_exposition_and_both_tables() {
         .unwrap();
     exporter.series().expect_failures(&FailureReason::ALL);
     let _step = exporter.step("decode");
+    // `queue_capacity` has a sample only while a bounded queue is counted.
+    let _queue = series::Capacity::register(exporter.series().clone(), 0).with_queue(Some(4));
     let gathered = registry.gather();
     let exposed: Vec<String> = gathered.iter().map(|f| f.name().to_owned()).collect();
     let expected: Vec<String> = CATALOGUE

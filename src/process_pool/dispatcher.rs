@@ -24,6 +24,8 @@ use super::wire::{
     self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, PROTOCOL_VERSION,
 };
 use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use crate::bounded::Room;
+use crate::error::RejectReason;
 
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -44,6 +46,8 @@ pub(super) enum Mode {
 pub(super) struct Shared {
     pub(super) inner: Mutex<Inner>,
     pub(super) wake: sys::EventFd,
+    /// The places of a bounded queue; `None` for an unbounded one.
+    pub(super) room: Option<Arc<Room>>,
 }
 
 impl Shared {
@@ -65,6 +69,19 @@ pub(super) struct Job {
     pub(super) spec: JobSpec,
     pub(super) sink: Box<dyn JobSink>,
     pub(super) attempts: u32,
+    /// The job's place in a bounded queue, given back when the job is sent
+    /// to a worker or ends unsent (a job sent again after its worker died
+    /// takes no new place).
+    pub(super) place: Option<Place>,
+}
+
+/// A place taken in a bounded queue, given back when dropped.
+pub(super) struct Place(pub(super) Arc<Room>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 impl Job {
@@ -323,7 +340,8 @@ impl Dispatcher {
         }
     }
 
-    fn send_job(&mut self, i: usize, job: Job) {
+    fn send_job(&mut self, i: usize, mut job: Job) {
+        drop(job.place.take());
         let id = self.next_id;
         self.next_id += 1;
         let frame = wire::encode_frame(
@@ -439,6 +457,9 @@ impl Dispatcher {
                 )
             };
             self.shared.lock().broken = Some(message.clone());
+            if let Some(room) = &self.shared.room {
+                room.close(RejectReason::Broken);
+            }
             self.broken = Some(message.clone());
             self.fail_queued(|| JobFailure::Broken {
                 message: message.clone(),
@@ -783,6 +804,9 @@ impl Drop for Dispatcher {
             inner.broken = Some(message.clone());
             inner.pids.clear();
             self.queue.extend(inner.queue.drain(..));
+        }
+        if let Some(room) = &self.shared.room {
+            room.close(RejectReason::Broken);
         }
         self.broken = Some(message);
         self.kill_all();

@@ -15,9 +15,9 @@ use super::sink::{ChunkValue, ItemResult, ProcessOutput};
 use super::task::ProcessTask;
 use super::wire::Blob;
 use crate::error::FailureReason;
+use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
-use crate::executor::RejectReason;
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Ordered, SubmitOne, TaskHandle};
 
@@ -216,6 +216,12 @@ impl ProcessPoolExecutor {
         self.pool.workers()
     }
 
+    /// The capacity of the queue of tasks not yet sent to a worker, if it
+    /// is bounded.
+    pub fn queue_capacity(&self) -> Option<usize> {
+        self.pool.queue_capacity()
+    }
+
     /// The process ids of the workers alive now.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.pool.worker_pids()
@@ -289,6 +295,20 @@ impl ProcessPoolExecutorBuilder {
     /// See [`ProcessPoolBuilder::task_timeout`].
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.pool = self.pool.task_timeout(timeout);
+        self
+    }
+
+    /// See [`ProcessPoolBuilder::queue_capacity`]. The capacity is exposed
+    /// as the `queue_capacity` gauge while the pool lives; a submit refused
+    /// because the queue is full is counted in `rejected_tasks_total`.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.pool = self.pool.queue_capacity(n);
+        self
+    }
+
+    /// See [`ProcessPoolBuilder::when_full`].
+    pub fn when_full(mut self, policy: crate::FullPolicy) -> Self {
+        self.pool = self.pool.when_full(policy);
         self
     }
 

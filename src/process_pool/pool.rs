@@ -10,17 +10,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::dispatcher::{Config, Dispatcher, Inner, Job, Mode, Shared};
+use super::dispatcher::{Config, Dispatcher, Inner, Job, Mode, Place, Shared};
 use super::job::{JobSink, JobSpec, PoolObserver};
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
 use super::sys;
 use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{self, Blob, Call, ToWorker, DEFAULT_MAX_FRAME, MIN_MAX_FRAME, PROTOCOL_VERSION};
 use super::worker::forgotten_hook;
+use crate::bounded::{check_queue, FullPolicy, Room};
 use crate::error::FailureReason;
+use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind};
-use crate::executor::RejectReason;
 use crate::metrics::{Capacity, ExecutorExporter, Series};
 use crate::task::{Accounting, TaskCore, TaskHandle};
 
@@ -54,6 +55,8 @@ pub struct ProcessPoolBuilder {
     /// Where worker lifecycle events go instead of the pool's series (unit tests).
     observer: Option<Arc<dyn PoolObserver>>,
     thread_name: Option<String>,
+    queue_capacity: Option<usize>,
+    when_full: Option<FullPolicy>,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -71,6 +74,8 @@ impl Default for ProcessPoolBuilder {
             init: None,
             observer: None,
             thread_name: None,
+            queue_capacity: None,
+            when_full: None,
         }
     }
 }
@@ -87,6 +92,8 @@ impl fmt::Debug for ProcessPoolBuilder {
             .field("program", &self.program)
             .field("args", &self.args)
             .field("initializer", &self.init.as_ref().map(|(name, _)| name))
+            .field("queue_capacity", &self.queue_capacity)
+            .field("when_full", &self.when_full)
             .finish_non_exhaustive()
     }
 }
@@ -202,6 +209,30 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Bounds the tasks accepted and not yet sent to a worker to `n`
+    /// (default: unbounded; 0 is an error at [`build`](Self::build)). A
+    /// submit that finds that many pending does what
+    /// [`when_full`](Self::when_full) says: by default it is refused with
+    /// [`RejectReason::Full`](crate::RejectReason::Full). A task sent again
+    /// because its worker died before starting it takes no new place.
+    #[must_use]
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = Some(n);
+        self
+    }
+
+    /// What a submit does when the bounded queue is full (default:
+    /// [`FullPolicy::Reject`]): [`FullPolicy::Block`] and
+    /// [`FullPolicy::BlockFor`] wait for room. [`FullPolicy::CallerRuns`]
+    /// is an error at [`build`](Self::build): a process task runs in a
+    /// worker process, never on the submitting thread. Needs a
+    /// [`queue_capacity`](Self::queue_capacity).
+    #[must_use]
+    pub fn when_full(mut self, policy: FullPolicy) -> Self {
+        self.when_full = Some(policy);
+        self
+    }
+
     /// The name of the dispatcher thread (default: `process-pool`).
     #[must_use]
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
@@ -238,6 +269,15 @@ impl ProcessPoolBuilder {
             Some(n) => n,
             None => num_cpus::get().max(1),
         };
+        let queue_capacity = check_queue(self.queue_capacity, self.when_full)?;
+        let when_full = self.when_full.unwrap_or_default();
+        if when_full == FullPolicy::CallerRuns {
+            return Err(BuildError::new(BuildErrorKind::Queue(
+                "when_full(CallerRuns) is not available for a process pool: its tasks run in \
+                 worker processes, never on the submitting thread; use Reject, Block or BlockFor"
+                    .to_owned(),
+            )));
+        }
         let zero = |what| Err(BuildError::new(BuildErrorKind::ZeroBound(what)));
         if self.max_tasks_per_child == Some(0) {
             return zero("max_tasks_per_child");
@@ -293,6 +333,7 @@ impl ProcessPoolBuilder {
                 pids: Vec::new(),
             }),
             wake,
+            room: queue_capacity.map(|n| Arc::new(Room::new(n))),
         });
         let cfg = Config {
             max_workers,
@@ -317,9 +358,12 @@ impl ProcessPoolBuilder {
             .spawn(move || dispatcher.run())
             .map_err(resource("start the dispatcher thread"))?;
         series.expect_failures(&FailureReason::ALL);
-        let capacity = Capacity::register(series.clone(), max_workers as u64);
+        let capacity =
+            Capacity::register(series.clone(), max_workers as u64).with_queue(queue_capacity);
         let pool = ProcessPool {
             shared,
+            dispatcher: thread.thread().id(),
+            when_full,
             thread: Mutex::new(Some(thread)),
             max_workers,
             max_frame,
@@ -342,6 +386,9 @@ impl ProcessPoolBuilder {
 /// Dropping the pool is [`shutdown`](Self::shutdown): it waits for accepted work and reaps every worker.
 pub struct ProcessPool {
     shared: Arc<Shared>,
+    /// The dispatcher thread, which never waits for room (it makes it).
+    dispatcher: thread::ThreadId,
+    when_full: FullPolicy,
     thread: Mutex<Option<JoinHandle<()>>>,
     max_workers: usize,
     max_frame: usize,
@@ -536,6 +583,16 @@ impl ProcessPool {
             );
             return Err(Rejected { error, sink });
         }
+        let place = match &self.shared.room {
+            None => None,
+            Some(room) => match self.take_place(room) {
+                Ok(place) => Some(place),
+                Err(reason) => {
+                    let error = SubmitError::new((), reason);
+                    return Err(Rejected { error, sink });
+                }
+            },
+        };
         {
             let mut inner = self.shared.lock();
             if let Some(msg) = &inner.broken {
@@ -552,10 +609,36 @@ impl ProcessPool {
                 spec,
                 sink,
                 attempts: 0,
+                place,
             });
         }
         self.shared.wake.notify();
         Ok(())
+    }
+
+    /// A place in the bounded queue `room`, as [`when_full`](ProcessPoolBuilder::when_full) says
+    /// when there is none.
+    fn take_place(&self, room: &Arc<Room>) -> Result<Place, RejectReason> {
+        if room.try_take() {
+            return Ok(Place(room.clone()));
+        }
+        let wait = match self.when_full {
+            FullPolicy::Block => None,
+            FullPolicy::BlockFor(timeout) => Some(timeout),
+            _ => return Err(RejectReason::Full),
+        };
+        // The dispatcher (where a task's waker may run and submit) makes the
+        // room: it must not wait for it.
+        if thread::current().id() == self.dispatcher {
+            return Err(RejectReason::Full);
+        }
+        room.wait_take(wait).map(|()| Place(room.clone()))
+    }
+
+    /// The capacity of the queue of tasks not yet sent to a worker, if it is bounded
+    /// ([`ProcessPoolBuilder::queue_capacity`]).
+    pub fn queue_capacity(&self) -> Option<usize> {
+        self.shared.room.as_ref().map(|room| room.capacity())
     }
 
     /// The configured maximum number of worker processes.
@@ -607,6 +690,10 @@ impl ProcessPool {
             if inner.mode < mode && inner.mode != Mode::Terminated {
                 inner.mode = mode;
             }
+        }
+        // Submits waiting for room give up now rather than queue behind the stop.
+        if let Some(room) = &self.shared.room {
+            room.close(RejectReason::Shutdown);
         }
         self.shared.wake.notify();
         // Holding the lock while joining makes a concurrent caller wait for the end too.

@@ -438,7 +438,7 @@ fn rejected_submit_hands_the_sink_back() {
     let rejected = pool.submit_job(spec::<Square>(&3), s).unwrap_err();
     assert_eq!(
         rejected.error.reason(),
-        crate::executor::RejectReason::Shutdown
+        crate::error::RejectReason::Shutdown
     );
     rejected.sink.failed_unstarted(JobFailure::Cancelled);
     assert_eq!(events(&rx), vec![Ev::Unstarted(JobFailure::Cancelled)]);

@@ -10,8 +10,9 @@ pub(crate) use self::job::Classify;
 use self::job::{is_err, never_failed, ClassifyFn, Detached, ErrFails, Job, NeverFails};
 pub use self::map::Map;
 use crate::error::FailureReason;
+use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{Executor, RejectReason, Rejected, Task};
+use crate::executor::{Executor, Rejected, Task};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, Ticket};
 
@@ -41,7 +42,8 @@ pub struct InstrumentedExecutorProxy<E: Executor> {
     exporter: ExecutorExporter,
     acct: Arc<Accounting>,
     max_workers: Option<usize>,
-    /// `max_workers` in the exporter's gauge until shutdown.
+    /// `max_workers` (and a bounded queue's capacity) in the exporter's
+    /// gauges until shutdown.
     capacity: Capacity,
 }
 
@@ -59,7 +61,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Wraps `executor`. `max_workers` is added to the exporter's
     /// `max_workers` gauge, and taken off again when the proxy shuts down or
     /// is dropped; with `None`, the executor's own
-    /// [`Executor::max_workers`] is used, if it knows. The metrics carry the
+    /// [`Executor::max_workers`] is used, if it knows. A bounded queue's
+    /// [`Executor::queue_capacity`] goes in the `queue_capacity` gauge the
+    /// same way. The metrics carry the
     /// exporter's `executor_type` as built; [`from_builder`](Self::from_builder)
     /// takes the executor's own when the builder sets none.
     pub fn new(
@@ -69,7 +73,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     ) -> InstrumentedExecutorProxy<E> {
         let max_workers = max_workers.or_else(|| executor.max_workers());
         let capacity =
-            Capacity::register(exporter.series().clone(), max_workers.unwrap_or(0) as u64);
+            Capacity::register(exporter.series().clone(), max_workers.unwrap_or(0) as u64)
+                .with_queue(executor.queue_capacity());
         exporter
             .series()
             .expect_failures(&FailureReason::IN_PROCESS);
@@ -398,6 +403,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// this one runs what is left once the caller returns).
     pub fn shutdown(&self) {
         self.acct.close();
+        self.inner.close();
         self.wait_idle_unless_inside();
         self.inner.shutdown();
         self.capacity.release();
@@ -408,6 +414,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// [`TaskError::Cancelled`]). Running tasks finish. Idempotent.
     pub fn shutdown_now(&self) {
         self.acct.close();
+        self.inner.close();
         self.acct.cancel_pending();
         self.wait_idle_unless_inside();
         self.inner.shutdown();
@@ -525,12 +532,21 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
         self.max_workers
     }
 
+    fn queue_capacity(&self) -> Option<usize> {
+        self.inner.queue_capacity()
+    }
+
     fn executor_type(&self) -> &str {
         self.exporter.executor_type()
     }
 
     fn shutdown(&self) {
         InstrumentedExecutorProxy::shutdown(self)
+    }
+
+    fn close(&self) {
+        self.acct.close();
+        self.inner.close();
     }
 
     fn is_worker_thread(&self) -> bool {
@@ -623,12 +639,20 @@ macro_rules! instrumented_pool {
                 self.proxy.max_workers()
             }
 
+            fn queue_capacity(&self) -> Option<usize> {
+                $crate::executor::Executor::queue_capacity(&self.proxy)
+            }
+
             fn executor_type(&self) -> &str {
                 self.proxy.exporter().executor_type()
             }
 
             fn shutdown(&self) {
                 self.proxy.shutdown()
+            }
+
+            fn close(&self) {
+                $crate::executor::Executor::close(&self.proxy)
             }
 
             fn is_worker_thread(&self) -> bool {

@@ -68,6 +68,11 @@ impl ThreadPoolExecutor {
     pub fn workers(&self) -> usize {
         self.proxy.inner().workers()
     }
+
+    /// The capacity of the queue, if it is bounded.
+    pub fn queue_capacity(&self) -> Option<usize> {
+        self.proxy.inner().queue_capacity()
+    }
 }
 
 crate::proxy::instrumented_pool!(ThreadPoolExecutor, ThreadPool);
@@ -109,6 +114,23 @@ impl ThreadPoolExecutorBuilder {
     /// See [`ThreadPoolBuilder::stack_size`].
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.pool = self.pool.stack_size(bytes);
+        self
+    }
+
+    /// See [`ThreadPoolBuilder::queue_capacity`]. The capacity is exposed
+    /// as the `queue_capacity` gauge while the pool lives, and a submit
+    /// refused because the queue is full is counted in
+    /// `rejected_tasks_total`.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.pool = self.pool.queue_capacity(n);
+        self
+    }
+
+    /// See [`ThreadPoolBuilder::when_full`]. A task run by the caller
+    /// ([`FullPolicy::CallerRuns`](crate::FullPolicy::CallerRuns)) is counted
+    /// as any other, with a wait of about nothing.
+    pub fn when_full(mut self, policy: crate::FullPolicy) -> Self {
+        self.pool = self.pool.when_full(policy);
         self
     }
 

@@ -4,6 +4,11 @@
 //! idle and fewer than `max_workers` exist, so a pool that runs one task at a
 //! time keeps one thread. Tasks wait in one unbounded FIFO channel.
 //!
+//! With a queue capacity, a submit first takes a place in the pool's [`Room`]
+//! and the worker that receives the task gives it back: the channel itself
+//! stays unbounded, so a worker's stop message never waits for room (a task
+//! that shuts its own full pool down would otherwise wait for itself).
+//!
 //! A worker that cannot start (the system refuses a thread) costs nothing
 //! while another worker runs: the task waits for that one. With no worker at
 //! all, the submit hands its task back ([`RejectReason::NoWorker`]) and the
@@ -18,8 +23,10 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
 
+use crate::bounded::{check_queue, FullPolicy, Room};
+use crate::error::RejectReason;
 use crate::error::{panic_message, BuildError, BuildErrorKind};
-use crate::executor::{Executor, RejectReason, Rejected, Task};
+use crate::executor::{Executor, Rejected, Task};
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +47,9 @@ struct Shared {
     on_worker_exit: Option<Hook>,
     sender: Sender<Message>,
     receiver: Receiver<Message>,
+    /// The places of a bounded queue; `None` for an unbounded one.
+    room: Option<Room>,
+    when_full: FullPolicy,
     /// Workers started (a slot is claimed before the thread is spawned).
     /// Changes only while the pool grows, so it stays in every core's cache.
     workers: AtomicUsize,
@@ -97,6 +107,7 @@ impl fmt::Debug for ThreadPool {
             .field("max_workers", &self.shared.max_workers)
             .field("workers", &self.workers())
             .field("prefix", &self.shared.prefix)
+            .field("queue_capacity", &self.queue_capacity())
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +121,8 @@ pub struct ThreadPoolBuilder {
     initializer: Option<Hook>,
     on_worker_start: Option<Hook>,
     on_worker_exit: Option<Hook>,
+    queue_capacity: Option<usize>,
+    when_full: Option<FullPolicy>,
 }
 
 impl fmt::Debug for ThreadPoolBuilder {
@@ -119,6 +132,8 @@ impl fmt::Debug for ThreadPoolBuilder {
             .field("thread_name_prefix", &self.prefix)
             .field("stack_size", &self.stack_size)
             .field("initializer", &self.initializer.is_some())
+            .field("queue_capacity", &self.queue_capacity)
+            .field("when_full", &self.when_full)
             .finish_non_exhaustive()
     }
 }
@@ -193,7 +208,53 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Bounds the queue to `n` tasks: tasks accepted and not yet taken by a
+    /// worker (a running task takes no place). A submit that finds the
+    /// queue full does what [`when_full`](Self::when_full) says: by default
+    /// it is refused with [`RejectReason::Full`], the task handed back.
+    /// Default: unbounded. 0 is an error at [`build`](Self::build): for a
+    /// hand-off with no queue at all, use a capacity of 1.
+    ///
+    /// A task handed to an idle worker, or to a worker the submit starts,
+    /// still passes through the queue: it holds its place until that worker
+    /// takes it, a moment later.
+    ///
+    /// ```
+    /// use executor_exporter::{Executor, RejectReason, Task, ThreadPool};
+    ///
+    /// let pool = ThreadPool::builder().max_workers(1).queue_capacity(1).build()?;
+    /// let (started, running) = std::sync::mpsc::channel();
+    /// let (release, gate) = std::sync::mpsc::channel::<()>();
+    /// pool.execute(Task::new(move || {
+    ///     started.send(()).unwrap();
+    ///     let _ = gate.recv();
+    /// }))?;
+    /// running.recv()?; // the worker runs it: the queue is empty
+    /// pool.execute(Task::new(|| ()))?; // takes the one place
+    /// let refused = pool.execute(Task::new(|| ())).unwrap_err();
+    /// assert_eq!(refused.reason(), RejectReason::Full);
+    /// release.send(())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = Some(n);
+        self
+    }
+
+    /// What a submit does when the bounded queue is full (default:
+    /// [`FullPolicy::Reject`]); see [`FullPolicy`]. Needs a
+    /// [`queue_capacity`](Self::queue_capacity): without one,
+    /// [`build`](Self::build) fails.
+    ///
+    /// With [`FullPolicy::CallerRuns`] the task runs on the submitting
+    /// thread; a panic in it is caught there, as a worker would catch it.
+    pub fn when_full(mut self, policy: FullPolicy) -> Self {
+        self.when_full = Some(policy);
+        self
+    }
+
     pub(crate) fn check(&self) -> Result<(), BuildError> {
+        check_queue(self.queue_capacity, self.when_full)?;
         if self.max_workers == Some(0) {
             return Err(BuildError::new(BuildErrorKind::ZeroWorkers));
         }
@@ -225,6 +286,8 @@ impl ThreadPoolBuilder {
                 on_worker_exit: self.on_worker_exit,
                 sender,
                 receiver,
+                room: self.queue_capacity.map(Room::new),
+                when_full: self.when_full.unwrap_or_default(),
                 workers: AtomicUsize::new(0),
                 idle: CachePadded::new(AtomicUsize::new(0)),
                 submitting: CachePadded::new(AtomicUsize::new(0)),
@@ -252,6 +315,12 @@ impl ThreadPool {
         self.shared.max_workers
     }
 
+    /// The capacity of the queue, if it is bounded
+    /// ([`ThreadPoolBuilder::queue_capacity`]).
+    pub fn queue_capacity(&self) -> Option<usize> {
+        self.shared.room.as_ref().map(Room::capacity)
+    }
+
     /// Threads started so far (they live until shutdown).
     pub fn workers(&self) -> usize {
         self.shared.workers.load(Ordering::SeqCst)
@@ -266,7 +335,8 @@ impl ThreadPool {
     /// Idempotent; also what `Drop` does.
     pub fn shutdown(&self) {
         let shared = &self.shared;
-        shared.closed.store(true, Ordering::SeqCst);
+        // Submits waiting for room give up, so the wait below ends.
+        self.close();
         // A submit that passed its closed check before the store above is
         // still about to send; let it, so its task is queued before the stops.
         while shared.submitting.load(Ordering::SeqCst) > 0 {
@@ -299,6 +369,17 @@ impl ThreadPool {
             shared,
             shared.broken.get().map_or(NO_WORKER, String::as_str),
         );
+    }
+
+    /// Stops accepting tasks, without waiting: submits waiting for room in
+    /// a full queue are refused with [`RejectReason::Shutdown`]; the
+    /// accepted tasks still run. [`shutdown`](Self::shutdown) does this
+    /// first.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(room) = &self.shared.room {
+            room.close(RejectReason::Shutdown);
+        }
     }
 
     /// Starts worker `index`, whose slot in `workers` the caller claimed;
@@ -345,6 +426,9 @@ fn abandon_stranded(shared: &Shared, error: &std::io::Error) {
 fn abandon_queued(shared: &Shared, reason: &str) {
     while let Ok(message) = shared.receiver.try_recv() {
         if let Message::Run(task) = message {
+            if let Some(room) = &shared.room {
+                room.release();
+            }
             task.abandon(reason);
         }
     }
@@ -353,6 +437,9 @@ fn abandon_queued(shared: &Shared, reason: &str) {
 fn break_pool(shared: &Shared, reason: String) {
     let _ = shared.broken.set(reason);
     let reason = shared.broken.get().cloned().unwrap_or_default();
+    if let Some(room) = &shared.room {
+        room.close(RejectReason::Broken);
+    }
     // Submits that passed their broken check are about to send: wait for them
     // so their tasks are drained below, not stranded.
     while shared.submitting.load(Ordering::SeqCst) > 0 {
@@ -387,9 +474,21 @@ fn worker_loop(shared: &Shared) {
     }
     // A guard, so the exit is reported however the loop ends.
     let _exit = shared.on_worker_exit.as_deref().map(OnExit);
+    match &shared.room {
+        None => run_tasks(shared, || ()),
+        Some(room) => run_tasks(shared, || room.release()),
+    }
+}
+
+/// Runs what the channel brings until a stop; `taken` is called as each
+/// task leaves the queue (a closure, so an unbounded pool's loop has no
+/// branch for it).
+#[inline(always)]
+fn run_tasks(shared: &Shared, taken: impl Fn()) {
     while let Ok(message) = shared.receiver.recv() {
         match message {
             Message::Run(task) => {
+                taken();
                 // The idle credit is given as soon as the task's code is done,
                 // before its result is published (see `Runnable::run`).
                 let credited = std::cell::Cell::new(false);
@@ -415,6 +514,12 @@ impl Drop for OnExit<'_> {
     fn drop(&mut self) {
         let _ = catch_unwind(AssertUnwindSafe(|| (self.0)()));
     }
+}
+
+/// Runs a task on the thread that submitted it (caller-runs), catching its
+/// panic as a worker would.
+fn run_here(task: Task) {
+    let _ = catch_unwind(AssertUnwindSafe(|| task.run()));
 }
 
 /// One submit in progress, counted in `submitting` until dropped.
@@ -443,6 +548,78 @@ impl Executor for ThreadPool {
         if let Some(reason) = refuse {
             return Err(Rejected::new(task, reason));
         }
+        if let Some(room) = &shared.room {
+            if !room.try_take() {
+                return self.queue_full(task, _submitting);
+            }
+        }
+        self.hand_over(task)
+    }
+
+    fn max_workers(&self) -> Option<usize> {
+        Some(self.shared.max_workers)
+    }
+
+    fn queue_capacity(&self) -> Option<usize> {
+        ThreadPool::queue_capacity(self)
+    }
+
+    fn executor_type(&self) -> &str {
+        "thread_pool"
+    }
+
+    fn is_worker_thread(&self) -> bool {
+        let me = &*self.shared as *const Shared;
+        WORKER_OF
+            .try_with(|w| std::ptr::eq(w.get(), me))
+            .unwrap_or(false)
+    }
+
+    fn shutdown(&self) {
+        ThreadPool::shutdown(self)
+    }
+
+    fn close(&self) {
+        ThreadPool::close(self)
+    }
+}
+
+impl ThreadPool {
+    /// A submit found the bounded queue full: what `when_full` says.
+    /// `submitting` is the submit's mark, which shutdown waits on.
+    #[cold]
+    #[inline(never)]
+    fn queue_full(&self, task: Task, submitting: Submitting<'_>) -> Result<(), Rejected> {
+        let Some(room) = &self.shared.room else {
+            return Err(Rejected::new(task, RejectReason::Full));
+        };
+        let wait = match self.shared.when_full {
+            FullPolicy::Block => None,
+            FullPolicy::BlockFor(timeout) => Some(timeout),
+            FullPolicy::CallerRuns => {
+                // Not a submit in progress any more: a shutdown must not
+                // wait for this task (which may shut the pool down itself).
+                drop(submitting);
+                run_here(task);
+                return Ok(());
+            }
+            _ => return Err(Rejected::new(task, RejectReason::Full)),
+        };
+        // A worker waiting for room in its own queue could wait for itself
+        // (and every worker doing so would wait forever).
+        if Executor::is_worker_thread(self) {
+            return Err(Rejected::new(task, RejectReason::Full));
+        }
+        match room.wait_take(wait) {
+            Ok(()) => self.hand_over(task),
+            Err(reason) => Err(Rejected::new(task, reason)),
+        }
+    }
+
+    /// Sends an admitted task (its place taken, if the queue is bounded).
+    #[inline(always)]
+    fn hand_over(&self, task: Task) -> Result<(), Rejected> {
+        let shared = &self.shared;
         // Reuse an idle worker if there is one; otherwise start one if
         // allowed, before the task is sent, so that a task no worker can run
         // goes back to its caller.
@@ -463,6 +640,9 @@ impl Executor for ThreadPool {
                     // Another worker, started or starting, runs the task;
                     // with none, nobody would.
                     if shared.workers.load(Ordering::SeqCst) == 0 {
+                        if let Some(room) = &shared.room {
+                            room.release();
+                        }
                         abandon_stranded(shared, &e);
                         return Err(Rejected::new(task, RejectReason::NoWorker));
                     }
@@ -473,25 +653,6 @@ impl Executor for ThreadPool {
         // cannot fail.
         let _ = shared.sender.send(Message::Run(task));
         Ok(())
-    }
-
-    fn max_workers(&self) -> Option<usize> {
-        Some(self.shared.max_workers)
-    }
-
-    fn executor_type(&self) -> &str {
-        "thread_pool"
-    }
-
-    fn is_worker_thread(&self) -> bool {
-        let me = &*self.shared as *const Shared;
-        WORKER_OF
-            .try_with(|w| std::ptr::eq(w.get(), me))
-            .unwrap_or(false)
-    }
-
-    fn shutdown(&self) {
-        ThreadPool::shutdown(self)
     }
 }
 
