@@ -59,7 +59,6 @@ fn an_inline_executor_passes() {
 /// operations, with a problem that says `expected`.
 fn assert_caught(result: Result<(), CheckError>, max_ops: usize, expected: &str) {
     let failure = result.expect_err("the broken executor passed the check");
-    eprintln!("DEBUG {failure}");
     assert!(
         failure.workload().len() <= max_ops,
         "the workload was not shrunk to {max_ops} operations:\n{failure}"
@@ -272,4 +271,61 @@ fn the_strategy_follows_the_config() {
             );
         }
     }
+}
+
+/// Refuses every other task as if its queue were full.
+struct RefusesEveryOther {
+    submits: AtomicUsize,
+    pool: ThreadPool,
+}
+
+impl Executor for RefusesEveryOther {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        if self.submits.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            return Err(Rejected::new(task, RejectReason::Full));
+        }
+        self.pool.execute(task)
+    }
+
+    fn shutdown(&self) {
+        Executor::shutdown(&self.pool)
+    }
+}
+
+/// A refusal before shutdown is a failure unless the config allows it;
+/// allowed, the refused tasks are counted as rejected like any other.
+#[test]
+fn refusals_before_shutdown_fail_unless_allowed() {
+    let make = || RefusesEveryOther {
+        submits: AtomicUsize::new(0),
+        pool: ThreadPool::new(2).unwrap(),
+    };
+    let result = try_check_executor(&quick(), make);
+    assert_caught(result, 3, "refused a task before any shutdown");
+    check_executor_with(&quick().may_reject(true), make);
+}
+
+/// Blocks forever in `execute`.
+struct Stuck;
+
+impl Executor for Stuck {
+    fn execute(&self, _task: Task) -> Result<(), Rejected> {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// A call into the executor that never returns fails the case (the
+/// watchdog names the operation) instead of hanging the test.
+#[test]
+fn an_execute_that_never_returns_fails_the_case() {
+    let workload = Workload::new(vec![Op::Submit(TaskKind::Ok), Op::Shutdown]);
+    let config = CheckConfig::default().timeout(Duration::from_millis(100));
+    let failure = check_workload(&config, &workload, Stuck).unwrap_err();
+    let text = failure.to_string();
+    assert!(
+        text.contains("did not finish within") && text.contains("op 0 (Submit(Ok))"),
+        "{text}"
+    );
 }

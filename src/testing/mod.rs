@@ -179,7 +179,7 @@ impl CheckConfig {
     }
 
     /// The longest a [`TaskKind::Sleep`] task sleeps, to whole milliseconds
-    /// up to 255 (default 5 ms).
+    /// up to 255 (default 5 ms); zero leaves sleeping tasks out.
     pub fn max_sleep(mut self, max_sleep: Duration) -> Self {
         self.max_sleep = max_sleep;
         self
@@ -302,6 +302,9 @@ where
         max_shrink_time: u32::try_from(config.max_shrink_time.as_millis())
             .unwrap_or(u32::MAX)
             .max(1),
+        // Bounded by `max_shrink_time` instead: a bug that shows after a
+        // hundred tasks takes about that many steps per task.
+        max_shrink_iters: 1_000_000,
         failure_persistence: None,
         rng_seed: RngSeed::Fixed(seed),
         source_file: None,

@@ -254,7 +254,9 @@ fn kind(max_sleep: u8, with_err: bool) -> BoxedStrategy<TaskKind> {
     if with_err {
         kinds.push((1, Just(TaskKind::Err).boxed()));
     }
-    kinds.push((2, (0..=max_sleep).prop_map(TaskKind::Sleep).boxed()));
+    if max_sleep > 0 {
+        kinds.push((2, (0..=max_sleep).prop_map(TaskKind::Sleep).boxed()));
+    }
     Union::new_weighted(kinds).boxed()
 }
 
