@@ -99,6 +99,9 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunne
 pub use self::workload::{workload, Op, TaskKind, Workload};
 use crate::error::panic_message;
 use crate::Executor;
+/// The `proptest` crate the strategies are built with, so that your own
+/// properties over [`Workload::strategy`] use the same version.
+pub use proptest;
 
 /// How many times a workload runs during shrinking before it counts as
 /// passing.
