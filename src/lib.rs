@@ -16,6 +16,8 @@
 //!   that prefer it).
 //! - [`TextEncoder`]: the text exposition, the same bytes as
 //!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler.
+//! - [`testing`] (feature `testing`): property tests of the task accounting
+//!   of your own executor behind the proxy.
 //!
 //! # Quickstart
 //!
@@ -101,6 +103,8 @@ mod proxy;
 mod rayon_support;
 mod sync;
 mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod thread_pool;
 
 pub use bounded::FullPolicy;
@@ -137,6 +141,7 @@ pub use prometheus;
     feature = "http",
     feature = "push",
     feature = "rayon",
+    feature = "testing",
     target_os = "linux"
 ))]
 mod doc_examples {
