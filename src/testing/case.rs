@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 
+use super::config::CheckConfig;
 use super::workload::{Op, TaskKind, Workload};
-use super::CheckConfig;
 use crate::error::panic_message;
 use crate::{
     Executor, ExecutorExporter, FailureReason, InstrumentedExecutorProxy, RejectReason, TaskError,

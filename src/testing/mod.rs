@@ -85,6 +85,7 @@
 //! proptest properties.
 
 mod case;
+mod config;
 mod workload;
 
 use std::cell::RefCell;
@@ -96,6 +97,7 @@ use std::time::Duration;
 
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 
+pub use self::config::CheckConfig;
 pub use self::workload::{workload, Op, TaskKind, Workload};
 use crate::error::panic_message;
 use crate::Executor;
@@ -106,138 +108,6 @@ pub use proptest;
 /// How many times a workload runs during shrinking before it counts as
 /// passing.
 const RUNS_WHILE_SHRINKING: usize = 3;
-
-/// What [`check_executor_with`] runs, and what the executor supports.
-///
-/// ```
-/// use std::time::Duration;
-/// use executor_exporter::testing::CheckConfig;
-///
-/// // A pool with a bounded queue (it may refuse while open), no `shutdown_now`
-/// // in its workloads, checked quickly.
-/// let config = CheckConfig::default()
-///     .cases(16)
-///     .timeout(Duration::from_secs(5))
-///     .may_reject(true)
-///     .shutdown_now(false);
-/// # let _ = config;
-/// ```
-#[derive(Debug, Clone)]
-pub struct CheckConfig {
-    cases: u32,
-    timeout: Duration,
-    max_ops: usize,
-    max_sleep: Duration,
-    shutdown_now: bool,
-    shutdown_midway: bool,
-    executor_shutdown: bool,
-    concurrent: bool,
-    may_reject: bool,
-    seed: Option<u64>,
-    max_shrink_time: Duration,
-}
-
-impl Default for CheckConfig {
-    /// 64 cases of up to 24 operations, tasks sleeping up to 5 ms, a 10 s
-    /// timeout per case, every operation, no refusal before shutdown, and
-    /// up to 30 s of shrinking.
-    fn default() -> CheckConfig {
-        CheckConfig {
-            cases: 64,
-            timeout: Duration::from_secs(10),
-            max_ops: 24,
-            max_sleep: Duration::from_millis(5),
-            shutdown_now: true,
-            shutdown_midway: true,
-            executor_shutdown: true,
-            concurrent: true,
-            may_reject: false,
-            seed: None,
-            max_shrink_time: Duration::from_secs(30),
-        }
-    }
-}
-
-impl CheckConfig {
-    /// How many random workloads to run (default 64).
-    pub fn cases(mut self, cases: u32) -> Self {
-        self.cases = cases;
-        self
-    }
-
-    /// How long one case may take, shutdown included, before it fails as a
-    /// hang (default 10 s). A hang leaves the case's executor and its
-    /// threads behind (nothing can stop them), and shrinking it takes a
-    /// timeout per step: keep it short in tests.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The most operations before the closing shutdown (default 24); a
-    /// workload may have a few more after a shutdown part-way.
-    pub fn max_ops(mut self, max_ops: usize) -> Self {
-        self.max_ops = max_ops;
-        self
-    }
-
-    /// The longest a [`TaskKind::Sleep`] task sleeps, to whole milliseconds
-    /// up to 255 (default 5 ms); zero leaves sleeping tasks out.
-    pub fn max_sleep(mut self, max_sleep: Duration) -> Self {
-        self.max_sleep = max_sleep;
-        self
-    }
-
-    /// Whether workloads use [`Op::ShutdownNow`] (default true).
-    pub fn shutdown_now(mut self, yes: bool) -> Self {
-        self.shutdown_now = yes;
-        self
-    }
-
-    /// Whether workloads may shut the proxy down part-way, then submit
-    /// more, which must be refused (default true).
-    pub fn shutdown_midway(mut self, yes: bool) -> Self {
-        self.shutdown_midway = yes;
-        self
-    }
-
-    /// Whether workloads use [`Op::ExecutorShutdown`], the executor's own
-    /// [`Executor::shutdown`] called part-way (default true).
-    pub fn executor_shutdown(mut self, yes: bool) -> Self {
-        self.executor_shutdown = yes;
-        self
-    }
-
-    /// Whether workloads use [`Op::Concurrent`], submits from several
-    /// threads at once (default true).
-    pub fn concurrent(mut self, yes: bool) -> Self {
-        self.concurrent = yes;
-        self
-    }
-
-    /// Whether the executor may refuse a task before it is shut down (a
-    /// bounded queue that is full, say). By default it may not: an executor
-    /// that never refuses is checked for that too.
-    pub fn may_reject(mut self, yes: bool) -> Self {
-        self.may_reject = yes;
-        self
-    }
-
-    /// The seed of the random workloads: a failure prints its seed, and
-    /// this replays the same workloads. By default, `PROPTEST_RNG_SEED` if
-    /// set, else a new one each run.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// How long shrinking a failure may take (default 30 s); when it runs
-    /// out, the smallest failing workload found so far is reported.
-    pub fn max_shrink_time(mut self, max_shrink_time: Duration) -> Self {
-        self.max_shrink_time = max_shrink_time;
-        self
-    }
-}
 
 /// Checks the task accounting of the executors `make` builds, with
 /// [`CheckConfig::default`]; panics with the smallest failing workload and

@@ -7,7 +7,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, Union};
 
-use super::CheckConfig;
+use super::config::CheckConfig;
 
 /// What a task of a workload does when it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
