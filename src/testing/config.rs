@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// What [`check_executor_with`] runs, and what the executor supports.
+/// What [`check_executor_with`](crate::testing::check_executor_with) runs, and what the executor supports.
 ///
 /// ```
 /// use std::time::Duration;
@@ -76,14 +76,14 @@ impl CheckConfig {
         self
     }
 
-    /// The longest a [`TaskKind::Sleep`] task sleeps, to whole milliseconds
+    /// The longest a [`TaskKind::Sleep`](crate::testing::TaskKind::Sleep) task sleeps, to whole milliseconds
     /// up to 255 (default 5 ms); zero leaves sleeping tasks out.
     pub fn max_sleep(mut self, max_sleep: Duration) -> Self {
         self.max_sleep = max_sleep;
         self
     }
 
-    /// Whether workloads use [`Op::ShutdownNow`] (default true).
+    /// Whether workloads use [`Op::ShutdownNow`](crate::testing::Op::ShutdownNow) (default true).
     pub fn shutdown_now(mut self, yes: bool) -> Self {
         self.shutdown_now = yes;
         self
@@ -96,14 +96,14 @@ impl CheckConfig {
         self
     }
 
-    /// Whether workloads use [`Op::ExecutorShutdown`], the executor's own
-    /// [`Executor::shutdown`] called part-way (default true).
+    /// Whether workloads use [`Op::ExecutorShutdown`](crate::testing::Op::ExecutorShutdown), the executor's own
+    /// [`Executor::shutdown`](crate::Executor::shutdown) called part-way (default true).
     pub fn executor_shutdown(mut self, yes: bool) -> Self {
         self.executor_shutdown = yes;
         self
     }
 
-    /// Whether workloads use [`Op::Concurrent`], submits from several
+    /// Whether workloads use [`Op::Concurrent`](crate::testing::Op::Concurrent), submits from several
     /// threads at once (default true).
     pub fn concurrent(mut self, yes: bool) -> Self {
         self.concurrent = yes;
