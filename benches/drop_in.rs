@@ -3,9 +3,12 @@
 //! one. Side by side, on empty tasks (where the per-task cost shows most),
 //! two workers, one submitter, each task counting a latch down:
 //!
-//! - `drop_in_empty`: the plain [`ThreadPool`] (`plain`, the baseline),
-//!   [`ThreadPoolExecutor`] given the same `Task`s (`executor_execute`),
-//!   and its own `spawn` (`executor_spawn`);
+//! - `drop_in_empty`: the plain [`ThreadPool`] (`plain`, the baseline), the
+//!   same pool given tasks that make the instrumentation's three clock reads
+//!   and nothing else of it (`plain_clocked`: the best an instrumented pool
+//!   that times every task can do on this host), [`ThreadPoolExecutor`]
+//!   given the same `Task`s (`executor_execute`), and its own `spawn`
+//!   (`executor_spawn`);
 //! - `user_pool_empty`: a user's crossbeam-channel pool (`plain`, the
 //!   baseline) and an [`InstrumentedExecutorProxy`] over it given the same
 //!   `Task`s (`proxy_execute`).
@@ -21,7 +24,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ChannelPool, Latch, WORKERS};
+use common::{clocked, ChannelPool, Latch, WORKERS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use executor_exporter::{
     Executor, ExecutorExporter, InstrumentedExecutorProxy, Task, ThreadPool, ThreadPoolExecutor,
@@ -59,6 +62,19 @@ fn drop_in(c: &mut Criterion) {
     let mut g = c.benchmark_group("drop_in_empty");
     g.throughput(Throughput::Elements(1));
     g.bench_function("plain", |b| b.iter_custom(|iters| executed(&plain, iters)));
+    g.bench_function("plain_clocked", |b| {
+        b.iter_custom(|iters| {
+            LATCH.reset(iters as usize);
+            let start = Instant::now();
+            for _ in 0..iters {
+                plain
+                    .execute(Task::new(clocked(|| LATCH.count_down())))
+                    .unwrap();
+            }
+            LATCH.wait();
+            start.elapsed()
+        })
+    });
     g.bench_function("executor_execute", |b| {
         b.iter_custom(|iters| executed(&executor, iters))
     });
