@@ -179,11 +179,12 @@ impl Shards {
             if local.last_id.get() != self.id {
                 return None;
             }
-            // Taken out for the call and put back: no borrow flag to keep.
-            let shard = local.last.take()?;
-            let r = f(&shard);
-            local.last.set(Some(shard));
-            Some(r)
+            // SAFETY: `last_id` (never 0 for a series) and `last` are set
+            // together, to a shard held by an entry of this thread's cache,
+            // which keeps it until the entry is dropped; `with_cached`
+            // resets `last_id` before it drops any entry, and `f` (the
+            // crate's recording code) does not reach this cache.
+            Some(f(unsafe { &*local.last.get() }))
         });
         match found {
             Ok(Some(r)) => r,
@@ -203,8 +204,8 @@ impl Shards {
             let shard = match entries.iter().find(|e| e.id == self.id) {
                 Some(entry) => entry.shard.clone(),
                 None => {
-                    drop(local.last.take());
                     local.last_id.set(0);
+                    local.last.set(std::ptr::null());
                     // Only the shards of series that are gone have no other
                     // owner: no one will read them again.
                     entries.retain(|e| Arc::strong_count(&e.shard) > 1);
@@ -218,7 +219,8 @@ impl Shards {
             };
             drop(entries);
             let r = f(&shard);
-            local.last.set(Some(shard));
+            // The entry pushed or found above holds the shard.
+            local.last.set(&**shard as *const Shard);
             local.last_id.set(self.id);
             Some(r)
         });
@@ -276,8 +278,9 @@ struct Entry {
 struct Local {
     /// The id of the series recorded into last (0, no series, when none).
     last_id: Cell<u64>,
-    /// That series' shard (also in `entries`).
-    last: Cell<Option<Slot>>,
+    /// That series' shard, held by its entry in `entries`: a plain pointer,
+    /// so the fast path is two loads and no reference count or take-and-put.
+    last: Cell<*const Shard>,
     entries: RefCell<Vec<Entry>>,
 }
 
@@ -295,7 +298,7 @@ thread_local! {
     static LOCAL: Local = const {
         Local {
             last_id: Cell::new(0),
-            last: Cell::new(None),
+            last: Cell::new(std::ptr::null()),
             entries: RefCell::new(Vec::new()),
         }
     };
