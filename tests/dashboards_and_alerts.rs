@@ -76,6 +76,8 @@ const REQUIRED_PANELS: &[&str] = &[
     "Failures by reason",
     "Rejected and cancelled tasks",
     "Worker restarts",
+    "Oldest running task age",
+    "Oldest queued task age",
 ];
 
 /// Alerts the rules file must keep.
@@ -86,6 +88,8 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ExecutorTasksRejected",
     "ExecutorSaturated",
     "ExecutorTaskTimeouts",
+    "ExecutorTaskStuck",
+    "ExecutorQueueStalled",
 ];
 
 fn crate_path(relative: &str) -> PathBuf {
