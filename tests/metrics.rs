@@ -1354,13 +1354,16 @@ fn the_ages_of_a_blocked_task_and_of_the_tasks_queued_behind_it() {
         seen_running.elapsed().as_secs_f64(),
         submitted.elapsed().as_secs_f64(),
     );
-    let running_age = age(&registry, "ages", RUNNING_AGE);
-    let queued_age = age(&registry, "ages", QUEUED_AGE);
+    let exp = scrape(&registry);
+    // Opened before asserting: a failed assert must not leave the pool's
+    // drop waiting for the blocked task.
+    gate.open();
+    let running_age = exp.value(RUNNING_AGE, &[("executor", "ages")]);
+    let queued_age = exp.value(QUEUED_AGE, &[("executor", "ages")]);
     assert!(running_age >= ran_for, "{running_age} < {ran_for}");
     assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
     // Sane values, not a clock read as garbage (generous: no timing target).
     assert!(running_age < ran_for + 60.0, "{running_age}");
-    gate.open();
     blocked.join().unwrap();
     for (i, h) in queued.into_iter().enumerate() {
         assert_eq!(h.join(), Ok(i));
@@ -1424,11 +1427,16 @@ fn a_task_that_ran_another_inline_still_shows_its_age() {
     let seen = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let at_least = seen.elapsed().as_secs_f64();
-    for id in ["nested", "inline"] {
-        let running_age = age(&registry, id, RUNNING_AGE);
-        assert!(running_age >= at_least, "{id}: {running_age} < {at_least}");
-    }
+    let exp = scrape(&registry);
+    // Opened before asserting, as above.
     gate.open();
+    for id in ["nested", "inline"] {
+        let running_age = exp.try_value(RUNNING_AGE, &[("executor", id)]);
+        assert!(
+            running_age.is_some_and(|a| a >= at_least),
+            "{id}: {running_age:?} < {at_least}"
+        );
+    }
     outer.join().unwrap();
     inline_outer.join().unwrap();
     pool.join();
@@ -1467,13 +1475,20 @@ fn a_custom_executors_queue_is_bounded_from_the_starts() {
     let submitted = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let waited_for = submitted.elapsed().as_secs_f64();
-    let queued_age = age(&registry, "held", QUEUED_AGE);
-    assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
-    assert_eq!(age(&registry, "held", RUNNING_AGE), 0.0);
+    let exp = scrape(&registry);
+    let (queued_age, running_age) = (
+        exp.try_value(QUEUED_AGE, &[("executor", "held")]),
+        exp.try_value(RUNNING_AGE, &[("executor", "held")]),
+    );
+    // Run them before asserting: a failed assert must not leave the proxy's
+    // drop waiting for tasks nobody runs.
     let tasks = std::mem::take(&mut *held.0.lock().unwrap());
     for task in tasks {
         task.run();
     }
+    let queued_age = queued_age.expect("a queued age");
+    assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
+    assert_eq!(running_age, Some(0.0));
     assert_eq!(ran.load(Ordering::SeqCst), 3);
     assert_eq!(age(&registry, "held", QUEUED_AGE), 0.0);
     assert_eq!(age(&registry, "held", RUNNING_AGE), 0.0);
