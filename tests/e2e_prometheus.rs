@@ -459,11 +459,17 @@ fn assert_stuck_task_is_seen(prometheus: &PrometheusServer, registry: &Registry)
         })
         .unwrap()
     };
-    started_rx.recv_timeout(SCRAPED).expect("the blocked task started");
+    started_rx
+        .recv_timeout(SCRAPED)
+        .expect("the blocked task started");
     // The gate opens only once Prometheus has seen the age reach 3 s: the
     // task is blocked for at least that long.
     prometheus
-        .wait_for(&format!("{age} >= 3"), |s| s.len() == 1, Duration::from_secs(3) + SCRAPED)
+        .wait_for(
+            &format!("{age} >= 3"),
+            |s| s.len() == 1,
+            Duration::from_secs(3) + SCRAPED,
+        )
         .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
     let seen = single(prometheus, &format!("max_over_time({age}[1m])"));
     assert!(

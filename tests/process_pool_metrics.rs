@@ -668,7 +668,10 @@ fn the_ages_of_the_running_and_the_queued_task() {
     assert!(running_age >= ran_for, "{running_age} < {ran_for}");
     assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
     // Its own queue: the queued task's own age, not a bound (generous slack).
-    assert!(queued_age <= waited_at_most + 0.25, "{queued_age} > {waited_at_most}");
+    assert!(
+        queued_age <= waited_at_most + 0.25,
+        "{queued_age} > {waited_at_most}"
+    );
     assert_eq!(join(running).unwrap(), Ok(1_500));
     assert_eq!(join(queued).unwrap(), Ok(9));
     let exp = scrape(&registry);

@@ -45,13 +45,19 @@ impl Ticket {
         if self.acct.cancelling_pending() {
             return None;
         }
-        Some(self.acct.series.started_run(self.submitted_at, Clock::now()))
+        Some(
+            self.acct
+                .series
+                .started_run(self.submitted_at, Clock::now()),
+        )
     }
 
     /// The started task ended (`failure`: why it failed, if it did).
     #[inline]
     pub(crate) fn finish(self, started: Clock, failure: Option<FailureReason>) {
-        self.acct.series.finished_run(started, Clock::now(), failure);
+        self.acct
+            .series
+            .finished_run(started, Clock::now(), failure);
         self.acct.ended();
     }
 
