@@ -28,6 +28,19 @@ impl Clock {
         Clock(source().raw())
     }
 
+    /// The raw reading: what a scrape-time slot stores (never 0 for a real
+    /// reading, so 0 can mean "none").
+    #[inline]
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// A reading stored with [`raw`](Self::raw).
+    #[inline]
+    pub(crate) fn from_raw(raw: u64) -> Clock {
+        Clock(raw)
+    }
+
     /// The time from `earlier` to `self` in whole nanoseconds; zero if
     /// `earlier` is later. What the histograms record, without a round trip
     /// through [`std::time::Duration`] (a division and a multiplication per task).

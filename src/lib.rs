@@ -71,6 +71,8 @@
 //! | `executor_worker_restarts_total` | counter | | workers that left after a crash, timeout or task limit (process pools) |
 //! | `executor_step_duration_seconds` | histogram | `step` | steps timed with [`ExecutorExporter::step`] |
 //! | `executor_queue_capacity` | gauge | | capacity of the live pools' bounded queues (no sample for unbounded ones) |
+//! | `executor_oldest_running_task_seconds` | gauge | | age of the longest-running task now (0 when none runs) |
+//! | `executor_oldest_queued_task_seconds` | gauge | | age of the oldest task waiting to start (0 when none waits; an upper bound where the queue is the wrapped executor's) |
 //!
 //! Whenever no task is in flight, `submitted = queued + running + completed +
 //! failed + cancelled`, where completed and failed are the duration

@@ -58,7 +58,7 @@ fn submit(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
 fn run(core: &Core, value: u32) -> bool {
     match core.start() {
         Some(started) => {
-            core.finish(started, Ok(value), None);
+            core.finish_reported(started, Ok(value), None);
             true
         }
         None => false,

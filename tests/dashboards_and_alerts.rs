@@ -83,6 +83,8 @@ const REQUIRED_PANELS: &[&str] = &[
     "Rejected and cancelled tasks",
     "Worker restarts",
     "Queue fill",
+    "Oldest running task age",
+    "Oldest queued task age",
 ];
 
 /// Alerts the rules file must keep.
@@ -94,6 +96,8 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ExecutorSaturated",
     "ExecutorTaskTimeouts",
     "ExecutorQueueFull",
+    "ExecutorTaskStuck",
+    "ExecutorQueueStalled",
 ];
 
 fn crate_path(relative: &str) -> PathBuf {

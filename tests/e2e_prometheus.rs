@@ -431,7 +431,58 @@ fn scrape_and_check(
     assert_quantiles_finite(&prometheus, &selector);
     assert_dashboard_evaluates(&prometheus);
     assert_rules_evaluate(&prometheus);
+    if feature_flags.is_empty() {
+        assert_stuck_task_is_seen(&prometheus, &registry);
+    }
     then(&server);
+}
+
+/// A task blocked for 3 s: a scrape during the block shows an oldest-running
+/// age of at least 3 s, and once it has ended the age reads 0, through PromQL.
+fn assert_stuck_task_is_seen(prometheus: &PrometheusServer, registry: &Registry) {
+    // The workload's pool is shut down by now: a pool of its own.
+    let pool = ThreadPoolExecutor::builder()
+        .max_workers(1)
+        .exporter_id("stuck")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let age = r#"executor_oldest_running_task_seconds{executor="stuck"}"#;
+    let gate = Gate::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let submitted = std::time::Instant::now();
+    let blocked = {
+        let gate = gate.clone();
+        pool.submit(move || {
+            started_tx.send(()).unwrap();
+            gate.wait()
+        })
+        .unwrap()
+    };
+    started_rx
+        .recv_timeout(SCRAPED)
+        .expect("the blocked task started");
+    // The gate opens only once Prometheus has seen the age reach 3 s: the
+    // task is blocked for at least that long.
+    prometheus
+        .wait_for(
+            &format!("{age} >= 3"),
+            |s| s.len() == 1,
+            Duration::from_secs(3) + SCRAPED,
+        )
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+    let seen = single(prometheus, &format!("max_over_time({age}[1m])"));
+    assert!(
+        seen <= submitted.elapsed().as_secs_f64(),
+        "an age of {seen} s for a task submitted {:?} ago",
+        submitted.elapsed()
+    );
+    gate.open();
+    blocked.join().unwrap();
+    pool.join();
+    prometheus
+        .wait_for(age, |s| s.len() == 1 && s[0].value == 0.0, SCRAPED)
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
 }
 
 /// A scrape target on 127.0.0.1 that answers every scrape with an empty

@@ -43,6 +43,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("executor_tasks_duration_seconds", "histogram"),
     ("executor_task_failures_total", "counter"),
     ("executor_worker_restarts_total", "counter"),
+    ("executor_oldest_running_task_seconds", "gauge"),
+    ("executor_oldest_queued_task_seconds", "gauge"),
 ];
 
 #[test]
@@ -1407,4 +1409,182 @@ fn a_snapshot_whose_counts_do_not_add_up_names_them() {
         .unwrap()
         .snapshot();
     assert_eq!((gone - idle).max_workers, -1);
+}
+
+fn age(registry: &Registry, id: &str, family: &str) -> f64 {
+    scrape(registry).value(family, &[("executor", id)])
+}
+
+const RUNNING_AGE: &str = "executor_oldest_running_task_seconds";
+const QUEUED_AGE: &str = "executor_oldest_queued_task_seconds";
+
+/// A task blocked on a gate: while it blocks, the running age is at least
+/// the time since it was seen started; tasks queued behind it (one
+/// worker) show a queued age of at least their wait; once all have ended,
+/// both ages are 0.
+#[test]
+fn the_ages_of_a_blocked_task_and_of_the_tasks_queued_behind_it() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "ages", 1);
+    assert_eq!(age(&registry, "ages", RUNNING_AGE), 0.0);
+    assert_eq!(age(&registry, "ages", QUEUED_AGE), 0.0);
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let blocked = {
+        let (gate, started) = (gate.clone(), started.clone());
+        pool.submit(move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            gate.wait()
+        })
+        .unwrap()
+    };
+    common::eventually(30, "the task running", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    let seen_running = std::time::Instant::now();
+    let queued: Vec<_> = (0..2).map(|i| pool.submit(move || i).unwrap()).collect();
+    let submitted = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ran_for, waited_for) = (
+        seen_running.elapsed().as_secs_f64(),
+        submitted.elapsed().as_secs_f64(),
+    );
+    let exp = scrape(&registry);
+    // Opened before asserting: a failed assert must not leave the pool's
+    // drop waiting for the blocked task.
+    gate.open();
+    let running_age = exp.value(RUNNING_AGE, &[("executor", "ages")]);
+    let queued_age = exp.value(QUEUED_AGE, &[("executor", "ages")]);
+    assert!(running_age >= ran_for, "{running_age} < {ran_for}");
+    assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
+    // Sane values, not a clock read as garbage (generous: no timing target).
+    assert!(running_age < ran_for + 60.0, "{running_age}");
+    blocked.join().unwrap();
+    for (i, h) in queued.into_iter().enumerate() {
+        assert_eq!(h.join(), Ok(i));
+    }
+    pool.join();
+    assert_eq!(age(&registry, "ages", RUNNING_AGE), 0.0);
+    assert_eq!(age(&registry, "ages", QUEUED_AGE), 0.0);
+}
+
+/// A task that runs another task of the same executor on its own thread
+/// (it joins a task queued behind it on the pool's only worker, or its
+/// executor runs tasks inline) is still seen running once the inner task
+/// has ended.
+#[test]
+fn a_task_that_ran_another_inline_still_shows_its_age() {
+    /// Runs each task on the caller.
+    struct Inline;
+    impl Executor for Inline {
+        fn execute(&self, task: Task) -> Result<(), Rejected> {
+            task.run();
+            Ok(())
+        }
+    }
+    let registry = Registry::new();
+    let pool = Arc::new(pool(&registry, "nested", 1));
+    let inline = Arc::new(InstrumentedExecutorProxy::new(
+        Inline,
+        exporter(&registry, "inline"),
+        None,
+    ));
+    let gate = Gate::new();
+    let inner_done = Arc::new(AtomicUsize::new(0));
+    let outer = {
+        let (pool2, gate, inner_done) = (pool.clone(), gate.clone(), inner_done.clone());
+        pool.submit(move || {
+            // Queued behind this task on the only worker: the join runs it here.
+            assert_eq!(pool2.submit(|| 7).unwrap().join(), Ok(7));
+            inner_done.fetch_add(1, Ordering::SeqCst);
+            gate.wait();
+        })
+        .unwrap()
+    };
+    let inline_outer = {
+        let (inline2, gate, inner_done) = (inline.clone(), gate.clone(), inner_done.clone());
+        std::thread::spawn(move || {
+            inline2
+                .spawn({
+                    let inline3 = inline2.clone();
+                    move || {
+                        inline3.spawn(|| {}).unwrap();
+                        inner_done.fetch_add(1, Ordering::SeqCst);
+                        gate.wait();
+                    }
+                })
+                .unwrap();
+        })
+    };
+    common::eventually(30, "both inner tasks ended", || {
+        inner_done.load(Ordering::SeqCst) == 2
+    });
+    let seen = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let at_least = seen.elapsed().as_secs_f64();
+    let exp = scrape(&registry);
+    // Opened before asserting, as above.
+    gate.open();
+    for id in ["nested", "inline"] {
+        let running_age = exp.try_value(RUNNING_AGE, &[("executor", id)]);
+        assert!(
+            running_age.is_some_and(|a| a >= at_least),
+            "{id}: {running_age:?} < {at_least}"
+        );
+    }
+    outer.join().unwrap();
+    inline_outer.join().unwrap();
+    pool.join();
+    for id in ["nested", "inline"] {
+        assert_eq!(age(&registry, id, RUNNING_AGE), 0.0, "{id}");
+        assert_eq!(age(&registry, id, QUEUED_AGE), 0.0, "{id}");
+    }
+}
+
+/// A custom executor that keeps its own queue: the proxy cannot look into
+/// it, so the queued age is bounded from the starts (documented): at least
+/// the oldest waiting task's age, exact once the queue drains (0). The
+/// running age is the proxy's own, exact.
+#[test]
+fn a_custom_executors_queue_is_bounded_from_the_starts() {
+    #[derive(Clone, Default)]
+    struct Held(Arc<std::sync::Mutex<Vec<Task>>>);
+    impl Executor for Held {
+        fn execute(&self, task: Task) -> Result<(), Rejected> {
+            self.0.lock().unwrap().push(task);
+            Ok(())
+        }
+    }
+    let registry = Registry::new();
+    let held = Held::default();
+    let proxy = InstrumentedExecutorProxy::new(held.clone(), exporter(&registry, "held"), None);
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let ran = ran.clone();
+        proxy
+            .spawn(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+    }
+    let submitted = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let waited_for = submitted.elapsed().as_secs_f64();
+    let exp = scrape(&registry);
+    let (queued_age, running_age) = (
+        exp.try_value(QUEUED_AGE, &[("executor", "held")]),
+        exp.try_value(RUNNING_AGE, &[("executor", "held")]),
+    );
+    // Run them before asserting: a failed assert must not leave the proxy's
+    // drop waiting for tasks nobody runs.
+    let tasks = std::mem::take(&mut *held.0.lock().unwrap());
+    for task in tasks {
+        task.run();
+    }
+    let queued_age = queued_age.expect("a queued age");
+    assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
+    assert_eq!(running_age, Some(0.0));
+    assert_eq!(ran.load(Ordering::SeqCst), 3);
+    assert_eq!(age(&registry, "held", QUEUED_AGE), 0.0);
+    assert_eq!(age(&registry, "held", RUNNING_AGE), 0.0);
 }

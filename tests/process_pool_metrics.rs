@@ -637,3 +637,44 @@ fn workers_counts_the_worker_processes_alive() {
     assert_eq!(value("executor_workers"), 0.0);
     assert_eq!(value("executor_max_workers"), 0.0);
 }
+
+/// The process pool knows its queue and its workers: with its one worker
+/// busy and a task queued behind it, both ages are at least the time each
+/// task has been seen running or waiting, and both are 0 once they end.
+#[test]
+fn the_ages_of_the_running_and_the_queued_task() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "ages", 1);
+    let age = |exp: &Exposition, family: &str| exp.value(family, &[("executor", "ages")]);
+    let running = pool.submit::<SleepMs>(&1_500).unwrap();
+    common::eventually(30, "the sleep running", || {
+        counts(&scrape(&registry), "executor", "ages").running == 1.0
+    });
+    let seen_running = std::time::Instant::now();
+    let before_submit = std::time::Instant::now();
+    let queued = pool.submit::<Square>(&3).unwrap();
+    let submitted = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(400));
+    let (ran_for, waited_for, waited_at_most) = (
+        seen_running.elapsed().as_secs_f64(),
+        submitted.elapsed().as_secs_f64(),
+        before_submit.elapsed().as_secs_f64(),
+    );
+    let exp = scrape(&registry);
+    let c = counts(&exp, "executor", "ages");
+    assert_eq!((c.running, c.queued), (1.0, 1.0));
+    let running_age = age(&exp, "executor_oldest_running_task_seconds");
+    let queued_age = age(&exp, "executor_oldest_queued_task_seconds");
+    assert!(running_age >= ran_for, "{running_age} < {ran_for}");
+    assert!(queued_age >= waited_for, "{queued_age} < {waited_for}");
+    // Its own queue: the queued task's own age, not a bound (generous slack).
+    assert!(
+        queued_age <= waited_at_most + 0.25,
+        "{queued_age} > {waited_at_most}"
+    );
+    assert_eq!(join(running).unwrap(), Ok(1_500));
+    assert_eq!(join(queued).unwrap(), Ok(9));
+    let exp = scrape(&registry);
+    assert_eq!(age(&exp, "executor_oldest_running_task_seconds"), 0.0);
+    assert_eq!(age(&exp, "executor_oldest_queued_task_seconds"), 0.0);
+}

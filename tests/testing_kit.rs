@@ -195,8 +195,11 @@ impl Executor for DiscardsQueueOnShutdown {
 #[test]
 fn an_executor_that_discards_its_queue_on_shutdown_is_caught() {
     let result = try_check_executor(&quick(), DiscardsQueueOnShutdown::new);
-    // A task still queued, the executor's shutdown, the proxy's.
-    assert_caught(result, 4, "the executor dropped a task it had accepted");
+    // A task still queued, the executor's shutdown, the proxy's: three. The
+    // bug shows only for tasks still queued when the executor shuts down, so
+    // on a loaded machine a candidate without them may pass by luck and the
+    // shrinker keeps one or two more.
+    assert_caught(result, 6, "the executor dropped a task it had accepted");
 }
 
 /// The failure names the workload as a list of operations and says what

@@ -60,6 +60,15 @@ fn gauge(value: i64, labels: &[proto::LabelPair]) -> proto::Metric {
     m
 }
 
+fn seconds(value: f64, labels: &[proto::LabelPair]) -> proto::Metric {
+    let mut gauge = proto::Gauge::default();
+    gauge.set_value(value);
+    let mut m = proto::Metric::default();
+    m.set_label(labels.to_vec());
+    m.set_gauge(gauge);
+    m
+}
+
 /// Every family the exporter exposes. Every series also carries `executor`
 /// and `executor_type`.
 pub(crate) const CATALOGUE: &[Family] = &[
@@ -182,5 +191,21 @@ pub(crate) const CATALOGUE: &[Family] = &[
         help: "Capacity of the bounded queues of the live pools with this exporter id (absent when every queue is unbounded).",
         per_series: 1,
         samples: |r, out| out.extend(r.queue_capacity.map(|c| gauge(c, r.labels))),
+    },
+    Family {
+        name: "oldest_running_task_seconds",
+        kind: Kind::Gauge,
+        extra_label: None,
+        help: "Age of the longest-running task now, in seconds (0 when none runs).",
+        per_series: 1,
+        samples: |r, out| out.push(seconds(r.oldest_running, r.labels)),
+    },
+    Family {
+        name: "oldest_queued_task_seconds",
+        kind: Kind::Gauge,
+        extra_label: None,
+        help: "Age of the oldest task waiting to start, in seconds (0 when none waits).",
+        per_series: 1,
+        samples: |r, out| out.push(seconds(r.oldest_queued, r.labels)),
     },
 ];

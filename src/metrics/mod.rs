@@ -31,6 +31,6 @@ pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
-pub(crate) use series::{Capacity, Series};
+pub(crate) use series::{AgeSource, Capacity, Series};
 pub use snapshot::{InvariantError, Snapshot};
 pub use steps::{Step, StepTimer};

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use prometheus::core::Metric as _;
 use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
 use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
+use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::sync::lock;
 
@@ -45,6 +46,21 @@ pub(crate) struct Series {
     reasons: AtomicU16,
     /// The label pairs of every sample but the steps', built once.
     labels: SeriesLabels,
+    /// Pools that keep their own queue and record their tasks' starts off
+    /// the threads that run them (process pools): they report their ages.
+    age_sources: Mutex<Vec<Weak<dyn AgeSource>>>,
+    /// When the series was made: no task recording here was submitted
+    /// before it.
+    created: Clock,
+}
+
+/// A pool that knows its oldest running and oldest queued task itself (it
+/// sees its queue), read at scrape time: see [`Series::add_age_source`].
+pub(crate) trait AgeSource: Send + Sync {
+    /// The start of the longest-running task, if one runs.
+    fn oldest_running(&self) -> Option<Clock>;
+    /// The submit time of the oldest task waiting to start, if one waits.
+    fn oldest_queued(&self) -> Option<Clock>;
 }
 
 /// Every count of one series as one scrape read it, with the labels of its
@@ -63,6 +79,10 @@ pub(crate) struct Reading<'a> {
     pub(crate) cancelled: u64,
     pub(crate) queued: i64,
     pub(crate) running: i64,
+    /// Seconds since the start of the longest-running task; 0 if none runs.
+    pub(crate) oldest_running: f64,
+    /// Seconds since the submit of the oldest task waiting; 0 if none waits.
+    pub(crate) oldest_queued: f64,
     /// The wait histogram, labelled.
     pub(crate) wait: proto::Metric,
     /// The duration histogram of completed tasks, labelled `result="completed"`.
@@ -167,7 +187,19 @@ impl Series {
             steps: Mutex::new(BTreeMap::new()),
             labels: SeriesLabels::new(id, ty),
             reasons: AtomicU16::new(0),
+            age_sources: Mutex::new(Vec::new()),
+            created: Clock::now(),
         }
+    }
+
+    /// `source` reports the ages of its tasks while it lives (it records
+    /// them with [`started`](Self::started) and
+    /// [`finished`](Self::finished), which mark no thread as running). The
+    /// queued age of a series with a live source is the sources' alone.
+    pub(crate) fn add_age_source(&self, source: Weak<dyn AgeSource>) {
+        let mut sources = lock(&self.age_sources);
+        sources.retain(|s| s.strong_count() > 0);
+        sources.push(source);
     }
 
     /// An executor that can fail tasks for these `reasons` records into this
@@ -235,16 +267,88 @@ impl Series {
             .with_local(|s| s.observe(&s.wait, &self.wait_nanos, wait));
     }
 
+    /// A task submitted at `submitted` starts at `now` on this thread,
+    /// which runs it until [`finished_run`](Self::finished_run): its wait
+    /// is recorded as [`started`](Self::started) records it, and the
+    /// thread's shard marks it running (the running age). Returns the start
+    /// to give `finished_run` (see [`Shard::enter_run`]).
+    #[inline]
+    pub(crate) fn started_run(&self, submitted: Clock, now: Clock) -> Clock {
+        let wait = now.nanos_since(submitted);
+        self.shards.with_local(|s| {
+            // Before the observation: a scrape that sees the start sees the mark.
+            let start = s.enter_run(now.raw(), submitted.raw());
+            s.observe(&s.wait, &self.wait_nanos, wait);
+            Clock::from_raw(start)
+        })
+    }
+
     /// A started task ended after running `duration` nanoseconds.
     #[inline]
     pub(crate) fn finished(&self, duration: u64, failure: Option<FailureReason>) {
-        self.shards.with_local(|s| match failure {
+        self.shards
+            .with_local(|s| self.observe_end(s, duration, failure));
+    }
+
+    /// The task [`started_run`](Self::started_run) returned `started` for
+    /// ended on this thread at `now`.
+    #[inline]
+    pub(crate) fn finished_run(&self, started: Clock, now: Clock, failure: Option<FailureReason>) {
+        let duration = now.nanos_since(started);
+        self.shards.with_local(|s| {
+            // Before the observation, as the start's mark.
+            s.leave_run(started.raw());
+            self.observe_end(s, duration, failure);
+        });
+    }
+
+    #[inline(always)]
+    fn observe_end(&self, s: &Shard, duration: u64, failure: Option<FailureReason>) {
+        match failure {
             None => s.observe(&s.completed, &self.duration_nanos, duration),
             Some(reason) => {
                 s.add(&s.failures[reason.index()], 1);
                 s.observe(&s.failed, &self.duration_nanos, duration);
             }
+        }
+    }
+
+    /// The two ages at `now`: the running one from the threads' marks and
+    /// the sources; the queued one from the sources if there are any, else
+    /// bounded from the starts (see the README's "Stuck work").
+    fn ages(&self, queued: i128, now: Clock) -> (f64, f64) {
+        let mut running_since = u64::MAX;
+        let mut started_submit = 0u64;
+        self.shards.for_each(|s| {
+            let since = s.running_since.load(Ordering::Acquire);
+            if since != 0 {
+                running_since = running_since.min(since);
+            }
+            started_submit = started_submit.max(s.started_submit.load(Ordering::Acquire));
         });
+        let mut queued_since = None::<u64>;
+        let mut any_source = false;
+        for source in lock(&self.age_sources).iter().filter_map(Weak::upgrade) {
+            any_source = true;
+            if let Some(c) = source.oldest_running() {
+                running_since = running_since.min(c.raw());
+            }
+            if let Some(c) = source.oldest_queued() {
+                queued_since = Some(queued_since.map_or(c.raw(), |q| q.min(c.raw())));
+            }
+        }
+        if !any_source && queued > 0 {
+            // The oldest waiting task of a first-in-first-out queue was
+            // submitted after every task that has started.
+            queued_since = Some(started_submit.max(self.created.raw()));
+        }
+        let age = |since: u64| now.nanos_since(Clock::from_raw(since)) as f64 / 1e9;
+        let running = if running_since == u64::MAX {
+            0.0
+        } else {
+            age(running_since)
+        };
+        (running, queued_since.map_or(0.0, age))
     }
 
     pub(crate) fn cancelled(&self) {
@@ -338,6 +442,8 @@ impl Series {
         let queued =
             i128::from(submitted) - started - i128::from(cancelled) - i128::from(failed_unstarted);
         debug_assert!(running >= 0, "running_tasks read as {running}");
+        // After the counts: a start or an end they show has its mark seen.
+        let (oldest_running, oldest_queued) = self.ages(queued, Clock::now());
         let gauge = |n: i128| i64::try_from(n.max(0)).unwrap_or(i64::MAX);
         let expected = self.reasons.load(Ordering::Relaxed);
         let failures = self
@@ -364,6 +470,8 @@ impl Series {
             cancelled,
             queued: gauge(queued),
             running: gauge(running),
+            oldest_running,
+            oldest_queued,
             wait,
             completed,
             failed,

@@ -93,6 +93,15 @@ pub(crate) struct Shard {
     pub(crate) failed_unstarted: AtomicU64,
     pub(crate) failures: [AtomicU64; crate::error::FailureReason::ALL.len()],
     pub(crate) wait: Buckets,
+    /// The start (a raw clock reading) of the outermost task this shard's
+    /// thread is running, 0 when it runs none: the running age is read
+    /// from it at scrape time. Only the thread writes it; on the shared
+    /// shard, threads race and a task may go unseen (never stuck: see
+    /// [`Shard::leave_run`]).
+    pub(crate) running_since: AtomicU64,
+    /// The submit time (raw) of the last task this thread started at the
+    /// outermost level, 0 before the first.
+    pub(crate) started_submit: AtomicU64,
     pub(crate) completed: Buckets,
     pub(crate) failed: Buckets,
 }
@@ -108,6 +117,8 @@ impl Shard {
             failed_unstarted: AtomicU64::new(0),
             failures: Default::default(),
             wait: Buckets::new(wait_bounds),
+            running_since: AtomicU64::new(0),
+            started_submit: AtomicU64::new(0),
             completed: Buckets::new(duration_bounds),
             failed: Buckets::new(duration_bounds),
         }
@@ -130,6 +141,56 @@ impl Shard {
         if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
             add(self.exclusive, count, 1);
         }
+    }
+}
+
+impl Shard {
+    /// A task submitted at `submitted` starts on this thread at `now` (raw
+    /// clock readings): the thread counts as running since `now`, unless
+    /// it already runs a task of this series (this one runs inline inside
+    /// it, and the outer one is the older). Returns the start the task
+    /// must give [`leave_run`](Self::leave_run): `now`, or in the nested
+    /// case a reading that differs from the outer task's start, so that
+    /// the inner task's end cannot take the outer one's mark.
+    ///
+    /// Plain loads and stores: one more load and two stores beside the
+    /// wait's observation, on the same shard.
+    #[inline]
+    pub(crate) fn enter_run(&self, now: u64, submitted: u64) -> u64 {
+        let outer = self.running_since.load(Ordering::Relaxed);
+        if outer != 0 {
+            return nested_start(outer, now);
+        }
+        self.running_since.store(now, Ordering::Relaxed);
+        self.started_submit.store(submitted, Ordering::Relaxed);
+        now
+    }
+
+    /// The task [`enter_run`](Self::enter_run) returned `started` for
+    /// ended: the thread runs none any more, unless this was a nested one.
+    ///
+    /// Never leaves a mark behind, even on the shared shard where threads
+    /// race: a thread's end reads the slot after its own store, so the last
+    /// start stored is always read and cleared by its own task's end.
+    #[inline]
+    pub(crate) fn leave_run(&self, started: u64) {
+        if self.running_since.load(Ordering::Relaxed) == started {
+            self.running_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The start of a task run inside another task of the same series on the
+/// same thread (a joiner running a queued task, an inline executor). Two
+/// reads of a coarse clock can be equal: the inner start is then moved one
+/// tick on, which no duration can notice.
+#[cold]
+#[inline(never)]
+fn nested_start(outer: u64, now: u64) -> u64 {
+    if outer == now {
+        now.wrapping_add(1)
+    } else {
+        now
     }
 }
 
@@ -179,11 +240,12 @@ impl Shards {
             if local.last_id.get() != self.id {
                 return None;
             }
-            // Taken out for the call and put back: no borrow flag to keep.
-            let shard = local.last.take()?;
-            let r = f(&shard);
-            local.last.set(Some(shard));
-            Some(r)
+            // SAFETY: `last_id` (never 0 for a series) and `last` are set
+            // together, to a shard held by an entry of this thread's cache,
+            // which keeps it until the entry is dropped; `with_cached`
+            // resets `last_id` before it drops any entry, and `f` (the
+            // crate's recording code) does not reach this cache.
+            Some(f(unsafe { &*local.last.get() }))
         });
         match found {
             Ok(Some(r)) => r,
@@ -203,8 +265,8 @@ impl Shards {
             let shard = match entries.iter().find(|e| e.id == self.id) {
                 Some(entry) => entry.shard.clone(),
                 None => {
-                    drop(local.last.take());
                     local.last_id.set(0);
+                    local.last.set(std::ptr::null());
                     // Only the shards of series that are gone have no other
                     // owner: no one will read them again.
                     entries.retain(|e| Arc::strong_count(&e.shard) > 1);
@@ -218,7 +280,8 @@ impl Shards {
             };
             drop(entries);
             let r = f(&shard);
-            local.last.set(Some(shard));
+            // The entry pushed or found above holds the shard.
+            local.last.set(&**shard as *const Shard);
             local.last_id.set(self.id);
             Some(r)
         });
@@ -276,8 +339,9 @@ struct Entry {
 struct Local {
     /// The id of the series recorded into last (0, no series, when none).
     last_id: Cell<u64>,
-    /// That series' shard (also in `entries`).
-    last: Cell<Option<Slot>>,
+    /// That series' shard, held by its entry in `entries`: a plain pointer,
+    /// so the fast path is two loads and no reference count or take-and-put.
+    last: Cell<*const Shard>,
     entries: RefCell<Vec<Entry>>,
 }
 
@@ -295,7 +359,7 @@ thread_local! {
     static LOCAL: Local = const {
         Local {
             last_id: Cell::new(0),
-            last: Cell::new(None),
+            last: Cell::new(std::ptr::null()),
             entries: RefCell::new(Vec::new()),
         }
     };

@@ -13,6 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,7 +26,9 @@ use super::wire::{
 };
 use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
 use crate::bounded::Room;
+use crate::clock::Clock;
 use crate::error::RejectReason;
+use crate::metrics::AgeSource;
 
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -48,6 +51,52 @@ pub(super) struct Shared {
     pub(super) wake: sys::EventFd,
     /// The places of a bounded queue; `None` for an unbounded one.
     pub(super) room: Option<Arc<Room>>,
+    /// What the dispatcher holds, as of its last look: see [`Ages`].
+    pub(super) ages: Ages,
+}
+
+/// The oldest task the dispatcher holds, as raw clock readings (0: none),
+/// published by the dispatcher thread each time its loop takes submissions
+/// or is about to sleep: the start of the longest-running task, and the
+/// submit time of the oldest task it holds unstarted (in its queue, or sent
+/// to a worker that has not acknowledged it). Submissions it has not taken
+/// yet are in [`Inner::queue`], which a scrape reads itself.
+#[derive(Default)]
+pub(super) struct Ages {
+    running: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// The first job of `jobs` (oldest first) that is not cancelled.
+fn oldest_live<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Option<Clock> {
+    jobs.into_iter()
+        .find(|j| !j.sink.is_cancelled())
+        .and_then(|j| j.sink.submitted_at())
+}
+
+fn stored(raw: &AtomicU64) -> Option<Clock> {
+    match raw.load(Ordering::Acquire) {
+        0 => None,
+        r => Some(Clock::from_raw(r)),
+    }
+}
+
+fn store(raw: &AtomicU64, clock: Option<Clock>) {
+    raw.store(clock.map_or(0, Clock::raw), Ordering::Release);
+}
+
+/// The process pool's tasks start and end on the dispatcher thread, as the
+/// workers report them: the pool reports their ages.
+impl AgeSource for Shared {
+    fn oldest_running(&self) -> Option<Clock> {
+        stored(&self.ages.running)
+    }
+
+    fn oldest_queued(&self) -> Option<Clock> {
+        // Submitted after what the dispatcher holds: looked at only when it
+        // holds nothing unstarted.
+        stored(&self.ages.queued).or_else(|| oldest_live(&self.lock().queue))
+    }
 }
 
 impl Shared {
@@ -280,7 +329,42 @@ impl Dispatcher {
     fn take_submissions(&mut self) -> Mode {
         let mut inner = self.shared.lock();
         self.queue.extend(inner.queue.drain(..));
+        // Under the lock: a scrape never misses the jobs being moved.
+        self.publish_ages();
         inner.mode
+    }
+
+    /// Publishes the oldest running and oldest unstarted task it holds
+    /// ([`Ages`]): a look at each worker and at the front of the queue
+    /// (jobs a dead worker gave back are pushed there, each older than
+    /// those behind them; so it looks past them to the first new one).
+    fn publish_ages(&self) {
+        let mut running: Option<Clock> = None;
+        let mut queued: Option<Clock> = None;
+        let older = |a: Option<Clock>, b: Option<Clock>| match (a, b) {
+            (Some(a), Some(b)) => Some(Clock::from_raw(a.raw().min(b.raw()))),
+            (a, b) => a.or(b),
+        };
+        for w in &self.workers {
+            if let WState::Busy { job, started, .. } = &w.state {
+                if *started {
+                    running = older(running, job.sink.started_at());
+                } else if !job.sink.is_cancelled() {
+                    queued = older(queued, job.sink.submitted_at());
+                }
+            }
+        }
+        for (i, job) in self.queue.iter().enumerate() {
+            if job.attempts == 0 {
+                queued = older(queued, oldest_live(self.queue.iter().skip(i)));
+                break;
+            }
+            if !job.sink.is_cancelled() {
+                queued = older(queued, job.sink.submitted_at());
+            }
+        }
+        store(&self.shared.ages.running, running);
+        store(&self.shared.ages.queued, queued);
     }
 
     fn publish_pids(&self) {
@@ -470,6 +554,7 @@ impl Dispatcher {
     /// Sleeps until a submission, a worker message or exit, or the nearest deadline, and handles what
     /// happened.
     fn wait_for_events(&mut self) {
+        self.publish_ages();
         let now = Instant::now();
         // A pending restart after a backoff is a deadline too, but only when there is work waiting.
         let restart = self.next_start.filter(|_| !self.queue.is_empty());

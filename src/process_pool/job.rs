@@ -4,6 +4,8 @@ use std::fmt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::clock::Clock;
+
 /// How a worker process ended; its `Display` text is what a failure's message says of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WorkerExit {
@@ -214,6 +216,17 @@ pub(crate) trait JobSink: Send + 'static {
     /// The pool refused the job at submit; the sink is handed back and will
     /// be dropped by its owner without any other call.
     fn refused(&mut self) {}
+
+    /// When the job's task was submitted, if it has one (the queued age).
+    fn submitted_at(&self) -> Option<Clock> {
+        None
+    }
+
+    /// When [`started`](Self::started) started the task, if it did and it
+    /// has not ended (the running age).
+    fn started_at(&self) -> Option<Clock> {
+        None
+    }
 }
 
 /// Why a worker left the pool and will be replaced.

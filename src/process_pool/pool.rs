@@ -6,11 +6,12 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Weak;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::dispatcher::{Config, Dispatcher, Inner, Job, Mode, Place, Shared};
+use super::dispatcher::{Ages, Config, Dispatcher, Inner, Job, Mode, Place, Shared};
 use super::job::{JobSink, JobSpec, PoolObserver};
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
 use super::sys;
@@ -22,6 +23,7 @@ use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind};
+use crate::metrics::AgeSource;
 use crate::metrics::{Capacity, ExecutorExporter, Series};
 use crate::task::{Accounting, TaskCore, TaskHandle};
 
@@ -334,7 +336,9 @@ impl ProcessPoolBuilder {
             }),
             wake,
             room: queue_capacity.map(|n| Arc::new(Room::new(n))),
+            ages: Ages::default(),
         });
+        series.add_age_source(Arc::downgrade(&shared) as Weak<dyn AgeSource>);
         let cfg = Config {
             max_workers,
             max_tasks_per_child: self.max_tasks_per_child,

@@ -285,11 +285,19 @@ impl<D: Decode> JobSink for Sink<D> {
         self.ended = true;
         let Some(started) = self.started else { return };
         let (result, reason) = self.decode.decode(outcome);
-        self.core.finish(started, result, reason);
+        self.core.finish_reported(started, result, reason);
     }
 
     fn refused(&mut self) {
         self.ended = true;
+    }
+
+    fn submitted_at(&self) -> Option<Clock> {
+        Some(self.core.submitted_at())
+    }
+
+    fn started_at(&self) -> Option<Clock> {
+        self.started.filter(|_| !self.ended)
     }
 
     fn failed_unstarted(mut self: Box<Self>, failure: JobFailure) {
@@ -315,7 +323,7 @@ impl<D: Decode> Drop for Sink<D> {
             None => {
                 self.core.cancel();
             }
-            Some(started) => self.core.finish(
+            Some(started) => self.core.finish_reported(
                 started,
                 Err(TaskError::Failed {
                     reason: FailureReason::WorkerDied,

@@ -202,10 +202,17 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         }
     }
 
-    /// Moves the task to running and records its wait. `None` when it was
-    /// cancelled (or a `shutdown_now` cancels it now): it must not run.
+    /// Moves the task to running and records its wait, for a task that
+    /// runs elsewhere (a worker process) and whose start is reported here:
+    /// this thread is not marked as running it, and the pool reports the
+    /// task's age itself (see `Series::add_age_source`). `None` when it
+    /// was cancelled (or a `shutdown_now` cancels it now): it must not run.
+    /// End it with [`finish_reported`](Self::finish_reported).
     pub(crate) fn start(&self) -> Option<Clock> {
-        self.start_or_cancel(|| {})
+        if !self.leave_queue(RUNNING) {
+            return None;
+        }
+        self.begin_with(|| {}, false)
     }
 
     /// [`start`](Self::start), calling `before_cancel` before a task that
@@ -260,8 +267,17 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// if a `shutdown_now` came first, cancels it (calling `before_cancel`
     /// first) and returns `None`. Inlined into the run paths: out of line,
     /// a worker's run took about 10 instructions more per task.
+    ///
+    /// This thread runs the task until [`finish`](Self::finish), and is
+    /// marked as running it (the running age).
     #[inline(always)]
     pub(crate) fn begin(&self, before_cancel: impl FnOnce()) -> Option<Clock> {
+        self.begin_with(before_cancel, true)
+    }
+
+    /// [`begin`](Self::begin); `here`: this thread runs the task.
+    #[inline(always)]
+    fn begin_with(&self, before_cancel: impl FnOnce(), here: bool) -> Option<Clock> {
         if self.acct.cancelling_pending() {
             before_cancel();
             self.acct.series.cancelled();
@@ -269,12 +285,34 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             return None;
         }
         let now = Clock::now();
+        if here {
+            return Some(self.acct.series.started_run(self.submitted_at, now));
+        }
         self.acct.series.started(now.nanos_since(self.submitted_at));
         Some(now)
     }
 
-    /// Ends a started task with its result.
+    /// When the task was submitted.
+    pub(crate) fn submitted_at(&self) -> Clock {
+        self.submitted_at
+    }
+
+    /// Ends a task [`begin`](Self::begin) (or `start_or_cancel`) started,
+    /// on the thread that runs it, with its result.
     pub(crate) fn finish(
+        &self,
+        started: Clock,
+        result: Result<T, TaskError>,
+        failure: Option<FailureReason>,
+    ) {
+        self.acct
+            .series
+            .finished_run(started, Clock::now(), failure);
+        self.publish(RUNNING ^ DONE, result);
+    }
+
+    /// Ends a task [`start`](Self::start) started, with its result.
+    pub(crate) fn finish_reported(
         &self,
         started: Clock,
         result: Result<T, TaskError>,

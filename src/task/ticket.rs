@@ -38,7 +38,8 @@ impl Ticket {
         self.acct.running_node()
     }
 
-    /// Starts the task and records its wait. `None` when a `shutdown_now`
+    /// Starts the task on this thread, which runs it until
+    /// [`finish`](Self::finish), and records its wait. `None` when a `shutdown_now`
     /// cancels it instead: it must not run (end it with
     /// [`cancel_on_drop`](Self::cancel_on_drop)).
     #[inline]
@@ -46,9 +47,11 @@ impl Ticket {
         if self.acct.cancelling_pending() {
             return None;
         }
-        let now = Clock::now();
-        self.acct.series.started(now.nanos_since(self.submitted_at));
-        Some(now)
+        Some(
+            self.acct
+                .series
+                .started_run(self.submitted_at, Clock::now()),
+        )
     }
 
     /// The started task ended (`failure`: why it failed, if it did).
@@ -56,7 +59,7 @@ impl Ticket {
     pub(crate) fn finish(self, started: Clock, failure: Option<FailureReason>) {
         self.acct
             .series
-            .finished(Clock::now().nanos_since(started), failure);
+            .finished_run(started, Clock::now(), failure);
         self.acct.ended();
     }
 
