@@ -433,6 +433,7 @@ fn scrape_and_check(
     assert_rules_evaluate(&prometheus);
     if feature_flags.is_empty() {
         assert_stuck_task_is_seen(&prometheus, &registry);
+        assert_capacity_and_workers_are_live(&prometheus, &registry);
     }
     then(&server);
 }
@@ -483,6 +484,52 @@ fn assert_stuck_task_is_seen(prometheus: &PrometheusServer, registry: &Registry)
     prometheus
         .wait_for(age, |s| s.len() == 1 && s[0].value == 0.0, SCRAPED)
         .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+}
+
+/// Pools of 4 and 2 workers under one id, both dropped, then one of 4:
+/// `executor_max_workers` reads 4 (the live pools' capacity, not the 10
+/// ever built), `executor_workers` the 4 threads alive while 4 tasks hold
+/// them, and both read 0 once the last pool is dropped, through PromQL.
+fn assert_capacity_and_workers_are_live(prometheus: &PrometheusServer, registry: &Registry) {
+    let build = |workers: usize| {
+        ThreadPoolExecutor::builder()
+            .max_workers(workers)
+            .exporter_id("rebuilt")
+            .registry(registry.clone())
+            .build()
+            .unwrap()
+    };
+    drop((build(4), build(2)));
+    let pool = build(4);
+    let gate = Gate::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let (gate, started_tx) = (gate.clone(), started_tx.clone());
+            pool.submit(move || {
+                started_tx.send(()).unwrap();
+                gate.wait()
+            })
+            .unwrap()
+        })
+        .collect();
+    for _ in 0..4 {
+        started_rx.recv_timeout(SCRAPED).expect("the task started");
+    }
+    wait_value(prometheus, r#"executor_max_workers{executor="rebuilt"}"#, 4);
+    wait_value(prometheus, r#"executor_workers{executor="rebuilt"}"#, 4);
+    wait_value(
+        prometheus,
+        r#"executor_workers{executor="rebuilt"} - executor_running_tasks{executor="rebuilt"}"#,
+        0,
+    );
+    gate.open();
+    for handle in held {
+        handle.join().unwrap();
+    }
+    drop(pool);
+    wait_value(prometheus, r#"executor_max_workers{executor="rebuilt"}"#, 0);
+    wait_value(prometheus, r#"executor_workers{executor="rebuilt"}"#, 0);
 }
 
 /// A scrape target on 127.0.0.1 that answers every scrape with an empty
