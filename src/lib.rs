@@ -72,7 +72,7 @@
 //! | `executor_step_duration_seconds` | histogram | `step` | steps timed with [`ExecutorExporter::step`] |
 //! | `executor_queue_capacity` | gauge | | capacity of the live pools' bounded queues (no sample for unbounded ones) |
 //! | `executor_oldest_running_task_seconds` | gauge | | age of the longest-running task now (0 when none runs) |
-//! | `executor_oldest_queued_task_seconds` | gauge | | age of the oldest task waiting to start (0 when none waits; an upper bound where the queue is the wrapped executor's) |
+//! | `executor_oldest_queued_task_seconds` | gauge | | age of the oldest task waiting to start (0 when none waits; where the queue is the wrapped executor's, exact for a first-in-first-out queue of up to 64 tasks, an upper bound beyond) |
 //!
 //! Whenever no task is in flight, `submitted = queued + running + completed +
 //! failed + cancelled`, where completed and failed are the duration

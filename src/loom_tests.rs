@@ -45,7 +45,7 @@ fn setup() -> (ExecutorExporter, Arc<Accounting>) {
 /// What the instrumented proxy does for an admitted task it hands over.
 fn submit_admitted(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
     let core = Arc::new(TaskCore::new(acct));
-    acct.accepted();
+    acct.accepted(core.submitted_at());
     (core.clone(), TaskHandle::new(core))
 }
 

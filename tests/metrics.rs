@@ -1468,6 +1468,47 @@ fn the_ages_of_a_blocked_task_and_of_the_tasks_queued_behind_it() {
     assert_eq!(age(&registry, "ages", QUEUED_AGE), 0.0);
 }
 
+/// Workers busy with a long task, and a task submitted long after it: the
+/// queued age is the waiting task's own, not the time since the long task
+/// was submitted (which a bound read from the starts would give).
+#[test]
+fn the_queued_age_is_the_waiting_tasks_own_not_the_time_since_the_last_start() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "late", 1);
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let blocked = {
+        let (gate, started) = (gate.clone(), started.clone());
+        pool.submit(move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            gate.wait()
+        })
+        .unwrap()
+    };
+    common::eventually(30, "the task running", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let before_submit = std::time::Instant::now();
+    let late = pool.submit(|| 7).unwrap();
+    let after_submit = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let exp = scrape(&registry);
+    let (at_least, at_most) = (
+        after_submit.elapsed().as_secs_f64(),
+        before_submit.elapsed().as_secs_f64(),
+    );
+    gate.open();
+    let queued_age = exp.value(QUEUED_AGE, &[("executor", "late")]);
+    // 10 ms of slack each way for the clock's calibration against `Instant`.
+    assert!(queued_age + 0.01 >= at_least, "{queued_age} < {at_least}");
+    assert!(queued_age <= at_most + 0.01, "{queued_age} > {at_most}");
+    blocked.join().unwrap();
+    assert_eq!(late.join(), Ok(7));
+    pool.join();
+    assert_eq!(age(&registry, "late", QUEUED_AGE), 0.0);
+}
+
 /// A task that runs another task of the same executor on its own thread
 /// (it joins a task queued behind it on the pool's only worker, or its
 /// executor runs tasks inline) is still seen running once the inner task
@@ -1546,7 +1587,7 @@ fn a_task_that_ran_another_inline_still_shows_its_age() {
 /// the oldest waiting task's age, exact once the queue drains (0). The
 /// running age is the proxy's own, exact.
 #[test]
-fn a_custom_executors_queue_is_bounded_from_the_starts() {
+fn a_custom_executors_queue_age_is_read_from_the_submits() {
     #[derive(Clone, Default)]
     struct Held(Arc<std::sync::Mutex<Vec<Task>>>);
     impl Executor for Held {

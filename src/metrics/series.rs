@@ -10,7 +10,7 @@ use prometheus::core::Metric as _;
 use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
-use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards};
+use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards, SUBMIT_RING};
 use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::sync::lock;
@@ -248,10 +248,11 @@ impl Series {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The executor took the task (see `Accounting::accepted`).
+    /// The executor took the task submitted at `submitted` (see
+    /// `Accounting::accepted`).
     #[inline]
-    pub(crate) fn accepted(&self) {
-        self.shards.with_local(|s| s.add(&s.submitted, 1));
+    pub(crate) fn accepted(&self, submitted: Clock) {
+        self.shards.with_local(|s| s.accepted(submitted.raw()));
     }
 
     /// A submit was refused.
@@ -338,9 +339,7 @@ impl Series {
             }
         }
         if !any_source && queued > 0 {
-            // The oldest waiting task of a first-in-first-out queue was
-            // submitted after every task that has started.
-            queued_since = Some(started_submit.max(self.created.raw()));
+            queued_since = Some(self.oldest_queued_from_submits(queued, started_submit));
         }
         let age = |since: u64| now.nanos_since(Clock::from_raw(since)) as f64 / 1e9;
         let running = if running_since == u64::MAX {
@@ -349,6 +348,33 @@ impl Series {
             age(running_since)
         };
         (running, queued_since.map_or(0.0, age))
+    }
+
+    /// The submit time of the oldest of the `queued` tasks waiting in a
+    /// queue the proxy cannot read (a thread pool's channel, rayon's, a
+    /// wrapped executor's), for a first-in-first-out queue: the tasks
+    /// waiting are the last `queued` accepted, so the oldest of them is
+    /// the `queued`th newest submit. Exact while `queued` is at most
+    /// [`SUBMIT_RING`]: every thread keeps its last that many submit times,
+    /// so each thread's waiting tasks are among them. Beyond, an upper bound
+    /// of the age: the oldest waiting task was submitted after every task
+    /// that has started (`started_submit`).
+    fn oldest_queued_from_submits(&self, queued: i128, started_submit: u64) -> u64 {
+        let bound = started_submit.max(self.created.raw());
+        let Ok(queued) = usize::try_from(queued) else {
+            return bound;
+        };
+        if queued > SUBMIT_RING {
+            return bound;
+        }
+        let mut submits = Vec::new();
+        self.shards.for_each(|s| s.recent_submits(&mut submits));
+        if submits.len() < queued {
+            return bound;
+        }
+        // The `queued`th newest.
+        let (_, oldest, _) = submits.select_nth_unstable_by(queued - 1, |a, b| b.cmp(a));
+        *oldest
     }
 
     pub(crate) fn cancelled(&self) {

@@ -87,6 +87,10 @@ pub(crate) struct Shard {
     /// False for the shared shard: its writers use atomic adds.
     exclusive: bool,
     pub(crate) submitted: AtomicU64,
+    /// The submit times (raw) of this thread's last [`SUBMIT_RING`] accepted
+    /// tasks, the one counted `n`th in `submitted` at `n % SUBMIT_RING`:
+    /// the queued age is read from them at scrape time.
+    submits: [AtomicU64; SUBMIT_RING],
     pub(crate) rejected: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     /// Failed without starting (also observed into `failed`).
@@ -112,6 +116,7 @@ impl Shard {
             owned: AtomicBool::new(true),
             exclusive,
             submitted: AtomicU64::new(0),
+            submits: std::array::from_fn(|_| AtomicU64::new(0)),
             rejected: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             failed_unstarted: AtomicU64::new(0),
@@ -145,6 +150,37 @@ impl Shard {
 }
 
 impl Shard {
+    /// A task submitted at `submitted` (a raw clock reading) was accepted
+    /// by its executor: counted, and its submit time kept in the ring. One
+    /// store more than the count alone, on this thread's own shard.
+    #[inline]
+    pub(crate) fn accepted(&self, submitted: u64) {
+        if self.exclusive {
+            let n = self.submitted.load(Ordering::Relaxed);
+            self.submits[ring_slot(n)].store(submitted, Ordering::Relaxed);
+            self.submitted.store(n.wrapping_add(1), Ordering::Release);
+        } else {
+            // Threads race on the shared shard: a slot may hold a
+            // neighbour's time, which only moves a queued age by the
+            // gap between two submits.
+            let n = self.submitted.fetch_add(1, Ordering::Release);
+            self.submits[ring_slot(n)].store(submitted, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds this shard's kept submit times (its last `min(submitted,
+    /// SUBMIT_RING)`) to `out`.
+    pub(crate) fn recent_submits(&self, out: &mut Vec<u64>) {
+        let n = self.submitted.load(Ordering::Acquire);
+        let kept = n.min(SUBMIT_RING as u64);
+        for i in n - kept..n {
+            let t = self.submits[ring_slot(i)].load(Ordering::Relaxed);
+            if t != 0 {
+                out.push(t);
+            }
+        }
+    }
+
     /// A task submitted at `submitted` starts on this thread at `now` (raw
     /// clock readings): the thread counts as running since `now`, unless
     /// it already runs a task of this series (this one runs inline inside
@@ -363,6 +399,15 @@ thread_local! {
             entries: RefCell::new(Vec::new()),
         }
     };
+}
+
+/// How many submit times each shard keeps: a queue holding up to this many
+/// tasks has its oldest task's age read exactly (see `Series::ages`).
+pub(crate) const SUBMIT_RING: usize = 64;
+
+#[inline]
+fn ring_slot(n: u64) -> usize {
+    (n % SUBMIT_RING as u64) as usize
 }
 
 /// Up to this many bounds, a duration's bucket is found by a linear scan.

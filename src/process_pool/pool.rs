@@ -543,10 +543,11 @@ impl ProcessPool {
         decode: D,
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
         let core = Arc::new(TaskCore::new(&self.acct));
+        let submitted_at = core.submitted_at();
         let sink = Sink::new(core.clone(), decode);
         match self.submit_job(spec, Box::new(sink)) {
             Ok(()) => {
-                self.acct.accepted();
+                self.acct.accepted(submitted_at);
                 Ok(TaskHandle::new(core))
             }
             Err(rejected) => {

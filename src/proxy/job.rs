@@ -251,6 +251,11 @@ impl<F: FnOnce() + Send + 'static> Detached<F> {
         }
     }
 
+    /// When the task was submitted.
+    pub(super) fn submitted_at(&self) -> Clock {
+        self.ticket.submitted_at()
+    }
+
     /// Takes the task apart; its `Drop` (the cancel) does not run.
     fn into_parts(self) -> (F, Ticket) {
         let mut this = ManuallyDrop::new(self);

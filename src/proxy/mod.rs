@@ -9,6 +9,7 @@ use std::sync::Arc;
 pub(crate) use self::job::Classify;
 use self::job::{is_err, never_failed, ClassifyFn, Detached, ErrFails, Job, NeverFails};
 pub use self::map::Map;
+use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
@@ -165,11 +166,12 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             return Err(self.refused_unadmitted(f));
         }
         let core = Arc::new(TaskCore::with_job(&self.acct, Job::new(f, classify)));
+        let submitted_at = core.submitted_at();
         let handle = TaskHandle::new(core.clone());
-        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
         let outcome = self.inner.execute(Task::from_runnable(core));
         std::mem::forget(accepted_if_unwinding);
-        self.handed_over(outcome).map(|()| handle)
+        self.handed_over(outcome, submitted_at).map(|()| handle)
     }
 
     /// Admits and hands over a task without a handle.
@@ -181,10 +183,11 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             return Err(self.refused_unadmitted(f));
         }
         let task = Detached::new(f, &self.acct);
-        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
+        let submitted_at = task.submitted_at();
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
         let outcome = self.inner.execute_unboxed(task);
         std::mem::forget(accepted_if_unwinding);
-        self.handed_over(outcome)
+        self.handed_over(outcome, submitted_at)
     }
 
     /// A submit refused before anything was queued (the proxy is shut down).
@@ -197,10 +200,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Counts what the executor did with a task handed to it: submitted if
     /// it took it; rejected if it refused it, and then the body `B` comes
     /// back out of the task.
-    fn handed_over<B: 'static>(&self, outcome: Result<(), Rejected>) -> Result<(), SubmitError<B>> {
+    fn handed_over<B: 'static>(
+        &self,
+        outcome: Result<(), Rejected>,
+        submitted_at: Clock,
+    ) -> Result<(), SubmitError<B>> {
         match outcome {
             Ok(()) => {
-                self.acct.accepted();
+                self.acct.accepted(submitted_at);
                 Ok(())
             }
             Err(rejected) => {
@@ -448,7 +455,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 /// so the task must also count as submitted for the counts to add up.
 /// Telling those apart to count a dropped one as rejected instead would
 /// cost every submit a mark of its own; the panic goes on to the caller.
-struct AcceptedIfUnwinding<'a>(&'a Accounting);
+struct AcceptedIfUnwinding<'a>(&'a Accounting, Clock);
 
 impl Drop for AcceptedIfUnwinding<'_> {
     // Inlined into the unwinding path of the caller, which then finds the
@@ -456,7 +463,7 @@ impl Drop for AcceptedIfUnwinding<'_> {
     // a submit that returns (not inlined, it made the caller store it).
     #[inline]
     fn drop(&mut self) {
-        self.0.accepted();
+        self.0.accepted(self.1);
     }
 }
 
@@ -509,6 +516,7 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
             return Err(Rejected::new(task, RejectReason::Shutdown));
         }
         let ticket = Ticket::new(&self.acct);
+        let submitted_at = ticket.submitted_at();
         let (task, nested) = match task.attach(ticket) {
             Ok(task) => (task, false),
             // A task of another instrumented proxy (this proxy wraps one,
@@ -516,12 +524,12 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
             // that carries this proxy's.
             Err((task, ticket)) => (Task::detached(move || task.run(), ticket), true),
         };
-        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct);
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
         let outcome = self.inner.execute(task);
         std::mem::forget(accepted_if_unwinding);
         match outcome {
             Ok(()) => {
-                self.acct.accepted();
+                self.acct.accepted(submitted_at);
                 Ok(())
             }
             Err(rejected) => Err(self.refused(rejected, nested)),

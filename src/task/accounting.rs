@@ -7,6 +7,7 @@ use crossbeam_utils::CachePadded;
 
 use super::running::{running_here, RunningNode};
 use super::signal::{lock, wait_signal, WaitSignal};
+use crate::clock::Clock;
 use crate::metrics::Series;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex};
@@ -152,8 +153,8 @@ impl Accounting {
     /// task first: a scrape in between sees the start and not the submit,
     /// and `queued_tasks` is clamped at zero.
     #[inline]
-    pub(crate) fn accepted(&self) {
-        self.series.accepted();
+    pub(crate) fn accepted(&self, submitted_at: Clock) {
+        self.series.accepted(submitted_at);
     }
 
     /// One admitted task ended (finished, cancelled, failed or rejected).

@@ -31,6 +31,12 @@ impl Ticket {
         }
     }
 
+    /// When the task was submitted.
+    #[inline]
+    pub(crate) fn submitted_at(&self) -> Clock {
+        self.submitted_at
+    }
+
     /// A node to mark this thread as running the task while it runs, or
     /// while its closure is dropped unrun ([`RunningNode::enter`]).
     #[inline]
