@@ -302,3 +302,48 @@ fn workers_is_the_number_of_rayon_threads_alive() {
         value("executor_workers") == 0.0
     });
 }
+
+/// On rayon, a task blocked on its one thread shows its running age, and
+/// the task spawned behind it its own queued age (rayon's queue for tasks
+/// from outside the pool is first in, first out); both read 0 once done.
+#[test]
+fn a_blocked_rayon_task_and_the_one_behind_it_show_their_ages() {
+    let registry = Registry::new();
+    let l = [("executor", "ages"), ("executor_type", "rayon")];
+    let pool = rayon_pool(&registry, "ages", 1);
+    let gate = Gate::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let blocked_at = std::time::Instant::now();
+    {
+        let (gate, started) = (gate.clone(), started.clone());
+        pool.spawn(move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            gate.wait()
+        });
+    }
+    eventually(30, "the task running", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let behind_at = std::time::Instant::now();
+    pool.spawn(|| ());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let exp = scrape(&registry);
+    let (running_for, waiting_for) = (blocked_at.elapsed(), behind_at.elapsed());
+    gate.open();
+    let running = exp.value("executor_oldest_running_task_seconds", &l);
+    let queued = exp.value("executor_oldest_queued_task_seconds", &l);
+    // 10 ms of slack for the clock's calibration against `Instant`.
+    assert!(
+        running <= running_for.as_secs_f64() + 0.01 && running >= 0.29,
+        "{running}"
+    );
+    assert!(
+        queued <= waiting_for.as_secs_f64() + 0.01 && queued >= 0.09,
+        "{queued}"
+    );
+    pool.join();
+    let exp = scrape(&registry);
+    assert_eq!(exp.value("executor_oldest_running_task_seconds", &l), 0.0);
+    assert_eq!(exp.value("executor_oldest_queued_task_seconds", &l), 0.0);
+}
