@@ -74,7 +74,7 @@ const LABELS_WITH_METRIC_PREFIX: &[&str] = &["executor_type"];
 const REQUIRED_PANELS: &[&str] = &[
     "Throughput",
     "Queue depth",
-    "Running tasks vs max workers",
+    "Workers: running, idle, alive, max",
     "Worker utilisation",
     "Task wait (p50/p95/p99)",
     "Task duration (p50/p95/p99)",
