@@ -114,7 +114,7 @@ pub use error::{BuildError, FailureReason, RejectReason, SubmitError, TaskError}
 pub use executor::{Executor, Rejected, Task};
 #[cfg(feature = "http")]
 pub use export::MetricsServer;
-pub use export::TextEncoder;
+pub use export::{OpenMetricsEncoder, TextEncoder};
 #[cfg(feature = "push")]
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
