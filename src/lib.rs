@@ -119,6 +119,8 @@ pub use export::{OpenMetricsEncoder, TextEncoder};
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
+#[cfg(feature = "prometheus-client")]
+pub use metrics::PrometheusClientCollector;
 pub use metrics::{
     ExecutorExporter, ExecutorExporterBuilder, InvariantError, Snapshot, DEFAULT_BUCKETS,
 };
@@ -135,6 +137,11 @@ pub use thread_pool::{
 
 /// The `prometheus` crate this one is built on, so your types match ours.
 pub use prometheus;
+
+/// The `prometheus-client` crate [`PrometheusClientCollector`] registers
+/// into (feature `prometheus-client`), so your registry's type matches ours.
+#[cfg(feature = "prometheus-client")]
+pub use prometheus_client;
 
 /// The README's and the guides' Rust examples, compiled as doctests (run where they need no server, port
 /// or worker process), so none drifts from the API.

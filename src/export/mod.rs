@@ -7,7 +7,7 @@ mod http;
 mod openmetrics;
 #[cfg(feature = "push")]
 mod push;
-mod text;
+pub(crate) mod text;
 
 #[cfg(feature = "http")]
 pub use http::MetricsServer;

@@ -364,12 +364,12 @@ pub(super) fn escape<W: Write>(value: &str, quote: bool, out: &mut W) -> io::Res
 /// encoder's only difference between the models: the tests run it against
 /// `prometheus::TextEncoder` in the protobuf model, and `.ci/run` builds the
 /// crate in the plain one (`--no-default-features`).
-pub(super) trait Value {
+pub(crate) trait Value {
     fn value(&self) -> f64;
 }
 
 /// See [`Value`].
-pub(super) trait GetValue {
+pub(crate) trait GetValue {
     fn get_value(&self) -> f64;
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prometheus::Registry;
 
 use super::buckets::{resolve_buckets, validate_namespace};
-use super::collector::families_for;
+use super::collector::{families_for, Families};
 use super::series::Series;
 use super::snapshot::Snapshot;
 use super::steps::Step;
@@ -51,6 +51,9 @@ use crate::sync::lock;
 #[derive(Clone)]
 pub struct ExecutorExporter {
     series: Arc<Series>,
+    /// Every series of this namespace in `registry`, this one's included.
+    #[cfg_attr(not(feature = "prometheus-client"), allow(dead_code))]
+    families: Arc<Families>,
     registry: Registry,
     namespace: Arc<str>,
 }
@@ -73,6 +76,11 @@ impl ExecutorExporter {
 
     pub(crate) fn series(&self) -> &Arc<Series> {
         &self.series
+    }
+
+    #[cfg(feature = "prometheus-client")]
+    pub(super) fn families(&self) -> &Arc<Families> {
+        &self.families
     }
 
     /// The `executor` label value.
@@ -322,6 +330,7 @@ impl ExecutorExporterBuilder {
         drop(all);
         Ok(ExecutorExporter {
             series,
+            families,
             registry,
             namespace: namespace.into(),
         })
