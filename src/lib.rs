@@ -11,11 +11,15 @@
 //! - [`ExecutorExporter`]: the metric families, labelled by `executor` (the
 //!   exporter id) and `executor_type`, in a `prometheus` registry of your
 //!   choice;
-//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line
-//!   (with the `protobuf` feature, also the protobuf exposition for scrapers
-//!   that prefer it).
+//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line,
+//!   as OpenMetrics to scrapers that ask for it (Prometheus does), text to
+//!   the others (with the `protobuf` feature, also the protobuf exposition
+//!   for scrapers that prefer it).
 //! - [`TextEncoder`]: the text exposition, the same bytes as
-//!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler.
+//!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler;
+//!   [`OpenMetricsEncoder`]: the same series as OpenMetrics text.
+//! - `PrometheusClientCollector` (feature `prometheus-client`): the families
+//!   in a `prometheus-client` registry, for services that use that crate.
 //! - [`testing`] (feature `testing`): property tests of the task accounting
 //!   of your own executor behind the proxy.
 //!
