@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prometheus::Registry;
 
 use super::buckets::{resolve_buckets, validate_namespace};
-use super::collector::{families_for, Families};
+use super::collector::families_for;
 use super::series::Series;
 use super::snapshot::Snapshot;
 use super::steps::Step;
@@ -52,8 +52,8 @@ use crate::sync::lock;
 pub struct ExecutorExporter {
     series: Arc<Series>,
     /// Every series of this namespace in `registry`, this one's included.
-    #[cfg_attr(not(feature = "prometheus-client"), allow(dead_code))]
-    families: Arc<Families>,
+    #[cfg(feature = "prometheus-client")]
+    families: Arc<super::collector::Families>,
     registry: Registry,
     namespace: Arc<str>,
 }
@@ -79,7 +79,7 @@ impl ExecutorExporter {
     }
 
     #[cfg(feature = "prometheus-client")]
-    pub(super) fn families(&self) -> &Arc<Families> {
+    pub(super) fn families(&self) -> &Arc<super::collector::Families> {
         &self.families
     }
 
@@ -330,6 +330,7 @@ impl ExecutorExporterBuilder {
         drop(all);
         Ok(ExecutorExporter {
             series,
+            #[cfg(feature = "prometheus-client")]
             families,
             registry,
             namespace: namespace.into(),
