@@ -11,11 +11,15 @@
 //! - [`ExecutorExporter`]: the metric families, labelled by `executor` (the
 //!   exporter id) and `executor_type`, in a `prometheus` registry of your
 //!   choice;
-//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line
-//!   (with the `protobuf` feature, also the protobuf exposition for scrapers
-//!   that prefer it).
+//! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line,
+//!   as OpenMetrics to scrapers that ask for it (Prometheus does), text to
+//!   the others (with the `protobuf` feature, also the protobuf exposition
+//!   for scrapers that prefer it).
 //! - [`TextEncoder`]: the text exposition, the same bytes as
-//!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler.
+//!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler;
+//!   [`OpenMetricsEncoder`]: the same series as OpenMetrics text.
+//! - `PrometheusClientCollector` (feature `prometheus-client`): the families
+//!   in a `prometheus-client` registry, for services that use that crate.
 //! - [`testing`] (feature `testing`): property tests of the task accounting
 //!   of your own executor behind the proxy.
 //!
@@ -114,11 +118,13 @@ pub use error::{BuildError, FailureReason, RejectReason, SubmitError, TaskError}
 pub use executor::{Executor, Rejected, Task};
 #[cfg(feature = "http")]
 pub use export::MetricsServer;
-pub use export::TextEncoder;
+pub use export::{OpenMetricsEncoder, TextEncoder};
 #[cfg(feature = "push")]
 pub use export::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,
 };
+#[cfg(feature = "prometheus-client")]
+pub use metrics::PrometheusClientCollector;
 pub use metrics::{
     ExecutorExporter, ExecutorExporterBuilder, InvariantError, Snapshot, DEFAULT_BUCKETS,
 };
@@ -135,6 +141,11 @@ pub use thread_pool::{
 
 /// The `prometheus` crate this one is built on, so your types match ours.
 pub use prometheus;
+
+/// The `prometheus-client` crate [`PrometheusClientCollector`] registers
+/// into (feature `prometheus-client`), so your registry's type matches ours.
+#[cfg(feature = "prometheus-client")]
+pub use prometheus_client;
 
 /// The README's and the guides' Rust examples, compiled as doctests (run where they need no server, port
 /// or worker process), so none drifts from the API.

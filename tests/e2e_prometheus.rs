@@ -1,10 +1,12 @@
 //! End to end with the real thing: a `ThreadPoolExecutor` runs a known
 //! workload in this process, and a real Prometheus (Debian package
-//! `prometheus`) scrapes it, either from `MetricsServer` or through a real
-//! Pushgateway (`prometheus-pushgateway`). Every value is asserted through
-//! Prometheus's query API, and every dashboard query and alert rule is
-//! evaluated against this live data. `promtool check metrics` checks the
-//! served exposition with label values that need escaping.
+//! `prometheus`) scrapes it, from `MetricsServer` (as OpenMetrics, which
+//! Prometheus asks for by default, or protobuf), from a `prometheus-client`
+//! registry, or through a real Pushgateway (`prometheus-pushgateway`). Every
+//! value is asserted through Prometheus's query API, and every dashboard
+//! query and alert rule is evaluated against this live data. `promtool check
+//! metrics` checks the served text exposition with label values that need
+//! escaping, and promtool's OpenMetrics parser reads the OpenMetrics ones.
 //!
 //! Everything listens on 127.0.0.1 with ports chosen free, every wait has a
 //! deadline, and the servers are stopped when each test ends. Without the
@@ -349,9 +351,61 @@ fn assert_rules_evaluate(prometheus: &PrometheusServer) {
     }
 }
 
+/// Prometheus asks for OpenMetrics by default, and the server answers with
+/// it (checked by replaying the `Accept` header Prometheus sent to a second
+/// target, and by the family names Prometheus keeps as metadata, which
+/// OpenMetrics names without `_total`); every value, dashboard query and
+/// rule comes out right.
 #[test]
 fn scraped_values_equal_what_the_program_did() {
-    scrape_and_check(&[], &[], |_| ());
+    let recorder = AcceptRecorder::start_empty();
+    scrape_and_check(
+        &[],
+        std::slice::from_ref(&recorder.addr),
+        Target::MetricsServer,
+        |server, prometheus| {
+            let accept = recorder.accept().expect("Prometheus scraped the recorder");
+            assert!(
+                accept.starts_with("application/openmetrics-text;version=1.0.0"),
+                "Prometheus asked for {accept}"
+            );
+            assert_eq!(
+                content_type_for(server, &accept),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                "answer to Accept: {accept}"
+            );
+            assert_parsed_as_openmetrics(prometheus);
+        },
+    );
+}
+
+/// Prometheus keeps a counter's metadata under its family name: without
+/// `_total` when it parsed OpenMetrics, with it when it parsed text.
+fn assert_parsed_as_openmetrics(prometheus: &PrometheusServer) {
+    let metadata = prometheus
+        .api(
+            "/api/v1/metadata",
+            &[("metric", "executor_submitted_tasks")],
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+    let kinds: Vec<&str> = metadata["data"]["executor_submitted_tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["counter"], "metadata: {metadata}");
+}
+
+/// The pool's families through `prometheus-client`: its registry encoded
+/// by `prometheus-client`'s OpenMetrics encoder, served to a real
+/// Prometheus, which stores every value the program produced.
+#[cfg(feature = "prometheus-client")]
+#[test]
+fn scraped_from_prometheus_client_values_equal_what_the_program_did() {
+    scrape_and_check(&[], &[], Target::PrometheusClient, |_, prometheus| {
+        assert_parsed_as_openmetrics(prometheus)
+    });
 }
 
 /// Prometheus with native histograms asks for the protobuf exposition first;
@@ -361,11 +415,12 @@ fn scraped_values_equal_what_the_program_did() {
 #[cfg(feature = "protobuf")]
 #[test]
 fn scraped_as_protobuf_values_equal_what_the_program_did() {
-    let recorder = AcceptRecorder::start();
+    let recorder = AcceptRecorder::start_empty();
     scrape_and_check(
         &["native-histograms"],
         std::slice::from_ref(&recorder.addr),
-        |server| {
+        Target::MetricsServer,
+        |server, _| {
             let accept = recorder.accept().expect("Prometheus scraped the recorder");
             assert!(
                 accept.starts_with("application/vnd.google.protobuf;"),
@@ -381,19 +436,53 @@ fn scraped_as_protobuf_values_equal_what_the_program_did() {
     );
 }
 
-/// Runs the workload with Prometheus (given `feature_flags`) scraping a
-/// `MetricsServer` and `extra_targets`, checks what it stored, then calls
-/// `then` with the server. Returns at once when Prometheus is not installed
-/// (outside CI).
+/// What Prometheus scrapes the workload's registry through.
+enum Target {
+    /// `MetricsServer`, in the format Prometheus negotiates.
+    MetricsServer,
+    /// A `prometheus-client` registry holding the pool's families, encoded
+    /// by `prometheus-client` as OpenMetrics.
+    #[cfg(feature = "prometheus-client")]
+    PrometheusClient,
+}
+
+/// Runs the workload with Prometheus (given `feature_flags`) scraping
+/// `target` and `extra_targets`, checks what it stored, then calls `then`
+/// with a `MetricsServer` of the registry and Prometheus. Returns at once
+/// when Prometheus is not installed (outside CI).
 fn scrape_and_check(
     feature_flags: &[&str],
     extra_targets: &[String],
-    then: impl FnOnce(&MetricsServer),
+    target: Target,
+    then: impl FnOnce(&MetricsServer, &PrometheusServer),
 ) {
     let registry = Registry::new();
     let pool = pool(&registry);
     let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
-    let mut targets = vec![server.local_addr().to_string()];
+    let _client_target;
+    let scraped = match target {
+        Target::MetricsServer => server.local_addr().to_string(),
+        #[cfg(feature = "prometheus-client")]
+        Target::PrometheusClient => {
+            let mut client = executor_exporter::prometheus_client::registry::Registry::default();
+            // Every pool of the registry, those built later included.
+            pool.exporter().register_into(&mut client);
+            let client = std::sync::Arc::new(client);
+            let served = AcceptRecorder::serving(move || {
+                let mut text = String::new();
+                executor_exporter::prometheus_client::encoding::text::encode(&mut text, &client)
+                    .unwrap();
+                (
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8".to_owned(),
+                    text,
+                )
+            });
+            let addr = served.addr.clone();
+            _client_target = served;
+            addr
+        }
+    };
+    let mut targets = vec![scraped];
     targets.extend(extra_targets.iter().cloned());
     let config = PrometheusConfig {
         rule_files: vec![crate_path("alerts/executor-exporter.rules.yml")],
@@ -435,7 +524,7 @@ fn scrape_and_check(
         assert_stuck_task_is_seen(&prometheus, &registry);
         assert_capacity_and_workers_are_live(&prometheus, &registry);
     }
-    then(&server);
+    then(&server, &prometheus);
 }
 
 /// A task blocked for 3 s: a scrape during the block shows an oldest-running
@@ -532,10 +621,10 @@ fn assert_capacity_and_workers_are_live(prometheus: &PrometheusServer, registry:
     wait_value(prometheus, r#"executor_workers{executor="rebuilt"}"#, 0);
 }
 
-/// A scrape target on 127.0.0.1 that answers every scrape with an empty
-/// exposition and records the request's `Accept` header; it stops when
-/// dropped, after at most [`RECORDER_SCRAPES`] scrapes or after 5 minutes.
-#[cfg(feature = "protobuf")]
+/// A scrape target on 127.0.0.1 that answers every scrape with what its
+/// `answer` gives (content type and body) and records the request's `Accept`
+/// header; it stops when dropped, after at most [`RECORDER_SCRAPES`] scrapes
+/// or after 5 minutes.
 struct AcceptRecorder {
     addr: String,
     seen: std::sync::Arc<std::sync::Mutex<Option<String>>>,
@@ -543,12 +632,15 @@ struct AcceptRecorder {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-#[cfg(feature = "protobuf")]
 const RECORDER_SCRAPES: usize = 300;
 
-#[cfg(feature = "protobuf")]
 impl AcceptRecorder {
-    fn start() -> AcceptRecorder {
+    /// A target answering with an empty text exposition.
+    fn start_empty() -> AcceptRecorder {
+        AcceptRecorder::serving(|| ("text/plain; version=0.0.4".to_owned(), String::new()))
+    }
+
+    fn serving(answer: impl Fn() -> (String, String) + Send + 'static) -> AcceptRecorder {
         use std::io::{BufRead, BufReader, Write};
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -582,8 +674,11 @@ impl AcceptRecorder {
                     }
                     line.clear();
                 }
-                let _ = reader.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                let (content_type, body) = answer();
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
             }
         });
@@ -600,7 +695,6 @@ impl AcceptRecorder {
     }
 }
 
-#[cfg(feature = "protobuf")]
 impl Drop for AcceptRecorder {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -611,7 +705,6 @@ impl Drop for AcceptRecorder {
 }
 
 /// The `Content-Type` `server` answers a `GET /metrics` with `accept` with.
-#[cfg(feature = "protobuf")]
 fn content_type_for(server: &MetricsServer, accept: &str) -> String {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
@@ -753,15 +846,95 @@ fn promtool_accepts_the_served_exposition() {
         ok,
         "promtool check metrics failed:\n{said}\n--- exposition ---\n{body}"
     );
+
+    // `promtool check metrics` reads the text format only (an OpenMetrics
+    // counter family `x` with sample `x_total` reads as an untyped `x_total`
+    // without help, which it rejects). Prometheus's OpenMetrics parser is in
+    // `promtool tsdb create-blocks-from openmetrics`, which reads every sample
+    // into a block: the exposition served to an OpenMetrics scraper, and
+    // `prometheus-client`'s, parse whole, one series per sample.
+    let served = get_metrics_as(&server, "application/openmetrics-text;version=1.0.0");
+    assert!(served.ends_with("# EOF\n"), "{served}");
+    assert_openmetrics_parses(&promtool, &dir, &served);
+    #[cfg(feature = "prometheus-client")]
+    {
+        let mut client = executor_exporter::prometheus_client::registry::Registry::default();
+        pool.exporter().register_into(&mut client);
+        let mut text = String::new();
+        executor_exporter::prometheus_client::encoding::text::encode(&mut text, &client).unwrap();
+        assert_openmetrics_parses(&promtool, &dir, &text);
+    }
+    // The parser refuses an exposition that does not end with `# EOF`.
+    let (ok, _, _) = read_openmetrics(&promtool, &dir, served.trim_end_matches("# EOF\n"));
+    assert!(!ok, "promtool read OpenMetrics without # EOF");
+}
+
+/// `promtool tsdb create-blocks-from openmetrics` on `exposition`, each
+/// sample given a timestamp (it needs one): whether it succeeded, what it
+/// said, and the number of samples given.
+fn read_openmetrics(
+    promtool: &std::path::Path,
+    dir: &TempDir,
+    exposition: &str,
+) -> (bool, String, usize) {
+    let stamped: String = exposition
+        .lines()
+        .map(|line| match line.starts_with('#') {
+            true => format!("{line}\n"),
+            false => format!("{line} 1700000000\n"),
+        })
+        .collect();
+    let samples = exposition.lines().filter(|l| !l.starts_with('#')).count();
+    let input = dir.path().join("metrics.om");
+    let blocks = dir.path().join("blocks");
+    let _ = std::fs::remove_dir_all(&blocks);
+    std::fs::write(&input, stamped).unwrap();
+    let mut command = Command::new(promtool);
+    command
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(&blocks);
+    let output = run_with_timeout(&mut command, Duration::from_secs(30))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said, samples)
+}
+
+/// Asserts promtool's OpenMetrics parser reads `exposition` whole: one
+/// block with a series for each of its samples.
+fn assert_openmetrics_parses(promtool: &std::path::Path, dir: &TempDir, exposition: &str) {
+    let (ok, said, samples) = read_openmetrics(promtool, dir, exposition);
+    assert!(
+        ok,
+        "promtool refused the OpenMetrics:\n{said}\n---\n{exposition}"
+    );
+    // The block's row: ULID, min, max, duration, samples, chunks, series, size.
+    let series: Vec<usize> = said
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(6)?.parse().ok())
+        .collect();
+    assert_eq!(series, [samples], "{said}");
 }
 
 fn get_metrics(server: &MetricsServer) -> String {
+    get_metrics_as(server, "text/plain")
+}
+
+/// The body of a `GET /metrics` asking for `accept`.
+fn get_metrics_as(server: &MetricsServer, accept: &str) -> String {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
     let mut reply = String::new();
     conn.read_to_string(&mut reply).unwrap();
     let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP answer");

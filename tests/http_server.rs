@@ -1,5 +1,6 @@
 //! The `/metrics` server, probed over real loopback sockets.
 
+mod common;
 mod support;
 
 use std::collections::VecDeque;
@@ -509,9 +510,7 @@ fn a_family_the_text_format_cannot_encode_is_a_500_not_a_dropped_connection() {
         get.contains("legacy_untyped") && get.contains("UNTYPED"),
         "{get}"
     );
-    if cfg!(feature = "protobuf") {
-        assert!(get.contains("vary: Accept"), "{get}");
-    }
+    assert!(get.contains("vary: Accept"), "{get}");
     registry.unregister(Box::new(Untyped(desc))).unwrap();
     let get = request(&server, b"GET /metrics HTTP/1.0\r\n\r\n");
     assert_eq!(status(&get), "200", "{get}");
@@ -572,10 +571,10 @@ fn serves_protobuf_to_a_scraper_that_prefers_it() {
         .expect("the submitted family");
     assert_eq!(submitted.get_metric()[0].get_counter().value(), 3.0);
 
-    // Prometheus's default `Accept` still gets text.
+    // A scraper that does not rank protobuf first still gets text.
     let text = request(
         &server,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nConnection: close\r\n\r\n",
     );
     assert!(
         text.contains("content-type: text/plain; version=0.0.4"),
@@ -584,4 +583,59 @@ fn serves_protobuf_to_a_scraper_that_prefers_it() {
     assert!(text.contains(
         r#"executor_submitted_tasks_total{executor="proto",executor_type="thread_pool"} 3"#
     ));
+}
+
+/// A scraper that asks for OpenMetrics first (Prometheus does by default:
+/// this is the `Accept` it sends) gets it, with every sample of the text
+/// format, and `# EOF`; one that does not ask gets text, as before.
+#[test]
+fn serves_openmetrics_to_a_scraper_that_asks_for_it() {
+    const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let registry = Registry::new();
+    let pool = ThreadPoolExecutor::builder()
+        .exporter_id("om \"quoted\" \\ \n ✓")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let step = pool.exporter().step("parse");
+    for k in 0..3 {
+        let step = step.clone();
+        pool.submit(move || step.time(|| k))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    let _ = pool.submit(|| -> u8 { panic!("om panic") }).unwrap().join();
+    pool.join();
+    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+
+    let reply = request(
+        &server,
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {PROMETHEUS_ACCEPT}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert_eq!(status(head), "200", "{head}");
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    assert!(head.contains("vary: Accept"), "{head}");
+    assert!(
+        body.contains("# TYPE executor_submitted_tasks counter\n"),
+        "{body}"
+    );
+    common::parse(body).assert_same_as_text(&common::scrape(&registry));
+
+    let text = request(
+        &server,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        text.contains("content-type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
 }

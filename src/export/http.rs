@@ -31,6 +31,7 @@ use prometheus::{Encoder, Registry};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
+use super::openmetrics::{OpenMetricsEncoder, OPENMETRICS_FORMAT};
 use super::text::TextEncoder;
 
 /// Connections held at once. At the limit a new connection closes another
@@ -48,13 +49,18 @@ const ACCEPT_QUEUE: u32 = 4096;
 /// make the server hold to `MAX_CONNECTIONS` times this.
 const MAX_BUFFER: usize = 16 * 1024;
 
-/// Serves the text exposition (format 0.0.4) of a registry at `/metrics`.
+/// Serves the exposition of a registry at `/metrics`, in the format the
+/// scraper asks for.
 ///
-/// With the `protobuf` feature it answers with the protobuf exposition
-/// (length-delimited `io.prometheus.client.MetricFamily` messages) instead
-/// when the request's `Accept` header ranks that above the text format, as
+/// A scraper whose `Accept` header ranks `application/openmetrics-text`
+/// (version 1.0.0) above the text format gets OpenMetrics, written by
+/// [`OpenMetricsEncoder`](crate::OpenMetricsEncoder) from the same gathered
+/// families: Prometheus asks for it by default. With the `protobuf` feature,
+/// one that ranks the protobuf exposition (length-delimited
+/// `io.prometheus.client.MetricFamily` messages) highest gets that, as
 /// Prometheus does with native histograms enabled or with `PrometheusProto`
-/// first in its `scrape_protocols`; every other scraper gets text.
+/// first in its `scrape_protocols`. Every other scraper (no `Accept`, `*/*`)
+/// gets the text format 0.0.4. The answer carries `Vary: Accept`.
 ///
 /// It binds exactly the address given; bind `127.0.0.1` unless Prometheus
 /// scrapes from another host, and then restrict who can reach the port: the
@@ -521,6 +527,9 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
             let families = registry.gather();
             let encoded = match Format::negotiate(req.headers().get_all(ACCEPT).iter()) {
                 Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &families),
+                Format::OpenMetrics => {
+                    encode(OpenMetricsEncoder::new(), OPENMETRICS_FORMAT, &families)
+                }
                 #[cfg(feature = "protobuf")]
                 Format::Protobuf => {
                     let encoder = ProtobufEncoder::new();
@@ -534,13 +543,11 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
                     &format!("cannot encode metrics: {e}\n"),
                 )
             });
-            if cfg!(feature = "protobuf") {
-                // The answer depends on `Accept` (the other format may
-                // encode where this one failed): caches must not mix them.
-                response
-                    .headers_mut()
-                    .insert(VARY, HeaderValue::from_static("Accept"));
-            }
+            // The answer depends on `Accept` (another format may encode
+            // where this one failed): caches must not mix them.
+            response
+                .headers_mut()
+                .insert(VARY, HeaderValue::from_static("Accept"));
             response
         }
         ("/metrics", _) => {
@@ -579,30 +586,29 @@ fn encode(
 enum Format {
     /// The text format 0.0.4, which every scraper accepts.
     Text,
+    /// The OpenMetrics text format 1.0.0.
+    OpenMetrics,
     /// Length-delimited `io.prometheus.client.MetricFamily` messages.
     #[cfg(feature = "protobuf")]
     Protobuf,
 }
 
 impl Format {
-    /// Always text without the `protobuf` feature.
-    #[cfg(not(feature = "protobuf"))]
-    fn negotiate<'a>(_accept: impl Iterator<Item = &'a HeaderValue>) -> Format {
-        Format::Text
-    }
-
-    /// Protobuf when the `Accept` headers weigh it above the text format,
-    /// text otherwise, including when they are missing or unreadable (text is
-    /// what every scraper reads). Each format takes the `q` of the most
-    /// specific range that matches it (`text/plain`, then `text/*`, then
-    /// `*/*`; the delimited `MetricFamily` protobuf type, then
-    /// `application/*`, then `*/*`), as HTTP asks; a tie goes to text.
+    /// The format the `Accept` headers weigh highest, of those this build
+    /// serves; text when they are missing or unreadable, or weigh no format
+    /// above 0 (text is what every scraper reads). Each format takes the `q`
+    /// of the most specific range that matches it, as HTTP asks: text from
+    /// `text/plain`, then `text/*`, then `*/*`; OpenMetrics from
+    /// `application/openmetrics-text` (version 1.0.0 or none), protobuf from
+    /// the delimited `MetricFamily` protobuf type, each then from
+    /// `application/*`, then `*/*`. A tie goes to text, then OpenMetrics.
     /// Ranges that do not parse, or whose `q` is not a number from 0 to 1,
     /// are ignored.
-    #[cfg(feature = "protobuf")]
     fn negotiate<'a>(accept: impl Iterator<Item = &'a HeaderValue>) -> Format {
         #[derive(Default)]
         struct Weights {
+            openmetrics: Option<f32>,
+            #[cfg(feature = "protobuf")]
             protobuf: Option<f32>,
             application: Option<f32>,
             text_plain: Option<f32>,
@@ -612,50 +618,137 @@ impl Format {
         let keep = |slot: &mut Option<f32>, q: f32| *slot = Some(slot.map_or(q, |w| w.max(q)));
         let mut w = Weights::default();
         for value in accept.filter_map(|v| v.to_str().ok()) {
-            for range in media_ranges(value) {
-                let Ok(range) = range.trim().parse::<mime::Mime>() else {
-                    continue;
-                };
-                let q = match range.get_param("q") {
-                    None => 1.0,
-                    Some(q) => match q.as_str().parse::<f32>() {
-                        Ok(q) if (0.0..=1.0).contains(&q) => q,
-                        _ => continue,
-                    },
-                };
-                let param = |name: &str| range.get_param(name).map(|v| v.as_str().to_owned());
-                let (ty, sub) = (range.type_(), range.subtype());
-                if ty == mime::APPLICATION
-                    && sub == "vnd.google.protobuf"
-                    && param("proto").as_deref() == Some("io.prometheus.client.MetricFamily")
-                    && param("encoding").as_deref() == Some("delimited")
+            for range in media_ranges(value).filter_map(MediaRange::parse) {
+                let q = range.q;
+                let (ty, sub) = (range.ty, range.subtype);
+                let is =
+                    |a: &str, b: &str| ty.eq_ignore_ascii_case(a) && sub.eq_ignore_ascii_case(b);
+                if is("application", "openmetrics-text")
+                    && matches!(range.param("version"), None | Some("1.0.0"))
                 {
-                    keep(&mut w.protobuf, q);
-                } else if ty == mime::APPLICATION && sub == mime::STAR {
+                    keep(&mut w.openmetrics, q);
+                } else if is("application", "vnd.google.protobuf") {
+                    #[cfg(feature = "protobuf")]
+                    if range.param("proto") == Some("io.prometheus.client.MetricFamily")
+                        && range.param("encoding") == Some("delimited")
+                    {
+                        keep(&mut w.protobuf, q);
+                    }
+                } else if is("application", "*") {
                     keep(&mut w.application, q);
-                } else if ty == mime::TEXT && sub == mime::PLAIN {
+                } else if is("text", "plain") {
                     keep(&mut w.text_plain, q);
-                } else if ty == mime::TEXT && sub == mime::STAR {
+                } else if is("text", "*") {
                     keep(&mut w.text, q);
-                } else if ty == mime::STAR && sub == mime::STAR {
+                } else if is("*", "*") {
                     keep(&mut w.any, q);
                 }
             }
         }
-        let protobuf = w.protobuf.or(w.application).or(w.any).unwrap_or(0.0);
-        let text = w.text_plain.or(w.text).or(w.any).unwrap_or(0.0);
-        if protobuf > text {
-            Format::Protobuf
-        } else {
-            Format::Text
+        let application = |exact: Option<f32>| exact.or(w.application).or(w.any).unwrap_or(0.0);
+        let mut best = (
+            Format::Text,
+            w.text_plain.or(w.text).or(w.any).unwrap_or(0.0),
+        );
+        let mut offer = |format, weight: f32| {
+            if weight > best.1 {
+                best = (format, weight);
+            }
+        };
+        offer(Format::OpenMetrics, application(w.openmetrics));
+        #[cfg(feature = "protobuf")]
+        offer(Format::Protobuf, application(w.protobuf));
+        best.0
+    }
+}
+
+/// One media range of an `Accept` header: `type/subtype;name=value;q=0.5`.
+struct MediaRange<'a> {
+    ty: &'a str,
+    subtype: &'a str,
+    /// Its parameters but `q`, values unquoted.
+    params: Vec<(&'a str, String)>,
+    /// Its weight, 1 when not given.
+    q: f32,
+}
+
+impl<'a> MediaRange<'a> {
+    /// `None` for a range that is not `token/token` followed by `;name=value`
+    /// parameters (tokens or quoted strings), or whose `q` is not a weight.
+    fn parse(range: &'a str) -> Option<MediaRange<'a>> {
+        let mut parts = split_outside_quotes(range, ';');
+        let (ty, subtype) = parts.next()?.trim().split_once('/')?;
+        if !is_token(ty) || !is_token(subtype) {
+            return None;
+        }
+        let mut params = Vec::new();
+        let mut q = 1.0;
+        for param in parts {
+            let (name, value) = param.trim().split_once('=')?;
+            let (name, value) = (name.trim_end(), value.trim_start());
+            if !is_token(name) {
+                return None;
+            }
+            let value = unquote(value)?;
+            if name.eq_ignore_ascii_case("q") {
+                q = value
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))?;
+            } else {
+                params.push((name, value));
+            }
+        }
+        Some(MediaRange {
+            ty,
+            subtype,
+            params,
+            q,
+        })
+    }
+
+    /// The value of parameter `name` (case-insensitive), if given.
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP token: one or more of the characters RFC 9110 allows in one.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A parameter's value: a token, or a quoted string with its escapes undone.
+fn unquote(value: &str) -> Option<String> {
+    let Some(inner) = value.strip_prefix('"') else {
+        return is_token(value).then(|| value.to_owned());
+    };
+    let inner = inner.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return None,
+            c => out.push(c),
         }
     }
+    Some(out)
 }
 
 /// The comma-separated media ranges of an `Accept` value; a comma inside a
 /// quoted parameter value (`;p="a,b"`) does not separate ranges.
-#[cfg(feature = "protobuf")]
 fn media_ranges(value: &str) -> impl Iterator<Item = &str> {
+    split_outside_quotes(value, ',')
+}
+
+/// `value` split at each `separator` outside a quoted string.
+fn split_outside_quotes(value: &str, separator: char) -> impl Iterator<Item = &str> {
     let mut rest = Some(value);
     std::iter::from_fn(move || {
         let s = rest?;
@@ -665,8 +758,8 @@ fn media_ranges(value: &str) -> impl Iterator<Item = &str> {
                 _ if escaped => escaped = false,
                 '\\' if quoted => escaped = true,
                 '"' => quoted = !quoted,
-                ',' if !quoted => {
-                    rest = Some(&s[i + 1..]);
+                c if c == separator && !quoted => {
+                    rest = Some(&s[i + c.len_utf8()..]);
                     return Some(&s[..i]);
                 }
                 _ => {}
@@ -688,7 +781,7 @@ impl Drop for MetricsServer {
     }
 }
 
-#[cfg(all(test, feature = "protobuf"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -710,35 +803,66 @@ mod tests {
             [r#"text/plain;p="a,b\",c";q=1"#, " */*"]
         );
         // Text, weighed 1 in a range with a quoted comma, wins over
-        // protobuf's 0.5 (with the range split, text would weigh nothing).
+        // OpenMetrics' 0.5 (with the range split, text would weigh nothing).
         assert_eq!(
-            negotiate(&format!(r#"text/plain;x="a,b";q=1, {PROTO};q=0.5"#)),
+            negotiate(r#"text/plain;x="a,b";q=1, application/openmetrics-text;q=0.5"#),
             Format::Text
         );
         assert_eq!(
-            negotiate(&format!(r#"text/plain;x="a,b";q=0.2, {PROTO};q=0.5"#)),
-            Format::Protobuf
+            negotiate(r#"text/plain;x="a,b";q=0.2, application/openmetrics-text;q=0.5"#),
+            Format::OpenMetrics
         );
     }
 
     #[test]
-    fn prometheus_gets_protobuf_only_when_it_ranks_it_first() {
-        assert_eq!(negotiate(PROMETHEUS), Format::Text);
+    fn prometheus_gets_openmetrics_by_default() {
+        assert_eq!(negotiate(PROMETHEUS), Format::OpenMetrics);
+        #[cfg(feature = "protobuf")]
         assert_eq!(negotiate(PROMETHEUS_NATIVE), Format::Protobuf);
+        // Without protobuf, OpenMetrics is what it ranks first of the rest.
+        #[cfg(not(feature = "protobuf"))]
+        assert_eq!(negotiate(PROMETHEUS_NATIVE), Format::OpenMetrics);
+        for accept in [
+            "application/openmetrics-text",
+            "application/openmetrics-text; version=1.0.0",
+            r#"Application/OpenMetrics-Text;Version="1.0.0";q=0.9, text/plain;q=0.8"#,
+            "application/*;q=0.9, text/*;q=0.2",
+            "application/openmetrics-text;q=0.3, */*;q=0.1",
+        ] {
+            assert_eq!(negotiate(accept), Format::OpenMetrics, "Accept: {accept}");
+        }
+    }
+
+    #[cfg(feature = "protobuf")]
+    #[test]
+    fn protobuf_goes_to_a_scraper_that_ranks_it_first() {
         assert_eq!(negotiate(PROTO), Format::Protobuf);
         assert_eq!(
             negotiate(&format!("{PROTO};q=0.3, */*;q=0.1")),
             Format::Protobuf
         );
-        // The most specific range sets a format's weight: text/plain's 0.1,
-        // not */*'s 1.
         assert_eq!(
-            negotiate(&format!("{PROTO};q=0.5, text/plain;q=0.1, */*")),
+            negotiate(&format!(
+                "{PROTO};q=0.5, application/openmetrics-text;q=0.4"
+            )),
             Format::Protobuf
         );
+        // The most specific range sets a format's weight: text/plain's 0.1,
+        // not */*'s 1; but */* weighs OpenMetrics 1, above protobuf's 0.5.
         assert_eq!(
-            negotiate("application/*;q=0.9, text/*;q=0.2"),
+            negotiate(&format!("{PROTO};q=0.5, text/plain;q=0.1, */*")),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            negotiate(&format!(
+                "{PROTO};q=0.5, text/plain;q=0.1, application/openmetrics-text;q=0"
+            )),
             Format::Protobuf
+        );
+        // Level with OpenMetrics: OpenMetrics.
+        assert_eq!(
+            negotiate(&format!("{PROTO};q=0.5, application/*;q=0.5")),
+            Format::OpenMetrics
         );
     }
 
@@ -747,9 +871,9 @@ mod tests {
     fn every_accept_line_counts() {
         let lines = [
             HeaderValue::from_static("text/plain;q=0.2"),
-            HeaderValue::from_static(PROTO),
+            HeaderValue::from_static("application/openmetrics-text"),
         ];
-        assert_eq!(Format::negotiate(lines.iter()), Format::Protobuf);
+        assert_eq!(Format::negotiate(lines.iter()), Format::OpenMetrics);
     }
 
     #[test]
@@ -760,14 +884,27 @@ mod tests {
             "*/*",
             "text/plain",
             "garbage, ;;, =",
+            "application/json",
             // Ranked below, or level with, text.
+            "application/openmetrics-text;q=0.5, text/plain;q=0.5",
+            "application/openmetrics-text;q=0.5, text/*;q=0.9",
+            "application/openmetrics-text;q=0.2, */*;q=0.3",
             &format!("{PROTO};q=0.5, text/plain;q=0.5"),
             &format!("{PROTO};q=0.5, text/*;q=0.9"),
             &format!("{PROTO};q=0.2, */*;q=0.3"),
             // Refused, or with a `q` that is no weight.
+            "application/openmetrics-text;q=0",
+            "application/openmetrics-text;q=2, text/plain;q=0.1",
+            "application/openmetrics-text;q=high, text/plain;q=0.1",
             &format!("{PROTO};q=0"),
             &format!("{PROTO};q=2, text/plain;q=0.1"),
             &format!("{PROTO};q=high, text/plain;q=0.1"),
+            // Not a range: no subtype, a bad token, an unterminated quote.
+            "application, text/plain;q=0.1",
+            "application/open metrics, text/plain;q=0.1",
+            "application/openmetrics-text;version=\"1.0.0, text/plain;q=0.1",
+            // Another version of OpenMetrics.
+            "application/openmetrics-text;version=0.0.1, text/plain;q=0.1",
             // Not the delimited MetricFamily stream.
             "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily",
             "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
@@ -775,5 +912,11 @@ mod tests {
         ] {
             assert_eq!(negotiate(accept), Format::Text, "Accept: {accept}");
         }
+        // Without the `protobuf` feature the protobuf type is never chosen.
+        #[cfg(not(feature = "protobuf"))]
+        assert_eq!(
+            negotiate(&format!("{PROTO}, text/plain;q=0.1")),
+            Format::Text
+        );
     }
 }

@@ -4,12 +4,14 @@
 
 #[cfg(feature = "http")]
 mod http;
+mod openmetrics;
 #[cfg(feature = "push")]
 mod push;
-mod text;
+pub(crate) mod text;
 
 #[cfg(feature = "http")]
 pub use http::MetricsServer;
+pub use openmetrics::OpenMetricsEncoder;
 #[cfg(feature = "push")]
 pub use push::{
     PushError, PushGateway, PushGatewayBuilder, DEFAULT_PUSH_TIMEOUT, PUSH_FAILURES_METRIC,

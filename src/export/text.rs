@@ -307,7 +307,7 @@ fn write_end<W: Write>(out: &mut W, timestamp_ms: i64) -> io::Result<()> {
 }
 
 /// Writes `value` as `f64`'s `Display` does.
-fn write_value<W: Write>(out: &mut W, value: f64) -> io::Result<()> {
+pub(super) fn write_value<W: Write>(out: &mut W, value: f64) -> io::Result<()> {
     // 2^53: every integer up to it is exact, so `Display`'s shortest
     // round-trip form is its plain digits, which `itoa` writes. Beyond it,
     // and for -0 (`Display` writes "-0"), fall back to `Display`.
@@ -333,14 +333,14 @@ fn write_count<W: Write>(out: &mut W, count: u64) -> io::Result<()> {
     }
 }
 
-fn write_display(text: &mut String, value: f64) {
+pub(super) fn write_display(text: &mut String, value: f64) {
     use std::fmt::Write as _;
     // Writing to a `String` cannot fail.
     let _ = write!(text, "{value}");
 }
 
 /// Writes `value` with `\` and newlines escaped, and `"` too when `quote`.
-fn escape<W: Write>(value: &str, quote: bool, out: &mut W) -> io::Result<()> {
+pub(super) fn escape<W: Write>(value: &str, quote: bool, out: &mut W) -> io::Result<()> {
     let special = |b: u8| b == b'\\' || b == b'\n' || (quote && b == b'"');
     let mut rest = value.as_bytes();
     while let Some(i) = rest.iter().position(|&b| special(b)) {
@@ -364,12 +364,12 @@ fn escape<W: Write>(value: &str, quote: bool, out: &mut W) -> io::Result<()> {
 /// encoder's only difference between the models: the tests run it against
 /// `prometheus::TextEncoder` in the protobuf model, and `.ci/run` builds the
 /// crate in the plain one (`--no-default-features`).
-trait Value {
+pub(crate) trait Value {
     fn value(&self) -> f64;
 }
 
 /// See [`Value`].
-trait GetValue {
+pub(crate) trait GetValue {
     fn get_value(&self) -> f64;
 }
 

@@ -14,7 +14,7 @@ use crate::error::{BuildError, BuildErrorKind};
 use crate::sync::lock;
 
 /// All series of one namespace in one registry, and the collector exposing them.
-pub(super) struct Families {
+pub(crate) struct Families {
     pub(super) namespace: String,
     descs: Vec<Desc>,
     /// `{namespace}_{name}` of each family in [`CATALOGUE`].

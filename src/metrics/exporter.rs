@@ -51,6 +51,9 @@ use crate::sync::lock;
 #[derive(Clone)]
 pub struct ExecutorExporter {
     series: Arc<Series>,
+    /// Every series of this namespace in `registry`, this one's included.
+    #[cfg(feature = "prometheus-client")]
+    families: Arc<super::collector::Families>,
     registry: Registry,
     namespace: Arc<str>,
 }
@@ -73,6 +76,11 @@ impl ExecutorExporter {
 
     pub(crate) fn series(&self) -> &Arc<Series> {
         &self.series
+    }
+
+    #[cfg(feature = "prometheus-client")]
+    pub(super) fn families(&self) -> &Arc<super::collector::Families> {
+        &self.families
     }
 
     /// The `executor` label value.
@@ -322,6 +330,8 @@ impl ExecutorExporterBuilder {
         drop(all);
         Ok(ExecutorExporter {
             series,
+            #[cfg(feature = "prometheus-client")]
+            families,
             registry,
             namespace: namespace.into(),
         })

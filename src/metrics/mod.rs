@@ -16,6 +16,8 @@
 
 mod buckets;
 mod catalogue;
+#[cfg(feature = "prometheus-client")]
+mod client_collector;
 mod collector;
 mod exporter;
 mod registry_map;
@@ -27,6 +29,8 @@ mod steps;
 mod tests;
 
 pub use buckets::DEFAULT_BUCKETS;
+#[cfg(feature = "prometheus-client")]
+pub use client_collector::PrometheusClientCollector;
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 #[cfg(feature = "push")]

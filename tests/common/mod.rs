@@ -151,6 +151,71 @@ impl Exposition {
     }
 }
 
+/// One sample, comparable across formats: `le` and `quantile` read as
+/// numbers (the text format writes `le="1"`, OpenMetrics `le="1.0"`), the
+/// value by its bits.
+pub type Comparable = (String, BTreeMap<String, String>, u64);
+
+impl Exposition {
+    /// Every sample, sorted, as [`Comparable`]s.
+    pub fn comparable(&self) -> Vec<Comparable> {
+        let mut all: Vec<Comparable> = self
+            .samples
+            .iter()
+            .map(|s| {
+                let mut labels = s.labels.clone();
+                for key in ["le", "quantile"] {
+                    if let Some(v) = labels.get_mut(key) {
+                        let n: f64 = match v.as_str() {
+                            "+Inf" => f64::INFINITY,
+                            other => other.parse().unwrap_or_else(|_| panic!("{key}={other}")),
+                        };
+                        *v = format!("{n:?}");
+                    }
+                }
+                (s.name.clone(), labels, s.value.to_bits())
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The `# TYPE`s with OpenMetrics' counter families renamed as the text
+    /// format names them (`x` counter, whose sample is `x_total`, is `x_total`).
+    pub fn types_as_text(&self) -> BTreeMap<String, String> {
+        self.types
+            .iter()
+            .map(|(name, ty)| match ty.as_str() {
+                "counter" if !name.ends_with("_total") => (format!("{name}_total"), ty.clone()),
+                _ => (name.clone(), ty.clone()),
+            })
+            .collect()
+    }
+
+    /// Asserts `self` (OpenMetrics) holds the samples and types of `text`
+    /// (the text format), and ends with `# EOF`.
+    pub fn assert_same_as_text(&self, text: &Exposition) {
+        assert!(
+            self.text.ends_with("# EOF\n"),
+            "no # EOF at the end:\n{}",
+            self.text
+        );
+        assert_eq!(self.text.matches("# EOF").count(), 1, "{}", self.text);
+        let (ours, theirs) = (self.comparable(), text.comparable());
+        assert!(!theirs.is_empty(), "no samples to compare");
+        if ours != theirs {
+            let only_om: Vec<_> = ours.iter().filter(|s| !theirs.contains(s)).collect();
+            let only_text: Vec<_> = theirs.iter().filter(|s| !ours.contains(s)).collect();
+            panic!(
+                "the samples differ\nonly in OpenMetrics: {only_om:#?}\nonly in text: {only_text:#?}\n\
+                 --- OpenMetrics ---\n{}\n--- text ---\n{}",
+                self.text, text.text
+            );
+        }
+        assert_eq!(self.types_as_text(), text.types, "{}", self.text);
+    }
+}
+
 /// The counts of one exporter's series, read back from the exposition.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Counts {
