@@ -117,7 +117,7 @@ pub use bounded::FullPolicy;
 pub use error::{BuildError, FailureReason, RejectReason, SubmitError, TaskError};
 pub use executor::{Executor, Rejected, Task};
 #[cfg(feature = "http")]
-pub use export::MetricsServer;
+pub use export::{MetricsServer, MetricsServerBuilder};
 pub use export::{OpenMetricsEncoder, TextEncoder};
 #[cfg(feature = "push")]
 pub use export::{

@@ -351,18 +351,44 @@ fn assert_rules_evaluate(prometheus: &PrometheusServer) {
     }
 }
 
-/// Prometheus asks for OpenMetrics by default, and the server answers with
-/// it (checked by replaying the `Accept` header Prometheus sent to a second
-/// target, and by the family names Prometheus keeps as metadata, which
-/// OpenMetrics names without `_total`); every value, dashboard query and
-/// rule comes out right.
+/// Prometheus asks for OpenMetrics first by default; a server with the
+/// default options answers with the text format (checked by replaying the
+/// `Accept` header Prometheus sent to a second target, and by the family
+/// names Prometheus keeps as metadata, with `_total` when it parsed text);
+/// every value, dashboard query and rule comes out right.
 #[test]
 fn scraped_values_equal_what_the_program_did() {
     let recorder = AcceptRecorder::start_empty();
     scrape_and_check(
         &[],
         std::slice::from_ref(&recorder.addr),
-        Target::MetricsServer,
+        Target::MetricsServer { openmetrics: false },
+        |server, prometheus| {
+            let accept = recorder.accept().expect("Prometheus scraped the recorder");
+            assert!(
+                accept.starts_with("application/openmetrics-text;version=1.0.0"),
+                "Prometheus asked for {accept}"
+            );
+            assert_eq!(
+                content_type_for(server, &accept),
+                "text/plain; version=0.0.4; charset=utf-8",
+                "answer to Accept: {accept}"
+            );
+            assert_parsed_as(prometheus, false);
+        },
+    );
+}
+
+/// A server built with `openmetrics(true)` answers Prometheus' default
+/// `Accept` with OpenMetrics (the metadata family names lose `_total`), and
+/// every value, dashboard query and rule comes out as with text.
+#[test]
+fn scraped_as_openmetrics_values_equal_what_the_program_did() {
+    let recorder = AcceptRecorder::start_empty();
+    scrape_and_check(
+        &[],
+        std::slice::from_ref(&recorder.addr),
+        Target::MetricsServer { openmetrics: true },
         |server, prometheus| {
             let accept = recorder.accept().expect("Prometheus scraped the recorder");
             assert!(
@@ -374,21 +400,23 @@ fn scraped_values_equal_what_the_program_did() {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 "answer to Accept: {accept}"
             );
-            assert_parsed_as_openmetrics(prometheus);
+            assert_parsed_as(prometheus, true);
         },
     );
 }
 
 /// Prometheus keeps a counter's metadata under its family name: without
 /// `_total` when it parsed OpenMetrics, with it when it parsed text.
-fn assert_parsed_as_openmetrics(prometheus: &PrometheusServer) {
+fn assert_parsed_as(prometheus: &PrometheusServer, openmetrics: bool) {
+    let family = if openmetrics {
+        "executor_submitted_tasks"
+    } else {
+        "executor_submitted_tasks_total"
+    };
     let metadata = prometheus
-        .api(
-            "/api/v1/metadata",
-            &[("metric", "executor_submitted_tasks")],
-        )
+        .api("/api/v1/metadata", &[("metric", family)])
         .unwrap_or_else(|err| panic!("{err}"));
-    let kinds: Vec<&str> = metadata["data"]["executor_submitted_tasks"]
+    let kinds: Vec<&str> = metadata["data"][family]
         .as_array()
         .into_iter()
         .flatten()
@@ -404,7 +432,7 @@ fn assert_parsed_as_openmetrics(prometheus: &PrometheusServer) {
 #[test]
 fn scraped_from_prometheus_client_values_equal_what_the_program_did() {
     scrape_and_check(&[], &[], Target::PrometheusClient, |_, prometheus| {
-        assert_parsed_as_openmetrics(prometheus)
+        assert_parsed_as(prometheus, true)
     });
 }
 
@@ -419,7 +447,7 @@ fn scraped_as_protobuf_values_equal_what_the_program_did() {
     scrape_and_check(
         &["native-histograms"],
         std::slice::from_ref(&recorder.addr),
-        Target::MetricsServer,
+        Target::MetricsServer { openmetrics: false },
         |server, _| {
             let accept = recorder.accept().expect("Prometheus scraped the recorder");
             assert!(
@@ -438,8 +466,9 @@ fn scraped_as_protobuf_values_equal_what_the_program_did() {
 
 /// What Prometheus scrapes the workload's registry through.
 enum Target {
-    /// `MetricsServer`, in the format Prometheus negotiates.
-    MetricsServer,
+    /// `MetricsServer`, in the format Prometheus negotiates, OpenMetrics
+    /// offered or not.
+    MetricsServer { openmetrics: bool },
     /// A `prometheus-client` registry holding the pool's families, encoded
     /// by `prometheus-client` as OpenMetrics.
     #[cfg(feature = "prometheus-client")]
@@ -458,10 +487,16 @@ fn scrape_and_check(
 ) {
     let registry = Registry::new();
     let pool = pool(&registry);
-    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let openmetrics = matches!(target, Target::MetricsServer { openmetrics: true });
+    // The checks of the gauges' lives run once, in the text variant.
+    let text_server = matches!(target, Target::MetricsServer { openmetrics: false });
+    let server = MetricsServer::builder()
+        .openmetrics(openmetrics)
+        .start("127.0.0.1:0", registry.clone())
+        .unwrap();
     let _client_target;
     let scraped = match target {
-        Target::MetricsServer => server.local_addr().to_string(),
+        Target::MetricsServer { .. } => server.local_addr().to_string(),
         #[cfg(feature = "prometheus-client")]
         Target::PrometheusClient => {
             let mut client = executor_exporter::prometheus_client::registry::Registry::default();
@@ -520,7 +555,7 @@ fn scrape_and_check(
     assert_quantiles_finite(&prometheus, &selector);
     assert_dashboard_evaluates(&prometheus);
     assert_rules_evaluate(&prometheus);
-    if feature_flags.is_empty() {
+    if feature_flags.is_empty() && text_server {
         assert_stuck_task_is_seen(&prometheus, &registry);
         assert_capacity_and_workers_are_live(&prometheus, &registry);
     }
@@ -807,7 +842,10 @@ fn promtool_accepts_the_served_exposition() {
     pool.submit_fallible(|| Err::<(), _>("no")).unwrap();
     pool.join();
 
-    let server = MetricsServer::start("127.0.0.1:0", registry).unwrap();
+    let server = MetricsServer::builder()
+        .openmetrics(true)
+        .start("127.0.0.1:0", registry)
+        .unwrap();
     let body = get_metrics(&server);
     assert!(
         body.contains(r#"executor="quote \" backslash \\ newline \n emoji 🦀""#),

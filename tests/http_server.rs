@@ -607,7 +607,10 @@ fn serves_openmetrics_to_a_scraper_that_asks_for_it() {
     }
     let _ = pool.submit(|| -> u8 { panic!("om panic") }).unwrap().join();
     pool.join();
-    let server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let server = MetricsServer::builder()
+        .openmetrics(true)
+        .start("127.0.0.1:0", registry.clone())
+        .unwrap();
 
     let reply = request(
         &server,
@@ -638,4 +641,19 @@ fn serves_openmetrics_to_a_scraper_that_asks_for_it() {
         "{text}"
     );
     assert!(!text.contains("# EOF"), "{text}");
+
+    // A server with the default options gives the same scraper text: a
+    // deployment Prometheus 2 already scrapes keeps its `le="1"` series.
+    let default_server = MetricsServer::start("127.0.0.1:0", registry.clone()).unwrap();
+    let reply = request(
+        &default_server,
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {PROMETHEUS_ACCEPT}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(
+        reply.contains("content-type: text/plain; version=0.0.4"),
+        "{reply}"
+    );
 }

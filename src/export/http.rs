@@ -52,10 +52,11 @@ const MAX_BUFFER: usize = 16 * 1024;
 /// Serves the exposition of a registry at `/metrics`, in the format the
 /// scraper asks for.
 ///
-/// A scraper whose `Accept` header ranks `application/openmetrics-text`
+/// Built with [`openmetrics(true)`](MetricsServerBuilder::openmetrics), a
+/// scraper whose `Accept` header ranks `application/openmetrics-text`
 /// (version 1.0.0) above the text format gets OpenMetrics, written by
 /// [`OpenMetricsEncoder`](crate::OpenMetricsEncoder) from the same gathered
-/// families: Prometheus asks for it by default. With the `protobuf` feature,
+/// families (Prometheus asks for it first by default). With the `protobuf` feature,
 /// one that ranks the protobuf exposition (length-delimited
 /// `io.prometheus.client.MetricFamily` messages) highest gets that, as
 /// Prometheus does with native histograms enabled or with `PrometheusProto`
@@ -114,8 +115,9 @@ impl fmt::Debug for MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `registry` until dropped. Port 0 picks a free
-    /// port; [`local_addr`](Self::local_addr) tells which.
+    /// Binds `addr` and serves `registry` until dropped, with the default
+    /// options (see [`builder`](Self::builder)). Port 0 picks a free port;
+    /// [`local_addr`](Self::local_addr) tells which.
     ///
     /// # Errors
     ///
@@ -123,6 +125,60 @@ impl MetricsServer {
     /// [`io::ErrorKind`] of the cause (`AddrInUse` for a port another socket
     /// listens on) and its message names the address.
     pub fn start(addr: impl ToSocketAddrs, registry: Registry) -> io::Result<MetricsServer> {
+        MetricsServer::builder().start(addr, registry)
+    }
+
+    /// Options of a server: whether it serves OpenMetrics.
+    ///
+    /// ```
+    /// use executor_exporter::MetricsServer;
+    ///
+    /// let server = MetricsServer::builder()
+    ///     .openmetrics(true)
+    ///     .start("127.0.0.1:0", prometheus::Registry::new())
+    ///     .unwrap();
+    /// # drop(server);
+    /// ```
+    pub fn builder() -> MetricsServerBuilder {
+        MetricsServerBuilder::default()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Options of a [`MetricsServer`]; [`start`](Self::start) binds and serves.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsServerBuilder {
+    openmetrics: bool,
+}
+
+impl MetricsServerBuilder {
+    /// Serve OpenMetrics text (1.0.0) to a scraper that asks for it above
+    /// the text format (default: off, text for every such scraper).
+    ///
+    /// Prometheus asks for OpenMetrics first by default. Before Prometheus
+    /// 3.0 it then stores the buckets of whole-number bounds under
+    /// OpenMetrics' label values (`le="1.0"`, where text gives `le="1"`):
+    /// turned on for a server Prometheus 2 already scrapes, those buckets
+    /// become new series, and a query or rule that names `le="1"` stops
+    /// matching. Turn it on for a new deployment, under Prometheus 3, or to
+    /// get what only OpenMetrics carries.
+    pub fn openmetrics(mut self, on: bool) -> Self {
+        self.openmetrics = on;
+        self
+    }
+
+    /// Binds `addr` and serves `registry` until dropped. Port 0 picks a free
+    /// port; [`MetricsServer::local_addr`] tells which.
+    ///
+    /// # Errors
+    ///
+    /// As [`MetricsServer::start`].
+    pub fn start(self, addr: impl ToSocketAddrs, registry: Registry) -> io::Result<MetricsServer> {
+        let openmetrics = self.openmetrics;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -139,7 +195,7 @@ impl MetricsServer {
             .spawn(move || {
                 let registry = Arc::new(registry);
                 runtime.block_on(async move {
-                    tokio::spawn(accept_loop(listener, registry));
+                    tokio::spawn(accept_loop(listener, registry, openmetrics));
                     // Runs until the server is dropped; dropping the runtime
                     // afterwards cancels every connection and closes the port.
                     let _ = stopped.await;
@@ -150,11 +206,6 @@ impl MetricsServer {
             stop: Some(stop),
             thread: Some(thread),
         })
-    }
-
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
     }
 }
 
@@ -475,7 +526,7 @@ impl Drop for Answer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
+async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, openmetrics: bool) {
     let admission = Arc::new(Admission::default());
     loop {
         let stream = match listener.accept().await {
@@ -494,7 +545,7 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) {
                 let slot = slot.clone();
                 move |req| {
                     slot.answering();
-                    let response = respond(&req, &registry).map(|body| Answer {
+                    let response = respond(&req, &registry, openmetrics).map(|body| Answer {
                         body,
                         slot: slot.clone(),
                     });
@@ -521,11 +572,16 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response
 }
 
-fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    registry: &Registry,
+    openmetrics: bool,
+) -> Response<Full<Bytes>> {
     match (req.uri().path(), req.method()) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
             let families = registry.gather();
-            let encoded = match Format::negotiate(req.headers().get_all(ACCEPT).iter()) {
+            let accept = req.headers().get_all(ACCEPT).iter();
+            let encoded = match Format::negotiate(accept, openmetrics) {
                 Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &families),
                 Format::OpenMetrics => {
                     encode(OpenMetricsEncoder::new(), OPENMETRICS_FORMAT, &families)
@@ -603,8 +659,8 @@ impl Format {
     /// the delimited `MetricFamily` protobuf type, each then from
     /// `application/*`, then `*/*`. A tie goes to text, then OpenMetrics.
     /// Ranges that do not parse, or whose `q` is not a number from 0 to 1,
-    /// are ignored.
-    fn negotiate<'a>(accept: impl Iterator<Item = &'a HeaderValue>) -> Format {
+    /// are ignored. OpenMetrics is offered only when `openmetrics` is set.
+    fn negotiate<'a>(accept: impl Iterator<Item = &'a HeaderValue>, openmetrics: bool) -> Format {
         #[derive(Default)]
         struct Weights {
             openmetrics: Option<f32>,
@@ -655,7 +711,9 @@ impl Format {
                 best = (format, weight);
             }
         };
-        offer(Format::OpenMetrics, application(w.openmetrics));
+        if openmetrics {
+            offer(Format::OpenMetrics, application(w.openmetrics));
+        }
         #[cfg(feature = "protobuf")]
         offer(Format::Protobuf, application(w.protobuf));
         best.0
@@ -793,7 +851,10 @@ mod tests {
         "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
 
     fn negotiate(accept: &str) -> Format {
-        Format::negotiate(std::iter::once(&HeaderValue::from_str(accept).unwrap()))
+        Format::negotiate(
+            std::iter::once(&HeaderValue::from_str(accept).unwrap()),
+            true,
+        )
     }
 
     #[test]
@@ -815,7 +876,12 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_gets_openmetrics_by_default() {
+    fn prometheus_gets_openmetrics_when_it_is_offered_and_text_otherwise() {
+        let not_offered = Format::negotiate(
+            std::iter::once(&HeaderValue::from_static(PROMETHEUS)),
+            false,
+        );
+        assert_eq!(not_offered, Format::Text);
         assert_eq!(negotiate(PROMETHEUS), Format::OpenMetrics);
         #[cfg(feature = "protobuf")]
         assert_eq!(negotiate(PROMETHEUS_NATIVE), Format::Protobuf);
@@ -873,12 +939,12 @@ mod tests {
             HeaderValue::from_static("text/plain;q=0.2"),
             HeaderValue::from_static("application/openmetrics-text"),
         ];
-        assert_eq!(Format::negotiate(lines.iter()), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(lines.iter(), true), Format::OpenMetrics);
     }
 
     #[test]
     fn anything_else_gets_text() {
-        assert_eq!(Format::negotiate(std::iter::empty()), Format::Text);
+        assert_eq!(Format::negotiate(std::iter::empty(), true), Format::Text);
         for accept in [
             "",
             "*/*",

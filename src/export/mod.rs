@@ -10,7 +10,7 @@ mod push;
 pub(crate) mod text;
 
 #[cfg(feature = "http")]
-pub use http::MetricsServer;
+pub use http::{MetricsServer, MetricsServerBuilder};
 pub use openmetrics::OpenMetricsEncoder;
 #[cfg(feature = "push")]
 pub use push::{
