@@ -2,7 +2,10 @@
 //! (`x * x` on a `u64`):
 //!
 //! - `process_pool_roundtrip`: one worker, submit one task and join it, one
-//!   at a time (one criterion iteration is one round trip);
+//!   at a time (one criterion iteration is one round trip); beside the pools,
+//!   `raw_pingpong`, the floor of any blocking round trip between two
+//!   processes: 16 bytes over a socket pair to a forked child that echoes
+//!   them, and back;
 //! - `process_pool_throughput`: two workers, tasks submitted in batches of
 //!   [`BATCH`] and then all joined (one iteration is one task; criterion's
 //!   slope over samples of growing size removes each sample's fixed cost).
@@ -22,6 +25,7 @@ mod common;
 #[cfg(target_os = "linux")]
 mod linux {
     use std::hint::black_box;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::time::{Duration, Instant};
 
     use criterion::{Criterion, Throughput};
@@ -92,13 +96,143 @@ mod linux {
         start.elapsed()
     }
 
+    /// A forked child echoing 16-byte messages over a socket pair: the floor
+    /// of a blocking round trip between two processes on this host, without
+    /// any pool in the way.
+    pub struct PingPong {
+        sock: OwnedFd,
+        child: libc::pid_t,
+    }
+
+    impl PingPong {
+        /// Forks the echoing child. Called before any pool exists, but the
+        /// child makes only async-signal-safe calls (no allocation, no lock)
+        /// in case a thread exists already.
+        pub fn start() -> PingPong {
+            let mut fds = [-1; 2];
+            // SAFETY: `fds` is a writable array of two ints.
+            let r = unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                )
+            };
+            assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+            // SAFETY: fork(2); the child below only calls close, prctl, recv,
+            // send and _exit, all async-signal-safe.
+            let child = unsafe { libc::fork() };
+            assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+            if child == 0 {
+                // SAFETY: plain system calls on descriptors this process owns
+                // and on a buffer on this stack; never returns.
+                unsafe {
+                    libc::close(fds[0]);
+                    libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    );
+                    let mut buf = [0u8; MSG];
+                    while exchange(fds[1], &mut buf, false) {}
+                    libc::_exit(0);
+                }
+            }
+            // SAFETY: closes the child's end in the parent; owns ours.
+            unsafe {
+                libc::close(fds[1]);
+                PingPong {
+                    sock: OwnedFd::from_raw_fd(fds[0]),
+                    child,
+                }
+            }
+        }
+
+        /// Sends 16 bytes and waits for them to come back.
+        pub fn round_trip(&self, x: u64) -> u64 {
+            let mut buf = [0u8; MSG];
+            buf[..8].copy_from_slice(&x.to_le_bytes());
+            assert!(
+                exchange(self.sock.as_raw_fd(), &mut buf, true),
+                "the echo child is gone"
+            );
+            u64::from_le_bytes(buf[..8].try_into().unwrap())
+        }
+    }
+
+    impl Drop for PingPong {
+        fn drop(&mut self) {
+            // SAFETY: shutting our end down gives the child end of stream, so
+            // it exits; then it is reaped.
+            unsafe {
+                libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR);
+                libc::waitpid(self.child, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+
+    /// The ping-pong's message size.
+    const MSG: usize = 16;
+
+    /// One leg of the ping-pong: send `buf` then receive it back (`send_first`),
+    /// or receive then send it back. False on end of stream or an error.
+    fn exchange(fd: i32, buf: &mut [u8; MSG], send_first: bool) -> bool {
+        let send = |buf: &[u8; MSG]| {
+            let mut done = 0;
+            while done < MSG {
+                // SAFETY: sends from a valid buffer of `MSG - done` bytes.
+                let n = unsafe {
+                    libc::send(
+                        fd,
+                        buf[done..].as_ptr().cast(),
+                        MSG - done,
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n <= 0 {
+                    return false;
+                }
+                done += n as usize;
+            }
+            true
+        };
+        let recv = |buf: &mut [u8; MSG]| {
+            let mut done = 0;
+            while done < MSG {
+                // SAFETY: receives into a valid buffer of `MSG - done` bytes.
+                let n = unsafe { libc::recv(fd, buf[done..].as_mut_ptr().cast(), MSG - done, 0) };
+                if n <= 0 {
+                    return false;
+                }
+                done += n as usize;
+            }
+            true
+        };
+        if send_first {
+            send(buf) && recv(buf)
+        } else {
+            recv(buf) && send(buf)
+        }
+    }
+
     pub fn roundtrip(c: &mut Criterion) {
+        // First, while this process has no thread of its own yet.
+        let pingpong = PingPong::start();
         let plain = plain(1);
         let executor = executor(1, "bench-roundtrip");
         let spawn = procspawn_pool(1);
         let mut g = c.benchmark_group("process_pool_roundtrip");
         g.throughput(Throughput::Elements(1));
         let mut x = 0u64;
+        g.bench_function("raw_pingpong", |b| {
+            b.iter(|| {
+                x += 1;
+                black_box(pingpong.round_trip(black_box(x)))
+            })
+        });
         g.bench_function("process_pool", |b| {
             b.iter(|| {
                 x += 1;
@@ -123,6 +257,7 @@ mod linux {
         g.finish();
         executor.shutdown();
         spawn.shutdown();
+        drop(pingpong);
     }
 
     pub fn throughput(c: &mut Criterion) {
