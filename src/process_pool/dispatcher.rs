@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
 use super::reap::{after, kill_and_reap, reap_after_eof, wait_until};
+use super::spin::SpinState;
 use super::sys;
 use super::wire::{
     self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, PROTOCOL_VERSION,
 };
-use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
 
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -97,6 +98,8 @@ pub(super) struct Config {
     /// The `Hello` frame, the same for every worker.
     pub(super) hello: Vec<u8>,
     pub(super) observer: Arc<dyn PoolObserver>,
+    /// How long this thread and the workers poll before they block (zero: they block at once).
+    pub(super) spin: Duration,
 }
 
 enum WState {
@@ -197,6 +200,7 @@ pub(super) struct Dispatcher {
     next_start: Option<Instant>,
     scratch: Vec<u8>,
     pollfds: Vec<libc::pollfd>,
+    spin: SpinState,
 }
 
 impl Dispatcher {
@@ -213,6 +217,7 @@ impl Dispatcher {
             next_start: None,
             scratch: vec![0; 64 << 10],
             pollfds: Vec::new(),
+            spin: SpinState::default(),
         }
     }
 
@@ -382,6 +387,7 @@ impl Dispatcher {
         cmd.args(&self.cfg.args)
             .env(ENV_WORKER, CHANNEL_FD.to_string())
             .env(ENV_MAX_FRAME, self.cfg.max_frame.to_string())
+            .env(ENV_SPIN, self.cfg.spin.as_nanos().to_string())
             .stdin(Stdio::null());
         let channel = theirs.as_raw_fd();
         let parent = sys::getpid();
@@ -489,7 +495,22 @@ impl Dispatcher {
                 });
             }
         }
-        if let Err(e) = sys::poll(&mut pollfds, timeout_ms) {
+        // Polling without blocking first, within the nearest deadline: a spin that sees an event
+        // leaves its results in `pollfds`, as the blocking poll would.
+        let limit = match u64::try_from(timeout_ms) {
+            Ok(ms) => self.cfg.spin.min(Duration::from_millis(ms)),
+            Err(_) => self.cfg.spin,
+        };
+        let spun = self.spin.spin(
+            limit,
+            || matches!(sys::poll(&mut pollfds, 0), Ok(n) if n > 0),
+        );
+        let waited = if spun {
+            Ok(1)
+        } else {
+            sys::poll(&mut pollfds, timeout_ms)
+        };
+        if let Err(e) = waited {
             // Only EFAULT/EINVAL/ENOMEM: back off instead of spinning.
             eprintln!("executor-exporter: process pool poll failed: {e}");
             thread::sleep(Duration::from_millis(10));

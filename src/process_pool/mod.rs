@@ -66,6 +66,7 @@ mod job;
 mod pool;
 mod reap;
 mod sink;
+mod spin;
 mod sys;
 mod task;
 mod wire;

@@ -247,8 +247,9 @@ impl EventFd {
     }
 }
 
-/// poll(2) over `fds`; `timeout_ms` < 0 waits forever. `EINTR` counts as a wake-up with no events.
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
+/// poll(2) over `fds`; `timeout_ms` < 0 waits forever. Returns how many entries have events; `EINTR`
+/// counts as a wake-up with no events.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid, writable slice of `fds.len()` pollfd structures.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
@@ -256,6 +257,22 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> 
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+        return Ok(0);
     }
-    Ok(())
+    Ok(r as usize)
+}
+
+/// Whether something can be read from `fd` now (data or end of stream), without consuming it.
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, a valid writable byte; non-blocking.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
 }

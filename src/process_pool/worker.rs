@@ -3,7 +3,9 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::os::fd::BorrowedFd;
+use std::time::Duration;
 
+use super::spin::SpinState;
 use super::sys;
 use super::task::WorkerRegistry;
 use super::wire::{
@@ -14,6 +16,8 @@ use super::wire::{
 pub(crate) const ENV_WORKER: &str = "EXECUTOR_EXPORTER_PROCESS_WORKER";
 /// The maximum frame size, so the worker checks frames against the same bound as the pool.
 pub(crate) const ENV_MAX_FRAME: &str = "EXECUTOR_EXPORTER_PROCESS_MAX_FRAME";
+/// How long, in nanoseconds, the worker polls its channel for the next task before it blocks.
+pub(crate) const ENV_SPIN: &str = "EXECUTOR_EXPORTER_PROCESS_SPIN_NS";
 /// The descriptor the worker's end of the channel is placed on.
 pub(crate) const CHANNEL_FD: i32 = 3;
 
@@ -67,8 +71,13 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
         .unwrap_or(DEFAULT_MAX_FRAME);
     // Removing variables races with threads reading the environment; at the top of `main` there are none
     // yet, and under the test harness the entry test runs alone (`--test-threads=1`).
+    let spin = std::env::var(ENV_SPIN)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos);
     std::env::remove_var(ENV_WORKER);
     std::env::remove_var(ENV_MAX_FRAME);
+    std::env::remove_var(ENV_SPIN);
     if value.to_str() != Some(&CHANNEL_FD.to_string()) || !sys::is_socket(CHANNEL_FD) {
         eprintln!(
             "executor-exporter: {ENV_WORKER} is set but descriptor {CHANNEL_FD} is not a pool \
@@ -79,7 +88,7 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
     let fd = sys::borrow_channel_fd(CHANNEL_FD);
     // Processes the tasks start must not inherit the channel (they would keep it open past our exit).
     let _ = sys::set_cloexec(CHANNEL_FD, true);
-    exit(serve(fd, registry, max_frame));
+    exit(serve(fd, registry, max_frame, spin));
 }
 
 /// The error of building a process pool in a worker that never called [`run_if_worker`]: the program
@@ -143,7 +152,7 @@ fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
 }
 
 /// The worker's life: handshake, then one task at a time. Returns the exit code.
-fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize) -> i32 {
+fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: Duration) -> i32 {
     // Err(exit code): end of stream (the pool is gone) exits 0, a protocol violation EXIT_PROTOCOL.
     let read = |fd| -> Result<ToWorker<'static>, i32> {
         match wire::read_frame_blocking(fd, max_frame) {
@@ -199,7 +208,9 @@ fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize) -> i32
         max_frame,
     );
 
+    let mut spinning = SpinState::default();
     loop {
+        spinning.spin(spin, || sys::readable_now(fd));
         match read(fd) {
             Ok(ToWorker::Run { id, call }) => {
                 #[cfg(all(test, not(loom)))]
