@@ -13,6 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub(super) enum Mode {
 pub(super) struct Shared {
     pub(super) inner: Mutex<Inner>,
     pub(super) wake: sys::EventFd,
+    /// The id of the next `Run` frame, whichever thread sends it.
+    pub(super) next_id: AtomicU64,
 }
 
 impl Shared {
@@ -60,6 +63,58 @@ pub(super) struct Inner {
     pub(super) queue: VecDeque<Job>,
     pub(super) broken: Option<String>,
     pub(super) pids: Vec<u32>,
+    /// Idle workers a submitting thread may send a job to itself, when nothing is queued ahead of
+    /// it: the job then costs no wake-up of this thread. Whoever removes a link here owns the
+    /// worker's next job: a submitter hands it over through [`Link::hand`], the dispatcher sends it.
+    pub(super) idle: Vec<Arc<Link>>,
+}
+
+/// A worker's channel, shared with the submitting threads that may send it a job directly.
+pub(super) struct Link {
+    pub(super) sock: OwnedFd,
+    /// A job a submitting thread sent on this channel, until the dispatcher adopts it.
+    handed: Mutex<Option<Handed>>,
+    /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
+    send_error: Mutex<Option<io::Error>>,
+}
+
+/// A job sent to a worker by the submitting thread.
+struct Handed {
+    job: Job,
+    id: u64,
+    sent_at: Instant,
+}
+
+impl Link {
+    fn new(sock: OwnedFd) -> Link {
+        Link {
+            sock,
+            handed: Mutex::new(None),
+            send_error: Mutex::new(None),
+        }
+    }
+
+    fn handed(&self) -> MutexGuard<'_, Option<Handed>> {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `job`, about to be sent as `Run` frame `id` by a submitting thread that took this
+    /// link out of [`Inner::idle`], under the same lock.
+    pub(super) fn hand(&self, job: Job, id: u64) {
+        *self.handed() = Some(Handed {
+            job,
+            id,
+            sent_at: Instant::now(),
+        });
+    }
+
+    /// A submitting thread's send failed: the dispatcher fails the worker (and retries its job).
+    pub(super) fn send_failed(&self, error: io::Error) {
+        *self
+            .send_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
 }
 
 pub(super) struct Job {
@@ -153,7 +208,9 @@ enum Death {
 struct Worker {
     child: Child,
     pid: u32,
-    sock: OwnedFd,
+    link: Arc<Link>,
+    /// Idle and listed in [`Inner::idle`] (or taken from there by a submitter since).
+    published: bool,
     /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
     pidfd: Option<OwnedFd>,
     reader: FrameReader,
@@ -192,7 +249,6 @@ pub(super) struct Dispatcher {
     workers: Vec<Worker>,
     /// Jobs taken from `Inner::queue`, in order, not yet sent.
     queue: VecDeque<Job>,
-    next_id: u64,
     /// Consecutive failed starts; reset by a successful handshake.
     start_failures: u32,
     broken: Option<String>,
@@ -211,7 +267,6 @@ impl Dispatcher {
             cfg,
             workers: Vec::new(),
             queue: VecDeque::new(),
-            next_id: 0,
             start_failures: 0,
             broken: None,
             next_start: None,
@@ -224,6 +279,9 @@ impl Dispatcher {
     pub(super) fn run(&mut self) {
         loop {
             let mode = self.take_submissions();
+            // After the mode was read: a submitter hands jobs over only while the pool runs, so
+            // once a stop is seen, every job handed over before it is adopted here.
+            self.adopt_all();
             match mode {
                 Mode::Kill | Mode::Terminated => {
                     self.kill_all();
@@ -300,8 +358,14 @@ impl Dispatcher {
             else {
                 break;
             };
+            if !self.claim(i) {
+                continue; // a submitter sent it a job of its own meanwhile
+            }
             let job = self.queue.pop_front().expect("queue is not empty");
             self.send_job(i, job);
+        }
+        if self.queue.is_empty() {
+            self.publish_idle();
         }
         if self.broken.is_some() {
             return;
@@ -328,9 +392,100 @@ impl Dispatcher {
         }
     }
 
+    /// Takes idle worker `i` back from [`Inner::idle`] before this thread sends it a job. False if a
+    /// submitting thread took it first: its job is then adopted, and the worker is busy.
+    fn claim(&mut self, i: usize) -> bool {
+        let w = &mut self.workers[i];
+        if !w.published {
+            return true;
+        }
+        w.published = false;
+        let taken = {
+            let mut inner = self.shared.lock();
+            match inner.idle.iter().position(|l| Arc::ptr_eq(l, &w.link)) {
+                Some(at) => {
+                    inner.idle.swap_remove(at);
+                    false
+                }
+                None => true,
+            }
+        };
+        if taken {
+            w.published = true;
+            self.adopt(i);
+        }
+        !taken
+    }
+
+    /// Lists the idle workers in [`Inner::idle`], for submitters to send jobs to directly.
+    fn publish_idle(&mut self) {
+        let mut fresh = self
+            .workers
+            .iter_mut()
+            .filter(|w| w.dead.is_none() && !w.published && matches!(w.state, WState::Idle))
+            .peekable();
+        if fresh.peek().is_none() {
+            return;
+        }
+        let mut inner = self.shared.lock();
+        for w in fresh {
+            w.published = true;
+            inner.idle.push(Arc::clone(&w.link));
+        }
+    }
+
+    /// Takes the job a submitting thread handed to worker `i`, if any: the worker is then busy with
+    /// it, its timeout counted from the send.
+    fn adopt(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        let failed = w
+            .link
+            .send_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(e), None) = (failed, &w.dead) {
+            w.dead = Some(send_failure(&e));
+        }
+        if !w.published || !matches!(w.state, WState::Idle) {
+            return;
+        }
+        let Some(handed) = w.link.handed().take() else {
+            return;
+        };
+        w.published = false;
+        let limit = handed.job.spec.timeout.or(self.cfg.task_timeout);
+        w.deadline = limit.and_then(|l| handed.sent_at.checked_add(l));
+        w.state = WState::Busy {
+            job: handed.job,
+            id: handed.id,
+            started: false,
+            discard: false,
+            limit,
+        };
+    }
+
+    /// Empties [`Inner::idle`] before the workers go: the links hold their channels open. Every job
+    /// handed over must have been adopted already.
+    fn unpublish_all(&mut self) {
+        self.shared.lock().idle.clear();
+        for w in &mut self.workers {
+            w.published = false;
+        }
+    }
+
+    /// [`adopt`](Self::adopt) for every worker.
+    fn adopt_all(&mut self) {
+        for i in 0..self.workers.len() {
+            self.adopt(i);
+        }
+    }
+
     fn send_job(&mut self, i: usize, job: Job) {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self
+            .shared
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let frame = wire::encode_frame(
             &ToWorker::Run {
                 id,
@@ -351,7 +506,7 @@ impl Dispatcher {
         let limit = job.spec.timeout.or(self.cfg.task_timeout);
         let w = &mut self.workers[i];
         w.deadline = limit.and_then(after);
-        if let Err(e) = sys::send_all(w.sock.as_fd(), &frame) {
+        if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
             w.dead = Some(send_failure(&e));
         }
         w.state = WState::Busy {
@@ -415,7 +570,8 @@ impl Dispatcher {
         Ok(Worker {
             child,
             pid,
-            sock: ours,
+            link: Arc::new(Link::new(ours)),
+            published: false,
             pidfd,
             reader: FrameReader::new(self.cfg.max_frame),
             state: WState::Starting,
@@ -487,7 +643,7 @@ impl Dispatcher {
                 Some(fd) if w.dead.is_none() => fd.as_raw_fd(),
                 _ => -1,
             };
-            for fd in [live(Some(&w.sock)), live(w.pidfd.as_ref())] {
+            for fd in [live(Some(&w.link.sock)), live(w.pidfd.as_ref())] {
                 pollfds.push(libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -518,6 +674,8 @@ impl Dispatcher {
         if pollfds[0].revents != 0 {
             self.shared.wake.drain();
         }
+        // Before any report of a worker is read: a report may be about a job handed to it.
+        self.adopt_all();
         for i in 0..self.workers.len() {
             let (channel, pidfd) = (pollfds[1 + 2 * i].revents, pollfds[2 + 2 * i].revents);
             let exited = if self.workers[i].pidfd.is_some() {
@@ -556,7 +714,7 @@ impl Dispatcher {
         {
             let w = &mut self.workers[i];
             loop {
-                match sys::recv_nonblocking(w.sock.as_fd(), &mut self.scratch) {
+                match sys::recv_nonblocking(w.link.sock.as_fd(), &mut self.scratch) {
                     Ok(0) => {
                         eof = true;
                         break;
@@ -589,6 +747,8 @@ impl Dispatcher {
     }
 
     fn on_message(&mut self, i: usize, msg: FromWorker) {
+        // An idle worker reports only on a job a submitter handed it.
+        self.adopt(i);
         let w = &mut self.workers[i];
         let pid = w.pid;
         match (&mut w.state, msg) {
@@ -639,13 +799,19 @@ impl Dispatcher {
                     .is_some_and(|n| w.tasks_done >= n)
                 {
                     if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
-                        let _ = sys::send_all(w.sock.as_fd(), &frame);
+                        let _ = sys::send_all(w.link.sock.as_fd(), &frame);
                     }
                     w.state = WState::Retiring;
                     w.deadline = after(self.cfg.shutdown_grace);
                     self.cfg
                         .observer
                         .worker_restarted(pid, RestartReason::Recycled);
+                }
+                if matches!(w.state, WState::Idle) && w.dead.is_none() && self.queue.is_empty() {
+                    // Listed before the result is delivered: the joiner's next submit, often
+                    // right after it, can then go to this worker directly.
+                    w.published = true;
+                    self.shared.lock().idle.push(Arc::clone(&w.link));
                 }
                 deliver(job, started, discard, outcome);
             }
@@ -661,6 +827,13 @@ impl Dispatcher {
     fn sweep(&mut self) -> bool {
         if self.workers.iter().all(|w| w.dead.is_none()) {
             return false;
+        }
+        for i in 0..self.workers.len() {
+            if self.workers[i].dead.is_some() {
+                // Out of `Inner::idle`, with any job a submitter handed it: that job is then
+                // retried or failed with the worker.
+                self.claim(i);
+            }
         }
         let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
             .into_iter()
@@ -680,7 +853,7 @@ impl Dispatcher {
             _ => kill_and_reap(&mut w.child),
         };
         let pid = w.pid;
-        drop(w.sock);
+        drop(w.link);
         let reason = match death {
             Death::Timeout => RestartReason::Timeout,
             Death::Protocol(_) => RestartReason::Protocol,
@@ -750,10 +923,11 @@ impl Dispatcher {
 
     /// Graceful end: asks every worker to exit, waits up to the grace period, kills the rest.
     fn stop_workers(&mut self) {
+        self.unpublish_all();
         if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
             for w in &self.workers {
                 if !matches!(w.state, WState::Retiring) {
-                    let _ = sys::send_all(w.sock.as_fd(), &frame);
+                    let _ = sys::send_all(w.link.sock.as_fd(), &frame);
                 }
             }
         }
@@ -766,6 +940,8 @@ impl Dispatcher {
 
     /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
     fn kill_all(&mut self) {
+        self.adopt_all();
+        self.unpublish_all();
         for w in &mut self.workers {
             let _ = w.child.kill();
         }

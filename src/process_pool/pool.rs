@@ -5,12 +5,14 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::dispatcher::{Config, Dispatcher, Inner, Job, Mode, Shared};
+use super::dispatcher::{Config, Dispatcher, Inner, Job, Link, Mode, Shared};
 use super::job::{JobSink, JobSpec, PoolObserver};
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
 use super::spin::JoinSpin;
@@ -28,6 +30,10 @@ use crate::task::{Accounting, TaskCore, TaskHandle};
 /// The longest [`ProcessPoolBuilder::spin`]: spinning pays for waits of microseconds, and a longer
 /// bound only burns CPU time.
 const MAX_SPIN: Duration = Duration::from_secs(1);
+
+/// The largest job a submitting thread sends to an idle worker itself: far below a socket's send
+/// buffer, so the send never waits for the worker to read.
+const DIRECT_MAX: usize = 16 << 10;
 
 /// Room for the message framing around a task's input (tag, id, name length, payload length).
 const RUN_OVERHEAD: usize = 32;
@@ -317,8 +323,10 @@ impl ProcessPoolBuilder {
                 queue: VecDeque::new(),
                 broken: None,
                 pids: Vec::new(),
+                idle: Vec::new(),
             }),
             wake,
+            next_id: AtomicU64::new(0),
         });
         let cfg = Config {
             max_workers,
@@ -336,6 +344,7 @@ impl ProcessPoolBuilder {
             spin: self.spin,
         };
         let max_frame = cfg.max_frame;
+        let task_timeout = cfg.task_timeout.is_some();
         let mut dispatcher = Dispatcher::new(Arc::clone(&shared), cfg);
         // PR_SET_PDEATHSIG fires when the *thread* that started a worker exits, so workers are started
         // only by this thread, which lives until every worker has been reaped.
@@ -353,6 +362,7 @@ impl ProcessPoolBuilder {
             acct: Arc::new(Accounting::new(series)),
             capacity,
             spin: self.spin,
+            task_timeout,
         };
         Ok((pool, extra))
     }
@@ -379,6 +389,8 @@ pub struct ProcessPool {
     capacity: Capacity,
     /// How long a joiner of this pool's tasks spins before it parks.
     spin: Duration,
+    /// Whether the pool has a default task timeout.
+    task_timeout: bool,
 }
 
 impl fmt::Debug for ProcessPool {
@@ -578,14 +590,57 @@ impl ProcessPool {
                     sink,
                 });
             }
-            inner.queue.push_back(Job {
+            let job = Job {
                 spec,
                 sink,
                 attempts: 0,
-            });
+            };
+            if inner.queue.is_empty() && !inner.idle.is_empty() && size <= DIRECT_MAX {
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                if let Some(frame) = self.direct_frame(&job, id) {
+                    let link = inner.idle.pop().expect("checked above");
+                    let timeout = job.spec.timeout.is_some() || self.task_timeout;
+                    // Under the lock that took the link: the dispatcher, when it finds the link
+                    // gone, finds the job.
+                    link.hand(job, id);
+                    drop(inner);
+                    self.send_direct(&link, &frame, timeout);
+                    return Ok(());
+                }
+            }
+            inner.queue.push_back(job);
         }
         self.shared.wake.notify();
         Ok(())
+    }
+
+    /// The `Run` frame of `job` if it may go to an idle worker from this thread: small enough that
+    /// the send cannot wait for the worker to read.
+    fn direct_frame(&self, job: &Job, id: u64) -> Option<Vec<u8>> {
+        let msg = ToWorker::Run {
+            id,
+            call: Call {
+                task: Cow::Borrowed(&job.spec.task),
+                payload: Blob(Cow::Borrowed(&job.spec.payload)),
+            },
+        };
+        wire::encode_frame(&msg, self.max_frame).ok()
+    }
+
+    /// Sends the frame of a job handed to the idle worker of `link` (which this thread took out of
+    /// [`Inner::idle`], so the dispatcher sends it nothing meanwhile): the job reaches the worker
+    /// without a wake-up of the dispatcher thread, which adopts it when the worker reports, or dies.
+    fn send_direct(&self, link: &Link, frame: &[u8], timeout: bool) {
+        let sent = sys::send_all(link.sock.as_fd(), frame);
+        let failed = sent.is_err();
+        if let Err(e) = sent {
+            link.send_failed(e);
+        }
+        // A timeout is enforced from the send on, by the dispatcher, which must hear of the job at
+        // once; so must it of a failed send.
+        if failed || timeout {
+            self.shared.wake.notify();
+        }
     }
 
     /// The configured maximum number of worker processes.
