@@ -533,6 +533,31 @@ fn spin_mode_keeps_results_failures_and_timeouts() {
     assert_eq!(wait(pool.submit::<Square>(&7).unwrap()), Ok(49));
 }
 
+/// Tiny tasks in batches (the dispatcher sends queued ones behind a worker's current task) while
+/// another thread submits one at a time (sent to an idle worker from the submitting thread): each
+/// worker still gets its jobs in the order the pool tracks them, so every task gets its own result.
+#[test]
+fn batched_and_one_at_a_time_submits_get_their_own_results() {
+    let _watchdog = test_watchdog("batched_and_one_at_a_time_submits_get_their_own_results");
+    let pool = std::sync::Arc::new(pool(2).build().unwrap());
+    let p = pool.clone();
+    let single = thread::spawn(move || {
+        for x in 0..3000u64 {
+            assert_eq!(wait(p.submit::<Square>(&x).unwrap()), Ok(x * x), "task {x}");
+        }
+    });
+    for round in 0..30u64 {
+        let handles: Vec<_> = (0..200u64)
+            .map(|i| pool.submit::<Square>(&(round * 1000 + i)).unwrap())
+            .collect();
+        for (i, h) in (0..200u64).zip(handles) {
+            let x = round * 1000 + i;
+            assert_eq!(wait(h), Ok(x * x), "task {x}");
+        }
+    }
+    single.join().unwrap();
+}
+
 #[test]
 fn spin_longer_than_a_second_is_rejected() {
     let e = pool(1).spin(Duration::from_secs(2)).build().unwrap_err();

@@ -27,6 +27,14 @@ use super::wire::{
 };
 use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
 
+/// The most jobs a worker holds at once when it pipelines: the one it runs and those sent behind it.
+const PIPELINE_DEPTH: usize = 4;
+/// A worker whose last task ran shorter than this, and whose current one was sent less than this
+/// ago, gets jobs sent behind the current one: its next frame is then waiting when it finishes,
+/// instead of a round trip through this thread. Longer tasks gain nothing from it, and a job sent
+/// behind one is bound to that worker (a worker freed sooner cannot take it, and `shutdown_now` no
+/// longer cancels it), so only tasks that look short get jobs behind them.
+pub(super) const PIPELINE_BELOW: Duration = Duration::from_micros(100);
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
 /// Where pidfds are unavailable (kernels before 5.3, a seccomp filter), how often busy or starting
@@ -94,6 +102,12 @@ impl Link {
         }
     }
 
+    /// Whether a job handed over here waits for the dispatcher to adopt it.
+    #[cfg(all(test, not(loom)))]
+    pub(super) fn is_handed(&self) -> bool {
+        self.handed().is_some()
+    }
+
     fn handed(&self) -> MutexGuard<'_, Option<Handed>> {
         self.handed.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -155,6 +169,8 @@ pub(super) struct Config {
     pub(super) observer: Arc<dyn PoolObserver>,
     /// How long this thread and the workers poll before they block (zero: they block at once).
     pub(super) spin: Duration,
+    /// [`PIPELINE_BELOW`], or another bound in unit tests.
+    pub(super) pipeline_below: Duration,
 }
 
 enum WState {
@@ -219,9 +235,25 @@ struct Worker {
     deadline: Option<Instant>,
     tasks_done: u64,
     dead: Option<Death>,
+    /// Jobs sent behind the one it runs, in order; none has started.
+    ahead: VecDeque<Ahead>,
+    /// When its current job was sent (or, sent behind another, became current), when it started,
+    /// and how long its last one ran.
+    sent_at: Option<Instant>,
+    started_at: Option<Instant>,
+    last_run: Option<Duration>,
+    /// Its current job was handed to it by a submitting thread, whose send may still be on its
+    /// way: nothing may be sent behind it before the worker acknowledges it.
+    handed: bool,
     /// Set once the handshake is done: reports the worker's exit when the worker is dropped, which
     /// every path that removes a worker does once it is reaped (or given up on).
     counted: Option<Counted>,
+}
+
+/// A job sent to a worker behind the one it runs.
+struct Ahead {
+    job: Job,
+    id: u64,
 }
 
 /// A started worker, counted alive until this is dropped.
@@ -390,6 +422,9 @@ impl Dispatcher {
             self.spawn();
             wanted -= 1;
         }
+        if self.workers.len() >= self.cfg.max_workers {
+            self.pipeline();
+        }
     }
 
     /// Takes idle worker `i` back from [`Inner::idle`] before this thread sends it a job. False if a
@@ -456,6 +491,8 @@ impl Dispatcher {
         w.published = false;
         let limit = handed.job.spec.timeout.or(self.cfg.task_timeout);
         w.deadline = limit.and_then(|l| handed.sent_at.checked_add(l));
+        w.sent_at = Some(handed.sent_at);
+        w.handed = true;
         w.state = WState::Busy {
             job: handed.job,
             id: handed.id,
@@ -481,7 +518,8 @@ impl Dispatcher {
         }
     }
 
-    fn send_job(&mut self, i: usize, job: Job) {
+    /// A new frame id, and the `Run` frame of `job` under it; a job that cannot be encoded fails.
+    fn encode_run(&self, job: Job) -> Option<(Job, u64, Vec<u8>)> {
         let id = self
             .shared
             .next_id
@@ -496,16 +534,68 @@ impl Dispatcher {
             },
             self.cfg.max_frame,
         );
-        let frame = match frame {
-            Ok(f) => f,
+        match frame {
+            Ok(frame) => Some((job, id, frame)),
             Err(message) => {
                 job.failed_unstarted(JobFailure::Serialization { message });
+                None
+            }
+        }
+    }
+
+    /// Sends queued jobs behind the current one of busy workers whose tasks are short, while jobs
+    /// wait that no idle or new worker can take.
+    fn pipeline(&mut self) {
+        loop {
+            let mut sent = false;
+            for i in 0..self.workers.len() {
+                while self.queue.front().is_some_and(|j| j.sink.is_cancelled()) {
+                    self.queue.pop_front();
+                }
+                if self.queue.is_empty() {
+                    return;
+                }
+                let w = &self.workers[i];
+                let allowance = self.cfg.max_tasks_per_child.map_or(u64::MAX, |n| {
+                    n.saturating_sub(w.tasks_done + 1 + w.ahead.len() as u64)
+                });
+                let fits = w.dead.is_none()
+                    && matches!(w.state, WState::Busy { .. })
+                    && w.ahead.len() + 1 < PIPELINE_DEPTH
+                    && allowance > 0
+                    && w.last_run.is_some_and(|d| d < self.cfg.pipeline_below)
+                    && w.sent_at
+                        .is_some_and(|at| at.elapsed() < self.cfg.pipeline_below)
+                    && (!w.handed || matches!(w.state, WState::Busy { started: true, .. }));
+                if !fits {
+                    continue;
+                }
+                let job = self.queue.pop_front().expect("queue is not empty");
+                let Some((job, id, frame)) = self.encode_run(job) else {
+                    continue;
+                };
+                let w = &mut self.workers[i];
+                if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
+                    w.dead = Some(send_failure(&e));
+                }
+                w.ahead.push_back(Ahead { job, id });
+                sent = true;
+            }
+            if !sent {
                 return;
             }
+        }
+    }
+
+    fn send_job(&mut self, i: usize, job: Job) {
+        let Some((job, id, frame)) = self.encode_run(job) else {
+            return;
         };
         let limit = job.spec.timeout.or(self.cfg.task_timeout);
         let w = &mut self.workers[i];
         w.deadline = limit.and_then(after);
+        w.sent_at = Some(Instant::now());
+        w.handed = false;
         if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
             w.dead = Some(send_failure(&e));
         }
@@ -572,6 +662,11 @@ impl Dispatcher {
             pid,
             link: Arc::new(Link::new(ours)),
             published: false,
+            ahead: VecDeque::new(),
+            sent_at: None,
+            started_at: None,
+            last_run: None,
+            handed: false,
             pidfd,
             reader: FrameReader::new(self.cfg.max_frame),
             state: WState::Starting,
@@ -780,6 +875,7 @@ impl Dispatcher {
             ) if *id == got && !*started => {
                 *started = true;
                 *discard = !job.sink.started();
+                w.started_at = Some(Instant::now());
             }
             (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
                 let WState::Busy {
@@ -793,7 +889,21 @@ impl Dispatcher {
                 };
                 w.deadline = None;
                 w.tasks_done += 1;
-                if self
+                w.last_run = w.started_at.take().map(|at| at.elapsed());
+                if let Some(next) = w.ahead.pop_front() {
+                    let limit = next.job.spec.timeout.or(self.cfg.task_timeout);
+                    // Its clock starts now: it waited behind the one that just ended.
+                    w.deadline = limit.and_then(after);
+                    w.sent_at = Some(Instant::now());
+                    w.handed = false;
+                    w.state = WState::Busy {
+                        job: next.job,
+                        id: next.id,
+                        started: false,
+                        discard: false,
+                        limit,
+                    };
+                } else if self
                     .cfg
                     .max_tasks_per_child
                     .is_some_and(|n| w.tasks_done >= n)
@@ -854,6 +964,12 @@ impl Dispatcher {
         };
         let pid = w.pid;
         drop(w.link);
+        // Sent behind the task it ran, never started: sent again, ahead of the queue, without
+        // counting an attempt (they did not meet the death). Before the current job's own retry,
+        // which then goes first.
+        for ahead in w.ahead.drain(..).rev() {
+            self.queue.push_front(ahead.job);
+        }
         let reason = match death {
             Death::Timeout => RestartReason::Timeout,
             Death::Protocol(_) => RestartReason::Protocol,
@@ -947,6 +1063,9 @@ impl Dispatcher {
         }
         for mut w in mem::take(&mut self.workers) {
             let _ = w.child.wait();
+            for ahead in w.ahead.drain(..) {
+                ahead.job.failed_unstarted(JobFailure::Killed);
+            }
             if let WState::Busy {
                 job,
                 started,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::dispatcher::{Config, Dispatcher, Inner, Job, Link, Mode, Shared};
+use super::dispatcher::{Config, Dispatcher, Inner, Job, Link, Mode, Shared, PIPELINE_BELOW};
 use super::job::{JobSink, JobSpec, PoolObserver};
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
 use super::spin::JoinSpin;
@@ -66,6 +66,7 @@ pub struct ProcessPoolBuilder {
     observer: Option<Arc<dyn PoolObserver>>,
     thread_name: Option<String>,
     spin: Duration,
+    pipeline_below: Duration,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -84,6 +85,7 @@ impl Default for ProcessPoolBuilder {
             observer: None,
             thread_name: None,
             spin: Duration::ZERO,
+            pipeline_below: PIPELINE_BELOW,
         }
     }
 }
@@ -231,6 +233,15 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Jobs are sent behind a worker's current one whenever they wait, however long its tasks run
+    /// (the pipelining paths are then taken deterministically).
+    #[cfg(test)]
+    #[must_use]
+    pub(crate) fn always_pipeline(mut self) -> Self {
+        self.pipeline_below = Duration::MAX;
+        self
+    }
+
     /// The name of the dispatcher thread (default: `process-pool`).
     #[must_use]
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
@@ -342,6 +353,7 @@ impl ProcessPoolBuilder {
             hello,
             observer,
             spin: self.spin,
+            pipeline_below: self.pipeline_below,
         };
         let max_frame = cfg.max_frame;
         let task_timeout = cfg.task_timeout.is_some();
@@ -600,10 +612,14 @@ impl ProcessPool {
                 if let Some(frame) = self.direct_frame(&job, id) {
                     let link = inner.idle.pop().expect("checked above");
                     let timeout = job.spec.timeout.is_some() || self.task_timeout;
+                    #[cfg(all(test, not(loom)))]
+                    let hook = super::tests::direct_send_hook(&job.spec.task);
                     // Under the lock that took the link: the dispatcher, when it finds the link
                     // gone, finds the job.
                     link.hand(job, id);
                     drop(inner);
+                    #[cfg(all(test, not(loom)))]
+                    hook(&link);
                     self.send_direct(&link, &frame, timeout);
                     return Ok(());
                 }
