@@ -262,6 +262,20 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usiz
     Ok(r as usize)
 }
 
+/// Blocks until something can be read from `fd` (data or end of stream). A thread blocked in
+/// `recv` on a socket is also woken each time the peer reads what this side sent (the kernel wakes
+/// writers and readers of a socket alike), to find nothing and sleep again; one blocked here is
+/// woken by incoming data only.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>) {
+    let mut fds = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // Errors (EINTR, ENOMEM) only mean the `recv` that follows blocks instead.
+    let _ = poll(&mut fds, -1);
+}
+
 /// Whether something can be read from `fd` now (data or end of stream), without consuming it.
 pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
     let mut byte = 0u8;

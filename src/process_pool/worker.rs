@@ -210,7 +210,9 @@ fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: 
 
     let mut spinning = SpinState::default();
     loop {
-        spinning.spin(spin, || sys::readable_now(fd));
+        if !spinning.spin(spin, || sys::readable_now(fd)) {
+            sys::wait_readable(fd);
+        }
         match read(fd) {
             Ok(ToWorker::Run { id, call }) => {
                 #[cfg(all(test, not(loom)))]
