@@ -22,8 +22,8 @@ const PREEMPTED: Duration = Duration::from_micros(50);
 /// from the first, up to the maximum, halved by each spin that gave the CPU
 /// away and got it back at once (a look that succeeds at once says nothing
 /// about the CPUs).
-const FIRST_PENALTY: u32 = 16;
-const MAX_PENALTY: u32 = 4096;
+const FIRST_PENALTY: u32 = 64;
+const MAX_PENALTY: u32 = 8192;
 
 /// One spinner's memory of how its recent spins went.
 #[derive(Debug, Clone, Copy, Default)]
