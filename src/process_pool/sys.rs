@@ -73,27 +73,6 @@ pub(crate) fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result
     })
 }
 
-/// Fills `buf` completely, blocking. Returns `Ok(false)` on end of stream before the first byte, and
-/// `UnexpectedEof` on end of stream in the middle.
-pub(crate) fn recv_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let n = retry_eintr(|| {
-            // SAFETY: `rest` is a valid writable region of `rest.len()` bytes for the whole call.
-            unsafe { libc::recv(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), 0) }
-        })?;
-        if n == 0 {
-            if done == 0 {
-                return Ok(false);
-            }
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        done += n;
-    }
-    Ok(true)
-}
-
 /// Bounds how long one blocking `send` may wait for the peer to make room (`SO_SNDTIMEO`): past it the
 /// send fails with `WouldBlock` instead of blocking forever on a peer that stopped reading.
 pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {

@@ -9,7 +9,7 @@ use super::spin::SpinState;
 use super::sys;
 use super::task::WorkerRegistry;
 use super::wire::{
-    self, FromWorker, ReadError, ToWorker, WireOutcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    self, FrameReader, FromWorker, ToWorker, WireOutcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Set (to the channel's descriptor number) in the environment of every worker the pool starts.
@@ -151,19 +151,51 @@ fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
     }
 }
 
+/// The worker's end of the channel. Frames are read as they arrive, several in one `recv` when the
+/// pool sent several (it may send the next tasks while one runs).
+struct Inbox<'a> {
+    fd: BorrowedFd<'a>,
+    reader: FrameReader,
+    scratch: Vec<u8>,
+    /// How long to poll for a frame before blocking.
+    spin: Duration,
+    spinning: SpinState,
+}
+
+impl Inbox<'_> {
+    /// The next message, or the exit code: 0 at end of stream (the pool is gone), `EXIT_PROTOCOL`
+    /// for a frame that is not a message.
+    fn next(&mut self) -> Result<ToWorker<'static>, i32> {
+        loop {
+            match self.reader.next_message::<ToWorker<'static>>() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_error(&e)),
+            }
+            let fd = self.fd;
+            if !self.spinning.spin(self.spin, || sys::readable_now(fd)) {
+                sys::wait_readable(fd);
+            }
+            match sys::recv_nonblocking(fd, &mut self.scratch) {
+                Ok(0) => return Err(0),
+                Ok(n) => self.reader.push(&self.scratch[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(0),
+            }
+        }
+    }
+}
+
 /// The worker's life: handshake, then one task at a time. Returns the exit code.
 fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: Duration) -> i32 {
-    // Err(exit code): end of stream (the pool is gone) exits 0, a protocol violation EXIT_PROTOCOL.
-    let read = |fd| -> Result<ToWorker<'static>, i32> {
-        match wire::read_frame_blocking(fd, max_frame) {
-            Ok(None) => Err(0),
-            Ok(Some(body)) => wire::decode_body(&body).map_err(|e| protocol_error(&e)),
-            Err(ReadError::Io) => Err(0),
-            Err(ReadError::Frame(e)) => Err(protocol_error(&e)),
-        }
+    let mut inbox = Inbox {
+        fd,
+        reader: FrameReader::new(max_frame),
+        scratch: vec![0; 64 << 10],
+        spin,
+        spinning: SpinState::default(),
     };
-
-    let init = match read(fd) {
+    let init = match inbox.next() {
         Ok(ToWorker::Hello { version, init }) if version == PROTOCOL_VERSION => init,
         Ok(ToWorker::Hello { version, .. }) => {
             let msg = format!(
@@ -208,12 +240,8 @@ fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: 
         max_frame,
     );
 
-    let mut spinning = SpinState::default();
     loop {
-        if !spinning.spin(spin, || sys::readable_now(fd)) {
-            sys::wait_readable(fd);
-        }
-        match read(fd) {
+        match inbox.next() {
             Ok(ToWorker::Run { id, call }) => {
                 #[cfg(all(test, not(loom)))]
                 let call = super::tests::before_ack_hook(call);
