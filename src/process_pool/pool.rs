@@ -443,7 +443,8 @@ impl ProcessPool {
 
     /// Like [`submit`](Self::submit), with a timeout for this task: on expiry its worker is killed and
     /// replaced, and the task fails with reason [`Timeout`](crate::FailureReason::Timeout). The clock
-    /// starts when the task is sent to a worker.
+    /// starts when the task is sent to a worker (for a task sent behind another one, when that one
+    /// ends).
     pub fn submit_with_timeout<T>(
         &self,
         input: &T::Input,
@@ -689,7 +690,8 @@ impl ProcessPool {
 
     /// Stops accepting tasks, cancels the tasks not yet sent to a worker
     /// ([`TaskError::Cancelled`](crate::TaskError::Cancelled)),
-    /// waits for the running ones, then stops and reaps the workers.
+    /// waits for the running ones, then stops and reaps the workers. Tasks already sent behind a
+    /// worker's current one (see the [module docs](super)) run.
     pub fn shutdown_now(&self) {
         self.acct.close();
         self.stop(Mode::ShutdownNow);
