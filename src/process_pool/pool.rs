@@ -235,7 +235,7 @@ impl ProcessPoolBuilder {
 
     /// Jobs are sent behind a worker's current one whenever they wait, however long its tasks run
     /// (the pipelining paths are then taken deterministically).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     #[must_use]
     pub(crate) fn always_pipeline(mut self) -> Self {
         self.pipeline_below = Duration::MAX;
