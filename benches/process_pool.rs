@@ -2,7 +2,10 @@
 //! (`x * x` on a `u64`):
 //!
 //! - `process_pool_roundtrip`: one worker, submit one task and join it, one
-//!   at a time (one criterion iteration is one round trip);
+//!   at a time (one criterion iteration is one round trip); beside the pools,
+//!   `raw_pingpong`, the floor of any blocking round trip between two
+//!   processes: 16 bytes over a socket pair to a forked child that echoes
+//!   them, and back;
 //! - `process_pool_throughput`: two workers, tasks submitted in batches of
 //!   [`BATCH`] and then all joined (one iteration is one task; criterion's
 //!   slope over samples of growing size removes each sample's fixed cost).
@@ -10,7 +13,10 @@
 //! Pools: our plain `ProcessPool` (task states recorded into a series
 //! registered nowhere), `ProcessPoolExecutor` (the same pool, its series
 //! registered), and `procspawn::Pool`; in the throughput group also
-//! `ProcessPoolExecutor::map_chunked` with chunks of [`CHUNK`] inputs.
+//! `ProcessPoolExecutor::map_chunked` with chunks of [`CHUNK`] inputs. In
+//! both groups, `executor_spin` is the executor in its low-latency mode
+//! (`.spin(SPIN)`), and the `_hogs` variants run the executor in either mode
+//! while [`WORKERS`] threads of this process keep every CPU busy.
 //!
 //! The bench binary is its own worker program for both pools, so `main` is
 //! written by hand instead of `criterion_main!`: `run_if_worker` and
@@ -22,6 +28,9 @@ mod common;
 #[cfg(target_os = "linux")]
 mod linux {
     use std::hint::black_box;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use criterion::{Criterion, Throughput};
@@ -66,9 +75,17 @@ mod linux {
         ProcessPool::builder().max_workers(workers).build().unwrap()
     }
 
+    /// How long each side spins in the `_spin` variants.
+    pub const SPIN: Duration = Duration::from_micros(50);
+
     fn executor(workers: usize, id: &str) -> ProcessPoolExecutor {
+        executor_spinning(workers, id, Duration::ZERO)
+    }
+
+    fn executor_spinning(workers: usize, id: &str, spin: Duration) -> ProcessPoolExecutor {
         ProcessPoolExecutor::builder()
             .max_workers(workers)
+            .spin(spin)
             .exporter_id(id)
             .registry(prometheus::Registry::new())
             .build()
@@ -77,6 +94,39 @@ mod linux {
 
     fn procspawn_pool(workers: usize) -> procspawn::Pool {
         procspawn::Pool::new(workers).unwrap()
+    }
+
+    /// Threads that keep every CPU busy until dropped: the `_hogs` variants
+    /// measure a pool on a machine with no idle CPU.
+    pub struct Hogs {
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Hogs {
+        pub fn start(n: usize) -> Hogs {
+            let stop = Arc::new(AtomicBool::new(false));
+            let threads = (0..n)
+                .map(|_| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                })
+                .collect();
+            Hogs { stop, threads }
+        }
+    }
+
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
     }
 
     /// Runs `iters` tasks in batches of at most `BATCH`: `batch(first, n)`
@@ -92,13 +142,139 @@ mod linux {
         start.elapsed()
     }
 
+    /// A forked child echoing 16-byte messages over a socket pair: the floor
+    /// of a blocking round trip between two processes on this host, without
+    /// any pool in the way.
+    pub struct PingPong {
+        sock: OwnedFd,
+        child: libc::pid_t,
+    }
+
+    impl PingPong {
+        /// Forks the echoing child. Called before any pool exists, but the
+        /// child makes only async-signal-safe calls (no allocation, no lock)
+        /// in case a thread exists already.
+        pub fn start() -> PingPong {
+            let mut fds = [-1; 2];
+            // SAFETY: `fds` is a writable array of two ints.
+            let r = unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                )
+            };
+            assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+            // SAFETY: fork(2); the child below only calls close, prctl, recv,
+            // send and _exit, all async-signal-safe.
+            let child = unsafe { libc::fork() };
+            assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+            if child == 0 {
+                // SAFETY: plain system calls on descriptors this process owns
+                // and on a buffer on this stack; never returns.
+                unsafe {
+                    libc::close(fds[0]);
+                    libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    );
+                    let mut buf = [0u8; MSG];
+                    while recv_msg(fds[1], &mut buf) && send_msg(fds[1], &buf) {}
+                    libc::_exit(0);
+                }
+            }
+            // SAFETY: closes the child's end in the parent; owns ours.
+            unsafe {
+                libc::close(fds[1]);
+                PingPong {
+                    sock: OwnedFd::from_raw_fd(fds[0]),
+                    child,
+                }
+            }
+        }
+
+        /// Sends 16 bytes and waits for them to come back.
+        pub fn round_trip(&self, x: u64) -> u64 {
+            let mut buf = [0u8; MSG];
+            buf[..8].copy_from_slice(&x.to_le_bytes());
+            let fd = self.sock.as_raw_fd();
+            assert!(
+                send_msg(fd, &buf) && recv_msg(fd, &mut buf),
+                "the echo child is gone"
+            );
+            u64::from_le_bytes(buf[..8].try_into().unwrap())
+        }
+    }
+
+    impl Drop for PingPong {
+        fn drop(&mut self) {
+            // SAFETY: shutting our end down gives the child end of stream, so
+            // it exits; then it is reaped.
+            unsafe {
+                libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR);
+                libc::waitpid(self.child, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+
+    /// The ping-pong's message size.
+    const MSG: usize = 16;
+
+    /// Sends all of `buf`; false on an error.
+    fn send_msg(fd: i32, buf: &[u8; MSG]) -> bool {
+        let mut done = 0;
+        while done < MSG {
+            // SAFETY: sends from a valid buffer of `MSG - done` bytes.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    buf[done..].as_ptr().cast(),
+                    MSG - done,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n <= 0 {
+                return false;
+            }
+            done += n as usize;
+        }
+        true
+    }
+
+    /// Fills `buf`; false on end of stream or an error.
+    fn recv_msg(fd: i32, buf: &mut [u8; MSG]) -> bool {
+        let mut done = 0;
+        while done < MSG {
+            // SAFETY: receives into a valid buffer of `MSG - done` bytes.
+            let n = unsafe { libc::recv(fd, buf[done..].as_mut_ptr().cast(), MSG - done, 0) };
+            if n <= 0 {
+                return false;
+            }
+            done += n as usize;
+        }
+        true
+    }
+
     pub fn roundtrip(c: &mut Criterion) {
+        // First, while this process has no thread of its own yet.
+        let pingpong = PingPong::start();
         let plain = plain(1);
         let executor = executor(1, "bench-roundtrip");
+        let spinning = executor_spinning(1, "bench-roundtrip-spin", SPIN);
         let spawn = procspawn_pool(1);
         let mut g = c.benchmark_group("process_pool_roundtrip");
         g.throughput(Throughput::Elements(1));
         let mut x = 0u64;
+        g.bench_function("raw_pingpong", |b| {
+            b.iter(|| {
+                x += 1;
+                black_box(pingpong.round_trip(black_box(x)))
+            })
+        });
         g.bench_function("process_pool", |b| {
             b.iter(|| {
                 x += 1;
@@ -120,14 +296,27 @@ mod linux {
                 black_box(h.join().unwrap())
             })
         });
+        let mut one = |pool: &ProcessPoolExecutor| {
+            x += 1;
+            let h = pool.submit::<Square>(black_box(&x)).unwrap();
+            black_box(h.join().unwrap().unwrap())
+        };
+        g.bench_function("executor_spin", |b| b.iter(|| one(&spinning)));
+        let hogs = Hogs::start(WORKERS);
+        g.bench_function("executor_hogs", |b| b.iter(|| one(&executor)));
+        g.bench_function("executor_spin_hogs", |b| b.iter(|| one(&spinning)));
+        drop(hogs);
         g.finish();
         executor.shutdown();
+        spinning.shutdown();
         spawn.shutdown();
+        drop(pingpong);
     }
 
     pub fn throughput(c: &mut Criterion) {
         let plain = plain(WORKERS);
         let executor = executor(WORKERS, "bench-throughput");
+        let spinning = executor_spinning(WORKERS, "bench-throughput-spin", SPIN);
         let spawn = procspawn_pool(WORKERS);
         let mut g = c.benchmark_group("process_pool_throughput");
         g.throughput(Throughput::Elements(1));
@@ -155,6 +344,28 @@ mod linux {
                 })
             })
         });
+        let batch = |pool: &ProcessPoolExecutor, iters: u64| {
+            batched(iters, |first, n| {
+                let handles: Vec<_> = (first..first + n)
+                    .map(|x| pool.submit::<Square>(&x).unwrap())
+                    .collect();
+                for h in handles {
+                    black_box(h.join().unwrap().unwrap());
+                }
+            })
+        };
+        g.bench_function("executor_spin", |b| {
+            b.iter_custom(|iters| batch(&spinning, iters))
+        });
+        {
+            let _hogs = Hogs::start(WORKERS);
+            g.bench_function("executor_hogs", |b| {
+                b.iter_custom(|iters| batch(&executor, iters))
+            });
+            g.bench_function("executor_spin_hogs", |b| {
+                b.iter_custom(|iters| batch(&spinning, iters))
+            });
+        }
         g.bench_function(format!("executor_chunked_{CHUNK}"), |b| {
             b.iter_custom(|iters| {
                 batched(iters, |first, n| {
@@ -180,6 +391,7 @@ mod linux {
         });
         g.finish();
         executor.shutdown();
+        spinning.shutdown();
         spawn.shutdown();
     }
 

@@ -496,6 +496,75 @@ fn pp_1_sigkill_mid_task_fails_only_that_task() {
     assert_eq!(results[9], 81, "the pool goes on");
 }
 
+/// The low-latency mode changes only how each side waits for the next message: results, the task's
+/// errors, panics, a crash, a timeout and a joiner's own bound behave as in the default mode.
+#[test]
+fn spin_mode_keeps_results_failures_and_timeouts() {
+    let _watchdog = test_watchdog("spin_mode_keeps_results_failures_and_timeouts");
+    let pool = pool(1).spin(Duration::from_micros(200)).build().unwrap();
+    for x in 0..300u64 {
+        assert_eq!(wait(pool.submit::<Square>(&x).unwrap()), Ok(x * x));
+    }
+    let handles: Vec<_> = (0..300u64)
+        .map(|x| pool.submit::<Square>(&x).unwrap())
+        .collect();
+    for (x, h) in handles.into_iter().enumerate() {
+        assert_eq!(wait(h), Ok(x as u64 * x as u64));
+    }
+    assert_eq!(
+        wait(pool.submit::<Fail>(&42).unwrap()),
+        Err(NoOutput::Task(MyError::TooBig(42)))
+    );
+    let f = failure(pool.submit::<Panic>(&"spun".to_owned()).unwrap());
+    assert!(
+        matches!(&f, TaskError::Panicked { message } if message == "spun"),
+        "{f}"
+    );
+    let f = failure(pool.submit::<SelfKill>(&()).unwrap());
+    assert_eq!(failed(&f).0, FailureReason::WorkerDied, "{f}");
+    let f = failure(
+        pool.submit_with_timeout::<SleepMs>(&30_000, Duration::from_millis(200))
+            .unwrap(),
+    );
+    assert_eq!(failed(&f).0, FailureReason::Timeout, "{f}");
+    let mut slow = pool.submit::<SleepMs>(&300).unwrap();
+    assert_eq!(slow.join_timeout(Duration::ZERO), Err(TaskError::TimedOut));
+    assert!(wait(slow).is_ok());
+    assert_eq!(wait(pool.submit::<Square>(&7).unwrap()), Ok(49));
+}
+
+/// Tiny tasks in batches (the dispatcher sends queued ones behind a worker's current task) while
+/// another thread submits one at a time (sent to an idle worker from the submitting thread): each
+/// worker still gets its jobs in the order the pool tracks them, so every task gets its own result.
+#[test]
+fn batched_and_one_at_a_time_submits_get_their_own_results() {
+    let _watchdog = test_watchdog("batched_and_one_at_a_time_submits_get_their_own_results");
+    let pool = std::sync::Arc::new(pool(2).build().unwrap());
+    let p = pool.clone();
+    let single = thread::spawn(move || {
+        for x in 0..3000u64 {
+            assert_eq!(wait(p.submit::<Square>(&x).unwrap()), Ok(x * x), "task {x}");
+        }
+    });
+    for round in 0..30u64 {
+        let handles: Vec<_> = (0..200u64)
+            .map(|i| pool.submit::<Square>(&(round * 1000 + i)).unwrap())
+            .collect();
+        for (i, h) in (0..200u64).zip(handles) {
+            let x = round * 1000 + i;
+            assert_eq!(wait(h), Ok(x * x), "task {x}");
+        }
+    }
+    single.join().unwrap();
+}
+
+#[test]
+fn spin_longer_than_a_second_is_rejected() {
+    let e = pool(1).spin(Duration::from_secs(2)).build().unwrap_err();
+    assert!(e.to_string().contains("spin"), "{e}");
+    assert!(pool(1).spin(Duration::from_secs(1)).build().is_ok());
+}
+
 #[test]
 fn dl_3_abort_fails_the_task_with_sigabrt() {
     let _watchdog = test_watchdog("dl_3_abort_fails_the_task_with_sigabrt");

@@ -20,16 +20,25 @@ use std::time::{Duration, Instant};
 
 use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
 use super::reap::{after, kill_and_reap, reap_after_eof, wait_until};
+use super::spin::SpinState;
 use super::sys;
 use super::wire::{
     self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, PROTOCOL_VERSION,
 };
-use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_WORKER};
+use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
 use crate::bounded::Room;
 use crate::clock::Clock;
 use crate::error::RejectReason;
 use crate::metrics::AgeSource;
 
+/// The most jobs a worker holds at once when it pipelines: the one it runs and those sent behind it.
+const PIPELINE_DEPTH: usize = 4;
+/// A worker whose last task ran shorter than this, and whose current one was sent less than this
+/// ago, gets jobs sent behind the current one: its next frame is then waiting when it finishes,
+/// instead of a round trip through this thread. Longer tasks gain nothing from it, and a job sent
+/// behind one is bound to that worker (a worker freed sooner cannot take it, and `shutdown_now` no
+/// longer cancels it), so only tasks that look short get jobs behind them.
+pub(super) const PIPELINE_BELOW: Duration = Duration::from_micros(100);
 /// How often a job is sent again after its worker died before acknowledging it.
 const MAX_ATTEMPTS: u32 = 3;
 /// Where pidfds are unavailable (kernels before 5.3, a seccomp filter), how often busy or starting
@@ -53,6 +62,8 @@ pub(super) struct Shared {
     pub(super) room: Option<Arc<Room>>,
     /// What the dispatcher holds, as of its last look: see [`Ages`].
     pub(super) ages: Ages,
+    /// The id of the next `Run` frame, whichever thread sends it.
+    pub(super) next_id: AtomicU64,
 }
 
 /// The oldest task the dispatcher holds, as raw clock readings (0: none),
@@ -112,6 +123,64 @@ pub(super) struct Inner {
     pub(super) queue: VecDeque<Job>,
     pub(super) broken: Option<String>,
     pub(super) pids: Vec<u32>,
+    /// Idle workers a submitting thread may send a job to itself, when nothing is queued ahead of
+    /// it: the job then costs no wake-up of this thread. Whoever removes a link here owns the
+    /// worker's next job: a submitter hands it over through [`Link::hand`], the dispatcher sends it.
+    pub(super) idle: Vec<Arc<Link>>,
+}
+
+/// A worker's channel, shared with the submitting threads that may send it a job directly.
+pub(super) struct Link {
+    pub(super) sock: OwnedFd,
+    /// A job a submitting thread sent on this channel, until the dispatcher adopts it.
+    handed: Mutex<Option<Handed>>,
+    /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
+    send_error: Mutex<Option<io::Error>>,
+}
+
+/// A job sent to a worker by the submitting thread.
+struct Handed {
+    job: Job,
+    id: u64,
+    sent_at: Instant,
+}
+
+impl Link {
+    fn new(sock: OwnedFd) -> Link {
+        Link {
+            sock,
+            handed: Mutex::new(None),
+            send_error: Mutex::new(None),
+        }
+    }
+
+    /// Whether a job handed over here waits for the dispatcher to adopt it.
+    #[cfg(all(test, not(loom)))]
+    pub(super) fn is_handed(&self) -> bool {
+        self.handed().is_some()
+    }
+
+    fn handed(&self) -> MutexGuard<'_, Option<Handed>> {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `job`, about to be sent as `Run` frame `id` by a submitting thread that took this
+    /// link out of [`Inner::idle`], under the same lock.
+    pub(super) fn hand(&self, job: Job, id: u64) {
+        *self.handed() = Some(Handed {
+            job,
+            id,
+            sent_at: Instant::now(),
+        });
+    }
+
+    /// A submitting thread's send failed: the dispatcher fails the worker (and retries its job).
+    pub(super) fn send_failed(&self, error: io::Error) {
+        *self
+            .send_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
 }
 
 pub(super) struct Job {
@@ -163,6 +232,10 @@ pub(super) struct Config {
     /// The `Hello` frame, the same for every worker.
     pub(super) hello: Vec<u8>,
     pub(super) observer: Arc<dyn PoolObserver>,
+    /// How long this thread and the workers poll before they block (zero: they block at once).
+    pub(super) spin: Duration,
+    /// [`PIPELINE_BELOW`], or another bound in unit tests.
+    pub(super) pipeline_below: Duration,
 }
 
 enum WState {
@@ -216,7 +289,9 @@ enum Death {
 struct Worker {
     child: Child,
     pid: u32,
-    sock: OwnedFd,
+    link: Arc<Link>,
+    /// Idle and listed in [`Inner::idle`] (or taken from there by a submitter since).
+    published: bool,
     /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
     pidfd: Option<OwnedFd>,
     reader: FrameReader,
@@ -225,9 +300,25 @@ struct Worker {
     deadline: Option<Instant>,
     tasks_done: u64,
     dead: Option<Death>,
+    /// Jobs sent behind the one it runs, in order; none has started.
+    ahead: VecDeque<Ahead>,
+    /// When its current job was sent (or, sent behind another, became current), when it started,
+    /// and how long its last one ran.
+    sent_at: Option<Instant>,
+    started_at: Option<Instant>,
+    last_run: Option<Duration>,
+    /// Its current job was handed to it by a submitting thread, whose send may still be on its
+    /// way: nothing may be sent behind it before the worker acknowledges it.
+    handed: bool,
     /// Set once the handshake is done: reports the worker's exit when the worker is dropped, which
     /// every path that removes a worker does once it is reaped (or given up on).
     counted: Option<Counted>,
+}
+
+/// A job sent to a worker behind the one it runs.
+struct Ahead {
+    job: Job,
+    id: u64,
 }
 
 /// A started worker, counted alive until this is dropped.
@@ -255,7 +346,6 @@ pub(super) struct Dispatcher {
     workers: Vec<Worker>,
     /// Jobs taken from `Inner::queue`, in order, not yet sent.
     queue: VecDeque<Job>,
-    next_id: u64,
     /// Consecutive failed starts; reset by a successful handshake.
     start_failures: u32,
     broken: Option<String>,
@@ -263,6 +353,7 @@ pub(super) struct Dispatcher {
     next_start: Option<Instant>,
     scratch: Vec<u8>,
     pollfds: Vec<libc::pollfd>,
+    spin: SpinState,
 }
 
 impl Dispatcher {
@@ -273,18 +364,21 @@ impl Dispatcher {
             cfg,
             workers: Vec::new(),
             queue: VecDeque::new(),
-            next_id: 0,
             start_failures: 0,
             broken: None,
             next_start: None,
             scratch: vec![0; 64 << 10],
             pollfds: Vec::new(),
+            spin: SpinState::default(),
         }
     }
 
     pub(super) fn run(&mut self) {
         loop {
             let mode = self.take_submissions();
+            // After the mode was read: a submitter hands jobs over only while the pool runs, so
+            // once a stop is seen, every job handed over before it is adopted here.
+            self.adopt_all();
             match mode {
                 Mode::Kill | Mode::Terminated => {
                     self.kill_all();
@@ -353,6 +447,8 @@ impl Dispatcher {
                     queued = older(queued, job.sink.submitted_at());
                 }
             }
+            // Sent behind the one it runs, in order: none has started.
+            queued = older(queued, oldest_live(w.ahead.iter().map(|a| &a.job)));
         }
         for (i, job) in self.queue.iter().enumerate() {
             if job.attempts == 0 {
@@ -396,8 +492,14 @@ impl Dispatcher {
             else {
                 break;
             };
+            if !self.claim(i) {
+                continue; // a submitter sent it a job of its own meanwhile
+            }
             let job = self.queue.pop_front().expect("queue is not empty");
             self.send_job(i, job);
+        }
+        if self.queue.is_empty() {
+            self.publish_idle();
         }
         if self.broken.is_some() {
             return;
@@ -422,12 +524,107 @@ impl Dispatcher {
             self.spawn();
             wanted -= 1;
         }
+        if self.workers.len() >= self.cfg.max_workers {
+            self.pipeline();
+        }
     }
 
-    fn send_job(&mut self, i: usize, mut job: Job) {
+    /// Takes idle worker `i` back from [`Inner::idle`] before this thread sends it a job. False if a
+    /// submitting thread took it first: its job is then adopted, and the worker is busy.
+    fn claim(&mut self, i: usize) -> bool {
+        let w = &mut self.workers[i];
+        if !w.published {
+            return true;
+        }
+        w.published = false;
+        let taken = {
+            let mut inner = self.shared.lock();
+            match inner.idle.iter().position(|l| Arc::ptr_eq(l, &w.link)) {
+                Some(at) => {
+                    inner.idle.swap_remove(at);
+                    false
+                }
+                None => true,
+            }
+        };
+        if taken {
+            w.published = true;
+            self.adopt(i);
+        }
+        !taken
+    }
+
+    /// Lists the idle workers in [`Inner::idle`], for submitters to send jobs to directly.
+    fn publish_idle(&mut self) {
+        let mut fresh = self
+            .workers
+            .iter_mut()
+            .filter(|w| w.dead.is_none() && !w.published && matches!(w.state, WState::Idle))
+            .peekable();
+        if fresh.peek().is_none() {
+            return;
+        }
+        let mut inner = self.shared.lock();
+        for w in fresh {
+            w.published = true;
+            inner.idle.push(Arc::clone(&w.link));
+        }
+    }
+
+    /// Takes the job a submitting thread handed to worker `i`, if any: the worker is then busy with
+    /// it, its timeout counted from the send.
+    fn adopt(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        let failed = w
+            .link
+            .send_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(e), None) = (failed, &w.dead) {
+            w.dead = Some(send_failure(&e));
+        }
+        if !w.published || !matches!(w.state, WState::Idle) {
+            return;
+        }
+        let Some(handed) = w.link.handed().take() else {
+            return;
+        };
+        w.published = false;
+        let limit = handed.job.spec.timeout.or(self.cfg.task_timeout);
+        w.deadline = limit.and_then(|l| handed.sent_at.checked_add(l));
+        w.sent_at = Some(handed.sent_at);
+        w.handed = true;
+        w.state = WState::Busy {
+            job: handed.job,
+            id: handed.id,
+            started: false,
+            discard: false,
+            limit,
+        };
+    }
+
+    /// Empties [`Inner::idle`] before the workers go: the links hold their channels open. Every job
+    /// handed over must have been adopted already.
+    fn unpublish_all(&mut self) {
+        self.shared.lock().idle.clear();
+        for w in &mut self.workers {
+            w.published = false;
+        }
+    }
+
+    /// [`adopt`](Self::adopt) for every worker.
+    fn adopt_all(&mut self) {
+        for i in 0..self.workers.len() {
+            self.adopt(i);
+        }
+    }
+
+    /// A new frame id, and the `Run` frame of `job` under it; a job that cannot be encoded fails.
+    /// The job leaves the bounded queue: its place is given back.
+    fn encode_run(&self, mut job: Job) -> Option<(Job, u64, Vec<u8>)> {
         drop(job.place.take());
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = wire::encode_frame(
             &ToWorker::Run {
                 id,
@@ -438,17 +635,69 @@ impl Dispatcher {
             },
             self.cfg.max_frame,
         );
-        let frame = match frame {
-            Ok(f) => f,
+        match frame {
+            Ok(frame) => Some((job, id, frame)),
             Err(message) => {
                 job.failed_unstarted(JobFailure::Serialization { message });
+                None
+            }
+        }
+    }
+
+    /// Sends queued jobs behind the current one of busy workers whose tasks are short, while jobs
+    /// wait that no idle or new worker can take.
+    fn pipeline(&mut self) {
+        loop {
+            let mut sent = false;
+            for i in 0..self.workers.len() {
+                while self.queue.front().is_some_and(|j| j.sink.is_cancelled()) {
+                    self.queue.pop_front();
+                }
+                if self.queue.is_empty() {
+                    return;
+                }
+                let w = &self.workers[i];
+                let allowance = self.cfg.max_tasks_per_child.map_or(u64::MAX, |n| {
+                    n.saturating_sub(w.tasks_done + 1 + w.ahead.len() as u64)
+                });
+                let fits = w.dead.is_none()
+                    && matches!(w.state, WState::Busy { .. })
+                    && w.ahead.len() + 1 < PIPELINE_DEPTH
+                    && allowance > 0
+                    && w.last_run.is_some_and(|d| d < self.cfg.pipeline_below)
+                    && w.sent_at
+                        .is_some_and(|at| at.elapsed() < self.cfg.pipeline_below)
+                    && (!w.handed || matches!(w.state, WState::Busy { started: true, .. }));
+                if !fits {
+                    continue;
+                }
+                let job = self.queue.pop_front().expect("queue is not empty");
+                let Some((job, id, frame)) = self.encode_run(job) else {
+                    continue;
+                };
+                let w = &mut self.workers[i];
+                if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
+                    w.dead = Some(send_failure(&e));
+                }
+                w.ahead.push_back(Ahead { job, id });
+                sent = true;
+            }
+            if !sent {
                 return;
             }
+        }
+    }
+
+    fn send_job(&mut self, i: usize, job: Job) {
+        let Some((job, id, frame)) = self.encode_run(job) else {
+            return;
         };
         let limit = job.spec.timeout.or(self.cfg.task_timeout);
         let w = &mut self.workers[i];
         w.deadline = limit.and_then(after);
-        if let Err(e) = sys::send_all(w.sock.as_fd(), &frame) {
+        w.sent_at = Some(Instant::now());
+        w.handed = false;
+        if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
             w.dead = Some(send_failure(&e));
         }
         w.state = WState::Busy {
@@ -484,6 +733,7 @@ impl Dispatcher {
         cmd.args(&self.cfg.args)
             .env(ENV_WORKER, CHANNEL_FD.to_string())
             .env(ENV_MAX_FRAME, self.cfg.max_frame.to_string())
+            .env(ENV_SPIN, self.cfg.spin.as_nanos().to_string())
             .stdin(Stdio::null());
         let channel = theirs.as_raw_fd();
         let parent = sys::getpid();
@@ -511,7 +761,13 @@ impl Dispatcher {
         Ok(Worker {
             child,
             pid,
-            sock: ours,
+            link: Arc::new(Link::new(ours)),
+            published: false,
+            ahead: VecDeque::new(),
+            sent_at: None,
+            started_at: None,
+            last_run: None,
+            handed: false,
             pidfd,
             reader: FrameReader::new(self.cfg.max_frame),
             state: WState::Starting,
@@ -587,7 +843,7 @@ impl Dispatcher {
                 Some(fd) if w.dead.is_none() => fd.as_raw_fd(),
                 _ => -1,
             };
-            for fd in [live(Some(&w.sock)), live(w.pidfd.as_ref())] {
+            for fd in [live(Some(&w.link.sock)), live(w.pidfd.as_ref())] {
                 pollfds.push(libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -595,7 +851,22 @@ impl Dispatcher {
                 });
             }
         }
-        if let Err(e) = sys::poll(&mut pollfds, timeout_ms) {
+        // Polling without blocking first, within the nearest deadline: a spin that sees an event
+        // leaves its results in `pollfds`, as the blocking poll would.
+        let limit = match u64::try_from(timeout_ms) {
+            Ok(ms) => self.cfg.spin.min(Duration::from_millis(ms)),
+            Err(_) => self.cfg.spin,
+        };
+        let spun = self.spin.spin(
+            limit,
+            || matches!(sys::poll(&mut pollfds, 0), Ok(n) if n > 0),
+        );
+        let waited = if spun {
+            Ok(1)
+        } else {
+            sys::poll(&mut pollfds, timeout_ms)
+        };
+        if let Err(e) = waited {
             // Only EFAULT/EINVAL/ENOMEM: back off instead of spinning.
             eprintln!("executor-exporter: process pool poll failed: {e}");
             thread::sleep(Duration::from_millis(10));
@@ -603,6 +874,8 @@ impl Dispatcher {
         if pollfds[0].revents != 0 {
             self.shared.wake.drain();
         }
+        // Before any report of a worker is read: a report may be about a job handed to it.
+        self.adopt_all();
         for i in 0..self.workers.len() {
             let (channel, pidfd) = (pollfds[1 + 2 * i].revents, pollfds[2 + 2 * i].revents);
             let exited = if self.workers[i].pidfd.is_some() {
@@ -641,7 +914,7 @@ impl Dispatcher {
         {
             let w = &mut self.workers[i];
             loop {
-                match sys::recv_nonblocking(w.sock.as_fd(), &mut self.scratch) {
+                match sys::recv_nonblocking(w.link.sock.as_fd(), &mut self.scratch) {
                     Ok(0) => {
                         eof = true;
                         break;
@@ -674,6 +947,8 @@ impl Dispatcher {
     }
 
     fn on_message(&mut self, i: usize, msg: FromWorker) {
+        // An idle worker reports only on a job a submitter handed it.
+        self.adopt(i);
         let w = &mut self.workers[i];
         let pid = w.pid;
         match (&mut w.state, msg) {
@@ -705,6 +980,7 @@ impl Dispatcher {
             ) if *id == got && !*started => {
                 *started = true;
                 *discard = !job.sink.started();
+                w.started_at = Some(Instant::now());
             }
             (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
                 let WState::Busy {
@@ -718,19 +994,39 @@ impl Dispatcher {
                 };
                 w.deadline = None;
                 w.tasks_done += 1;
-                if self
+                w.last_run = w.started_at.take().map(|at| at.elapsed());
+                if let Some(next) = w.ahead.pop_front() {
+                    let limit = next.job.spec.timeout.or(self.cfg.task_timeout);
+                    // Its clock starts now: it waited behind the one that just ended.
+                    w.deadline = limit.and_then(after);
+                    w.sent_at = Some(Instant::now());
+                    w.handed = false;
+                    w.state = WState::Busy {
+                        job: next.job,
+                        id: next.id,
+                        started: false,
+                        discard: false,
+                        limit,
+                    };
+                } else if self
                     .cfg
                     .max_tasks_per_child
                     .is_some_and(|n| w.tasks_done >= n)
                 {
                     if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
-                        let _ = sys::send_all(w.sock.as_fd(), &frame);
+                        let _ = sys::send_all(w.link.sock.as_fd(), &frame);
                     }
                     w.state = WState::Retiring;
                     w.deadline = after(self.cfg.shutdown_grace);
                     self.cfg
                         .observer
                         .worker_restarted(pid, RestartReason::Recycled);
+                }
+                if matches!(w.state, WState::Idle) && w.dead.is_none() && self.queue.is_empty() {
+                    // Listed before the result is delivered: the joiner's next submit, often
+                    // right after it, can then go to this worker directly.
+                    w.published = true;
+                    self.shared.lock().idle.push(Arc::clone(&w.link));
                 }
                 deliver(job, started, discard, outcome);
             }
@@ -746,6 +1042,13 @@ impl Dispatcher {
     fn sweep(&mut self) -> bool {
         if self.workers.iter().all(|w| w.dead.is_none()) {
             return false;
+        }
+        for i in 0..self.workers.len() {
+            if self.workers[i].dead.is_some() {
+                // Out of `Inner::idle`, with any job a submitter handed it: that job is then
+                // retried or failed with the worker.
+                self.claim(i);
+            }
         }
         let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
             .into_iter()
@@ -765,7 +1068,13 @@ impl Dispatcher {
             _ => kill_and_reap(&mut w.child),
         };
         let pid = w.pid;
-        drop(w.sock);
+        drop(w.link);
+        // Sent behind the task it ran, never started: sent again, ahead of the queue, without
+        // counting an attempt (they did not meet the death). Before the current job's own retry,
+        // which then goes first.
+        for ahead in w.ahead.drain(..).rev() {
+            self.queue.push_front(ahead.job);
+        }
         let reason = match death {
             Death::Timeout => RestartReason::Timeout,
             Death::Protocol(_) => RestartReason::Protocol,
@@ -835,10 +1144,11 @@ impl Dispatcher {
 
     /// Graceful end: asks every worker to exit, waits up to the grace period, kills the rest.
     fn stop_workers(&mut self) {
+        self.unpublish_all();
         if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
             for w in &self.workers {
                 if !matches!(w.state, WState::Retiring) {
-                    let _ = sys::send_all(w.sock.as_fd(), &frame);
+                    let _ = sys::send_all(w.link.sock.as_fd(), &frame);
                 }
             }
         }
@@ -851,11 +1161,16 @@ impl Dispatcher {
 
     /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
     fn kill_all(&mut self) {
+        self.adopt_all();
+        self.unpublish_all();
         for w in &mut self.workers {
             let _ = w.child.kill();
         }
         for mut w in mem::take(&mut self.workers) {
             let _ = w.child.wait();
+            for ahead in w.ahead.drain(..) {
+                ahead.job.failed_unstarted(JobFailure::Killed);
+            }
             if let WState::Busy {
                 job,
                 started,

@@ -318,6 +318,12 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
+    /// See [`ProcessPoolBuilder::spin`]: the low-latency mode.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.pool = self.pool.spin(spin);
+        self
+    }
+
     /// See [`ProcessPoolBuilder::worker_test_entry`].
     pub fn worker_test_entry(mut self, test: &str) -> Self {
         self.pool = self.pool.worker_test_entry(test);

@@ -51,6 +51,12 @@
 //! `max_tasks_per_child` tasks, reaps every process it started (no zombies) and closes every descriptor.
 //! Workers die with the pool's process (`PR_SET_PDEATHSIG`).
 //!
+//! A task submitted while nothing is queued and a worker is idle skips that thread: the submitting thread
+//! sends it to the worker itself (the dispatcher learns of it from the worker's report, or death), so a
+//! round trip costs one wake-up less. While tasks wait and every worker is busy with tasks that run
+//! shorter than 100 µs, the dispatcher sends up to three more behind a worker's current one, so the
+//! worker finds its next task waiting. [`ProcessPoolBuilder::spin`] turns on a low-latency mode.
+//!
 //! A chunk of inputs ([`ProcessPoolExecutor::map_chunked`]) is one `Run` message under a name derived
 //! from the task's (reserved: it starts with a NUL byte); the worker runs each input in turn, catching
 //! each panic, and sends back one outcome per input.
@@ -66,6 +72,7 @@ mod job;
 mod pool;
 mod reap;
 mod sink;
+mod spin;
 mod sys;
 mod task;
 mod wire;

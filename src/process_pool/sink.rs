@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::job::{JobFailure, JobOutcome, JobSink, PoolObserver, RestartReason};
+use super::spin::JoinSpin;
 use super::task::ProcessTask;
 use super::wire::WireOutcome;
 use crate::clock::Clock;
@@ -254,14 +255,14 @@ fn fail<V>(failure: JobFailure) -> (Result<V, TaskError>, Option<FailureReason>)
 
 /// One job's link to its task state: the pool's reports move the task.
 pub(crate) struct Sink<D: Decode> {
-    core: Arc<TaskCore<D::Value>>,
+    core: Arc<TaskCore<D::Value, JoinSpin>>,
     decode: D,
     started: Option<Clock>,
     ended: bool,
 }
 
 impl<D: Decode> Sink<D> {
-    pub(crate) fn new(core: Arc<TaskCore<D::Value>>, decode: D) -> Self {
+    pub(crate) fn new(core: Arc<TaskCore<D::Value, JoinSpin>>, decode: D) -> Self {
         Sink {
             core,
             decode,

@@ -73,27 +73,6 @@ pub(crate) fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result
     })
 }
 
-/// Fills `buf` completely, blocking. Returns `Ok(false)` on end of stream before the first byte, and
-/// `UnexpectedEof` on end of stream in the middle.
-pub(crate) fn recv_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let n = retry_eintr(|| {
-            // SAFETY: `rest` is a valid writable region of `rest.len()` bytes for the whole call.
-            unsafe { libc::recv(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), 0) }
-        })?;
-        if n == 0 {
-            if done == 0 {
-                return Ok(false);
-            }
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        done += n;
-    }
-    Ok(true)
-}
-
 /// Bounds how long one blocking `send` may wait for the peer to make room (`SO_SNDTIMEO`): past it the
 /// send fails with `WouldBlock` instead of blocking forever on a peer that stopped reading.
 pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
@@ -247,8 +226,9 @@ impl EventFd {
     }
 }
 
-/// poll(2) over `fds`; `timeout_ms` < 0 waits forever. `EINTR` counts as a wake-up with no events.
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
+/// poll(2) over `fds`; `timeout_ms` < 0 waits forever. Returns how many entries have events; `EINTR`
+/// counts as a wake-up with no events.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid, writable slice of `fds.len()` pollfd structures.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
@@ -256,6 +236,36 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> 
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+        return Ok(0);
     }
-    Ok(())
+    Ok(r as usize)
+}
+
+/// Blocks until something can be read from `fd` (data or end of stream). A thread blocked in
+/// `recv` on a socket is also woken each time the peer reads what this side sent (the kernel wakes
+/// writers and readers of a socket alike), to find nothing and sleep again; one blocked here is
+/// woken by incoming data only.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>) {
+    let mut fds = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // Errors (EINTR, ENOMEM) only mean the `recv` that follows blocks instead.
+    let _ = poll(&mut fds, -1);
+}
+
+/// Whether something can be read from `fd` now (data or end of stream), without consuming it.
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, a valid writable byte; non-blocking.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
 }

@@ -48,12 +48,43 @@ fn test_watchdog(name: &'static str) -> impl Drop {
 /// acknowledging it: the only way to reach the retry path deterministically.
 const DIE_ONCE: &str = "test:die_before_ack_once:";
 const DIE_ALWAYS: &str = "test:die_before_ack_always:";
+/// `test:late_send:<task>`: a submitting thread that hands `<task>` to an idle worker sends its frame
+/// only after the dispatcher adopted the job (see [`direct_send_hook`]); the worker runs `<task>`.
+const LATE_SEND: &str = "test:late_send:";
+/// Set by [`direct_send_hook`] once a `LATE_SEND` job is handed over and its send held back.
+static LATE_SEND_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Called (test builds only) by a submitting thread that handed a job to an idle worker, between
+/// the hand-over and the send: for a `LATE_SEND` task, the returned hook holds the send back until
+/// the dispatcher has adopted the job (it must be woken for that: the test submits more), so that
+/// the dispatcher acts on the job before its frame is on the channel.
+pub(super) fn direct_send_hook(task: &str) -> impl FnOnce(&super::dispatcher::Link) {
+    let late = task.starts_with(LATE_SEND);
+    move |link| {
+        if !late {
+            return;
+        }
+        LATE_SEND_HELD.store(true, Ordering::SeqCst);
+        let until = std::time::Instant::now() + WATCHDOG;
+        while link.is_handed() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // Time for the dispatcher to act on what it adopted.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Called by the worker loop (test builds only) on every `Run`. `test:die_before_ack_once:<file>|<task>`
 /// dies if `<file>` exists (removing it), else runs `<task>`; `..._always:<task>` always dies.
 pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
     if call.task.starts_with(DIE_ALWAYS) {
         std::process::exit(9);
+    }
+    if let Some(task) = call.task.strip_prefix(LATE_SEND) {
+        return Call {
+            task: task.to_owned().into(),
+            payload: call.payload,
+        };
     }
     if let Some(rest) = call.task.strip_prefix(DIE_ONCE) {
         let (file, task) = rest.split_once('|').expect("file|task");
@@ -249,6 +280,122 @@ fn sink_gets_started_then_exactly_one_finished() {
     let o = obs.take();
     assert_eq!(o.len(), 1, "{o:?}");
     assert!(matches!(o[0], Obs::Started(_)));
+}
+
+/// A job a submitting thread hands to an idle worker is adopted by the dispatcher before its frame
+/// is on the channel (the dispatcher was woken by the jobs submitted meanwhile). The dispatcher
+/// must not send those jobs to the same worker behind it before the worker acknowledges it, or the
+/// worker would run them first and its reports would not match what the dispatcher expects.
+#[test]
+fn jobs_are_not_sent_behind_a_handed_job_before_its_frame() {
+    let _watchdog = test_watchdog("jobs_are_not_sent_behind_a_handed_job_before_its_frame");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .always_pipeline()
+        .build()
+        .unwrap();
+    // A first task, so the worker has a run time behind it and is idle, listed for hand-overs.
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&2), s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(4)))]);
+    let pool = Arc::new(pool);
+    let p = Arc::clone(&pool);
+    let handed = std::thread::spawn(move || {
+        let (s, rx) = sink();
+        let mut job = spec::<Square>(&3);
+        job.task = format!("{LATE_SEND}square");
+        p.submit_job(job, s).unwrap();
+        events(&rx)
+    });
+    let until = std::time::Instant::now() + WATCHDOG;
+    while !LATE_SEND_HELD.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the job was not handed over"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let queued: Vec<_> = (4..7u64)
+        .map(|x| {
+            let (s, rx) = sink();
+            pool.submit_job(spec::<Square>(&x), s).unwrap();
+            (x, rx)
+        })
+        .collect();
+    assert_eq!(
+        handed.join().unwrap(),
+        vec![Ev::Started, Ev::Finished(Ok(enc(9)))]
+    );
+    for (x, rx) in queued {
+        assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(x * x)))]);
+    }
+}
+
+/// Jobs sent behind a task whose worker dies never started: they are sent again (to the
+/// replacement), without counting an attempt against them, and end once each; the dying task
+/// alone fails. When the pool is killed instead, they fail as killed.
+#[test]
+fn jobs_sent_behind_a_dying_task_are_sent_again() {
+    let _watchdog = test_watchdog("jobs_sent_behind_a_dying_task_are_sent_again");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .always_pipeline()
+        .build()
+        .unwrap();
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&2), s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(4)))]);
+    // The worker busy long enough for the queue to fill behind it, then dying.
+    let (slow, slow_rx) = sink();
+    pool.submit_job(spec::<SleepMs>(&100), slow).unwrap();
+    let (dies, dies_rx) = sink();
+    pool.submit_job(spec::<SelfKill>(&()), dies).unwrap();
+    let behind: Vec<_> = (3..9u64)
+        .map(|x| {
+            let (s, rx) = sink();
+            pool.submit_job(spec::<Square>(&x), s).unwrap();
+            (x, rx)
+        })
+        .collect();
+    assert_eq!(
+        events(&slow_rx),
+        vec![Ev::Started, Ev::Finished(Ok(Vec::new()))]
+    );
+    let died = events(&dies_rx);
+    assert!(
+        matches!(
+            &died[..],
+            [
+                Ev::Started,
+                Ev::Finished(Err(JobFailure::WorkerDied { .. }))
+            ]
+        ),
+        "{died:?}"
+    );
+    for (x, rx) in behind {
+        assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(x * x)))]);
+    }
+
+    let (slow, slow_rx) = sink();
+    pool.submit_job(spec::<SleepMs>(&5_000), slow).unwrap();
+    let behind: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, rx) = sink();
+            pool.submit_job(spec::<Square>(&1), s).unwrap();
+            rx
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    pool.kill();
+    assert_eq!(
+        events(&slow_rx),
+        vec![Ev::Started, Ev::Finished(Err(JobFailure::Killed))]
+    );
+    for rx in behind {
+        assert_eq!(events(&rx), vec![Ev::Unstarted(JobFailure::Killed)]);
+    }
 }
 
 #[test]

@@ -10,13 +10,11 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::os::fd::BorrowedFd;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::job::{JobFailure, JobOutcome};
-use super::sys;
 
 /// Bumped on every incompatible change of the messages below.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -255,33 +253,4 @@ impl FrameReader {
 
 fn frame_len(header: &[u8]) -> usize {
     u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize
-}
-
-/// Why a blocking read failed.
-#[derive(Debug)]
-pub(crate) enum ReadError {
-    /// The stream failed or ended inside a frame.
-    Io,
-    /// The frame is oversized.
-    Frame(FrameError),
-}
-
-/// Reads one whole frame body from a blocking stream. `Ok(None)` on a clean end of stream between frames.
-pub(crate) fn read_frame_blocking(
-    fd: BorrowedFd<'_>,
-    max: usize,
-) -> Result<Option<Vec<u8>>, ReadError> {
-    let mut header = [0u8; HEADER_LEN];
-    if !sys::recv_exact(fd, &mut header).map_err(|_| ReadError::Io)? {
-        return Ok(None);
-    }
-    let len = frame_len(&header);
-    if len > max {
-        return Err(ReadError::Frame(FrameError::Oversized { len, max }));
-    }
-    let mut body = vec![0u8; len];
-    match sys::recv_exact(fd, &mut body) {
-        Ok(true) => Ok(Some(body)),
-        Ok(false) | Err(_) => Err(ReadError::Io),
-    }
 }

@@ -3,17 +3,21 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::os::fd::BorrowedFd;
+use std::time::Duration;
 
+use super::spin::SpinState;
 use super::sys;
 use super::task::WorkerRegistry;
 use super::wire::{
-    self, FromWorker, ReadError, ToWorker, WireOutcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    self, FrameReader, FromWorker, ToWorker, WireOutcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Set (to the channel's descriptor number) in the environment of every worker the pool starts.
 pub(crate) const ENV_WORKER: &str = "EXECUTOR_EXPORTER_PROCESS_WORKER";
 /// The maximum frame size, so the worker checks frames against the same bound as the pool.
 pub(crate) const ENV_MAX_FRAME: &str = "EXECUTOR_EXPORTER_PROCESS_MAX_FRAME";
+/// How long, in nanoseconds, the worker polls its channel for the next task before it blocks.
+pub(crate) const ENV_SPIN: &str = "EXECUTOR_EXPORTER_PROCESS_SPIN_NS";
 /// The descriptor the worker's end of the channel is placed on.
 pub(crate) const CHANNEL_FD: i32 = 3;
 
@@ -67,8 +71,13 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
         .unwrap_or(DEFAULT_MAX_FRAME);
     // Removing variables races with threads reading the environment; at the top of `main` there are none
     // yet, and under the test harness the entry test runs alone (`--test-threads=1`).
+    let spin = std::env::var(ENV_SPIN)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos);
     std::env::remove_var(ENV_WORKER);
     std::env::remove_var(ENV_MAX_FRAME);
+    std::env::remove_var(ENV_SPIN);
     if value.to_str() != Some(&CHANNEL_FD.to_string()) || !sys::is_socket(CHANNEL_FD) {
         eprintln!(
             "executor-exporter: {ENV_WORKER} is set but descriptor {CHANNEL_FD} is not a pool \
@@ -79,7 +88,7 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
     let fd = sys::borrow_channel_fd(CHANNEL_FD);
     // Processes the tasks start must not inherit the channel (they would keep it open past our exit).
     let _ = sys::set_cloexec(CHANNEL_FD, true);
-    exit(serve(fd, registry, max_frame));
+    exit(serve(fd, registry, max_frame, spin));
 }
 
 /// The error of building a process pool in a worker that never called [`run_if_worker`]: the program
@@ -142,19 +151,51 @@ fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
     }
 }
 
-/// The worker's life: handshake, then one task at a time. Returns the exit code.
-fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize) -> i32 {
-    // Err(exit code): end of stream (the pool is gone) exits 0, a protocol violation EXIT_PROTOCOL.
-    let read = |fd| -> Result<ToWorker<'static>, i32> {
-        match wire::read_frame_blocking(fd, max_frame) {
-            Ok(None) => Err(0),
-            Ok(Some(body)) => wire::decode_body(&body).map_err(|e| protocol_error(&e)),
-            Err(ReadError::Io) => Err(0),
-            Err(ReadError::Frame(e)) => Err(protocol_error(&e)),
-        }
-    };
+/// The worker's end of the channel. Frames are read as they arrive, several in one `recv` when the
+/// pool sent several (it may send the next tasks while one runs).
+struct Inbox<'a> {
+    fd: BorrowedFd<'a>,
+    reader: FrameReader,
+    scratch: Vec<u8>,
+    /// How long to poll for a frame before blocking.
+    spin: Duration,
+    spinning: SpinState,
+}
 
-    let init = match read(fd) {
+impl Inbox<'_> {
+    /// The next message, or the exit code: 0 at end of stream (the pool is gone), `EXIT_PROTOCOL`
+    /// for a frame that is not a message.
+    fn next(&mut self) -> Result<ToWorker<'static>, i32> {
+        loop {
+            match self.reader.next_message::<ToWorker<'static>>() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_error(&e)),
+            }
+            let fd = self.fd;
+            if !self.spinning.spin(self.spin, || sys::readable_now(fd)) {
+                sys::wait_readable(fd);
+            }
+            match sys::recv_nonblocking(fd, &mut self.scratch) {
+                Ok(0) => return Err(0),
+                Ok(n) => self.reader.push(&self.scratch[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(0),
+            }
+        }
+    }
+}
+
+/// The worker's life: handshake, then one task at a time. Returns the exit code.
+fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: Duration) -> i32 {
+    let mut inbox = Inbox {
+        fd,
+        reader: FrameReader::new(max_frame),
+        scratch: vec![0; 64 << 10],
+        spin,
+        spinning: SpinState::default(),
+    };
+    let init = match inbox.next() {
         Ok(ToWorker::Hello { version, init }) if version == PROTOCOL_VERSION => init,
         Ok(ToWorker::Hello { version, .. }) => {
             let msg = format!(
@@ -200,7 +241,7 @@ fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize) -> i32
     );
 
     loop {
-        match read(fd) {
+        match inbox.next() {
             Ok(ToWorker::Run { id, call }) => {
                 #[cfg(all(test, not(loom)))]
                 let call = super::tests::before_ack_hook(call);

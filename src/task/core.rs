@@ -87,16 +87,24 @@ pub(crate) trait Help<T>: Send + Sync {
     /// then), false if the task had left the queue. `core` is the core this
     /// job is in.
     fn help(&self, core: &TaskCore<T, dyn Help<T>>) -> bool;
+
+    /// Polls `ready` for a while before the joiner parks, for a task whose
+    /// executor asked for it (the process pool's low-latency mode): true if
+    /// `ready` returned true. The default parks at once.
+    fn spin(&self, _ready: &mut dyn FnMut() -> bool) -> bool {
+        false
+    }
 }
 
-/// A task with nothing in its core to run (the process pool's): its joiner
-/// waits.
+/// A task with nothing in its core to run: its joiner waits (the loom
+/// models' tasks; the process pool's core holds its joiner's spin).
 impl<T> Help<T> for () {
     fn help(&self, _core: &TaskCore<T, dyn Help<T>>) -> bool {
         false
     }
 }
 
+#[cfg(loom)]
 impl<T> TaskCore<T> {
     /// A task `acct` has admitted ([`Accounting::admit`] returned true).
     pub(crate) fn new(acct: &Arc<Accounting>) -> TaskCore<T> {
@@ -446,6 +454,13 @@ impl<T> TaskCore<T, dyn Help<T>> {
                 return state;
             }
             backoff.snooze();
+        }
+        let mut ended_or_late = || {
+            self.state.load(Ordering::Acquire) & READY != 0
+                || deadline.is_some_and(|d| Instant::now() >= d)
+        };
+        if !cfg!(loom) && self.job.spin(&mut ended_or_late) {
+            return self.state.load(Ordering::Acquire);
         }
         let signal = self.signal();
         let mut guard = lock(&signal.lock);
