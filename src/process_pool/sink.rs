@@ -258,6 +258,12 @@ pub(crate) struct Sink<D: Decode> {
     decode: D,
     started: Option<Clock>,
     ended: bool,
+    /// The submitter's span (feature `tracing`): held until the task ends,
+    /// so it stays open for the round trip, and entered while the pool
+    /// handles this task's reports (decoding its output runs the user's
+    /// `Deserialize`).
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 impl<D: Decode> Sink<D> {
@@ -267,6 +273,8 @@ impl<D: Decode> Sink<D> {
             decode,
             started: None,
             ended: false,
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::current(),
         }
     }
 }
@@ -277,11 +285,15 @@ impl<D: Decode> JobSink for Sink<D> {
     }
 
     fn started(&mut self) -> bool {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.enter();
         self.started = self.core.start();
         self.started.is_some()
     }
 
     fn finished(mut self: Box<Self>, outcome: JobOutcome) {
+        #[cfg(feature = "tracing")]
+        let _entered = std::mem::replace(&mut self.span, tracing::Span::none()).entered();
         self.ended = true;
         let Some(started) = self.started else { return };
         let (result, reason) = self.decode.decode(outcome);
@@ -301,6 +313,8 @@ impl<D: Decode> JobSink for Sink<D> {
     }
 
     fn failed_unstarted(mut self: Box<Self>, failure: JobFailure) {
+        #[cfg(feature = "tracing")]
+        let _entered = std::mem::replace(&mut self.span, tracing::Span::none()).entered();
         self.ended = true;
         if failure == JobFailure::Cancelled {
             self.core.cancel();
