@@ -18,6 +18,8 @@
 //!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler.
 //! - [`testing`] (feature `testing`): property tests of the task accounting
 //!   of your own executor behind the proxy.
+//! - `TokioBlockingExecutor` (feature `tokio`): a tokio runtime's blocking
+//!   pool, instrumented, with a drop-in for `tokio::task::spawn_blocking`.
 //!
 //! # Quickstart
 //!
@@ -148,6 +150,8 @@ mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod thread_pool;
+#[cfg(feature = "tokio")]
+mod tokio_blocking;
 #[cfg(feature = "tracing")]
 mod trace;
 
@@ -173,6 +177,10 @@ pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use task::{TaskHandle, TaskState};
 pub use thread_pool::{
     ThreadPool, ThreadPoolBuilder, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
+};
+#[cfg(feature = "tokio")]
+pub use tokio_blocking::{
+    BlockingHandle, TokioBlocking, TokioBlockingExecutor, TokioBlockingExecutorBuilder,
 };
 
 /// The `prometheus` crate this one is built on, so your types match ours.
