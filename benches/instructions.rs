@@ -145,10 +145,10 @@ fn main() {
             for variant in VARIANTS.iter().chain(&IN_SPAN) {
                 run(variant, 5_000);
             }
+            let ran: Vec<&str> = VARIANTS.iter().chain(&IN_SPAN).copied().collect();
             println!(
-                "instructions: {} {} ran; for counts: python3 benches/plot/instructions.py",
-                VARIANTS.join(", "),
-                IN_SPAN.join(", ")
+                "instructions: {} ran; for counts: python3 benches/plot/instructions.py",
+                ran.join(", ")
             );
         }
     }
