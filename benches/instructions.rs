@@ -13,7 +13,13 @@
 //! - `proxy_spawn`: `InstrumentedExecutorProxy::spawn` over the inline
 //!   executor, the whole fire-and-forget path;
 //! - `proxy_execute`: the drop-in path, a [`Task`] handed to the same proxy
-//!   through `&dyn Executor` (what code written for a plain pool calls).
+//!   through `&dyn Executor` (what code written for a plain pool calls);
+//! - with feature `tracing`, `proxy_spawn_in_span` and `proxy_execute_in_span`:
+//!   the same two inside a span of tracing-subscriber's registry, so that
+//!   each task is wrapped in the span and runs in it; `proxy_spawn_outside_span`,
+//!   under that subscriber outside any span; `span_only`, what the span
+//!   alone costs without a pool (the current span looked up, entered,
+//!   exited and released).
 //!
 //! `cargo bench` runs every variant for a few thousand tasks (so the loops
 //! build and run); `instructions VARIANT N` runs one.
@@ -26,6 +32,15 @@ use common::Inline;
 use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Task};
 
 const VARIANTS: [&str; 4] = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"];
+#[cfg(feature = "tracing")]
+const IN_SPAN: [&str; 4] = [
+    "proxy_spawn_in_span",
+    "proxy_execute_in_span",
+    "proxy_spawn_outside_span",
+    "span_only",
+];
+#[cfg(not(feature = "tracing"))]
+const IN_SPAN: [&str; 0] = [];
 
 #[inline(never)]
 fn loop_bare(n: u64) {
@@ -84,8 +99,39 @@ fn run(variant: &str, n: u64) {
         "clock_reads" => loop_clock_reads(&clock, n),
         "proxy_spawn" => loop_proxy_spawn(&proxy, n),
         "proxy_execute" => loop_proxy_execute(black_box(&proxy), n),
-        other => panic!("unknown variant {other:?}; one of {VARIANTS:?}"),
+        #[cfg(feature = "tracing")]
+        "proxy_spawn_in_span" => in_span(|| loop_proxy_spawn(&proxy, n)),
+        #[cfg(feature = "tracing")]
+        "proxy_execute_in_span" => in_span(|| loop_proxy_execute(black_box(&proxy), n)),
+        #[cfg(feature = "tracing")]
+        "proxy_spawn_outside_span" => {
+            tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+                loop_proxy_spawn(&proxy, n)
+            })
+        }
+        #[cfg(feature = "tracing")]
+        "span_only" => in_span(|| loop_span_only(n)),
+        other => panic!("unknown variant {other:?}; one of {VARIANTS:?} {IN_SPAN:?}"),
     }
+}
+
+#[cfg(feature = "tracing")]
+#[inline(never)]
+fn loop_span_only(n: u64) {
+    for i in 0..n {
+        let span = tracing::Span::current();
+        let _entered = span.enter();
+        black_box(i);
+    }
+}
+
+/// Runs `f` inside a span of a registry subscriber (this thread's default:
+/// the inline executor runs each task here).
+#[cfg(feature = "tracing")]
+fn in_span(f: impl FnOnce()) {
+    tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+        tracing::info_span!("request").in_scope(f);
+    });
 }
 
 fn main() {
@@ -96,12 +142,13 @@ fn main() {
             run(variant, n.parse().expect("N: a number of tasks"));
         }
         _ => {
-            for variant in VARIANTS {
+            for variant in VARIANTS.iter().chain(&IN_SPAN) {
                 run(variant, 5_000);
             }
+            let ran: Vec<&str> = VARIANTS.iter().chain(&IN_SPAN).copied().collect();
             println!(
                 "instructions: {} ran; for counts: python3 benches/plot/instructions.py",
-                VARIANTS.join(", ")
+                ran.join(", ")
             );
         }
     }

@@ -195,6 +195,16 @@ impl<F> SubmitError<F> {
     pub fn into_inner(self) -> F {
         self.task
     }
+
+    /// The same refusal of the task `f` makes of this one.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn map<G>(self, f: impl FnOnce(F) -> G) -> SubmitError<G> {
+        SubmitError {
+            task: f(self.task),
+            reason: self.reason,
+            detail: self.detail,
+        }
+    }
 }
 
 impl SubmitError {

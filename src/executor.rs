@@ -147,14 +147,39 @@ pub(crate) mod sealed {
     }
 }
 
+/// What a task runs: the user's closure, or (feature `tracing`) that
+/// closure inside the submitter's span. The crate's tasks hold a `Body`
+/// rather than a closure so that a refused one hands back the very value
+/// it was given, which a closure around it could not.
+pub(crate) trait Body<T>: Send + 'static {
+    /// Runs the body on this thread.
+    fn call(self) -> T;
+}
+
+impl<T, F: FnOnce() -> T + Send + 'static> Body<T> for F {
+    #[inline(always)]
+    fn call(self) -> T {
+        self()
+    }
+}
+
+/// A task wrapped in another one (by an instrumented proxy whose ticket
+/// cannot go in the task's own slot): a refused one comes back as itself.
+impl Body<()> for Task {
+    #[inline]
+    fn call(self) {
+        self.run()
+    }
+}
+
 /// A plain closure: what [`Task::new`] wraps.
 struct Plain<F>(Once<F>);
 
-impl<F: FnOnce() + Send + 'static> Runnable for Plain<F> {
+impl<F: Body<()>> Runnable for Plain<F> {
     fn run(&self, body_done: &dyn Fn()) {
         // SAFETY: `Runnable`'s contract: the owning task calls one method once.
         let f = unsafe { self.0.take() };
-        f();
+        f.call();
         body_done();
     }
     fn abandon(&self, _reason: String) {
@@ -189,10 +214,7 @@ impl Task {
     }
 
     /// A task without a handle: `f` run under `ticket`, which ends it.
-    pub(crate) fn detached<F>(f: F, ticket: Ticket) -> Task
-    where
-        F: FnOnce() + Send + 'static,
-    {
+    pub(crate) fn detached<F: Body<()>>(f: F, ticket: Ticket) -> Task {
         Task {
             inner: ManuallyDrop::new(smallbox!(Plain(Once::new(f)))),
             ticket: Some(ticket),

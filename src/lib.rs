@@ -22,6 +22,8 @@
 //!   in a `prometheus-client` registry, for services that use that crate.
 //! - [`testing`] (feature `testing`): property tests of the task accounting
 //!   of your own executor behind the proxy.
+//! - `TokioBlockingExecutor` (feature `tokio`): a tokio runtime's blocking
+//!   pool, instrumented, with a drop-in for `tokio::task::spawn_blocking`.
 //!
 //! # Quickstart
 //!
@@ -85,6 +87,46 @@
 //! a cancel, a `shutdown_now`, or an executor that drops it.
 //!
 //! Histograms default to [`DEFAULT_BUCKETS`] (1 µs to 5 min).
+//!
+//! # Tracing (feature `tracing`)
+//!
+//! A task runs inside the [`tracing`](https://docs.rs/tracing) span that was
+//! current when it was submitted, so what it logs belongs to the request
+//! that caused it, on whichever worker runs it: every task of a
+//! [`ThreadPoolExecutor`], a `RayonExecutor` or any
+//! [`InstrumentedExecutorProxy`] (`submit`, `submit_fallible`, `spawn`, the
+//! items of `map` (in the span current when `map` was called), and a
+//! [`Task`] given to [`Executor::execute`]). The task holds the span until
+//! its body returns, and a body that panics leaves it. A process pool's
+//! task runs in another process, which spans cannot follow: there, the
+//! submitter's span is held until the task has ended, so it stays open for
+//! the round trip, and is entered while this process handles the task's
+//! start, result and output decoding. The crate creates no spans of its
+//! own. Worker threads see the global default subscriber (what `init()`
+//! sets), as for any thread.
+//!
+//! Off by default, and nothing of it is compiled in then. On, a task
+//! submitted with no subscriber set costs one atomic load more; outside any
+//! span, the look-up of the current span; inside one, its capture, its
+//! entry and exit on the worker, and (the closure no longer fitting the
+//! task's inline room) one allocation.
+//!
+//! ```
+//! # #[cfg(feature = "tracing")] {
+//! use executor_exporter::ThreadPoolExecutor;
+//!
+//! // Spans are a subscriber's: pool threads see the global default.
+//! tracing::subscriber::set_global_default(tracing_subscriber::registry())?;
+//! let pool = ThreadPoolExecutor::builder()
+//!     .registry(prometheus::Registry::new())
+//!     .build()?;
+//! let request = tracing::info_span!("request", id = 7);
+//! let handle = request.in_scope(|| pool.submit(|| tracing::Span::current().id()))?;
+//! // The task ran in the request's span, on a worker.
+//! assert_eq!(handle.join()?, request.id());
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(
     missing_docs,
@@ -112,6 +154,10 @@ mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod thread_pool;
+#[cfg(feature = "tokio")]
+mod tokio_blocking;
+#[cfg(feature = "tracing")]
+mod trace;
 
 pub use bounded::FullPolicy;
 pub use error::{BuildError, FailureReason, RejectReason, SubmitError, TaskError};
@@ -137,6 +183,10 @@ pub use rayon_support::{RayonExecutor, RayonExecutorBuilder};
 pub use task::{TaskHandle, TaskState};
 pub use thread_pool::{
     ThreadPool, ThreadPoolBuilder, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
+};
+#[cfg(feature = "tokio")]
+pub use tokio_blocking::{
+    BlockingHandle, TokioBlocking, TokioBlockingExecutor, TokioBlockingExecutorBuilder,
 };
 
 /// The `prometheus` crate this one is built on, so your types match ours.

@@ -180,7 +180,10 @@ fn the_execute_path_allocates_nothing_per_task_beyond_the_plain_pool() {
     }
     println!("{}", report.join("\n"));
 
-    // The counts read through the registry: every task ran, counted once.
+    // The counts read through the registry: every task ran, counted once
+    // (a task's end is counted after its closure has returned: join first).
+    instrumented.join();
+    proxied.join();
     for (exporter, id) in [
         (instrumented.exporter(), "default"),
         (proxied.exporter(), "user"),

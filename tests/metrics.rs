@@ -471,6 +471,49 @@ fn a_task_executed_through_two_proxies_is_counted_by_each_and_handed_back_as_its
     }
 }
 
+/// The same through two proxies over an executor that refuses every task:
+/// the inner proxy's task wraps the outer one's, and the caller still gets
+/// its own task back, counted as rejected by each proxy.
+#[test]
+fn a_task_refused_under_two_proxies_comes_back_as_itself() {
+    struct Refuses;
+    impl Executor for Refuses {
+        fn execute(&self, task: Task) -> Result<(), Rejected> {
+            Err(Rejected::new(task, RejectReason::Full))
+        }
+    }
+    let registry = Registry::new();
+    let inner =
+        InstrumentedExecutorProxy::new(Refuses, exporter(&registry, "refusing_inner"), None);
+    let outer = InstrumentedExecutorProxy::new(inner, exporter(&registry, "refusing_outer"), None);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let rejected = Executor::execute(
+        &outer,
+        Task::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }),
+    )
+    .unwrap_err();
+    assert_eq!(rejected.reason(), RejectReason::Full);
+    rejected.into_task().run();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "the caller's own task came back"
+    );
+    let exp = scrape(&registry);
+    for id in ["refusing_outer", "refusing_inner"] {
+        let c = counts(&exp, "executor", id);
+        assert_eq!(
+            (c.submitted, c.rejected, c.completed),
+            (0.0, 1.0, 0.0),
+            "{id}"
+        );
+        c.assert_invariant();
+    }
+}
+
 #[test]
 fn submit_after_shutdown_is_rejected_counted_and_handed_back() {
     let registry = Registry::new();
@@ -880,7 +923,7 @@ fn wait_is_observed_per_task_and_duration_has_the_sleep() {
 struct Held(std::sync::Mutex<std::collections::VecDeque<executor_exporter::Task>>);
 
 impl executor_exporter::Executor for Held {
-    fn execute(&self, task: executor_exporter::Task) -> Result<(), executor_exporter::Rejected> {
+    fn execute(&self, task: executor_exporter::Task) -> Result<(), Rejected> {
         self.0.lock().unwrap().push_back(task);
         Ok(())
     }

@@ -3,9 +3,11 @@
 callgrind (valgrind): the loop run with N and with 2N tasks, the difference
 divided by N (so one-time costs, such as a thread's first shard, drop out).
 
-    python3 benches/plot/instructions.py [N]     # N defaults to 10000
+    python3 benches/plot/instructions.py [N] [--features LIST]
 
-Builds the bench first (`cargo bench --no-run`). Needs valgrind (Debian
+N defaults to 10000. The bench is built first (`cargo bench --no-run`) with
+every feature, or with the default ones plus LIST when `--features` is given
+(`--features default`: the hot path as most users build it). Needs valgrind (Debian
 package `valgrind`). Prints a Markdown table, `proxy_spawn` minus `bare` (what the
 instrumentation adds to a task), and `proxy_execute` over `proxy_spawn`.
 """
@@ -18,11 +20,16 @@ import sys
 import tempfile
 
 VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"]
+# Built only with feature `tracing`: the proxy's paths inside a span, and
+# outside one under a subscriber; a span's own cost, without a pool.
+IN_SPAN = ["proxy_spawn_in_span", "proxy_execute_in_span", "proxy_spawn_outside_span",
+           "span_only"]
 
 
-def binary():
+def binary(features):
+    selected = ["--all-features"] if features is None else ["--features", features]
     out = subprocess.run(
-        ["cargo", "bench", "--all-features", "--bench", "instructions", "--no-run"],
+        ["cargo", "bench", *selected, "--bench", "instructions", "--no-run"],
         capture_output=True, text=True, check=True).stderr
     m = re.search(r"\((\S*instructions-[0-9a-f]+)\)", out)
     if m:
@@ -47,19 +54,34 @@ def collected(bin_path, variant, n):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    bin_path = binary()
+    args = sys.argv[1:]
+    features = None
+    if "--features" in args:
+        at = args.index("--features")
+        if at + 1 >= len(args):
+            sys.exit("--features needs a list (e.g. `default` or `tracing`)")
+        features = args[at + 1]
+        del args[at:at + 2]
+    n = int(args[0]) if args else 10_000
+    bin_path = binary(features)
+    variants = list(VARIANTS)
+    if features is None or "tracing" in features.replace(",", " ").split():
+        variants += IN_SPAN
     per_task = {}
-    for v in VARIANTS:
+    for v in variants:
         per_task[v] = (collected(bin_path, v, 2 * n) - collected(bin_path, v, n)) / n
     print("| variant | instructions per task |")
     print("|---|---|")
-    for v in VARIANTS:
+    for v in variants:
         print(f"| {v} | {per_task[v]:.1f} |")
     added = per_task["proxy_spawn"] - per_task["bare"]
     print(f"\nproxy_spawn - bare: {added:.1f} instructions added per task")
     ratio = per_task["proxy_execute"] / per_task["proxy_spawn"]
     print(f"proxy_execute / proxy_spawn: {ratio:.2f} (the drop-in path against spawn)")
+    for v in variants[len(VARIANTS):]:
+        plain = v.removesuffix("_in_span").removesuffix("_outside_span")
+        if plain in per_task and plain != v:
+            print(f"{v} - {plain}: {per_task[v] - per_task[plain]:.1f} instructions")
 
 
 if __name__ == "__main__":

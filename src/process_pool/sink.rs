@@ -259,6 +259,12 @@ pub(crate) struct Sink<D: Decode> {
     decode: D,
     started: Option<Clock>,
     ended: bool,
+    /// The submitter's span (feature `tracing`): held until the task ends,
+    /// so it stays open for the round trip, and entered while the pool
+    /// handles this task's reports (decoding its output runs the user's
+    /// `Deserialize`).
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 impl<D: Decode> Sink<D> {
@@ -268,6 +274,8 @@ impl<D: Decode> Sink<D> {
             decode,
             started: None,
             ended: false,
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::current(),
         }
     }
 }
@@ -278,11 +286,15 @@ impl<D: Decode> JobSink for Sink<D> {
     }
 
     fn started(&mut self) -> bool {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.enter();
         self.started = self.core.start();
         self.started.is_some()
     }
 
     fn finished(mut self: Box<Self>, outcome: JobOutcome) {
+        #[cfg(feature = "tracing")]
+        let _entered = std::mem::replace(&mut self.span, tracing::Span::none()).entered();
         self.ended = true;
         let Some(started) = self.started else { return };
         let (result, reason) = self.decode.decode(outcome);
@@ -302,6 +314,8 @@ impl<D: Decode> JobSink for Sink<D> {
     }
 
     fn failed_unstarted(mut self: Box<Self>, failure: JobFailure) {
+        #[cfg(feature = "tracing")]
+        let _entered = std::mem::replace(&mut self.span, tracing::Span::none()).entered();
         self.ended = true;
         if failure == JobFailure::Cancelled {
             self.core.cancel();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::{panic_message, TaskError};
-use crate::executor::{sealed, Once, Runnable, Task};
+use crate::executor::{sealed, Body, Once, Runnable, Task};
 use crate::task::{drop_quietly, Accounting, Help, TaskCore, Ticket};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
@@ -106,10 +106,10 @@ impl<F, C> Job<F, C> {
         f: F,
         body_done: &dyn Fn(),
     ) where
-        F: FnOnce() -> T + Send + 'static,
+        F: Body<T>,
         C: Classify<T>,
     {
-        let outcome = catch_unwind(AssertUnwindSafe(f));
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
         body_done();
         match outcome {
             Ok(value) => {
@@ -131,7 +131,7 @@ impl<F, C> Job<F, C> {
 
 impl<F, T, C> Runnable for JobCore<F, T, C>
 where
-    F: FnOnce() -> T + Send + 'static,
+    F: Body<T>,
     T: Send + 'static,
     C: Classify<T>,
 {
@@ -206,7 +206,7 @@ where
 /// queue then finds it gone and ends nothing.
 impl<F, T, C> Help<T> for Job<F, C>
 where
-    F: FnOnce() -> T + Send + 'static,
+    F: Body<T>,
     T: Send + 'static,
     C: Classify<T>,
 {
@@ -242,7 +242,7 @@ pub(crate) struct Detached<F> {
     ticket: ManuallyDrop<Ticket>,
 }
 
-impl<F: FnOnce() + Send + 'static> Detached<F> {
+impl<F: Body<()>> Detached<F> {
     /// A task `acct` has admitted ([`Accounting::admit`] returned true).
     pub(super) fn new(f: F, acct: &Arc<Accounting>) -> Detached<F> {
         Detached {
@@ -282,10 +282,10 @@ impl<F> Drop for Detached<F> {
     }
 }
 
-impl<F: FnOnce() + Send + 'static> sealed::Unboxed for Detached<F> {
+impl<F: Body<()>> sealed::Unboxed for Detached<F> {
     fn run(self) {
         let (f, ticket) = self.into_parts();
-        ticket.run(f, &|| {})
+        ticket.run(|| f.call(), &|| {})
     }
 
     fn into_task(self) -> Task {

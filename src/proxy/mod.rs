@@ -13,9 +13,11 @@ use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{Executor, Rejected, Task};
+use crate::executor::{Body, Executor, Rejected, Task};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, Ticket};
+#[cfg(feature = "tracing")]
+use crate::trace::InSpan;
 
 /// Wraps any [`Executor`] and records, for every task given to it, the
 /// submit, the wait, the run and the result into an [`ExecutorExporter`].
@@ -153,6 +155,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         self.max_workers
     }
 
+    /// Submits `f`, inside the current span (feature `tracing`).
+    #[inline]
     pub(crate) fn submit_classified<F, T, C: Classify<T>>(
         &self,
         f: F,
@@ -160,6 +164,24 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     ) -> Result<TaskHandle<T>, SubmitError<F>>
     where
         F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = crate::trace::current() {
+            return self
+                .submit_body(InSpan::new(span, f), classify)
+                .map_err(|e| e.map(InSpan::into_inner));
+        }
+        self.submit_body(f, classify)
+    }
+
+    fn submit_body<F, T, C: Classify<T>>(
+        &self,
+        f: F,
+        classify: C,
+    ) -> Result<TaskHandle<T>, SubmitError<F>>
+    where
+        F: Body<T>,
         T: Send + 'static,
     {
         if !self.acct.admit() {
@@ -174,11 +196,23 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         self.handed_over(outcome, submitted_at).map(|()| handle)
     }
 
-    /// Admits and hands over a task without a handle.
+    /// Admits and hands over a task without a handle, inside the current
+    /// span (feature `tracing`).
+    #[inline]
     fn detach<F>(&self, f: F) -> Result<(), SubmitError<F>>
     where
         F: FnOnce() + Send + 'static,
     {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = crate::trace::current() {
+            return self
+                .detach_body(InSpan::new(span, f))
+                .map_err(|e| e.map(InSpan::into_inner));
+        }
+        self.detach_body(f)
+    }
+
+    fn detach_body<F: Body<()>>(&self, f: F) -> Result<(), SubmitError<F>> {
         if !self.acct.admit() {
             return Err(self.refused_unadmitted(f));
         }
@@ -389,6 +423,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             proxy: self,
             f: Arc::new(f),
             classify,
+            #[cfg(feature = "tracing")]
+            span: crate::trace::current(),
         };
         Map::new(submit, items.into_iter(), in_flight)
     }
@@ -472,6 +508,10 @@ struct Submitter<'a, E: Executor, F, T> {
     proxy: &'a InstrumentedExecutorProxy<E>,
     f: Arc<F>,
     classify: ClassifyFn<T>,
+    /// The span current when `map` was called: every item runs in it,
+    /// wherever the iterator is advanced.
+    #[cfg(feature = "tracing")]
+    span: Option<tracing::Span>,
 }
 
 impl<E, F, In, T> SubmitOne<In> for Submitter<'_, E, F, T>
@@ -485,8 +525,16 @@ where
 
     fn submit_one(&mut self, item: In) -> Result<TaskHandle<T>, TaskError> {
         let f = self.f.clone();
+        let body = move || f(item);
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            return self
+                .proxy
+                .submit_body(InSpan::new(span.clone(), body), self.classify)
+                .map_err(|e| TaskError::Rejected(e.reason()));
+        }
         self.proxy
-            .submit_classified(move || f(item), self.classify)
+            .submit_body(body, self.classify)
             .map_err(|e| TaskError::Rejected(e.reason()))
     }
 }
@@ -515,6 +563,15 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
             self.acct.refused_unadmitted();
             return Err(Rejected::new(task, RejectReason::Shutdown));
         }
+        // The task goes, with any ticket it has, inside a task of this
+        // proxy's when it must run in the current span.
+        #[cfg(feature = "tracing")]
+        if let Some(span) = crate::trace::current() {
+            let ticket = Ticket::new(&self.acct);
+            let submitted_at = ticket.submitted_at();
+            let task = Task::detached(InSpan::new(span, task), ticket);
+            return self.hand_over(task, true, submitted_at);
+        }
         let ticket = Ticket::new(&self.acct);
         let submitted_at = ticket.submitted_at();
         let (task, nested) = match task.attach(ticket) {
@@ -522,18 +579,9 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
             // A task of another instrumented proxy (this proxy wraps one,
             // or is wrapped by one): it keeps its own ticket, inside a task
             // that carries this proxy's.
-            Err((task, ticket)) => (Task::detached(move || task.run(), ticket), true),
+            Err((task, ticket)) => (Task::detached(task, ticket), true),
         };
-        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
-        let outcome = self.inner.execute(task);
-        std::mem::forget(accepted_if_unwinding);
-        match outcome {
-            Ok(()) => {
-                self.acct.accepted(submitted_at);
-                Ok(())
-            }
-            Err(rejected) => Err(self.refused(rejected, nested)),
-        }
+        self.hand_over(task, nested, submitted_at)
     }
 
     fn max_workers(&self) -> Option<usize> {
@@ -599,10 +647,27 @@ impl<E: Executor> Drop for InstrumentedExecutorProxy<E> {
 }
 
 impl<E: Executor> InstrumentedExecutorProxy<E> {
+    /// Hands an admitted task of [`Executor::execute`], with this proxy's
+    /// ticket, to the executor; `wrapped` when the caller's task is the
+    /// body of the one handed over.
+    #[inline(always)]
+    fn hand_over(&self, task: Task, wrapped: bool, submitted_at: Clock) -> Result<(), Rejected> {
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
+        let outcome = self.inner.execute(task);
+        std::mem::forget(accepted_if_unwinding);
+        match outcome {
+            Ok(()) => {
+                self.acct.accepted(submitted_at);
+                Ok(())
+            }
+            Err(rejected) => Err(self.refused(rejected, wrapped)),
+        }
+    }
+
     /// A task of [`Executor::execute`] the executor refused: counted as
     /// rejected, and handed back as the task the caller gave.
     #[cold]
-    fn refused(&self, rejected: Rejected, nested: bool) -> Rejected {
+    fn refused(&self, rejected: Rejected, wrapped: bool) -> Rejected {
         let reason = rejected.reason();
         let (task, ticket) = rejected.into_task().detach_ticket();
         let Some(ticket) = ticket else {
@@ -611,13 +676,19 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             foreign_task(reason);
         };
         ticket.refuse();
-        if !nested {
+        if !wrapped {
             return Rejected::new(task, reason);
         }
-        // The caller's task is the closure of the one this proxy made.
-        match task.reject().map(|f| f.downcast::<Task>()) {
-            Some(Ok(task)) => Rejected::new(*task, reason),
-            _ => foreign_task(reason),
+        // The caller's task is the body of the one this proxy made.
+        let caller = match task.reject().map(|f| f.downcast::<Task>()) {
+            Some(Ok(task)) => Some(*task),
+            #[cfg(feature = "tracing")]
+            Some(Err(f)) => InSpan::unwrap_task(f),
+            _ => None,
+        };
+        match caller {
+            Some(task) => Rejected::new(task, reason),
+            None => foreign_task(reason),
         }
     }
 }
