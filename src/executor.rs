@@ -521,7 +521,7 @@ mod layout {
         assert!(!task.inner.is_heap(), "a four-word Task::new spills");
         drop(task);
 
-        let exporter = crate::ExecutorExporter::builder()
+        let exporter = crate::metrics::ExecutorExporter::builder()
             .registry(prometheus::Registry::new())
             .build()
             .unwrap();

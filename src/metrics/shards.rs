@@ -589,7 +589,7 @@ mod tests {
     fn buckets_are_found_as_a_plain_search_finds_them() {
         let many: Vec<f64> = (1..=100).map(|i| f64::from(i) * 1e-3).collect();
         let cases: &[&[f64]] = &[
-            crate::DEFAULT_BUCKETS,
+            crate::metrics::DEFAULT_BUCKETS,
             &[],
             &[0.0],
             &[0.0, 1e-9, 2e-9, 3e-9, 4e-9, 1e-6],

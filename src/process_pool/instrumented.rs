@@ -307,7 +307,7 @@ impl ProcessPoolExecutorBuilder {
     }
 
     /// See [`ProcessPoolBuilder::when_full`].
-    pub fn when_full(mut self, policy: crate::FullPolicy) -> Self {
+    pub fn when_full(mut self, policy: crate::bounded::FullPolicy) -> Self {
         self.pool = self.pool.when_full(policy);
         self
     }

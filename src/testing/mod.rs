@@ -100,7 +100,7 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunne
 pub use self::config::CheckConfig;
 pub use self::workload::{workload, Op, TaskKind, Workload};
 use crate::error::panic_message;
-use crate::Executor;
+use crate::executor::Executor;
 /// The `proptest` crate the strategies are built with, so that your own
 /// properties over [`Workload::strategy`] use the same version.
 pub use proptest;

@@ -129,7 +129,7 @@ impl ThreadPoolExecutorBuilder {
     /// See [`ThreadPoolBuilder::when_full`]. A task run by the caller
     /// ([`FullPolicy::CallerRuns`](crate::FullPolicy::CallerRuns)) is counted
     /// as any other, with a wait of about nothing.
-    pub fn when_full(mut self, policy: crate::FullPolicy) -> Self {
+    pub fn when_full(mut self, policy: crate::bounded::FullPolicy) -> Self {
         self.pool = self.pool.when_full(policy);
         self
     }

@@ -3,33 +3,35 @@
 //! channel's end or their pidfd), reaps and replaces them, and hands every
 //! job's end to its sink.
 
+mod ages;
+mod handoff;
+mod lifecycle;
+
+pub(super) use self::ages::Ages;
+pub(super) use self::handoff::Link;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
-use super::reap::{after, kill_and_reap, reap_after_eof, wait_until};
+use super::reap::after;
 use super::spin::SpinState;
 use super::sys;
 use super::wire::{
     self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, PROTOCOL_VERSION,
 };
-use super::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
 use crate::bounded::Room;
-use crate::clock::Clock;
 use crate::error::RejectReason;
-use crate::metrics::AgeSource;
 
 /// The most jobs a worker holds at once when it pipelines: the one it runs and those sent behind it.
 const PIPELINE_DEPTH: usize = 4;
@@ -66,50 +68,6 @@ pub(super) struct Shared {
     pub(super) next_id: AtomicU64,
 }
 
-/// The oldest task the dispatcher holds, as raw clock readings (0: none),
-/// published by the dispatcher thread each time its loop takes submissions
-/// or is about to sleep: the start of the longest-running task, and the
-/// submit time of the oldest task it holds unstarted (in its queue, or sent
-/// to a worker that has not acknowledged it). Submissions it has not taken
-/// yet are in [`Inner::queue`], which a scrape reads itself.
-#[derive(Default)]
-pub(super) struct Ages {
-    running: AtomicU64,
-    queued: AtomicU64,
-}
-
-/// The first job of `jobs` (oldest first) that is not cancelled.
-fn oldest_live<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Option<Clock> {
-    jobs.into_iter()
-        .find(|j| !j.sink.is_cancelled())
-        .and_then(|j| j.sink.submitted_at())
-}
-
-fn stored(raw: &AtomicU64) -> Option<Clock> {
-    match raw.load(Ordering::Acquire) {
-        0 => None,
-        r => Some(Clock::from_raw(r)),
-    }
-}
-
-fn store(raw: &AtomicU64, clock: Option<Clock>) {
-    raw.store(clock.map_or(0, Clock::raw), Ordering::Release);
-}
-
-/// The process pool's tasks start and end on the dispatcher thread, as the
-/// workers report them: the pool reports their ages.
-impl AgeSource for Shared {
-    fn oldest_running(&self) -> Option<Clock> {
-        stored(&self.ages.running)
-    }
-
-    fn oldest_queued(&self) -> Option<Clock> {
-        // Submitted after what the dispatcher holds: looked at only when it
-        // holds nothing unstarted.
-        stored(&self.ages.queued).or_else(|| oldest_live(&self.lock().queue))
-    }
-}
-
 impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // Sink and observer calls happen outside this lock, so a poisoned lock still holds valid state.
@@ -127,60 +85,6 @@ pub(super) struct Inner {
     /// it: the job then costs no wake-up of this thread. Whoever removes a link here owns the
     /// worker's next job: a submitter hands it over through [`Link::hand`], the dispatcher sends it.
     pub(super) idle: Vec<Arc<Link>>,
-}
-
-/// A worker's channel, shared with the submitting threads that may send it a job directly.
-pub(super) struct Link {
-    pub(super) sock: OwnedFd,
-    /// A job a submitting thread sent on this channel, until the dispatcher adopts it.
-    handed: Mutex<Option<Handed>>,
-    /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
-    send_error: Mutex<Option<io::Error>>,
-}
-
-/// A job sent to a worker by the submitting thread.
-struct Handed {
-    job: Job,
-    id: u64,
-    sent_at: Instant,
-}
-
-impl Link {
-    fn new(sock: OwnedFd) -> Link {
-        Link {
-            sock,
-            handed: Mutex::new(None),
-            send_error: Mutex::new(None),
-        }
-    }
-
-    /// Whether a job handed over here waits for the dispatcher to adopt it.
-    #[cfg(all(test, not(loom)))]
-    pub(super) fn is_handed(&self) -> bool {
-        self.handed().is_some()
-    }
-
-    fn handed(&self) -> MutexGuard<'_, Option<Handed>> {
-        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records `job`, about to be sent as `Run` frame `id` by a submitting thread that took this
-    /// link out of [`Inner::idle`], under the same lock.
-    pub(super) fn hand(&self, job: Job, id: u64) {
-        *self.handed() = Some(Handed {
-            job,
-            id,
-            sent_at: Instant::now(),
-        });
-    }
-
-    /// A submitting thread's send failed: the dispatcher fails the worker (and retries its job).
-    pub(super) fn send_failed(&self, error: io::Error) {
-        *self
-            .send_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(error);
-    }
 }
 
 pub(super) struct Job {
@@ -428,41 +332,6 @@ impl Dispatcher {
         inner.mode
     }
 
-    /// Publishes the oldest running and oldest unstarted task it holds
-    /// ([`Ages`]): a look at each worker and at the front of the queue
-    /// (jobs a dead worker gave back are pushed there, each older than
-    /// those behind them; so it looks past them to the first new one).
-    fn publish_ages(&self) {
-        let mut running: Option<Clock> = None;
-        let mut queued: Option<Clock> = None;
-        let older = |a: Option<Clock>, b: Option<Clock>| match (a, b) {
-            (Some(a), Some(b)) => Some(Clock::from_raw(a.raw().min(b.raw()))),
-            (a, b) => a.or(b),
-        };
-        for w in &self.workers {
-            if let WState::Busy { job, started, .. } = &w.state {
-                if *started {
-                    running = older(running, job.sink.started_at());
-                } else if !job.sink.is_cancelled() {
-                    queued = older(queued, job.sink.submitted_at());
-                }
-            }
-            // Sent behind the one it runs, in order: none has started.
-            queued = older(queued, oldest_live(w.ahead.iter().map(|a| &a.job)));
-        }
-        for (i, job) in self.queue.iter().enumerate() {
-            if job.attempts == 0 {
-                queued = older(queued, oldest_live(self.queue.iter().skip(i)));
-                break;
-            }
-            if !job.sink.is_cancelled() {
-                queued = older(queued, job.sink.submitted_at());
-            }
-        }
-        store(&self.shared.ages.running, running);
-        store(&self.shared.ages.queued, queued);
-    }
-
     fn publish_pids(&self) {
         let pids = self.workers.iter().map(|w| w.pid).collect();
         self.shared.lock().pids = pids;
@@ -526,97 +395,6 @@ impl Dispatcher {
         }
         if self.workers.len() >= self.cfg.max_workers {
             self.pipeline();
-        }
-    }
-
-    /// Takes idle worker `i` back from [`Inner::idle`] before this thread sends it a job. False if a
-    /// submitting thread took it first: its job is then adopted, and the worker is busy.
-    fn claim(&mut self, i: usize) -> bool {
-        let w = &mut self.workers[i];
-        if !w.published {
-            return true;
-        }
-        w.published = false;
-        let taken = {
-            let mut inner = self.shared.lock();
-            match inner.idle.iter().position(|l| Arc::ptr_eq(l, &w.link)) {
-                Some(at) => {
-                    inner.idle.swap_remove(at);
-                    false
-                }
-                None => true,
-            }
-        };
-        if taken {
-            w.published = true;
-            self.adopt(i);
-        }
-        !taken
-    }
-
-    /// Lists the idle workers in [`Inner::idle`], for submitters to send jobs to directly.
-    fn publish_idle(&mut self) {
-        let mut fresh = self
-            .workers
-            .iter_mut()
-            .filter(|w| w.dead.is_none() && !w.published && matches!(w.state, WState::Idle))
-            .peekable();
-        if fresh.peek().is_none() {
-            return;
-        }
-        let mut inner = self.shared.lock();
-        for w in fresh {
-            w.published = true;
-            inner.idle.push(Arc::clone(&w.link));
-        }
-    }
-
-    /// Takes the job a submitting thread handed to worker `i`, if any: the worker is then busy with
-    /// it, its timeout counted from the send.
-    fn adopt(&mut self, i: usize) {
-        let w = &mut self.workers[i];
-        let failed = w
-            .link
-            .send_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let (Some(e), None) = (failed, &w.dead) {
-            w.dead = Some(send_failure(&e));
-        }
-        if !w.published || !matches!(w.state, WState::Idle) {
-            return;
-        }
-        let Some(handed) = w.link.handed().take() else {
-            return;
-        };
-        w.published = false;
-        let limit = handed.job.spec.timeout.or(self.cfg.task_timeout);
-        w.deadline = limit.and_then(|l| handed.sent_at.checked_add(l));
-        w.sent_at = Some(handed.sent_at);
-        w.handed = true;
-        w.state = WState::Busy {
-            job: handed.job,
-            id: handed.id,
-            started: false,
-            discard: false,
-            limit,
-        };
-    }
-
-    /// Empties [`Inner::idle`] before the workers go: the links hold their channels open. Every job
-    /// handed over must have been adopted already.
-    fn unpublish_all(&mut self) {
-        self.shared.lock().idle.clear();
-        for w in &mut self.workers {
-            w.published = false;
-        }
-    }
-
-    /// [`adopt`](Self::adopt) for every worker.
-    fn adopt_all(&mut self) {
-        for i in 0..self.workers.len() {
-            self.adopt(i);
         }
     }
 
@@ -707,104 +485,6 @@ impl Dispatcher {
             discard: false,
             limit,
         };
-    }
-
-    fn spawn(&mut self) {
-        match self.start_worker() {
-            Ok(w) => {
-                self.workers.push(w);
-                self.publish_pids();
-            }
-            Err(msg) => self.start_failed(msg, false),
-        }
-    }
-
-    fn start_worker(&self) -> Result<Worker, String> {
-        let (ours, theirs) =
-            sys::socketpair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
-        // The dispatcher writes with blocking sends; a worker that stops reading (a program that is not a
-        // worker, a wedged process) must not stall it forever: a send stuck this long fails the worker.
-        sys::set_send_timeout(ours.as_fd(), self.cfg.start_timeout)
-            .map_err(|e| format!("cannot set a send timeout: {e}"))?;
-        let mut cmd = Command::new(&self.cfg.program);
-        if let Some(arg0) = &self.cfg.arg0 {
-            cmd.arg0(arg0);
-        }
-        cmd.args(&self.cfg.args)
-            .env(ENV_WORKER, CHANNEL_FD.to_string())
-            .env(ENV_MAX_FRAME, self.cfg.max_frame.to_string())
-            .env(ENV_SPIN, self.cfg.spin.as_nanos().to_string())
-            .stdin(Stdio::null());
-        let channel = theirs.as_raw_fd();
-        let parent = sys::getpid();
-        // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe calls
-        // are allowed: `child_after_fork` makes only such calls (dup2, fcntl, prctl, getppid, _exit) and
-        // allocates nothing; it captures two integers. `channel` is open in the parent across the spawn.
-        // Descriptor 3 cannot be the spawn's internal error pipe: the socket pair, created just before,
-        // took the lowest free descriptors, so 3 is in use (by it or by something older) during the spawn.
-        unsafe {
-            cmd.pre_exec(move || sys::child_after_fork(channel, CHANNEL_FD, parent));
-        }
-        let child = cmd.spawn().map_err(|e| {
-            format!(
-                "cannot start worker program {}: {e}",
-                self.cfg.program.display()
-            )
-        })?;
-        drop(theirs);
-        let pid = child.id();
-        let pidfd = sys::pidfd_open(pid).ok();
-        // A worker that dies at once makes this fail; its end of stream then reports the start failure.
-        let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
-            .err()
-            .map(|e| send_failure(&e));
-        Ok(Worker {
-            child,
-            pid,
-            link: Arc::new(Link::new(ours)),
-            published: false,
-            ahead: VecDeque::new(),
-            sent_at: None,
-            started_at: None,
-            last_run: None,
-            handed: false,
-            pidfd,
-            reader: FrameReader::new(self.cfg.max_frame),
-            state: WState::Starting,
-            deadline: after(self.cfg.start_timeout),
-            tasks_done: 0,
-            dead,
-            counted: None,
-        })
-    }
-
-    /// A worker failed to start. `certain`: every start would fail the same way (the program does not
-    /// call `run_if_worker`), so the pool breaks now instead of after `max_start_failures`.
-    fn start_failed(&mut self, message: String, certain: bool) {
-        self.cfg.observer.worker_start_failed(&message);
-        self.start_failures += 1;
-        // Back off 25 ms, 50 ms, ... up to 1 s, so a transient failure (EMFILE, EAGAIN) can clear.
-        let backoff = Duration::from_millis(25 << self.start_failures.min(6)) / 2;
-        self.next_start = Some(Instant::now() + backoff.min(Duration::from_secs(1)));
-        if (certain || self.start_failures >= self.cfg.max_start_failures) && self.broken.is_none()
-        {
-            let message = if certain {
-                message
-            } else {
-                format!(
-                    "{} worker processes in a row failed to start; the last one: {message}",
-                    self.start_failures
-                )
-            };
-            self.shared.lock().broken = Some(message.clone());
-            if let Some(room) = &self.shared.room {
-                room.close(RejectReason::Broken);
-            }
-            self.broken = Some(message.clone());
-            self.fail_queued(|| JobFailure::Broken {
-                message: message.clone(),
-            });
-        }
     }
 
     /// Sleeps until a submission, a worker message or exit, or the nearest deadline, and handles what
@@ -1059,134 +739,6 @@ impl Dispatcher {
             self.bury(w);
         }
         true
-    }
-
-    fn bury(&mut self, mut w: Worker) {
-        let death = w.dead.take().expect("only dead workers are buried");
-        let exit = match death {
-            Death::Eof | Death::Exited | Death::SendFailed => reap_after_eof(&mut w.child),
-            _ => kill_and_reap(&mut w.child),
-        };
-        let pid = w.pid;
-        drop(w.link);
-        // Sent behind the task it ran, never started: sent again, ahead of the queue, without
-        // counting an attempt (they did not meet the death). Before the current job's own retry,
-        // which then goes first.
-        for ahead in w.ahead.drain(..).rev() {
-            self.queue.push_front(ahead.job);
-        }
-        let reason = match death {
-            Death::Timeout => RestartReason::Timeout,
-            Death::Protocol(_) => RestartReason::Protocol,
-            _ => RestartReason::Died(exit),
-        };
-        match w.state {
-            WState::Starting => {
-                let certain = matches!(death, Death::HookMissing(_));
-                let message = match death {
-                    Death::InitFailed(m) | Death::HookMissing(m) => {
-                        format!("worker process {pid}: {m}")
-                    }
-                    Death::StartTimeout => format!(
-                        "worker process {pid} did not complete its handshake within {:?}",
-                        self.cfg.start_timeout
-                    ),
-                    Death::Protocol(m) => {
-                        format!("worker process {pid} broke the handshake: {m}")
-                    }
-                    Death::Stalled => format!(
-                        "worker process {pid} did not read its channel for {:?}; does the program \
-                         call `run_if_worker` first thing in `main`?",
-                        self.cfg.start_timeout
-                    ),
-                    _ => format!(
-                        "worker process {pid} ended before its handshake ({exit}); does the program \
-                         call `run_if_worker` first thing in `main` (under `cargo test`: is \
-                         `worker_test_entry` set to a test that calls it)?"
-                    ),
-                };
-                self.start_failed(message, certain);
-            }
-            WState::Idle => self.cfg.observer.worker_restarted(pid, reason),
-            WState::Retiring => {}
-            WState::Busy {
-                mut job,
-                started,
-                discard,
-                limit,
-                ..
-            } => {
-                self.cfg.observer.worker_restarted(pid, reason);
-                let failure = match death {
-                    Death::Timeout => JobFailure::Timeout {
-                        pid,
-                        limit: limit.unwrap_or_default(),
-                    },
-                    Death::Protocol(message) => JobFailure::Protocol { pid, message },
-                    _ => JobFailure::WorkerDied { pid, exit },
-                };
-                // Died or stalled before acknowledging: it never ran the task.
-                let never_ran = !started && matches!(failure, JobFailure::WorkerDied { .. });
-                if started {
-                    if !discard {
-                        job.finished(Err(failure));
-                    }
-                } else if never_ran && job.attempts + 1 < MAX_ATTEMPTS {
-                    // It never acknowledged the start, so it provably did not run: try again.
-                    job.attempts += 1;
-                    self.queue.push_front(job);
-                } else {
-                    job.failed_unstarted(failure);
-                }
-            }
-        }
-    }
-
-    /// Graceful end: asks every worker to exit, waits up to the grace period, kills the rest.
-    fn stop_workers(&mut self) {
-        self.unpublish_all();
-        if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
-            for w in &self.workers {
-                if !matches!(w.state, WState::Retiring) {
-                    let _ = sys::send_all(w.link.sock.as_fd(), &frame);
-                }
-            }
-        }
-        let deadline = after(self.cfg.shutdown_grace);
-        for mut w in mem::take(&mut self.workers) {
-            wait_until(&mut w.child, deadline);
-        }
-        self.publish_pids();
-    }
-
-    /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
-    fn kill_all(&mut self) {
-        self.adopt_all();
-        self.unpublish_all();
-        for w in &mut self.workers {
-            let _ = w.child.kill();
-        }
-        for mut w in mem::take(&mut self.workers) {
-            let _ = w.child.wait();
-            for ahead in w.ahead.drain(..) {
-                ahead.job.failed_unstarted(JobFailure::Killed);
-            }
-            if let WState::Busy {
-                job,
-                started,
-                discard,
-                ..
-            } = w.state
-            {
-                if !started {
-                    job.failed_unstarted(JobFailure::Killed);
-                } else if !discard {
-                    job.finished(Err(JobFailure::Killed));
-                }
-            }
-        }
-        self.publish_pids();
-        self.fail_queued(|| JobFailure::Killed);
     }
 }
 

@@ -1,0 +1,90 @@
+//! The ages a process pool reports ([`AgeSource`]): its tasks start and end
+//! on the dispatcher thread, as the workers report them, so the dispatcher
+//! publishes the oldest running and the oldest unstarted task it holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Dispatcher, Job, Shared, WState};
+use crate::clock::Clock;
+use crate::metrics::AgeSource;
+
+/// The oldest task the dispatcher holds, as raw clock readings (0: none),
+/// published by the dispatcher thread each time its loop takes submissions
+/// or is about to sleep: the start of the longest-running task, and the
+/// submit time of the oldest task it holds unstarted (in its queue, or sent
+/// to a worker that has not acknowledged it). Submissions it has not taken
+/// yet are in [`Inner::queue`], which a scrape reads itself.
+#[derive(Default)]
+pub(in crate::process_pool) struct Ages {
+    running: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// The first job of `jobs` (oldest first) that is not cancelled.
+fn oldest_live<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Option<Clock> {
+    jobs.into_iter()
+        .find(|j| !j.sink.is_cancelled())
+        .and_then(|j| j.sink.submitted_at())
+}
+
+fn stored(raw: &AtomicU64) -> Option<Clock> {
+    match raw.load(Ordering::Acquire) {
+        0 => None,
+        r => Some(Clock::from_raw(r)),
+    }
+}
+
+fn store(raw: &AtomicU64, clock: Option<Clock>) {
+    raw.store(clock.map_or(0, Clock::raw), Ordering::Release);
+}
+
+/// The process pool's tasks start and end on the dispatcher thread, as the
+/// workers report them: the pool reports their ages.
+impl AgeSource for Shared {
+    fn oldest_running(&self) -> Option<Clock> {
+        stored(&self.ages.running)
+    }
+
+    fn oldest_queued(&self) -> Option<Clock> {
+        // Submitted after what the dispatcher holds: looked at only when it
+        // holds nothing unstarted.
+        stored(&self.ages.queued).or_else(|| oldest_live(&self.lock().queue))
+    }
+}
+
+impl Dispatcher {
+    /// Publishes the oldest running and oldest unstarted task it holds
+    /// ([`Ages`]): a look at each worker and at the front of the queue
+    /// (jobs a dead worker gave back are pushed there, each older than
+    /// those behind them; so it looks past them to the first new one).
+    pub(super) fn publish_ages(&self) {
+        let mut running: Option<Clock> = None;
+        let mut queued: Option<Clock> = None;
+        let older = |a: Option<Clock>, b: Option<Clock>| match (a, b) {
+            (Some(a), Some(b)) => Some(Clock::from_raw(a.raw().min(b.raw()))),
+            (a, b) => a.or(b),
+        };
+        for w in &self.workers {
+            if let WState::Busy { job, started, .. } = &w.state {
+                if *started {
+                    running = older(running, job.sink.started_at());
+                } else if !job.sink.is_cancelled() {
+                    queued = older(queued, job.sink.submitted_at());
+                }
+            }
+            // Sent behind the one it runs, in order: none has started.
+            queued = older(queued, oldest_live(w.ahead.iter().map(|a| &a.job)));
+        }
+        for (i, job) in self.queue.iter().enumerate() {
+            if job.attempts == 0 {
+                queued = older(queued, oldest_live(self.queue.iter().skip(i)));
+                break;
+            }
+            if !job.sink.is_cancelled() {
+                queued = older(queued, job.sink.submitted_at());
+            }
+        }
+        store(&self.shared.ages.running, running);
+        store(&self.shared.ages.queued, queued);
+    }
+}
