@@ -5,20 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Dispatcher, Job, Shared, WState};
+
 use crate::clock::Clock;
 use crate::metrics::AgeSource;
-
-/// The oldest task the dispatcher holds, as raw clock readings (0: none),
-/// published by the dispatcher thread each time its loop takes submissions
-/// or is about to sleep: the start of the longest-running task, and the
-/// submit time of the oldest task it holds unstarted (in its queue, or sent
-/// to a worker that has not acknowledged it). Submissions it has not taken
-/// yet are in [`Inner::queue`], which a scrape reads itself.
-#[derive(Default)]
-pub(in crate::process_pool) struct Ages {
-    running: AtomicU64,
-    queued: AtomicU64,
-}
 
 /// The first job of `jobs` (oldest first) that is not cancelled.
 fn oldest_live<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Option<Clock> {

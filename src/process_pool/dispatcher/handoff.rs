@@ -1,29 +1,15 @@
-//! The hand-off: a submitting thread that finds a worker idle and nothing
-//! queued sends the job itself, through the worker's [`Link`]; the
-//! dispatcher adopts the job when the worker reports, or dies.
+//! The fast paths of sending: a submitting thread that finds a worker idle
+//! and nothing queued sends the job itself, through the worker's [`Link`]
+//! (the dispatcher adopts the job when the worker reports, or dies); and
+//! while jobs wait, short ones are sent behind a busy worker's current one.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::{send_failure, Dispatcher, Job, WState};
-
-/// A worker's channel, shared with the submitting threads that may send it a job directly.
-pub(in crate::process_pool) struct Link {
-    pub(in crate::process_pool) sock: OwnedFd,
-    /// A job a submitting thread sent on this channel, until the dispatcher adopts it.
-    handed: Mutex<Option<Handed>>,
-    /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
-    send_error: Mutex<Option<io::Error>>,
-}
-
-/// A job sent to a worker by the submitting thread.
-struct Handed {
-    job: Job,
-    id: u64,
-    sent_at: Instant,
-}
+use super::{send_failure, Ahead, Dispatcher, Handed, Job, Link, WState, PIPELINE_DEPTH};
+use crate::process_pool::sys;
 
 impl Link {
     pub(super) fn new(sock: OwnedFd) -> Link {
@@ -152,6 +138,50 @@ impl Dispatcher {
     pub(super) fn adopt_all(&mut self) {
         for i in 0..self.workers.len() {
             self.adopt(i);
+        }
+    }
+
+    /// Sends queued jobs behind the current one of busy workers whose tasks are short, while jobs
+    /// wait that no idle or new worker can take.
+    pub(super) fn pipeline(&mut self) {
+        loop {
+            let mut sent = false;
+            for i in 0..self.workers.len() {
+                while self.queue.front().is_some_and(|j| j.sink.is_cancelled()) {
+                    self.queue.pop_front();
+                }
+                if self.queue.is_empty() {
+                    return;
+                }
+                let w = &self.workers[i];
+                let allowance = self.cfg.max_tasks_per_child.map_or(u64::MAX, |n| {
+                    n.saturating_sub(w.tasks_done + 1 + w.ahead.len() as u64)
+                });
+                let fits = w.dead.is_none()
+                    && matches!(w.state, WState::Busy { .. })
+                    && w.ahead.len() + 1 < PIPELINE_DEPTH
+                    && allowance > 0
+                    && w.last_run.is_some_and(|d| d < self.cfg.pipeline_below)
+                    && w.sent_at
+                        .is_some_and(|at| at.elapsed() < self.cfg.pipeline_below)
+                    && (!w.handed || matches!(w.state, WState::Busy { started: true, .. }));
+                if !fits {
+                    continue;
+                }
+                let job = self.queue.pop_front().expect("queue is not empty");
+                let Some((job, id, frame)) = self.encode_run(job) else {
+                    continue;
+                };
+                let w = &mut self.workers[i];
+                if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
+                    w.dead = Some(send_failure(&e));
+                }
+                w.ahead.push_back(Ahead { job, id });
+                sent = true;
+            }
+            if !sent {
+                return;
+            }
         }
     }
 }

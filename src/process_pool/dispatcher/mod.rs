@@ -7,8 +7,6 @@ mod ages;
 mod handoff;
 mod lifecycle;
 
-pub(super) use self::ages::Ages;
-pub(super) use self::handoff::Link;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -66,6 +64,34 @@ pub(super) struct Shared {
     pub(super) ages: Ages,
     /// The id of the next `Run` frame, whichever thread sends it.
     pub(super) next_id: AtomicU64,
+}
+
+/// The oldest task the dispatcher holds, as raw clock readings (0: none),
+/// published by the dispatcher thread each time its loop takes submissions
+/// or is about to sleep: the start of the longest-running task, and the
+/// submit time of the oldest task it holds unstarted (in its queue, or sent
+/// to a worker that has not acknowledged it). Submissions it has not taken
+/// yet are in [`Inner::queue`], which a scrape reads itself.
+#[derive(Default)]
+pub(super) struct Ages {
+    running: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// A worker's channel, shared with the submitting threads that may send it a job directly.
+pub(super) struct Link {
+    pub(super) sock: OwnedFd,
+    /// A job a submitting thread sent on this channel, until the dispatcher adopts it.
+    handed: Mutex<Option<Handed>>,
+    /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
+    send_error: Mutex<Option<io::Error>>,
+}
+
+/// A job sent to a worker by the submitting thread.
+struct Handed {
+    job: Job,
+    id: u64,
+    sent_at: Instant,
 }
 
 impl Shared {
@@ -418,50 +444,6 @@ impl Dispatcher {
             Err(message) => {
                 job.failed_unstarted(JobFailure::Serialization { message });
                 None
-            }
-        }
-    }
-
-    /// Sends queued jobs behind the current one of busy workers whose tasks are short, while jobs
-    /// wait that no idle or new worker can take.
-    fn pipeline(&mut self) {
-        loop {
-            let mut sent = false;
-            for i in 0..self.workers.len() {
-                while self.queue.front().is_some_and(|j| j.sink.is_cancelled()) {
-                    self.queue.pop_front();
-                }
-                if self.queue.is_empty() {
-                    return;
-                }
-                let w = &self.workers[i];
-                let allowance = self.cfg.max_tasks_per_child.map_or(u64::MAX, |n| {
-                    n.saturating_sub(w.tasks_done + 1 + w.ahead.len() as u64)
-                });
-                let fits = w.dead.is_none()
-                    && matches!(w.state, WState::Busy { .. })
-                    && w.ahead.len() + 1 < PIPELINE_DEPTH
-                    && allowance > 0
-                    && w.last_run.is_some_and(|d| d < self.cfg.pipeline_below)
-                    && w.sent_at
-                        .is_some_and(|at| at.elapsed() < self.cfg.pipeline_below)
-                    && (!w.handed || matches!(w.state, WState::Busy { started: true, .. }));
-                if !fits {
-                    continue;
-                }
-                let job = self.queue.pop_front().expect("queue is not empty");
-                let Some((job, id, frame)) = self.encode_run(job) else {
-                    continue;
-                };
-                let w = &mut self.workers[i];
-                if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
-                    w.dead = Some(send_failure(&e));
-                }
-                w.ahead.push_back(Ahead { job, id });
-                sent = true;
-            }
-            if !sent {
-                return;
             }
         }
     }
