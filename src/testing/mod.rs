@@ -155,8 +155,10 @@ where
 ///     .max_ops(4)
 ///     .timeout(std::time::Duration::from_millis(200));
 /// let failure = try_check_executor(&config, || Forgetful).unwrap_err();
-/// // The smallest failing workload: one task, then the shutdown that waits for it.
-/// assert_eq!(failure.workload().len(), 2);
+/// // Shrunk to a few operations: at best one task, then the shutdown that
+/// // waits for it (each candidate costs its timeout, so a loaded machine may
+/// // stop shrinking one or two operations earlier).
+/// assert!(failure.workload().len() <= 3, "{failure}");
 /// assert!(failure.to_string().contains("did not return within"));
 /// ```
 pub fn try_check_executor<E, M>(config: &CheckConfig, make: M) -> Result<(), CheckError>
