@@ -7,7 +7,9 @@ divided by N (so one-time costs, such as a thread's first shard, drop out).
 
 N defaults to 10000. The bench is built first (`cargo bench --no-run`) with
 every feature, or with the default ones plus LIST when `--features` is given
-(`--features default`: the hot path as most users build it). Needs valgrind (Debian
+(`--features default`: the hot path as most users build it). `BENCH_PROFILE=test`
+builds it with the test profile instead of the bench one (CI does, to reuse the
+tests' build: the script is checked, not the figures). Needs valgrind (Debian
 package `valgrind`). Prints a Markdown table, `proxy_spawn` minus `bare` (what the
 instrumentation adds to a task), and `proxy_execute` over `proxy_spawn`.
 """
@@ -28,13 +30,15 @@ IN_SPAN = ["proxy_spawn_in_span", "proxy_execute_in_span", "proxy_spawn_outside_
 
 def binary(features):
     selected = ["--all-features"] if features is None else ["--features", features]
+    profile = os.environ.get("BENCH_PROFILE")
+    selected += ["--profile", profile] if profile else []
     out = subprocess.run(
         ["cargo", "bench", *selected, "--bench", "instructions", "--no-run"],
         capture_output=True, text=True, check=True).stderr
     m = re.search(r"\((\S*instructions-[0-9a-f]+)\)", out)
     if m:
         return m.group(1)
-    found = sorted(glob.glob("target/release/deps/instructions-*"), key=os.path.getmtime)
+    found = sorted(glob.glob("target/*/deps/instructions-*"), key=os.path.getmtime)
     found = [f for f in found if os.access(f, os.X_OK) and not f.endswith(".d")]
     if not found:
         sys.exit("instructions bench binary not found")

@@ -19,6 +19,8 @@ Each round's share of CPU time stolen by the hypervisor (/proc/stat) is
 printed with it, and the median steal under the tables. Results go to a
 scratch criterion directory (`CRITERION_HOME`), so a full
 run's figures in target/criterion, which report.py reads, stay as they were.
+`BENCH_PROFILE=test` builds the bench with the test profile (CI does, to
+reuse the tests' build; its figures then say nothing about speed).
 """
 
 import os
@@ -46,8 +48,10 @@ def cpu_times():
 
 def run_round(bench, filt, home):
     env = dict(os.environ, BENCH_QUICK="1", CRITERION_HOME=home)
+    profile = os.environ.get("BENCH_PROFILE")
     out = subprocess.run(
-        ["cargo", "bench", "--all-features", "--bench", bench, "--", filt],
+        ["cargo", "bench", "--all-features", *(["--profile", profile] if profile else []),
+         "--bench", bench, "--", filt],
         env=env, check=True, capture_output=True, text=True,
     ).stdout
     # A bench's name starts a line; its time follows on the same line (short
