@@ -14,6 +14,8 @@
 //!   executor, the whole fire-and-forget path;
 //! - `proxy_execute`: the drop-in path, a [`Task`] handed to the same proxy
 //!   through `&dyn Executor` (what code written for a plain pool calls);
+//! - `proxy_submit`: `submit` with its handle dropped at once, the path that
+//!   shares a task's state with a handle (one allocation per task);
 //! - with feature `tracing`, `proxy_spawn_in_span` and `proxy_execute_in_span`:
 //!   the same two inside a span of tracing-subscriber's registry, so that
 //!   each task is wrapped in the span and runs in it; `proxy_spawn_outside_span`,
@@ -31,7 +33,13 @@ use std::hint::black_box;
 use common::Inline;
 use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Task};
 
-const VARIANTS: [&str; 4] = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"];
+const VARIANTS: [&str; 5] = [
+    "bare",
+    "clock_reads",
+    "proxy_spawn",
+    "proxy_execute",
+    "proxy_submit",
+];
 #[cfg(feature = "tracing")]
 const IN_SPAN: [&str; 4] = [
     "proxy_spawn_in_span",
@@ -84,6 +92,19 @@ fn loop_proxy_execute(proxy: &dyn Executor, n: u64) {
     }
 }
 
+#[inline(never)]
+fn loop_proxy_submit(proxy: &InstrumentedExecutorProxy<Inline>, n: u64) {
+    for i in 0..n {
+        drop(
+            proxy
+                .submit(move || {
+                    black_box(i);
+                })
+                .unwrap(),
+        );
+    }
+}
+
 fn run(variant: &str, n: u64) {
     let exporter = ExecutorExporter::builder()
         .exporter_id("instructions")
@@ -99,6 +120,7 @@ fn run(variant: &str, n: u64) {
         "clock_reads" => loop_clock_reads(&clock, n),
         "proxy_spawn" => loop_proxy_spawn(&proxy, n),
         "proxy_execute" => loop_proxy_execute(black_box(&proxy), n),
+        "proxy_submit" => loop_proxy_submit(&proxy, n),
         #[cfg(feature = "tracing")]
         "proxy_spawn_in_span" => in_span(|| loop_proxy_spawn(&proxy, n)),
         #[cfg(feature = "tracing")]

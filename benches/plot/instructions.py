@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"]
+VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute", "proxy_submit"]
 # Built only with feature `tracing`: the proxy's paths inside a span, and
 # outside one under a subscriber; a span's own cost, without a pool.
 IN_SPAN = ["proxy_spawn_in_span", "proxy_execute_in_span", "proxy_spawn_outside_span",
