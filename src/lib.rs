@@ -172,7 +172,8 @@ pub use export::{
 #[cfg(feature = "prometheus-client")]
 pub use metrics::PrometheusClientCollector;
 pub use metrics::{
-    ExecutorExporter, ExecutorExporterBuilder, InvariantError, Snapshot, DEFAULT_BUCKETS,
+    ExecutorExporter, ExecutorExporterBuilder, ExemplarLabels, InvariantError, Snapshot,
+    DEFAULT_BUCKETS,
 };
 pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]
