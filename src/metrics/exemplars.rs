@@ -48,7 +48,10 @@ use crate::sync::lock;
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ExemplarLabels {
-    pairs: Arc<[(Box<str>, Box<str>)]>,
+    /// One word: with the rest of a task's exemplar it fits beside a
+    /// one-word closure in a task's inline room, so a spawned task with
+    /// labels allocates nothing more for them.
+    pairs: Arc<Vec<(Box<str>, Box<str>)>>,
 }
 
 impl ExemplarLabels {
@@ -82,7 +85,9 @@ impl ExemplarLabels {
         if out.is_empty() {
             return None;
         }
-        Some(ExemplarLabels { pairs: out.into() })
+        Some(ExemplarLabels {
+            pairs: Arc::new(out),
+        })
     }
 
     /// The pairs (name, value), in the order given.
@@ -402,6 +407,14 @@ mod tests {
         assert!(ExemplarLabels::new([(name.to_owned(), fits + "x")]).is_none());
         assert!(ExemplarLabels::new([("a", "x".repeat(60)), ("b", "y".repeat(66))]).is_some());
         assert!(ExemplarLabels::new([("a", "x".repeat(60)), ("b", "y".repeat(67))]).is_none());
+    }
+
+    /// Three words: with a one-word closure, a spawned task's body and its
+    /// exemplar fill a task's inline room (four words) and no more.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_pending_exemplar_is_three_words() {
+        assert_eq!(std::mem::size_of::<Pending>(), 24);
     }
 
     #[test]
