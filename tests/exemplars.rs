@@ -414,3 +414,63 @@ fn the_server_serves_them_as_openmetrics() {
     exemplar_of(&text, DURATION, "served", "completed", "served", since);
     assert!(!get("text/plain").contains(" # {"));
 }
+
+/// With feature `tracing`, a task with labels also runs in its submitter's
+/// span, and a refused one still comes back as the caller's task.
+#[cfg(feature = "tracing")]
+#[test]
+fn spans_and_exemplars_go_together() {
+    use tracing::subscriber::with_default;
+
+    let registry = Registry::new();
+    let exporter = |id: &str| {
+        ExecutorExporter::builder()
+            .exporter_id(id)
+            .registry(registry.clone())
+            .exemplar(hook)
+            .build()
+            .unwrap()
+    };
+    let inline = InstrumentedExecutorProxy::new(Inline, exporter("in_span"), Some(1));
+    let refusing = InstrumentedExecutorProxy::new(Refuses, exporter("refused_in_span"), Some(1));
+    let since = now_seconds();
+    set_trace(Some("in-span"));
+    with_default(tracing_subscriber::registry(), || {
+        let request = tracing::info_span!("request");
+        let _entered = request.enter();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = tx.clone();
+        inline
+            .execute(Task::new(move || {
+                sent.send(tracing::Span::current().id()).unwrap()
+            }))
+            .unwrap();
+        assert_eq!(rx.try_recv(), Ok(request.id()), "the task ran in the span");
+        let rejected = refusing
+            .execute(Task::new(move || tx.send(None).unwrap()))
+            .unwrap_err();
+        rejected.into_task().run();
+        assert_eq!(rx.try_recv(), Ok(None), "the caller's task came back");
+    });
+    set_trace(None);
+    exemplar_of(
+        &openmetrics(&registry),
+        DURATION,
+        "in_span",
+        "completed",
+        "in-span",
+        since,
+    );
+}
+
+/// Runs each task on the caller.
+#[cfg(feature = "tracing")]
+struct Inline;
+
+#[cfg(feature = "tracing")]
+impl Executor for Inline {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        task.run();
+        Ok(())
+    }
+}
