@@ -831,6 +831,10 @@ fn promtool_accepts_the_served_exposition() {
         .max_workers(2)
         .exporter_id("quote \" backslash \\ newline \n emoji 🦀")
         .registry(registry.clone())
+        // Exemplars on the OpenMetrics bucket lines, escaped as labels are.
+        .exemplar(|| {
+            executor_exporter::ExemplarLabels::new([("trace_id", "quote \" backslash \\ 🦀")])
+        })
         .build()
         .unwrap();
     let step = pool.exporter().step("parse \"csv\"\\\n🙂");
@@ -893,6 +897,10 @@ fn promtool_accepts_the_served_exposition() {
     // `prometheus-client`'s, parse whole, one series per sample.
     let served = get_metrics_as(&server, "application/openmetrics-text;version=1.0.0");
     assert!(served.ends_with("# EOF\n"), "{served}");
+    assert!(
+        served.contains(r#" # {trace_id="quote \" backslash \\ 🦀"} "#),
+        "{served}"
+    );
     assert_openmetrics_parses(&promtool, &dir, &served);
     #[cfg(feature = "prometheus-client")]
     {
@@ -915,12 +923,17 @@ fn read_openmetrics(
     dir: &TempDir,
     exposition: &str,
 ) -> (bool, String, usize) {
+    // The timestamp goes after the sample's value, before an exemplar (no
+    // label value of these tests holds " # ").
     let stamped: String = exposition
         .lines()
-        .map(|line| match line.starts_with('#') {
-            true => format!("{line}\n"),
-            false => format!("{line} 1700000000\n"),
-        })
+        .map(
+            |line| match (line.starts_with('#'), line.split_once(" # ")) {
+                (true, _) => format!("{line}\n"),
+                (false, Some((sample, exemplar))) => format!("{sample} 1700000000 # {exemplar}\n"),
+                (false, None) => format!("{line} 1700000000\n"),
+            },
+        )
         .collect();
     let samples = exposition.lines().filter(|l| !l.starts_with('#')).count();
     let input = dir.path().join("metrics.om");
