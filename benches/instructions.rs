@@ -21,7 +21,12 @@
 //!   each task is wrapped in the span and runs in it; `proxy_spawn_outside_span`,
 //!   under that subscriber outside any span; `span_only`, what the span
 //!   alone costs without a pool (the current span looked up, entered,
-//!   exited and released).
+//!   exited and released);
+//! - `proxy_spawn_exemplar` and `proxy_execute_exemplar`: the same two paths
+//!   through a proxy whose exporter has an exemplar hook, which hands out a
+//!   clone of one prebuilt label set (the crate's cost, not that of building
+//!   labels): the hook's call, the labels carried with the task, and two
+//!   exemplars recorded (wall-clock time included).
 //!
 //! `cargo bench` runs every variant for a few thousand tasks (so the loops
 //! build and run); `instructions VARIANT N` runs one.
@@ -31,14 +36,18 @@ mod common;
 use std::hint::black_box;
 
 use common::Inline;
-use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Task};
+use executor_exporter::{
+    Executor, ExecutorExporter, ExemplarLabels, InstrumentedExecutorProxy, Task,
+};
 
-const VARIANTS: [&str; 5] = [
+const VARIANTS: [&str; 7] = [
     "bare",
     "clock_reads",
     "proxy_spawn",
     "proxy_execute",
     "proxy_submit",
+    "proxy_spawn_exemplar",
+    "proxy_execute_exemplar",
 ];
 #[cfg(feature = "tracing")]
 const IN_SPAN: [&str; 4] = [
@@ -106,12 +115,14 @@ fn loop_proxy_submit(proxy: &InstrumentedExecutorProxy<Inline>, n: u64) {
 }
 
 fn run(variant: &str, n: u64) {
-    let exporter = ExecutorExporter::builder()
+    let mut exporter = ExecutorExporter::builder()
         .exporter_id("instructions")
-        .registry(prometheus::Registry::new())
-        .build()
-        .unwrap();
-    let proxy = InstrumentedExecutorProxy::new(Inline, exporter, None);
+        .registry(prometheus::Registry::new());
+    if variant.ends_with("_exemplar") {
+        let labels = ExemplarLabels::new([("trace_id", "4bf92f3577b34da6")]).unwrap();
+        exporter = exporter.exemplar(move || Some(labels.clone()));
+    }
+    let proxy = InstrumentedExecutorProxy::new(Inline, exporter.build().unwrap(), None);
     // The crate reads one process-wide clock; `quanta` shares its
     // calibration, so this one reads the same source the same way.
     let clock = quanta::Clock::new();
@@ -121,6 +132,8 @@ fn run(variant: &str, n: u64) {
         "proxy_spawn" => loop_proxy_spawn(&proxy, n),
         "proxy_execute" => loop_proxy_execute(black_box(&proxy), n),
         "proxy_submit" => loop_proxy_submit(&proxy, n),
+        "proxy_spawn_exemplar" => loop_proxy_spawn(&proxy, n),
+        "proxy_execute_exemplar" => loop_proxy_execute(black_box(&proxy), n),
         #[cfg(feature = "tracing")]
         "proxy_spawn_in_span" => in_span(|| loop_proxy_spawn(&proxy, n)),
         #[cfg(feature = "tracing")]

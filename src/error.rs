@@ -197,7 +197,6 @@ impl<F> SubmitError<F> {
     }
 
     /// The same refusal of the task `f` makes of this one.
-    #[cfg(feature = "tracing")]
     pub(crate) fn map<G>(self, f: impl FnOnce(F) -> G) -> SubmitError<G> {
         SubmitError {
             task: f(self.task),

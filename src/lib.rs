@@ -128,6 +128,39 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//! # Exemplars
+//!
+//! A hook on any pool's builder (or [`ExecutorExporterBuilder::exemplar`]),
+//! called at each submit on the submitting thread, gives the labels of that
+//! task's exemplars ([`ExemplarLabels`], typically the trace id of the
+//! request being handled). The wait and duration histograms keep, per
+//! bucket, the latest observation that had labels, with its value and
+//! wall-clock time, and the OpenMetrics exposition writes it on the
+//! bucket's line ([`MetricsServer`] built with `.openmetrics(true)`, or
+//! [`OpenMetricsEncoder::encode_with_exemplars`]), where Prometheus with
+//! `--enable-feature=exemplar-storage` stores it. Process pools record them
+//! in the parent. Without a hook a task costs the same instructions as
+//! before; with one, the hook's own cost and a few hundred instructions.
+//!
+//! ```
+//! use executor_exporter::{ExemplarLabels, OpenMetricsEncoder, ThreadPoolExecutor};
+//!
+//! let registry = prometheus::Registry::new();
+//! let pool = ThreadPoolExecutor::builder()
+//!     .registry(registry.clone())
+//!     // Read the submitting request's trace id here (a thread-local, a span).
+//!     .exemplar(|| ExemplarLabels::new([("trace_id", "4bf92f3577b34da6")]))
+//!     .build()?;
+//! pool.submit(|| 2 + 2)?.join()?;
+//!
+//! let mut out = Vec::new();
+//! OpenMetricsEncoder::new().encode_with_exemplars(&registry.gather(), &registry, &mut out)?;
+//! let text = String::from_utf8(out)?;
+//! assert!(text.lines().any(|l| l.starts_with("executor_tasks_duration_seconds_bucket")
+//!     && l.contains(r#" # {trace_id="4bf92f3577b34da6"} "#)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 #![deny(
     missing_docs,
     missing_debug_implementations,
@@ -172,7 +205,8 @@ pub use export::{
 #[cfg(feature = "prometheus-client")]
 pub use metrics::PrometheusClientCollector;
 pub use metrics::{
-    ExecutorExporter, ExecutorExporterBuilder, InvariantError, Snapshot, DEFAULT_BUCKETS,
+    ExecutorExporter, ExecutorExporterBuilder, ExemplarLabels, InvariantError, Snapshot,
+    DEFAULT_BUCKETS,
 };
 pub use metrics::{Step, StepTimer};
 #[cfg(target_os = "linux")]

@@ -831,6 +831,10 @@ fn promtool_accepts_the_served_exposition() {
         .max_workers(2)
         .exporter_id("quote \" backslash \\ newline \n emoji 🦀")
         .registry(registry.clone())
+        // Exemplars on the OpenMetrics bucket lines, escaped as labels are.
+        .exemplar(|| {
+            executor_exporter::ExemplarLabels::new([("trace_id", "quote \" backslash \\ 🦀")])
+        })
         .build()
         .unwrap();
     let step = pool.exporter().step("parse \"csv\"\\\n🙂");
@@ -893,6 +897,10 @@ fn promtool_accepts_the_served_exposition() {
     // `prometheus-client`'s, parse whole, one series per sample.
     let served = get_metrics_as(&server, "application/openmetrics-text;version=1.0.0");
     assert!(served.ends_with("# EOF\n"), "{served}");
+    assert!(
+        served.contains(r#" # {trace_id="quote \" backslash \\ 🦀"} "#),
+        "{served}"
+    );
     assert_openmetrics_parses(&promtool, &dir, &served);
     #[cfg(feature = "prometheus-client")]
     {
@@ -915,12 +923,17 @@ fn read_openmetrics(
     dir: &TempDir,
     exposition: &str,
 ) -> (bool, String, usize) {
+    // The timestamp goes after the sample's value, before an exemplar (no
+    // label value of these tests holds " # ").
     let stamped: String = exposition
         .lines()
-        .map(|line| match line.starts_with('#') {
-            true => format!("{line}\n"),
-            false => format!("{line} 1700000000\n"),
-        })
+        .map(
+            |line| match (line.starts_with('#'), line.split_once(" # ")) {
+                (true, _) => format!("{line}\n"),
+                (false, Some((sample, exemplar))) => format!("{sample} 1700000000 # {exemplar}\n"),
+                (false, None) => format!("{line} 1700000000\n"),
+            },
+        )
         .collect();
     let samples = exposition.lines().filter(|l| !l.starts_with('#')).count();
     let input = dir.path().join("metrics.om");
@@ -1079,4 +1092,147 @@ fn queue_capacity_and_fill_reach_prometheus() {
             SCRAPED,
         )
         .unwrap_or_else(|err| panic!("the capacity outlived its pool: {err}"));
+}
+
+/// Exemplars end to end: a pool whose hook reads the submitting thread's
+/// trace id, served by `MetricsServer` in OpenMetrics mode, scraped by a
+/// Prometheus with exemplar storage, which returns through
+/// `/api/v1/query_exemplars` each task's trace id on the bucket its value
+/// falls in, with the time it was observed.
+#[test]
+fn exemplars_reach_prometheus() {
+    use executor_exporter::ExemplarLabels;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static TRACE: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+    }
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let registry = Registry::new();
+    let pool = ThreadPoolExecutor::builder()
+        .max_workers(2)
+        .exporter_id("exemplars")
+        .registry(registry.clone())
+        .exemplar(|| ExemplarLabels::new([("trace_id", TRACE.get()?)]))
+        .build()
+        .unwrap();
+    let server = MetricsServer::builder()
+        .openmetrics(true)
+        .start("127.0.0.1:0", registry)
+        .unwrap();
+    let config = PrometheusConfig {
+        feature_flags: vec!["exemplar-storage".to_owned()],
+        ..PrometheusConfig::scraping([server.local_addr().to_string()])
+    };
+    let Some(prometheus) = PrometheusServer::start(&config) else {
+        return;
+    };
+    let since = now();
+    TRACE.set(Some("e2e-completed"));
+    pool.submit(|| std::thread::sleep(Duration::from_millis(30)))
+        .unwrap()
+        .join()
+        .unwrap();
+    TRACE.set(Some("e2e-failed"));
+    let failed = pool
+        .submit(|| -> u8 { panic!("e2e exemplar panic") })
+        .unwrap();
+    assert!(matches!(failed.join(), Err(TaskError::Panicked { .. })));
+    TRACE.set(None);
+    let until = now();
+
+    prometheus
+        .wait_for_targets_up(TARGETS_UP)
+        .unwrap_or_else(|err| panic!("{err}\n--- prometheus log ---\n{}", prometheus.log()));
+    // (family, result, trace id) of every exemplar Prometheus returns, with
+    // its value and bucket, once the three expected are there.
+    let query = r#"{__name__=~"executor_task_wait_seconds_bucket|executor_tasks_duration_seconds_bucket",executor="exemplars"}"#;
+    let (start, end) = ((since - 60.0).to_string(), (until + 60.0).to_string());
+    let deadline = std::time::Instant::now() + SCRAPED;
+    let found = loop {
+        let answer = prometheus
+            .api(
+                "/api/v1/query_exemplars",
+                &[("query", query), ("start", &start), ("end", &end)],
+            )
+            .unwrap_or_else(|err| panic!("{err}"));
+        let mut found = Vec::new();
+        for series in answer["data"].as_array().into_iter().flatten() {
+            let labels = &series["seriesLabels"];
+            for exemplar in series["exemplars"].as_array().into_iter().flatten() {
+                found.push((
+                    labels["__name__"].as_str().unwrap_or("").to_owned(),
+                    labels["result"].as_str().unwrap_or("").to_owned(),
+                    exemplar["labels"]["trace_id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                    labels["le"].as_str().unwrap_or("").to_owned(),
+                    exemplar["value"]
+                        .as_str()
+                        .unwrap_or("")
+                        .parse::<f64>()
+                        .unwrap_or(-1.0),
+                    exemplar["timestamp"].as_f64().unwrap_or(0.0),
+                ));
+            }
+        }
+        let has = |name: &str, result: &str, trace: &str| {
+            found
+                .iter()
+                .any(|f| f.0 == name && f.1 == result && f.2 == trace)
+        };
+        if has("executor_task_wait_seconds_bucket", "", "e2e-completed")
+            && has("executor_task_wait_seconds_bucket", "", "e2e-failed")
+            && has(
+                "executor_tasks_duration_seconds_bucket",
+                "completed",
+                "e2e-completed",
+            )
+            && has(
+                "executor_tasks_duration_seconds_bucket",
+                "failed",
+                "e2e-failed",
+            )
+        {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exemplars in Prometheus after {SCRAPED:?}: {found:?}\n--- prometheus log ---\n{}",
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let buckets = executor_exporter::DEFAULT_BUCKETS;
+    for (name, result, trace, le, value, timestamp) in &found {
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap()
+        };
+        let lower = buckets
+            .iter()
+            .rev()
+            .find(|b| **b < le)
+            .copied()
+            .unwrap_or(f64::NEG_INFINITY);
+        assert!(
+            lower < *value && *value <= le,
+            "{name} {result} {trace}: {value} not in ({lower}, {le}]"
+        );
+        // Kept to the millisecond.
+        assert!(
+            since - 0.001 <= *timestamp && *timestamp <= until + 0.001,
+            "{name} {trace}: observed at {timestamp}, not in [{since}, {until}]"
+        );
+        if result == "completed" {
+            assert!(*value >= 0.03, "{name} {trace}: {value}");
+        }
+    }
 }

@@ -12,7 +12,9 @@ use common::{counts, scrape, Exposition};
 use executor_exporter::process_pool::{run_if_worker, ProcessTask, WorkerRegistry};
 use executor_exporter::prometheus::Registry;
 use executor_exporter::RejectReason;
-use executor_exporter::{FailureReason, ProcessPoolExecutor, TaskError};
+use executor_exporter::{
+    ExemplarLabels, FailureReason, OpenMetricsEncoder, ProcessPoolExecutor, TaskError,
+};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -677,4 +679,60 @@ fn the_ages_of_the_running_and_the_queued_task() {
     let exp = scrape(&registry);
     assert_eq!(age(&exp, "executor_oldest_running_task_seconds"), 0.0);
     assert_eq!(age(&exp, "executor_oldest_queued_task_seconds"), 0.0);
+}
+
+/// A process task's exemplars are recorded by the parent: the labels the
+/// exporter's hook gave at submit, on the bucket of the wait and of the
+/// duration the parent measured, failed tasks' under `result="failed"`.
+#[test]
+fn exemplars_are_recorded_on_the_parent_side() {
+    let registry = Registry::new();
+    let p = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .worker_test_entry("worker_entry")
+        .exporter_id("exemplars")
+        .registry(registry.clone())
+        .exemplar(|| ExemplarLabels::new([("trace_id", "process")]))
+        .build()
+        .unwrap();
+    assert_eq!(join(p.submit::<SleepMs>(&20).unwrap()), Ok(Ok(20)));
+    assert_eq!(
+        join(p.submit::<Fail>(&3).unwrap()),
+        Ok(Err("3 is odd".to_owned()))
+    );
+    let mut out = Vec::new();
+    OpenMetricsEncoder::new()
+        .encode_with_exemplars(&registry.gather(), &registry, &mut out)
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    // (le, the exemplar's value) of the bucket lines of `series` with one.
+    let exemplars = |series: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| {
+                let (sample, value) = l.split_once(r#" # {trace_id="process"} "#)?;
+                let le = sample.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, value.split(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let labels = r#"{executor="exemplars",executor_type="process_pool""#;
+    let waits = exemplars(&format!("executor_task_wait_seconds_bucket{labels}"));
+    assert!(!waits.is_empty(), "{text}");
+    let completed = exemplars(&format!(
+        "executor_tasks_duration_seconds_bucket{labels},result=\"completed\""
+    ));
+    assert!(
+        matches!(completed[..], [(le, value)] if (0.02..=le).contains(&value)),
+        "{completed:?}"
+    );
+    let failed = exemplars(&format!(
+        "executor_tasks_duration_seconds_bucket{labels},result=\"failed\""
+    ));
+    assert_eq!(failed.len(), 1, "{text}");
 }

@@ -11,7 +11,8 @@ every feature, or with the default ones plus LIST when `--features` is given
 builds it with the test profile instead of the bench one (CI does, to reuse the
 tests' build: the script is checked, not the figures). Needs valgrind (Debian
 package `valgrind`). Prints a Markdown table, `proxy_spawn` minus `bare` (what the
-instrumentation adds to a task), and `proxy_execute` over `proxy_spawn`.
+instrumentation adds to a task), `proxy_execute` over `proxy_spawn`, and what
+an exemplar hook and a span add to each path.
 """
 
 import glob
@@ -22,6 +23,9 @@ import sys
 import tempfile
 
 VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute", "proxy_submit"]
+# The same two paths through a proxy whose exporter has an exemplar hook (it
+# hands out a clone of one prebuilt label set): what exemplars add per task.
+EXEMPLAR = ["proxy_spawn_exemplar", "proxy_execute_exemplar"]
 # Built only with feature `tracing`: the proxy's paths inside a span, and
 # outside one under a subscriber; a span's own cost, without a pool.
 IN_SPAN = ["proxy_spawn_in_span", "proxy_execute_in_span", "proxy_spawn_outside_span",
@@ -68,7 +72,7 @@ def main():
         del args[at:at + 2]
     n = int(args[0]) if args else 10_000
     bin_path = binary(features)
-    variants = list(VARIANTS)
+    variants = VARIANTS + EXEMPLAR
     if features is None or "tracing" in features.replace(",", " ").split():
         variants += IN_SPAN
     per_task = {}
@@ -83,7 +87,7 @@ def main():
     ratio = per_task["proxy_execute"] / per_task["proxy_spawn"]
     print(f"proxy_execute / proxy_spawn: {ratio:.2f} (the drop-in path against spawn)")
     for v in variants[len(VARIANTS):]:
-        plain = v.removesuffix("_in_span").removesuffix("_outside_span")
+        plain = v.removesuffix("_in_span").removesuffix("_outside_span").removesuffix("_exemplar")
         if plain in per_task and plain != v:
             print(f"{v} - {plain}: {per_task[v] - per_task[plain]:.1f} instructions")
 

@@ -589,9 +589,11 @@ fn respond(
             let accept = req.headers().get_all(ACCEPT).iter();
             let encoded = match Format::negotiate(accept, openmetrics) {
                 Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &families),
-                Format::OpenMetrics => {
-                    encode(OpenMetricsEncoder::new(), OPENMETRICS_FORMAT, &families)
-                }
+                Format::OpenMetrics => encode(
+                    OpenMetricsEncoder::new().with_exemplars_of(registry),
+                    OPENMETRICS_FORMAT,
+                    &families,
+                ),
                 #[cfg(feature = "protobuf")]
                 Format::Protobuf => {
                     let encoder = ProtobufEncoder::new();

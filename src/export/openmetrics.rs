@@ -14,19 +14,22 @@
 //! - `HELP` escapes `"` too; the exposition ends with `# EOF`.
 //!
 //! `prometheus::proto` carries no creation time, so no `_created` sample is
-//! written (OpenMetrics makes it optional).
+//! written (OpenMetrics makes it optional). Nor does it carry exemplars:
+//! those of the crate's wait and duration histograms are looked up in the
+//! registry being encoded, when there is one ([`ExemplarSource`]).
 
 use std::collections::HashSet;
 use std::io::{self, Write};
 
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::Encoder;
+use prometheus::{Encoder, Registry};
 
 // The trait gives counters and gauges `value()` in the plain data model; the
 // protobuf model has it inherent, and the import is unused there.
 #[allow(unused_imports)]
 use super::text::Value as _;
 use super::text::{escape, write_display, write_value};
+use crate::metrics::{Exemplar, ExemplarSource, HistogramExemplars};
 
 /// The content type of the OpenMetrics text format.
 pub(crate) const OPENMETRICS_FORMAT: &str =
@@ -84,6 +87,72 @@ impl OpenMetricsEncoder {
     pub fn new() -> OpenMetricsEncoder {
         OpenMetricsEncoder { _private: () }
     }
+
+    /// Writes `families` as [`encode`](Encoder::encode) does, with the
+    /// exemplars of the wait and duration histograms of the pools and
+    /// exporters registered in `registry` (see
+    /// [`ExecutorExporterBuilder::exemplar`](crate::ExecutorExporterBuilder::exemplar)):
+    /// on a bucket's line, ` # {labels} value timestamp`, the latest
+    /// observation of that bucket that had labels. Other families, and
+    /// histograms whose series keep no exemplars, are written as `encode`
+    /// writes them. [`MetricsServer`](crate::MetricsServer) built with
+    /// `.openmetrics(true)` serves this.
+    ///
+    /// ```
+    /// use executor_exporter::{ExemplarLabels, OpenMetricsEncoder, ThreadPoolExecutor};
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .exporter_id("images")
+    ///     .registry(registry.clone())
+    ///     .exemplar(|| ExemplarLabels::new([("trace_id", "4bf92f3577b34da6")]))
+    ///     .build()?;
+    /// pool.submit(|| 2 + 2)?.join()?;
+    ///
+    /// let mut out = Vec::new();
+    /// OpenMetricsEncoder::new().encode_with_exemplars(&registry.gather(), &registry, &mut out)?;
+    /// let text = String::from_utf8(out)?;
+    /// let bucket = text
+    ///     .lines()
+    ///     .find(|l| l.starts_with("executor_task_wait_seconds_bucket") && l.contains(" # "))
+    ///     .unwrap();
+    /// assert!(bucket.contains(r#" # {trace_id="4bf92f3577b34da6"} "#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn encode_with_exemplars<W: Write>(
+        &self,
+        families: &[MetricFamily],
+        registry: &Registry,
+        writer: &mut W,
+    ) -> prometheus::Result<()> {
+        encode_families(families, ExemplarSource::of(registry).as_ref(), writer)
+    }
+
+    /// This encoder, writing the exemplars of `registry` as
+    /// [`encode_with_exemplars`](Self::encode_with_exemplars) does.
+    #[cfg(feature = "http")]
+    pub(crate) fn with_exemplars_of(self, registry: &Registry) -> WithExemplars<'_> {
+        WithExemplars(registry)
+    }
+}
+
+/// [`OpenMetricsEncoder`] with the exemplars of a registry, as an [`Encoder`].
+#[cfg(feature = "http")]
+pub(crate) struct WithExemplars<'a>(&'a Registry);
+
+#[cfg(feature = "http")]
+impl Encoder for WithExemplars<'_> {
+    fn encode<W: Write>(
+        &self,
+        families: &[MetricFamily],
+        writer: &mut W,
+    ) -> prometheus::Result<()> {
+        OpenMetricsEncoder::new().encode_with_exemplars(families, self.0, writer)
+    }
+
+    fn format_type(&self) -> &str {
+        OPENMETRICS_FORMAT
+    }
 }
 
 impl Encoder for OpenMetricsEncoder {
@@ -97,18 +166,26 @@ impl Encoder for OpenMetricsEncoder {
         families: &[MetricFamily],
         writer: &mut W,
     ) -> prometheus::Result<()> {
-        let names: HashSet<&str> = families.iter().map(|f| f.name()).collect();
-        let mut labels = Vec::new();
-        for family in families {
-            write_family(family, &names, &mut labels, writer)?;
-        }
-        writer.write_all(b"# EOF\n")?;
-        Ok(())
+        encode_families(families, None, writer)
     }
 
     fn format_type(&self) -> &str {
         OPENMETRICS_FORMAT
     }
+}
+
+fn encode_families<W: Write>(
+    families: &[MetricFamily],
+    exemplars: Option<&ExemplarSource>,
+    writer: &mut W,
+) -> prometheus::Result<()> {
+    let names: HashSet<&str> = families.iter().map(|f| f.name()).collect();
+    let mut labels = Vec::new();
+    for family in families {
+        write_family(family, &names, exemplars, &mut labels, writer)?;
+    }
+    writer.write_all(b"# EOF\n")?;
+    Ok(())
 }
 
 /// The metric types written.
@@ -166,6 +243,7 @@ fn naming<'a>(family: &'a MetricFamily, names: &HashSet<&str>) -> prometheus::Re
 fn write_family<W: Write>(
     family: &MetricFamily,
     names: &HashSet<&str>,
+    exemplars: Option<&ExemplarSource>,
     labels: &mut Vec<u8>,
     out: &mut W,
 ) -> prometheus::Result<()> {
@@ -204,7 +282,10 @@ fn write_family<W: Write>(
         match naming.kind {
             Kind::Counter => line.write(out, naming.suffix, None, m.get_counter().value())?,
             Kind::Gauge => line.write(out, "", None, m.get_gauge().value())?,
-            Kind::Histogram => write_histogram(&line, m, &mut number, out)?,
+            Kind::Histogram => {
+                let exemplars = exemplars.and_then(|e| e.histogram(family.name(), m.get_label()));
+                write_histogram(&line, m, exemplars.as_ref(), &mut number, out)?
+            }
             Kind::Summary => {
                 let s = m.get_summary();
                 for q in s.get_quantile() {
@@ -222,28 +303,32 @@ fn write_family<W: Write>(
 fn write_histogram<W: Write>(
     line: &Line<'_>,
     m: &Metric,
+    exemplars: Option<&HistogramExemplars>,
     number: &mut String,
     out: &mut W,
 ) -> io::Result<()> {
     let h = m.get_histogram();
+    let exemplar = |bound: f64| exemplars.and_then(|e| e.bucket(bound));
     let mut inf_seen = false;
     for b in h.get_bucket() {
         let bound = b.upper_bound();
         inf_seen |= bound == f64::INFINITY;
         canonical(number, bound);
-        line.write(
+        line.write_with(
             out,
             "_bucket",
             Some(("le", number)),
             b.cumulative_count() as f64,
+            exemplar(bound),
         )?;
     }
     if !inf_seen {
-        line.write(
+        line.write_with(
             out,
             "_bucket",
             Some(("le", "+Inf")),
             h.get_sample_count() as f64,
+            exemplar(f64::INFINITY),
         )?;
     }
     line.write(out, "_sum", None, h.get_sample_sum())?;
@@ -268,6 +353,19 @@ impl Line<'_> {
         suffix: &str,
         extra: Option<(&str, &str)>,
         value: f64,
+    ) -> io::Result<()> {
+        self.write_with(out, suffix, extra, value, None)
+    }
+
+    /// [`write`](Self::write), with `exemplar` after the value (and the
+    /// timestamp) when there is one.
+    fn write_with<W: Write>(
+        &self,
+        out: &mut W,
+        suffix: &str,
+        extra: Option<(&str, &str)>,
+        value: f64,
+        exemplar: Option<&Exemplar>,
     ) -> io::Result<()> {
         out.write_all(self.name.as_bytes())?;
         out.write_all(suffix.as_bytes())?;
@@ -296,8 +394,31 @@ impl Line<'_> {
             let ms = self.timestamp_ms.unsigned_abs();
             write!(out, " {sign}{}.{:03}", ms / 1000, ms % 1000)?;
         }
+        if let Some(exemplar) = exemplar {
+            write_exemplar(out, exemplar)?;
+        }
         out.write_all(b"\n")
     }
+}
+
+/// ` # {name="value",...} value timestamp`: the timestamp in seconds, to
+/// the millisecond (what Prometheus keeps).
+fn write_exemplar<W: Write>(out: &mut W, exemplar: &Exemplar) -> io::Result<()> {
+    out.write_all(b" # ")?;
+    for (i, (name, value)) in exemplar.labels.iter().enumerate() {
+        out.write_all(if i == 0 { b"{" } else { b"," })?;
+        out.write_all(name.as_bytes())?;
+        out.write_all(b"=\"")?;
+        escape(value, true, out)?;
+        out.write_all(b"\"")?;
+    }
+    out.write_all(b"} ")?;
+    write_number(out, exemplar.value)?;
+    let ms = exemplar
+        .timestamp
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    write!(out, " {}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// Escapes `pairs` once for all the samples of their series.

@@ -18,7 +18,7 @@ pub(crate) struct Families {
     pub(super) namespace: String,
     descs: Vec<Desc>,
     /// `{namespace}_{name}` of each family in [`CATALOGUE`].
-    names: Vec<String>,
+    pub(super) names: Vec<String>,
     pub(super) series: Mutex<BTreeMap<(String, String), Arc<Series>>>,
 }
 

@@ -7,6 +7,7 @@ use prometheus::Registry;
 
 use super::buckets::{resolve_buckets, validate_namespace};
 use super::collector::families_for;
+use super::exemplars::{ExemplarHook, ExemplarLabels};
 use super::series::Series;
 use super::snapshot::Snapshot;
 use super::steps::Step;
@@ -56,6 +57,7 @@ pub struct ExecutorExporter {
     families: Arc<super::collector::Families>,
     registry: Registry,
     namespace: Arc<str>,
+    exemplar: Option<ExemplarHook>,
 }
 
 impl fmt::Debug for ExecutorExporter {
@@ -76,6 +78,11 @@ impl ExecutorExporter {
 
     pub(crate) fn series(&self) -> &Arc<Series> {
         &self.series
+    }
+
+    /// The hook of [`ExecutorExporterBuilder::exemplar`], if one was set.
+    pub(crate) fn exemplar_hook(&self) -> Option<&ExemplarHook> {
+        self.exemplar.as_ref()
     }
 
     #[cfg(feature = "prometheus-client")]
@@ -217,6 +224,7 @@ pub struct ExecutorExporterBuilder {
     wait_exponential: Option<(f64, f64, f64)>,
     duration_explicit: Option<Vec<f64>>,
     duration_exponential: Option<(f64, f64, f64)>,
+    exemplar: Option<ExemplarHook>,
 }
 
 impl ExecutorExporterBuilder {
@@ -281,6 +289,60 @@ impl ExecutorExporterBuilder {
         self
     }
 
+    /// Attaches exemplars to the wait and duration histograms: `hook` is
+    /// called at each submit, on the submitting thread, so it can read
+    /// what identifies the request submitting the task (a trace id in a
+    /// thread-local, or the current `tracing` span's), and the labels it
+    /// returns go with the task. When the task starts, they become the
+    /// exemplar of the wait's bucket; when it ends, of the duration's (by
+    /// result), each with the observed value and the wall-clock time. Each
+    /// bucket keeps its latest exemplar.
+    ///
+    /// `None` from the hook (or a hook that panics) leaves that task
+    /// without exemplars; labels [`ExemplarLabels::new`] refuses (over 128
+    /// characters, say) never get that far. A task records its exemplar
+    /// without ever waiting: when a scrape or another task is writing the
+    /// same bucket at that instant, it is skipped.
+    ///
+    /// Exemplars are written by the OpenMetrics exposition:
+    /// [`MetricsServer`](crate::MetricsServer) built with
+    /// `.openmetrics(true)`, or
+    /// [`OpenMetricsEncoder::encode_with_exemplars`](crate::OpenMetricsEncoder::encode_with_exemplars).
+    /// Used by every task of the pools and proxies built with this
+    /// exporter (thread pools, rayon, any
+    /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy),
+    /// whether through `submit`, `spawn`, `map` or [`Executor::execute`](crate::Executor::execute), and process pools,
+    /// where the parent records them). Without a hook, nothing of it runs
+    /// and a task costs what it did.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use executor_exporter::{ExemplarLabels, ThreadPoolExecutor};
+    ///
+    /// thread_local! {
+    ///     // Set by the request handler, read by the hook on the same thread.
+    ///     static TRACE_ID: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// }
+    ///
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .exemplar(|| {
+    ///         let id = TRACE_ID.with(|id| id.borrow().clone())?;
+    ///         ExemplarLabels::new([("trace_id", id)])
+    ///     })
+    ///     .build()?;
+    /// TRACE_ID.with(|id| *id.borrow_mut() = Some("4bf92f3577b34da6".into()));
+    /// pool.submit(|| 2 + 2)?.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exemplar<H>(mut self, hook: H) -> Self
+    where
+        H: Fn() -> Option<ExemplarLabels> + Send + Sync + 'static,
+    {
+        self.exemplar = Some(ExemplarHook::new(hook));
+        self
+    }
+
     /// Checks the options, registers the families (once per registry and
     /// namespace) and resolves this exporter's series.
     ///
@@ -328,12 +390,16 @@ impl ExecutorExporterBuilder {
             }
         };
         drop(all);
+        if self.exemplar.is_some() {
+            series.keep_exemplars();
+        }
         Ok(ExecutorExporter {
             series,
             #[cfg(feature = "prometheus-client")]
             families,
             registry,
             namespace: namespace.into(),
+            exemplar: self.exemplar,
         })
     }
 }
@@ -410,6 +476,16 @@ macro_rules! exporter_options {
         #[must_use]
         pub fn duration_buckets_exponential(mut self, min: f64, max: f64, factor: f64) -> Self {
             self.exporter = self.exporter.duration_buckets_exponential(min, max, factor);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::exemplar`](crate::ExecutorExporterBuilder::exemplar).
+        #[must_use]
+        pub fn exemplar<H>(mut self, hook: H) -> Self
+        where
+            H: Fn() -> Option<$crate::ExemplarLabels> + Send + Sync + 'static,
+        {
+            self.exporter = self.exporter.exemplar(hook);
             self
         }
     };

@@ -19,6 +19,7 @@ mod catalogue;
 #[cfg(feature = "prometheus-client")]
 mod client_collector;
 mod collector;
+mod exemplars;
 mod exporter;
 mod registry_map;
 mod series;
@@ -31,6 +32,8 @@ mod tests;
 pub use buckets::DEFAULT_BUCKETS;
 #[cfg(feature = "prometheus-client")]
 pub use client_collector::PrometheusClientCollector;
+pub use exemplars::ExemplarLabels;
+pub(crate) use exemplars::{Exemplar, ExemplarHook, ExemplarSource, HistogramExemplars, Pending};
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 #[cfg(feature = "push")]

@@ -112,6 +112,21 @@ where
         Ok(value)
     }
 
+    /// The collectors registered in `registry` for which `wanted` holds
+    /// (`wanted` first: only those are looked for in the registry). The
+    /// table stays locked throughout, as in [`Self::find_or_register`], so
+    /// no two look-ups probe one registry with one marker at once.
+    pub(crate) fn find_all(&self, registry: &Registry, wanted: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        let inner = self.lock();
+        inner
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.marker, e.value.upgrade()?)))
+            .filter(|(marker, value)| wanted(value) && holds(registry, self.marker_desc(*marker)))
+            .map(|(_, value)| value)
+            .collect()
+    }
+
     /// Entries kept, dead ones not yet pruned included.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -10,6 +10,7 @@ use prometheus::core::Metric as _;
 use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
+use super::exemplars::ExemplarCell;
 use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards, SUBMIT_RING};
 use crate::clock::Clock;
 use crate::error::FailureReason;
@@ -35,8 +36,11 @@ pub(crate) struct Series {
     shards: Shards,
     pub(super) wait_bounds: Vec<f64>,
     pub(super) duration_bounds: Vec<f64>,
-    wait_nanos: BucketBounds,
-    duration_nanos: BucketBounds,
+    pub(super) wait_nanos: BucketBounds,
+    pub(super) duration_nanos: BucketBounds,
+    /// The latest exemplar per bucket, once an exporter with an exemplar
+    /// hook records here (`exemplars.rs`).
+    pub(super) exemplars: ExemplarCell,
     /// `step_duration_seconds`, one histogram per step name.
     steps: Mutex<BTreeMap<String, Histogram>>,
     /// The [`FailureReason`]s (a bit per index) the executors using this
@@ -184,6 +188,7 @@ impl Series {
             duration_nanos: bounds_in_nanos(&duration_bounds),
             wait_bounds,
             duration_bounds,
+            exemplars: ExemplarCell::new(),
             steps: Mutex::new(BTreeMap::new()),
             labels: SeriesLabels::new(id, ty),
             reasons: AtomicU16::new(0),

@@ -336,10 +336,11 @@ impl ProcessPoolExecutorBuilder {
     /// exporter; every series exists, at zero, when this returns.
     pub fn build(self) -> Result<ProcessPoolExecutor, BuildError> {
         let exporter = self.exporter.executor_type_or("process_pool");
-        let (pool, exporter) = self.pool.build_recording(|| {
+        let (mut pool, exporter) = self.pool.build_recording(|| {
             let exporter = exporter.build()?;
             Ok((exporter.series().clone(), exporter))
         })?;
+        pool.exemplar = exporter.exemplar_hook().cloned();
         Ok(ProcessPoolExecutor { pool, exporter })
     }
 }

@@ -29,7 +29,7 @@ use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::metrics::AgeSource;
-use crate::metrics::{Capacity, ExecutorExporter, Series};
+use crate::metrics::{Capacity, ExecutorExporter, ExemplarHook, Pending, Series};
 use crate::task::{Accounting, TaskCore, TaskHandle};
 
 /// The longest [`ProcessPoolBuilder::spin`]: spinning pays for waits of microseconds, and a longer
@@ -425,6 +425,7 @@ impl ProcessPoolBuilder {
             capacity,
             spin: self.spin,
             task_timeout,
+            exemplar: None,
         };
         Ok((pool, extra))
     }
@@ -456,6 +457,9 @@ pub struct ProcessPool {
     spin: Duration,
     /// Whether the pool has a default task timeout.
     task_timeout: bool,
+    /// The exporter's exemplar hook (`ProcessPoolExecutor`), called at
+    /// each submit.
+    pub(crate) exemplar: Option<ExemplarHook>,
 }
 
 impl fmt::Debug for ProcessPool {
@@ -601,7 +605,10 @@ impl ProcessPool {
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
         let core = Arc::new(TaskCore::with_job(&self.acct, JoinSpin(self.spin)));
         let submitted_at = core.submitted_at();
-        let sink = Sink::new(core.clone(), decode);
+        let mut sink = Sink::new(core.clone(), decode);
+        if let Some(hook) = &self.exemplar {
+            sink.exemplar = Pending::capture(hook, &self.acct.series);
+        }
         match self.submit_job(spec, Box::new(sink)) {
             Ok(()) => {
                 self.acct.accepted(submitted_at);

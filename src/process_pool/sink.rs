@@ -16,6 +16,7 @@ use super::wire::WireOutcome;
 use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::{panic_message, TaskError};
+use crate::metrics::Pending;
 use crate::metrics::Series;
 use crate::task::TaskCore;
 
@@ -265,6 +266,10 @@ pub(crate) struct Sink<D: Decode> {
     /// `Deserialize`).
     #[cfg(feature = "tracing")]
     span: tracing::Span,
+    /// The exemplar labels the exporter's hook gave at submit: the parent
+    /// records the wait's exemplar at the start report, the duration's at
+    /// the end.
+    pub(crate) exemplar: Option<Pending>,
 }
 
 impl<D: Decode> Sink<D> {
@@ -276,6 +281,7 @@ impl<D: Decode> Sink<D> {
             ended: false,
             #[cfg(feature = "tracing")]
             span: tracing::Span::current(),
+            exemplar: None,
         }
     }
 }
@@ -289,6 +295,9 @@ impl<D: Decode> JobSink for Sink<D> {
         #[cfg(feature = "tracing")]
         let _entered = self.span.enter();
         self.started = self.core.start();
+        if let (Some(started), Some(exemplar)) = (self.started, &self.exemplar) {
+            exemplar.waited(started.nanos_since(self.core.submitted_at()));
+        }
         self.started.is_some()
     }
 
@@ -298,6 +307,9 @@ impl<D: Decode> JobSink for Sink<D> {
         self.ended = true;
         let Some(started) = self.started else { return };
         let (result, reason) = self.decode.decode(outcome);
+        if let Some(exemplar) = &self.exemplar {
+            exemplar.ran(Clock::now().nanos_since(started), reason.is_some());
+        }
         self.core.finish_reported(started, result, reason);
     }
 

@@ -14,7 +14,8 @@ use crate::executor::{sealed, Body, Once, Runnable, Task};
 use crate::task::{drop_quietly, Accounting, Help, TaskCore, Ticket};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
-pub(crate) trait Classify<T>: Send + Sync + 'static {
+/// `Copy`: a task with exemplar labels classifies its value for them too.
+pub(crate) trait Classify<T>: Copy + Send + Sync + 'static {
     fn failed(&self, value: &T) -> bool;
 }
 
@@ -29,6 +30,7 @@ impl<T: 'static> Classify<T> for ClassifyFn<T> {
 
 /// `submit`: no value is a failure. A zero-sized type, so a task does not
 /// carry a classifier.
+#[derive(Clone, Copy)]
 pub(super) struct NeverFails;
 
 impl<T: 'static> Classify<T> for NeverFails {
@@ -38,6 +40,7 @@ impl<T: 'static> Classify<T> for NeverFails {
 }
 
 /// `submit_fallible`: an `Err` is a failure.
+#[derive(Clone, Copy)]
 pub(super) struct ErrFails;
 
 impl<T: 'static, E: 'static> Classify<Result<T, E>> for ErrFails {

@@ -1,11 +1,13 @@
 //! [`InstrumentedExecutorProxy`]: wraps any [`Executor`] and counts every task.
 
+mod exemplar;
 mod job;
 mod map;
 
 use std::fmt;
 use std::sync::Arc;
 
+use self::exemplar::WithExemplar;
 pub(crate) use self::job::Classify;
 use self::job::{is_err, never_failed, ClassifyFn, Detached, ErrFails, Job, NeverFails};
 pub use self::map::Map;
@@ -14,8 +16,8 @@ use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{Body, Executor, Rejected, Task};
-use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder};
-use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, Ticket};
+use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder, Pending};
+use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, Ticket, CLOSED};
 #[cfg(feature = "tracing")]
 use crate::trace::InSpan;
 
@@ -81,7 +83,11 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         exporter
             .series()
             .expect_failures(&FailureReason::IN_PROCESS);
-        let acct = Arc::new(Accounting::new(exporter.series().clone()));
+        let mut acct = Accounting::new(exporter.series().clone());
+        if exporter.exemplar_hook().is_some() {
+            acct = acct.with_exemplars();
+        }
+        let acct = Arc::new(acct);
         InstrumentedExecutorProxy {
             inner: executor,
             exporter,
@@ -184,9 +190,56 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         F: Body<T>,
         T: Send + 'static,
     {
-        if !self.acct.admit() {
+        let flags = self.acct.admit_flags();
+        if flags != 0 {
+            return self.submit_flagged(f, classify, flags);
+        }
+        self.submit_admitted(f, classify)
+    }
+
+    /// A submit whose admission found a flag of `Accounting::admit_flags`:
+    /// refused when closed, else admitted, with exemplar labels if the
+    /// hook gives some. Cold and out of line, as the closed check was: the
+    /// path of a submit without exemplars stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn submit_flagged<F, T, C: Classify<T>>(
+        &self,
+        f: F,
+        classify: C,
+        flags: u32,
+    ) -> Result<TaskHandle<T>, SubmitError<F>>
+    where
+        F: Body<T>,
+        T: Send + 'static,
+    {
+        if flags & CLOSED != 0 {
+            self.acct.ended();
             return Err(self.refused_unadmitted(f));
         }
+        match self.pending_exemplar() {
+            Some(pending) => self
+                .submit_admitted(WithExemplar::new(f, classify, pending), classify)
+                .map_err(|e| e.map(WithExemplar::into_inner)),
+            None => self.submit_admitted(f, classify),
+        }
+    }
+
+    /// The exemplar labels of a task being submitted now, if the hook gives some.
+    fn pending_exemplar(&self) -> Option<Pending> {
+        Pending::capture(self.exporter.exemplar_hook()?, self.exporter.series())
+    }
+
+    #[inline(always)]
+    fn submit_admitted<F, T, C: Classify<T>>(
+        &self,
+        f: F,
+        classify: C,
+    ) -> Result<TaskHandle<T>, SubmitError<F>>
+    where
+        F: Body<T>,
+        T: Send + 'static,
+    {
         let core = Arc::new(TaskCore::with_job(&self.acct, Job::new(f, classify)));
         let submitted_at = core.submitted_at();
         let handle = TaskHandle::new(core.clone());
@@ -213,9 +266,31 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     }
 
     fn detach_body<F: Body<()>>(&self, f: F) -> Result<(), SubmitError<F>> {
-        if !self.acct.admit() {
+        let flags = self.acct.admit_flags();
+        if flags != 0 {
+            return self.detach_flagged(f, flags);
+        }
+        self.detach_admitted(f)
+    }
+
+    /// [`submit_flagged`](Self::submit_flagged) for a task without a handle.
+    #[cold]
+    #[inline(never)]
+    fn detach_flagged<F: Body<()>>(&self, f: F, flags: u32) -> Result<(), SubmitError<F>> {
+        if flags & CLOSED != 0 {
+            self.acct.ended();
             return Err(self.refused_unadmitted(f));
         }
+        match self.pending_exemplar() {
+            Some(pending) => self
+                .detach_admitted(WithExemplar::new(f, NeverFails, pending))
+                .map_err(|e| e.map(WithExemplar::into_inner)),
+            None => self.detach_admitted(f),
+        }
+    }
+
+    #[inline(always)]
+    fn detach_admitted<F: Body<()>>(&self, f: F) -> Result<(), SubmitError<F>> {
         let task = Detached::new(f, &self.acct);
         let submitted_at = task.submitted_at();
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
@@ -233,7 +308,11 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 
     /// Counts what the executor did with a task handed to it: submitted if
     /// it took it; rejected if it refused it, and then the body `B` comes
-    /// back out of the task.
+    /// back out of the task. Always inlined: the submit paths are also
+    /// instantiated for bodies with exemplars, and left to itself the
+    /// compiler then calls this out of line from the plain ones too (about
+    /// 15 instructions more per task).
+    #[inline(always)]
     fn handed_over<B: 'static>(
         &self,
         outcome: Result<(), Rejected>,
@@ -559,29 +638,11 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     /// goes back as itself, so a proxy wrapping this one gets its own task
     /// back.
     fn execute(&self, task: Task) -> Result<(), Rejected> {
-        if !self.acct.admit() {
-            self.acct.refused_unadmitted();
-            return Err(Rejected::new(task, RejectReason::Shutdown));
+        let flags = self.acct.admit_flags();
+        if flags != 0 {
+            return self.execute_flagged(task, flags);
         }
-        // The task goes, with any ticket it has, inside a task of this
-        // proxy's when it must run in the current span.
-        #[cfg(feature = "tracing")]
-        if let Some(span) = crate::trace::current() {
-            let ticket = Ticket::new(&self.acct);
-            let submitted_at = ticket.submitted_at();
-            let task = Task::detached(InSpan::new(span, task), ticket);
-            return self.hand_over(task, true, submitted_at);
-        }
-        let ticket = Ticket::new(&self.acct);
-        let submitted_at = ticket.submitted_at();
-        let (task, nested) = match task.attach(ticket) {
-            Ok(task) => (task, false),
-            // A task of another instrumented proxy (this proxy wraps one,
-            // or is wrapped by one): it keeps its own ticket, inside a task
-            // that carries this proxy's.
-            Err((task, ticket)) => (Task::detached(task, ticket), true),
-        };
-        self.hand_over(task, nested, submitted_at)
+        self.execute_admitted(task)
     }
 
     fn max_workers(&self) -> Option<usize> {
@@ -607,6 +668,57 @@ impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
 
     fn is_worker_thread(&self) -> bool {
         self.inner.is_worker_thread()
+    }
+}
+
+impl<E: Executor> InstrumentedExecutorProxy<E> {
+    /// [`submit_flagged`](Self::submit_flagged) for a [`Task`] given to
+    /// [`Executor::execute`]: with exemplar labels, the task goes (with any
+    /// ticket it has) inside a task of this proxy's that carries them.
+    #[cold]
+    #[inline(never)]
+    fn execute_flagged(&self, task: Task, flags: u32) -> Result<(), Rejected> {
+        if flags & CLOSED != 0 {
+            self.acct.ended();
+            self.acct.refused_unadmitted();
+            return Err(Rejected::new(task, RejectReason::Shutdown));
+        }
+        let Some(pending) = self.pending_exemplar() else {
+            return self.execute_admitted(task);
+        };
+        let ticket = Ticket::new(&self.acct);
+        let submitted_at = ticket.submitted_at();
+        #[cfg(feature = "tracing")]
+        if let Some(span) = crate::trace::current() {
+            let body = WithExemplar::new(InSpan::new(span, task), NeverFails, pending);
+            return self.hand_over(Task::detached(body, ticket), true, submitted_at);
+        }
+        let body = WithExemplar::new(task, NeverFails, pending);
+        self.hand_over(Task::detached(body, ticket), true, submitted_at)
+    }
+
+    /// The rest of [`Executor::execute`], for an admitted task.
+    #[inline(always)]
+    fn execute_admitted(&self, task: Task) -> Result<(), Rejected> {
+        // The task goes, with any ticket it has, inside a task of this
+        // proxy's when it must run in the current span.
+        #[cfg(feature = "tracing")]
+        if let Some(span) = crate::trace::current() {
+            let ticket = Ticket::new(&self.acct);
+            let submitted_at = ticket.submitted_at();
+            let task = Task::detached(InSpan::new(span, task), ticket);
+            return self.hand_over(task, true, submitted_at);
+        }
+        let ticket = Ticket::new(&self.acct);
+        let submitted_at = ticket.submitted_at();
+        let (task, nested) = match task.attach(ticket) {
+            Ok(task) => (task, false),
+            // A task of another instrumented proxy (this proxy wraps one,
+            // or is wrapped by one): it keeps its own ticket, inside a task
+            // that carries this proxy's.
+            Err((task, ticket)) => (Task::detached(task, ticket), true),
+        };
+        self.hand_over(task, nested, submitted_at)
     }
 }
 
@@ -682,14 +794,29 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         // The caller's task is the body of the one this proxy made.
         let caller = match task.reject().map(|f| f.downcast::<Task>()) {
             Some(Ok(task)) => Some(*task),
-            #[cfg(feature = "tracing")]
-            Some(Err(f)) => InSpan::unwrap_task(f),
-            _ => None,
+            Some(Err(f)) => unwrap_task(f),
+            None => None,
         };
         match caller {
             Some(task) => Rejected::new(task, reason),
             None => foreign_task(reason),
         }
+    }
+}
+
+/// The caller's task out of the body of a task the proxy made for it (in
+/// a span, with exemplar labels, or both).
+fn unwrap_task(body: Box<dyn std::any::Any + Send>) -> Option<Task> {
+    let body = match WithExemplar::unwrap_task(body) {
+        Ok(task) => return Some(task),
+        Err(body) => body,
+    };
+    #[cfg(feature = "tracing")]
+    return InSpan::unwrap_task(body);
+    #[cfg(not(feature = "tracing"))]
+    {
+        drop(body);
+        None
     }
 }
 

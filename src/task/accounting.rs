@@ -9,7 +9,7 @@ use super::running::{running_here, RunningNode};
 use super::signal::{lock, wait_signal, WaitSignal};
 use crate::clock::Clock;
 use crate::metrics::Series;
-use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex};
 
 /// The `ended` word of [`Accounting`]: the ended count in the high 40 bits
@@ -21,6 +21,11 @@ const WAITING: u64 = 1 << 23;
 const BUSY: u64 = 1;
 const BUSY_MASK: u64 = WAITING - 1;
 const COUNT_MASK: u64 = (1 << 40) - 1;
+
+/// The flags of [`Accounting::admit_flags`]: closed, no task is admitted.
+pub(crate) const CLOSED: u32 = 1;
+/// Its tasks carry exemplar labels, taken at submit.
+pub(crate) const EXEMPLARS: u32 = 2;
 
 fn ended_count(word: u64) -> u64 {
     word >> 24
@@ -84,19 +89,28 @@ pub(crate) struct Accounting {
     /// [`ONE_ENDED`]); written by the threads that end tasks, each on its
     /// own stripe.
     ended: [CachePadded<AtomicU64>; STRIPES],
-    closed: AtomicBool,
+    /// [`CLOSED`] once closed; [`EXEMPLARS`] when its tasks carry exemplar
+    /// labels.
+    flags: AtomicU32,
     cancel_pending: AtomicBool,
     /// Threads in `wait_idle`; the `WAITING` flag is set while it is not 0.
     waiters: Mutex<usize>,
 }
 
 impl Accounting {
+    /// The accounting of an executor whose submits ask for exemplar labels
+    /// (see [`admit_flags`](Self::admit_flags)).
+    pub(crate) fn with_exemplars(self) -> Accounting {
+        self.flags.fetch_or(EXEMPLARS, Ordering::Relaxed);
+        self
+    }
+
     pub(crate) fn new(series: Arc<Series>) -> Accounting {
         Accounting {
             series,
             admitted: CachePadded::new(AtomicU64::new(0)),
             ended: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
-            closed: AtomicBool::new(false),
+            flags: AtomicU32::new(0),
             cancel_pending: AtomicBool::new(false),
             waiters: Mutex::new(0),
         }
@@ -113,13 +127,24 @@ impl Accounting {
 
     /// Reserves a place for a task about to be submitted; `false` once closed.
     pub(crate) fn admit(&self) -> bool {
-        self.admitted.fetch_add(1, Ordering::SeqCst);
-        crate::sync::seqcst_pair();
-        if self.closed.load(Ordering::SeqCst) {
+        if self.admit_flags() & CLOSED != 0 {
             self.ended();
             return false;
         }
         true
+    }
+
+    /// Reserves a place for a task about to be submitted, and returns the
+    /// flags: 0 (the usual case) admits it; with [`CLOSED`] it is not
+    /// admitted and the caller gives the place back ([`ended`](Self::ended));
+    /// with [`EXEMPLARS`] alone it is admitted, and carries exemplar labels.
+    /// Both are in the word the admission reads anyway, so a submit without
+    /// exemplars tests one word against zero, as it tested `closed`.
+    #[inline]
+    pub(crate) fn admit_flags(&self) -> u32 {
+        self.admitted.fetch_add(1, Ordering::SeqCst);
+        crate::sync::seqcst_pair();
+        self.flags.load(Ordering::SeqCst)
     }
 
     /// The submit sequence, the same for every front-end: [`admit`](Self::admit);
@@ -244,11 +269,11 @@ impl Accounting {
     }
 
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
+        self.flags.fetch_or(CLOSED, Ordering::SeqCst);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.flags.load(Ordering::SeqCst) & CLOSED != 0
     }
 
     /// From now on, tasks that have not started are cancelled when an executor

@@ -25,7 +25,7 @@ mod running;
 mod signal;
 mod ticket;
 
-pub(crate) use self::accounting::Accounting;
+pub(crate) use self::accounting::{Accounting, CLOSED};
 pub(crate) use self::core::{Help, TaskCore};
 pub use self::handle::{TaskHandle, TaskState};
 pub(crate) use self::ordered::{Ordered, SubmitOne};

@@ -178,3 +178,20 @@ fn an_error_leaves_out_the_eof() {
     );
     assert_eq!(text, "");
 }
+
+#[test]
+fn an_exemplar_follows_its_bucket_value_escaped_with_a_millisecond_timestamp() {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let exemplar = crate::metrics::Exemplar {
+        labels: crate::ExemplarLabels::new([("trace_id", "a\"b\\c\nd"), ("span", "7")]).unwrap(),
+        value: 0.042,
+        timestamp: UNIX_EPOCH + Duration::from_micros(1_733_000_000_123_456),
+    };
+    let mut out = Vec::new();
+    super::write_exemplar(&mut out, &exemplar).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#" # {trace_id="a\"b\\c\nd",span="7"} 0.042 1733000000.123"#
+    );
+}
