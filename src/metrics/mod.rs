@@ -20,6 +20,7 @@ mod catalogue;
 mod client_collector;
 mod collector;
 mod exporter;
+mod native;
 mod registry_map;
 mod series;
 mod shards;
