@@ -32,8 +32,12 @@ mod tests;
 pub use buckets::DEFAULT_BUCKETS;
 #[cfg(feature = "prometheus-client")]
 pub use client_collector::PrometheusClientCollector;
+#[cfg(any(feature = "protobuf", feature = "prometheus-client"))]
+pub(crate) use collector::{with_extras, Extras};
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
+#[cfg(any(feature = "protobuf", feature = "prometheus-client"))]
+pub(crate) use native::NativeHistogram;
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
 pub(crate) use series::{AgeSource, Capacity, Series};

@@ -38,6 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_utils::CachePadded;
 
+use super::native::{Layout, NativeBuckets, NativeTotals};
+
 /// Adds `n` to `counter`: a plain load and store when the calling thread is
 /// the shard's only writer, an atomic add otherwise.
 #[inline(always)]
@@ -53,18 +55,28 @@ fn add(exclusive: bool, counter: &AtomicU64, n: u64) {
 }
 
 /// A histogram's shard: a count per bucket (not cumulative; the last is the
-/// `+Inf` bucket) and the sum in nanoseconds.
+/// `+Inf` bucket), the sum in nanoseconds, and the native histogram's
+/// counts when the series keeps one.
 #[derive(Debug)]
 pub(crate) struct Buckets {
     counts: Box<[AtomicU64]>,
     sum_nanos: AtomicU64,
+    native: Option<NativeBuckets>,
 }
 
 impl Buckets {
-    fn new(bounds: usize) -> Buckets {
+    fn new(bounds: usize, native: Option<Layout>) -> Buckets {
         Buckets {
             counts: (0..=bounds).map(|_| AtomicU64::new(0)).collect(),
             sum_nanos: AtomicU64::new(0),
+            native: native.map(NativeBuckets::new),
+        }
+    }
+
+    /// Adds this shard's native counts into `totals`, if it keeps them.
+    pub(crate) fn add_native_to(&self, totals: &mut NativeTotals) {
+        if let Some(native) = &self.native {
+            native.add_to(totals);
         }
     }
 
@@ -111,7 +123,12 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    fn new(wait_bounds: usize, duration_bounds: usize, exclusive: bool) -> Shard {
+    fn new(
+        wait_bounds: usize,
+        duration_bounds: usize,
+        native: Option<Layout>,
+        exclusive: bool,
+    ) -> Shard {
         Shard {
             owned: AtomicBool::new(true),
             exclusive,
@@ -121,11 +138,11 @@ impl Shard {
             cancelled: AtomicU64::new(0),
             failed_unstarted: AtomicU64::new(0),
             failures: Default::default(),
-            wait: Buckets::new(wait_bounds),
+            wait: Buckets::new(wait_bounds, native),
             running_since: AtomicU64::new(0),
             started_submit: AtomicU64::new(0),
-            completed: Buckets::new(duration_bounds),
-            failed: Buckets::new(duration_bounds),
+            completed: Buckets::new(duration_bounds, native),
+            failed: Buckets::new(duration_bounds, native),
         }
     }
 
@@ -138,11 +155,16 @@ impl Shard {
 
     /// Counts a duration of `nanos` into `buckets` (one of this shard's
     /// histograms), in the first bucket whose bound is at least `nanos`, as
-    /// Prometheus' `le` buckets do. The bucket is counted last, so a scrape
-    /// that sees the observation also sees what this thread recorded before.
+    /// Prometheus' `le` buckets do, and in its native bucket if `buckets`
+    /// keeps native counts. The classic bucket is counted last, so a scrape
+    /// that sees the observation also sees what this thread recorded before,
+    /// its native count included.
     #[inline]
     pub(crate) fn observe(&self, buckets: &Buckets, bounds: &BucketBounds, nanos: u64) {
         add(self.exclusive, &buckets.sum_nanos, nanos);
+        if let Some(native) = &buckets.native {
+            add(self.exclusive, native.counter(nanos), 1);
+        }
         if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
             add(self.exclusive, count, 1);
         }
@@ -245,23 +267,32 @@ pub(crate) struct Shards {
     id: u64,
     wait_bounds: usize,
     duration_bounds: usize,
+    native: Option<Layout>,
     shared: Slot,
     /// Every shard, the shared one first; only ever grows.
     all: Mutex<Vec<Slot>>,
 }
 
 impl Shards {
-    pub(crate) fn new(wait_bounds: usize, duration_bounds: usize) -> Shards {
+    /// Shards of histograms with this many bounds, keeping native counts
+    /// of `native`'s schema if given.
+    pub(crate) fn new(
+        wait_bounds: usize,
+        duration_bounds: usize,
+        native: Option<Layout>,
+    ) -> Shards {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(CachePadded::new(Shard::new(
             wait_bounds,
             duration_bounds,
+            native,
             false,
         )));
         Shards {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wait_bounds,
             duration_bounds,
+            native,
             all: Mutex::new(vec![shared.clone()]),
             shared,
         }
@@ -344,6 +375,7 @@ impl Shards {
         let shard = Arc::new(CachePadded::new(Shard::new(
             self.wait_bounds,
             self.duration_bounds,
+            self.native,
             true,
         )));
         all.push(shard.clone());
@@ -458,7 +490,7 @@ mod tests {
     use super::*;
 
     fn shards() -> Shards {
-        Shards::new(3, 3)
+        Shards::new(3, 3, None)
     }
 
     fn shard_count(shards: &Shards) -> usize {

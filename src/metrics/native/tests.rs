@@ -101,7 +101,7 @@ fn known_values_land_in_their_buckets() {
     assert_eq!(index(1.0, 8), 0);
     assert_eq!(index(2.0, 8), 256);
     assert_eq!(index(2.5, 8), 256 + 83); // log2(1.25) * 256 = 82.4
-    // Against the logarithm, away from the bounds.
+                                         // Against the logarithm, away from the bounds.
     for schema in MIN_SCHEMA..=MAX_SCHEMA {
         for n in [3u64, 17, 999, 12_345, 7_777_777, 1 << 40] {
             let v = n as f64 / 1e9;
