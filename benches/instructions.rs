@@ -14,6 +14,8 @@
 //!   executor, the whole fire-and-forget path;
 //! - `proxy_execute`: the drop-in path, a [`Task`] handed to the same proxy
 //!   through `&dyn Executor` (what code written for a plain pool calls);
+//! - `proxy_spawn_native`: `proxy_spawn` with native histograms (schema 3)
+//!   kept beside the classic ones;
 //! - with feature `tracing`, `proxy_spawn_in_span` and `proxy_execute_in_span`:
 //!   the same two inside a span of tracing-subscriber's registry, so that
 //!   each task is wrapped in the span and runs in it; `proxy_spawn_outside_span`,
@@ -31,7 +33,13 @@ use std::hint::black_box;
 use common::Inline;
 use executor_exporter::{Executor, ExecutorExporter, InstrumentedExecutorProxy, Task};
 
-const VARIANTS: [&str; 4] = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"];
+const VARIANTS: [&str; 5] = [
+    "bare",
+    "clock_reads",
+    "proxy_spawn",
+    "proxy_execute",
+    "proxy_spawn_native",
+];
 #[cfg(feature = "tracing")]
 const IN_SPAN: [&str; 4] = [
     "proxy_spawn_in_span",
@@ -85,11 +93,13 @@ fn loop_proxy_execute(proxy: &dyn Executor, n: u64) {
 }
 
 fn run(variant: &str, n: u64) {
-    let exporter = ExecutorExporter::builder()
+    let mut exporter = ExecutorExporter::builder()
         .exporter_id("instructions")
-        .registry(prometheus::Registry::new())
-        .build()
-        .unwrap();
+        .registry(prometheus::Registry::new());
+    if variant == "proxy_spawn_native" {
+        exporter = exporter.native_histograms(3);
+    }
+    let exporter = exporter.build().unwrap();
     let proxy = InstrumentedExecutorProxy::new(Inline, exporter, None);
     // The crate reads one process-wide clock; `quanta` shares its
     // calibration, so this one reads the same source the same way.
@@ -97,7 +107,7 @@ fn run(variant: &str, n: u64) {
     match variant {
         "bare" => loop_bare(n),
         "clock_reads" => loop_clock_reads(&clock, n),
-        "proxy_spawn" => loop_proxy_spawn(&proxy, n),
+        "proxy_spawn" | "proxy_spawn_native" => loop_proxy_spawn(&proxy, n),
         "proxy_execute" => loop_proxy_execute(black_box(&proxy), n),
         #[cfg(feature = "tracing")]
         "proxy_spawn_in_span" => in_span(|| loop_proxy_spawn(&proxy, n)),

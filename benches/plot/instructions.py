@@ -9,7 +9,8 @@ N defaults to 10000. The bench is built first (`cargo bench --no-run`) with
 every feature, or with the default ones plus LIST when `--features` is given
 (`--features default`: the hot path as most users build it). Needs valgrind (Debian
 package `valgrind`). Prints a Markdown table, `proxy_spawn` minus `bare` (what the
-instrumentation adds to a task), and `proxy_execute` over `proxy_spawn`.
+instrumentation adds to a task), `proxy_execute` over `proxy_spawn`, and what
+native histograms add to `proxy_spawn`.
 """
 
 import glob
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute"]
+VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute", "proxy_spawn_native"]
 # Built only with feature `tracing`: the proxy's paths inside a span, and
 # outside one under a subscriber; a span's own cost, without a pool.
 IN_SPAN = ["proxy_spawn_in_span", "proxy_execute_in_span", "proxy_spawn_outside_span",
@@ -78,6 +79,8 @@ def main():
     print(f"\nproxy_spawn - bare: {added:.1f} instructions added per task")
     ratio = per_task["proxy_execute"] / per_task["proxy_spawn"]
     print(f"proxy_execute / proxy_spawn: {ratio:.2f} (the drop-in path against spawn)")
+    native = per_task["proxy_spawn_native"] - per_task["proxy_spawn"]
+    print(f"proxy_spawn_native - proxy_spawn: {native:.1f} instructions (native histograms, schema 3)")
     for v in variants[len(VARIANTS):]:
         plain = v.removesuffix("_in_span").removesuffix("_outside_span")
         if plain in per_task and plain != v:

@@ -300,6 +300,23 @@ const BOUNDS: [u64; 256] = [
     0xfe9d96b2a23d9,
 ];
 
+/// For each value of a fraction's top 8 bits, the first bound at or above
+/// the smallest fraction with those bits.
+const FIRST_BOUND: [u16; 256] = {
+    let mut first = [0u16; 256];
+    let mut top = 0;
+    while top < 256 {
+        let lowest = (top as u64) << 44;
+        let mut k = 0;
+        while k < 256 && BOUNDS[k] < lowest {
+            k += 1;
+        }
+        first[top] = k as u16;
+        top += 1;
+    }
+    first
+};
+
 /// A duration of `nanos` nanoseconds in seconds, as the histogram's sum and
 /// Prometheus see it (the nearest `f64`).
 #[inline(always)]
@@ -320,8 +337,14 @@ pub(crate) fn index(value: f64, schema: i8) -> i32 {
     let exp = ((bits >> 52) & 0x7ff) as i32 - 1022;
     let fraction = bits & FRACTION_BITS;
     if schema > 0 {
-        // The first of the 256 bounds at or above the fraction (256: none).
-        let at_256 = BOUNDS.partition_point(|&b| b < fraction) as i32;
+        // The first of the 256 bounds at or above the fraction (256: none),
+        // searched from the first at or above the fraction's top 8 bits:
+        // at most two steps on.
+        let mut at = usize::from(FIRST_BOUND[(fraction >> 44) as usize]);
+        while at < BOUNDS.len() && BOUNDS[at] < fraction {
+            at += 1;
+        }
+        let at_256 = at as i32;
         let shift = 8 - i32::from(schema);
         // ... and the first of this schema's bounds, every 2^shift-th.
         let within = (at_256 + (1 << shift) - 1) >> shift;

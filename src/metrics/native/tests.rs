@@ -190,3 +190,20 @@ fn recorded_durations_read_back_in_their_buckets() {
         assert_eq!((h.zero_count, h.count), (4, 2 * durations.len() as u64));
     }
 }
+
+/// The search from the top bits finds the bound a full search finds, in at
+/// most two steps.
+#[test]
+fn the_shortcut_search_finds_what_a_full_search_finds() {
+    for top in 0..256u64 {
+        let start = usize::from(FIRST_BOUND[top as usize]);
+        for low in [0, 1, 1 << 20, (1 << 44) - 1] {
+            let fraction = top << 44 | low;
+            let full = BOUNDS.partition_point(|&b| b < fraction);
+            assert!(
+                full >= start && full - start <= 2,
+                "{fraction:x}: {start} {full}"
+            );
+        }
+    }
+}
