@@ -66,7 +66,10 @@ fn prometheus_computes_quantiles_of_the_native_histograms() {
     let selector = r#"executor="native",result="completed""#;
     let duration = format!("executor_tasks_duration_seconds{{{selector}}}");
     // Scraped once before the tasks, at zero: a rate has a start.
-    assert_eq!(value(&prometheus, &format!("histogram_count({duration})")), 0.0);
+    assert_eq!(
+        value(&prometheus, &format!("histogram_count({duration})")),
+        0.0
+    );
 
     // Durations of 1 to 21 ms, each as the task measured it.
     let measured = Arc::new(Mutex::new(Vec::new()));
