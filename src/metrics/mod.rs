@@ -32,11 +32,11 @@ mod tests;
 pub use buckets::DEFAULT_BUCKETS;
 #[cfg(feature = "prometheus-client")]
 pub use client_collector::PrometheusClientCollector;
-#[cfg(any(feature = "protobuf", feature = "prometheus-client"))]
+#[cfg(feature = "protobuf")]
 pub(crate) use collector::{with_extras, Extras};
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
-#[cfg(any(feature = "protobuf", feature = "prometheus-client"))]
+#[cfg(feature = "protobuf")]
 pub(crate) use native::NativeHistogram;
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;

@@ -254,3 +254,68 @@ fn long_messages_get_their_length_in_several_bytes() {
     assert_eq!(out.len(), 302);
     assert!(out[2..].iter().all(|&b| b == 7));
 }
+
+/// Size and encode time of the protobuf exposition of 100 pools, classic
+/// histograms against native ones (schema 3, classic buckets kept or not),
+/// for the docs; run with
+/// `cargo test --release --all-features --lib scrape_of_100_pools -- --ignored --nocapture`.
+/// Each pool's wait and duration histograms hold 1000 durations spread
+/// evenly on a log scale from 1 µs to 1 s (20 powers of two: 160 native
+/// buckets at schema 3, the most exposed before the schema is lowered).
+#[test]
+#[ignore = "prints figures; run on demand"]
+fn scrape_of_100_pools_classic_against_native() {
+    use crate::ExecutorExporter;
+    let variants: [(&str, Option<i8>, bool); 3] = [
+        ("classic", None, true),
+        ("native(3) + classic", Some(3), true),
+        ("native(3) alone", Some(3), false),
+    ];
+    for (name, schema, classic) in variants {
+        let registry = Registry::new();
+        let exporters: Vec<ExecutorExporter> = (0..100)
+            .map(|i| {
+                let mut b = ExecutorExporter::builder()
+                    .exporter_id(format!("pool-{i}"))
+                    .registry(registry.clone());
+                if let Some(schema) = schema {
+                    b = b.native_histograms(schema).classic_buckets(classic);
+                }
+                b.build().unwrap()
+            })
+            .collect();
+        for exporter in &exporters {
+            for k in 0..1000u32 {
+                let nanos = (1e3 * 1e6f64.powf(f64::from(k) / 999.0)) as u64;
+                exporter.series().started(nanos);
+                exporter.series().finished(nanos, None);
+            }
+        }
+        let scrape = || {
+            let (families, extras) = with_extras(|| registry.gather());
+            encoded(&families, &extras)
+        };
+        let bytes = scrape();
+        let rounds = 50;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(scrape());
+        }
+        let per_scrape = start.elapsed() / rounds;
+        let decoded = decode(&bytes);
+        let wait = decoded
+            .iter()
+            .find(|f| f.name() == "executor_task_wait_seconds")
+            .unwrap();
+        assert_eq!(wait.get_metric().len(), 100);
+        assert_eq!(
+            wait.get_metric()[0].get_histogram().get_sample_count(),
+            1000
+        );
+        eprintln!(
+            "{name}: {} bytes, {:.2} ms per scrape (gather and encode)",
+            bytes.len(),
+            per_scrape.as_secs_f64() * 1e3
+        );
+    }
+}
