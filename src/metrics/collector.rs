@@ -76,9 +76,7 @@ impl Collector for Families {
                 CAPTURE.with(|c| {
                     if let Some(extras) = c.borrow_mut().as_mut() {
                         for (family, labels, native) in reading.natives.drain(..) {
-                            extras
-                                .native
-                                .insert(key(&format!("{ns}_{family}"), labels), native);
+                            extras.insert(format!("{ns}_{family}"), labels, native);
                         }
                     }
                 });
@@ -132,7 +130,16 @@ pub(super) fn families_for(
 /// histograms, by family name and label pairs.
 #[derive(Debug, Default)]
 pub(crate) struct Extras {
-    native: HashMap<(String, Vec<(String, String)>), NativeHistogram>,
+    /// By [`sample_hash`]: a lookup hashes the sample's name and labels
+    /// where they are, without building a key.
+    native: HashMap<u64, Vec<Captured>>,
+}
+
+#[derive(Debug)]
+struct Captured {
+    family: String,
+    labels: Vec<proto::LabelPair>,
+    native: NativeHistogram,
 }
 
 // Read only by the encoders that carry native histograms.
@@ -141,6 +148,17 @@ pub(crate) struct Extras {
     allow(dead_code)
 )]
 impl Extras {
+    fn insert(&mut self, family: String, labels: &[proto::LabelPair], native: NativeHistogram) {
+        self.native
+            .entry(sample_hash(&family, labels))
+            .or_default()
+            .push(Captured {
+                family,
+                labels: labels.to_vec(),
+                native,
+            });
+    }
+
     /// The native histogram of the sample of family `family` with `labels`.
     pub(crate) fn native(
         &self,
@@ -150,16 +168,36 @@ impl Extras {
         if self.native.is_empty() {
             return None;
         }
-        self.native.get(&key(family, labels))
+        let same = |a: &proto::LabelPair, b: &proto::LabelPair| {
+            a.name() == b.name() && a.value() == b.value()
+        };
+        self.native
+            .get(&sample_hash(family, labels))?
+            .iter()
+            .find(|c| {
+                c.family == family
+                    && c.labels.len() == labels.len()
+                    && c.labels.iter().zip(labels).all(|(a, b)| same(a, b))
+            })
+            .map(|c| &c.native)
     }
 }
 
-fn key(family: &str, labels: &[proto::LabelPair]) -> (String, Vec<(String, String)>) {
-    let pairs = labels
-        .iter()
-        .map(|l| (l.name().to_owned(), l.value().to_owned()))
-        .collect();
-    (family.to_owned(), pairs)
+/// FNV-1a over a sample's family name and label pairs, each string ended
+/// by a byte no UTF-8 string holds.
+fn sample_hash(family: &str, labels: &[proto::LabelPair]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |text: &str| {
+        for &b in text.as_bytes().iter().chain(&[0xff]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(family);
+    for label in labels {
+        eat(label.name());
+        eat(label.value());
+    }
+    hash
 }
 
 thread_local! {

@@ -41,6 +41,12 @@ const FRACTION_BITS: u64 = (1 << 52) - 1;
 /// `f64` to the exact power (checked by a test with exact integers). The
 /// bounds of schema `s > 0` within a power of two are every
 /// `2^(8-s)`th entry.
+///
+/// The Go client's table (which Prometheus's matches) was built by repeated
+/// multiplication and differs from these by one or two units in the last
+/// place in most entries: only a duration within that distance of a bound
+/// (about 2e-16 of it; a whole number of nanoseconds rarely is) can land in
+/// the bucket beside the one the Go client picks.
 const BOUNDS: [u64; 256] = [
     0x0000000000000,
     0x00b1afa5abcbf,
