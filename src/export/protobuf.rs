@@ -61,7 +61,12 @@ fn metric_family(out: &mut Vec<u8>, f: &MetricFamily, extras: &Extras) {
     }
     let name = f.name.as_deref().unwrap_or_default();
     for m in &f.metric {
-        message(out, 4, |out| metric(out, m, extras.native(name, &m.label)));
+        let native = m
+            .histogram
+            .is_some()
+            .then(|| extras.native(name, &m.label))
+            .flatten();
+        message(out, 4, |out| metric(out, m, native));
     }
 }
 

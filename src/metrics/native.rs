@@ -42,7 +42,7 @@ const FRACTION_BITS: u64 = (1 << 52) - 1;
 /// bounds of schema `s > 0` within a power of two are every
 /// `2^(8-s)`th entry.
 ///
-/// The Go client's table (which Prometheus's matches) was built by repeated
+/// The Go client's table was built by repeated
 /// multiplication and differs from these by one or two units in the last
 /// place in most entries: only a duration within that distance of a bound
 /// (about 2e-16 of it; a whole number of nanoseconds rarely is) can land in
@@ -622,7 +622,7 @@ impl NativeHistogram {
 
     /// Each bucket's index and count, in order (what the spans and deltas
     /// encode).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn buckets(&self) -> Vec<(i32, u64)> {
         let mut out = Vec::with_capacity(self.deltas.len());
         let mut deltas = self.deltas.iter();
