@@ -98,6 +98,10 @@ pub(crate) struct Shard {
     owned: AtomicBool,
     /// False for the shared shard: its writers use atomic adds.
     exclusive: bool,
+    /// Exclusive, and its histograms keep no native counts: an
+    /// observation takes [`observe`](Self::observe)'s one fast path, tested
+    /// by this one flag.
+    plain: bool,
     pub(crate) submitted: AtomicU64,
     /// The submit times (raw) of this thread's last [`SUBMIT_RING`] accepted
     /// tasks, the one counted `n`th in `submitted` at `n % SUBMIT_RING`:
@@ -132,6 +136,7 @@ impl Shard {
         Shard {
             owned: AtomicBool::new(true),
             exclusive,
+            plain: exclusive && native.is_none(),
             submitted: AtomicU64::new(0),
             submits: std::array::from_fn(|_| AtomicU64::new(0)),
             rejected: AtomicU64::new(0),
@@ -161,9 +166,24 @@ impl Shard {
     /// its native count included.
     #[inline]
     pub(crate) fn observe(&self, buckets: &Buckets, bounds: &BucketBounds, nanos: u64) {
+        if !self.plain {
+            return self.observe_any(buckets, bounds, nanos);
+        }
+        add(true, &buckets.sum_nanos, nanos);
+        if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
+            add(true, count, 1);
+        }
+    }
+
+    /// [`observe`](Self::observe) on the shared shard, or with native
+    /// counts. Out of line: the default, a thread's own shard without
+    /// native counts, pays only the test of [`plain`](Self::plain) (which
+    /// stands in for the test of `exclusive` it would make anyway).
+    #[inline(never)]
+    fn observe_any(&self, buckets: &Buckets, bounds: &BucketBounds, nanos: u64) {
         add(self.exclusive, &buckets.sum_nanos, nanos);
         if let Some(native) = &buckets.native {
-            observe_native(self.exclusive, native, nanos);
+            add(self.exclusive, native.counter(nanos), 1);
         }
         if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
             add(self.exclusive, count, 1);
@@ -236,15 +256,6 @@ impl Shard {
             self.running_since.store(0, Ordering::Relaxed);
         }
     }
-}
-
-/// Counts a duration of `nanos` in its native bucket. Out of line: the
-/// series without native histograms, the default, pay only the test that
-/// skips the call.
-#[cold]
-#[inline(never)]
-fn observe_native(exclusive: bool, native: &NativeBuckets, nanos: u64) {
-    add(exclusive, native.counter(nanos), 1);
 }
 
 /// The start of a task run inside another task of the same series on the
