@@ -118,12 +118,35 @@ impl ExecutorExporter {
     /// The schema of the native histograms kept beside the wait and
     /// duration histograms, `None` without (see
     /// [`ExecutorExporterBuilder::native_histograms`]).
+    ///
+    /// ```
+    /// use executor_exporter::ExecutorExporter;
+    ///
+    /// let exporter = ExecutorExporter::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .build()?;
+    /// assert_eq!(exporter.native_histogram_schema(), None);
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
     pub fn native_histogram_schema(&self) -> Option<i8> {
         self.series.native.map(|layout| layout.schema())
     }
 
     /// Whether the wait and duration histograms expose their classic
     /// buckets (see [`ExecutorExporterBuilder::classic_buckets`]).
+    ///
+    /// ```
+    /// use executor_exporter::ExecutorExporter;
+    ///
+    /// let exporter = ExecutorExporter::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .native_histograms(0)
+    ///     .classic_buckets(false)
+    ///     .build()?;
+    /// assert!(!exporter.classic_buckets());
+    /// assert_eq!(exporter.native_histogram_schema(), Some(0));
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
     pub fn classic_buckets(&self) -> bool {
         self.series.classic
     }
