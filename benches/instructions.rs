@@ -16,6 +16,8 @@
 //!   through `&dyn Executor` (what code written for a plain pool calls);
 //! - `proxy_submit`: `submit` with its handle dropped at once, the path that
 //!   shares a task's state with a handle (one allocation per task);
+//! - `proxy_spawn_native`: `proxy_spawn` with native histograms (schema 3)
+//!   kept beside the classic ones;
 //! - with feature `tracing`, `proxy_spawn_in_span` and `proxy_execute_in_span`:
 //!   the same two inside a span of tracing-subscriber's registry, so that
 //!   each task is wrapped in the span and runs in it; `proxy_spawn_outside_span`,
@@ -40,7 +42,7 @@ use executor_exporter::{
     Executor, ExecutorExporter, ExemplarLabels, InstrumentedExecutorProxy, Task,
 };
 
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "bare",
     "clock_reads",
     "proxy_spawn",
@@ -48,6 +50,7 @@ const VARIANTS: [&str; 7] = [
     "proxy_submit",
     "proxy_spawn_exemplar",
     "proxy_execute_exemplar",
+    "proxy_spawn_native",
 ];
 #[cfg(feature = "tracing")]
 const IN_SPAN: [&str; 4] = [
@@ -122,6 +125,9 @@ fn run(variant: &str, n: u64) {
         let labels = ExemplarLabels::new([("trace_id", "4bf92f3577b34da6")]).unwrap();
         exporter = exporter.exemplar(move || Some(labels.clone()));
     }
+    if variant == "proxy_spawn_native" {
+        exporter = exporter.native_histograms(3);
+    }
     let proxy = InstrumentedExecutorProxy::new(Inline, exporter.build().unwrap(), None);
     // The crate reads one process-wide clock; `quanta` shares its
     // calibration, so this one reads the same source the same way.
@@ -129,7 +135,7 @@ fn run(variant: &str, n: u64) {
     match variant {
         "bare" => loop_bare(n),
         "clock_reads" => loop_clock_reads(&clock, n),
-        "proxy_spawn" => loop_proxy_spawn(&proxy, n),
+        "proxy_spawn" | "proxy_spawn_native" => loop_proxy_spawn(&proxy, n),
         "proxy_execute" => loop_proxy_execute(black_box(&proxy), n),
         "proxy_submit" => loop_proxy_submit(&proxy, n),
         "proxy_spawn_exemplar" => loop_proxy_spawn(&proxy, n),

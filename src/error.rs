@@ -31,6 +31,9 @@ pub(crate) enum BuildErrorKind {
     /// An empty `exporter_id` or `executor_type`.
     EmptyLabel(&'static str),
     Buckets(String),
+    /// A native histogram option that cannot be used; the message says
+    /// which and what to set instead.
+    NativeHistograms(String),
     Namespace(String),
     IncompatibleSeries(String),
     Registry(prometheus::Error),
@@ -69,9 +72,13 @@ impl BuildError {
         BuildError { kind }
     }
 
-    /// True when the error is about the histogram buckets.
+    /// True when the error is about the histogram buckets, classic or
+    /// native.
     pub fn is_buckets(&self) -> bool {
-        matches!(self.kind, BuildErrorKind::Buckets(_))
+        matches!(
+            self.kind,
+            BuildErrorKind::Buckets(_) | BuildErrorKind::NativeHistograms(_)
+        )
     }
 
     /// True when the error comes from registering the metric families
@@ -101,6 +108,9 @@ impl fmt::Display for BuildError {
             ),
             BuildErrorKind::Queue(why) => f.write_str(why),
             BuildErrorKind::Buckets(why) => write!(f, "invalid histogram buckets: {why}"),
+            BuildErrorKind::NativeHistograms(why) => {
+                write!(f, "invalid native histogram option: {why}")
+            }
             BuildErrorKind::Namespace(why) => write!(f, "invalid metric namespace: {why}"),
             BuildErrorKind::IncompatibleSeries(why) => {
                 write!(f, "incompatible with the series already registered: {why}")

@@ -14,7 +14,8 @@
 //! - [`MetricsServer`] (feature `http`, on by default): `GET /metrics` in one line,
 //!   as OpenMetrics to scrapers that ask for it (Prometheus does), text to
 //!   the others (with the `protobuf` feature, also the protobuf exposition
-//!   for scrapers that prefer it).
+//!   for scrapers that prefer it, with the native histograms of the pools
+//!   built with [`native_histograms`](ExecutorExporterBuilder::native_histograms)).
 //! - [`TextEncoder`]: the text exposition, the same bytes as
 //!   `prometheus::TextEncoder` at a fraction of its cost, for your own handler;
 //!   [`OpenMetricsEncoder`]: the same series as OpenMetrics text.

@@ -192,3 +192,49 @@ fn each_collector_shows_its_own_namespace_and_registry() {
     );
     assert_eq!(om.types["app_jobs_submitted_tasks"], "counter");
 }
+
+/// Pools with native histograms, classic buckets kept or not: the text
+/// encoder of `prometheus-client`, handed the native buckets, writes the
+/// classic ones as the `prometheus` exposition does, and without them each
+/// histogram's count, sum and `+Inf` bucket.
+#[test]
+fn native_histograms_leave_the_text_its_classic_buckets() {
+    let registry = Registry::new();
+    let both = ThreadPoolExecutor::builder()
+        .exporter_id("both")
+        .registry(registry.clone())
+        .native_histograms(3)
+        .build()
+        .unwrap();
+    let native_only = ThreadPoolExecutor::builder()
+        .exporter_id("native_only")
+        .registry(registry.clone())
+        .native_histograms(0)
+        .classic_buckets(false)
+        .build()
+        .unwrap();
+    for pool in [&both, &native_only] {
+        for k in 0..4 {
+            pool.submit(move || k).unwrap().join().unwrap();
+        }
+    }
+    let mut client = ClientRegistry::default();
+    both.exporter().register_into(&mut client);
+    let om = openmetrics(&client);
+    om.assert_same_as_text(&common::scrape(&registry));
+    let labels = |id| [("executor", id), ("result", "completed")];
+    let count = "executor_tasks_duration_seconds_count";
+    assert_eq!(om.value(count, &labels("both")), 4.0);
+    assert_eq!(om.value(count, &labels("native_only")), 4.0);
+    let bucket = "executor_tasks_duration_seconds_bucket";
+    let le = |id, le| [("executor", id), ("result", "completed"), ("le", le)];
+    assert_eq!(om.value(bucket, &le("both", "+Inf")), 4.0);
+    assert_eq!(om.value(bucket, &le("native_only", "+Inf")), 4.0);
+    let buckets_of = |id| om.matching(bucket, &[("executor", id)]).count();
+    // Both results' buckets, `+Inf` included.
+    assert_eq!(
+        buckets_of("both"),
+        2 * (executor_exporter::DEFAULT_BUCKETS.len() + 1)
+    );
+    assert_eq!(buckets_of("native_only"), 2);
+}

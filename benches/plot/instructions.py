@@ -12,7 +12,7 @@ builds it with the test profile instead of the bench one (CI does, to reuse the
 tests' build: the script is checked, not the figures). Needs valgrind (Debian
 package `valgrind`). Prints a Markdown table, `proxy_spawn` minus `bare` (what the
 instrumentation adds to a task), `proxy_execute` over `proxy_spawn`, and what
-an exemplar hook and a span add to each path.
+an exemplar hook, native histograms and a span add to each path.
 """
 
 import glob
@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 
-VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute", "proxy_submit"]
+VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute", "proxy_submit",
+            "proxy_spawn_native"]
 # The same two paths through a proxy whose exporter has an exemplar hook (it
 # hands out a clone of one prebuilt label set): what exemplars add per task.
 EXEMPLAR = ["proxy_spawn_exemplar", "proxy_execute_exemplar"]
@@ -86,6 +87,8 @@ def main():
     print(f"\nproxy_spawn - bare: {added:.1f} instructions added per task")
     ratio = per_task["proxy_execute"] / per_task["proxy_spawn"]
     print(f"proxy_execute / proxy_spawn: {ratio:.2f} (the drop-in path against spawn)")
+    native = per_task["proxy_spawn_native"] - per_task["proxy_spawn"]
+    print(f"proxy_spawn_native - proxy_spawn: {native:.1f} instructions (native histograms, schema 3)")
     for v in variants[len(VARIANTS):]:
         plain = v.removesuffix("_in_span").removesuffix("_outside_span").removesuffix("_exemplar")
         if plain in per_task and plain != v:

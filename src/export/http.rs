@@ -31,8 +31,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use self::accept::Format;
 use prometheus::proto::MetricFamily;
-#[cfg(feature = "protobuf")]
-use prometheus::ProtobufEncoder;
 use prometheus::{Encoder, Registry};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
@@ -585,21 +583,16 @@ fn respond(
 ) -> Response<Full<Bytes>> {
     match (req.uri().path(), req.method()) {
         ("/metrics", &Method::GET | &Method::HEAD) => {
-            let families = registry.gather();
             let accept = req.headers().get_all(ACCEPT).iter();
             let encoded = match Format::negotiate(accept, openmetrics) {
-                Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &families),
+                Format::Text => encode(TextEncoder::new(), TEXT_CONTENT_TYPE, &registry.gather()),
                 Format::OpenMetrics => encode(
                     OpenMetricsEncoder::new().with_exemplars_of(registry),
                     OPENMETRICS_FORMAT,
-                    &families,
+                    &registry.gather(),
                 ),
                 #[cfg(feature = "protobuf")]
-                Format::Protobuf => {
-                    let encoder = ProtobufEncoder::new();
-                    let content_type = encoder.format_type().to_owned();
-                    encode(encoder, &content_type, &families)
-                }
+                Format::Protobuf => protobuf(registry),
             };
             let mut response = encoded.unwrap_or_else(|e| {
                 text(
@@ -626,6 +619,22 @@ fn respond(
             "not found; metrics are at /metrics\n",
         ),
     }
+}
+
+/// The protobuf exposition of `registry`, with the native histograms of
+/// the pools that keep them.
+#[cfg(feature = "protobuf")]
+fn protobuf(registry: &Registry) -> prometheus::Result<Response<Full<Bytes>>> {
+    use super::protobuf::{encode, PROTOBUF_FORMAT};
+    let (families, extras) = crate::metrics::with_extras(|| registry.gather());
+    let mut body = Vec::new();
+    let exemplars = crate::metrics::ExemplarSource::of(registry);
+    encode(&families, &extras, exemplars.as_ref(), &mut body).map_err(prometheus::Error::Msg)?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF_FORMAT));
+    Ok(response)
 }
 
 /// The content type of the text exposition.

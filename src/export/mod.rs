@@ -5,6 +5,8 @@
 #[cfg(feature = "http")]
 mod http;
 mod openmetrics;
+#[cfg(feature = "protobuf")]
+mod protobuf;
 #[cfg(feature = "push")]
 mod push;
 pub(crate) mod text;

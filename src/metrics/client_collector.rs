@@ -9,12 +9,14 @@ use prometheus::core::Collector as _;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, LabelSetEncoder, MetricEncoder, NoLabelSet,
+    DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, LabelSetEncoder, MetricEncoder,
+    NativeHistogram as ClientNative, NativeHistogramBuckets, NoLabelSet,
 };
 use prometheus_client::metrics::MetricType as ClientType;
 use prometheus_client::registry::Registry as ClientRegistry;
 
-use super::collector::Families;
+use super::collector::{with_extras, Extras, Families};
+use super::native::NativeHistogram;
 // `value()` of counters and gauges in the plain data model of `prometheus`;
 // inherent (and this import unused) in its protobuf model.
 use super::exporter::ExecutorExporter;
@@ -38,6 +40,13 @@ use crate::export::text::Value as _;
 /// `executor_submitted_tasks` has the sample `executor_submitted_tasks_total`,
 /// the series the `prometheus` path exposes. `prometheus-client` writes no
 /// `_created` samples for counters or classic histograms, so there are none.
+///
+/// The native histograms of pools built with
+/// [`native_histograms`](crate::ExecutorExporterBuilder::native_histograms)
+/// are handed to `prometheus-client` beside the classic buckets: its
+/// protobuf encoder (its feature `prometheus_protobuf`) writes them, and its
+/// text encoder, like any text format, writes the classic buckets alone (with
+/// `classic_buckets(false)`, each histogram's count, sum and `+Inf` bucket).
 ///
 /// ```
 /// use executor_exporter::{PrometheusClientCollector, ThreadPoolExecutor};
@@ -118,8 +127,9 @@ impl ExecutorExporter {
 
 impl Collector for PrometheusClientCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        for family in self.families.collect() {
-            encode_family(&family, &mut encoder)?;
+        let (families, extras) = with_extras(|| self.families.collect());
+        for family in families {
+            encode_family(&family, &extras, &mut encoder)?;
         }
         Ok(())
     }
@@ -127,7 +137,11 @@ impl Collector for PrometheusClientCollector {
 
 /// One family of the catalogue, as `prometheus-client` encodes it. The
 /// catalogue has counters (named `..._total`), gauges and histograms only.
-fn encode_family(family: &MetricFamily, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+fn encode_family(
+    family: &MetricFamily,
+    extras: &Extras,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
     let name = family.name();
     let (name, kind) = match family.get_field_type() {
         MetricType::COUNTER => (
@@ -145,7 +159,7 @@ fn encode_family(family: &MetricFamily, encoder: &mut DescriptorEncoder<'_>) -> 
         match kind {
             ClientType::Counter => counter(&mut metric, m)?,
             ClientType::Gauge => gauge(&mut metric, m)?,
-            _ => histogram(&mut metric, m)?,
+            _ => histogram(&mut metric, m, extras.native(family.name(), m.get_label()))?,
         }
     }
     Ok(())
@@ -176,8 +190,13 @@ fn gauge(encoder: &mut MetricEncoder<'_>, m: &Metric) -> fmt::Result {
 }
 
 /// `prometheus-client` takes each bucket's own count, `+Inf` included;
-/// `prometheus` keeps them cumulative, `+Inf` left out.
-fn histogram(encoder: &mut MetricEncoder<'_>, m: &Metric) -> fmt::Result {
+/// `prometheus` keeps them cumulative, `+Inf` left out. With a native
+/// histogram, its count is the count (see `export::protobuf`).
+fn histogram(
+    encoder: &mut MetricEncoder<'_>,
+    m: &Metric,
+    native: Option<&NativeHistogram>,
+) -> fmt::Result {
     let h = m.get_histogram();
     let mut buckets = Vec::with_capacity(h.get_bucket().len() + 1);
     let mut below = 0;
@@ -186,9 +205,27 @@ fn histogram(encoder: &mut MetricEncoder<'_>, m: &Metric) -> fmt::Result {
         buckets.push((b.upper_bound(), cumulative.saturating_sub(below)));
         below = cumulative;
     }
-    let count = h.get_sample_count();
+    let count = native.map_or(h.get_sample_count(), |n| n.count);
     buckets.push((f64::INFINITY, count.saturating_sub(below)));
-    encoder.encode_histogram::<NoLabelSet>(h.get_sample_sum(), count, &buckets, None)
+    let sum = h.get_sample_sum();
+    let Some(native) = native else {
+        return encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None);
+    };
+    let native = ClientNative {
+        schema: native.schema.into(),
+        zero_threshold: native.zero_threshold,
+        zero_count: native.zero_count,
+        negative: NativeHistogramBuckets {
+            spans: &[],
+            deltas: &[],
+        },
+        positive: NativeHistogramBuckets {
+            spans: &native.spans,
+            deltas: &native.deltas,
+        },
+        created: None,
+    };
+    encoder.encode_histogram_with_native::<NoLabelSet>(sum, count, &buckets, None, native)
 }
 
 /// A series' label pairs, encoded as they are.

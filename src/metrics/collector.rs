@@ -1,6 +1,7 @@
 //! The collector: all series of one namespace in one registry, exposed as the catalogue's families.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
@@ -8,6 +9,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::Registry;
 
 use super::catalogue::{Kind, CATALOGUE};
+use super::native::NativeHistogram;
 use super::registry_map::RegistryMap;
 use super::series::Series;
 use crate::error::{BuildError, BuildErrorKind};
@@ -59,6 +61,7 @@ impl Collector for Families {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let all = lock(&self.series);
+        let capturing = CAPTURE.with(|c| c.borrow().is_some());
         let mut samples: Vec<Vec<proto::Metric>> = CATALOGUE
             .iter()
             .map(|family| Vec::with_capacity(all.len() * family.per_series))
@@ -67,6 +70,16 @@ impl Collector for Families {
             let mut reading = series.read();
             for (family, out) in CATALOGUE.iter().zip(&mut samples) {
                 (family.samples)(&mut reading, out);
+            }
+            if capturing && !reading.natives.is_empty() {
+                let ns = &self.namespace;
+                CAPTURE.with(|c| {
+                    if let Some(extras) = c.borrow_mut().as_mut() {
+                        for (family, labels, native) in reading.natives.drain(..) {
+                            extras.insert(format!("{ns}_{family}"), labels, native);
+                        }
+                    }
+                });
             }
         }
         drop(all);
@@ -110,4 +123,100 @@ pub(super) fn families_for(
         |families| families.namespace == namespace,
         |marker| Families::new(namespace, marker),
     )
+}
+
+/// What this crate's collectors know of their samples beyond what a
+/// `prometheus` family can hold, gathered by [`with_extras`]: the native
+/// histograms, by family name and label pairs.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// By [`sample_hash`]: a lookup hashes the sample's name and labels
+    /// where they are, without building a key.
+    native: HashMap<u64, Vec<Captured>>,
+}
+
+#[derive(Debug)]
+struct Captured {
+    family: String,
+    labels: Vec<proto::LabelPair>,
+    native: NativeHistogram,
+}
+
+// Read only by the encoders that carry native histograms.
+#[cfg_attr(
+    not(any(feature = "protobuf", feature = "prometheus-client")),
+    allow(dead_code)
+)]
+impl Extras {
+    fn insert(&mut self, family: String, labels: &[proto::LabelPair], native: NativeHistogram) {
+        self.native
+            .entry(sample_hash(&family, labels))
+            .or_default()
+            .push(Captured {
+                family,
+                labels: labels.to_vec(),
+                native,
+            });
+    }
+
+    /// The native histogram of the sample of family `family` with `labels`.
+    pub(crate) fn native(
+        &self,
+        family: &str,
+        labels: &[proto::LabelPair],
+    ) -> Option<&NativeHistogram> {
+        if self.native.is_empty() {
+            return None;
+        }
+        let same = |a: &proto::LabelPair, b: &proto::LabelPair| {
+            a.name() == b.name() && a.value() == b.value()
+        };
+        self.native
+            .get(&sample_hash(family, labels))?
+            .iter()
+            .find(|c| {
+                c.family == family
+                    && c.labels.len() == labels.len()
+                    && c.labels.iter().zip(labels).all(|(a, b)| same(a, b))
+            })
+            .map(|c| &c.native)
+    }
+}
+
+/// FNV-1a over a sample's family name and label pairs, each string ended
+/// by a byte no UTF-8 string holds.
+fn sample_hash(family: &str, labels: &[proto::LabelPair]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |text: &str| {
+        for &b in text.as_bytes().iter().chain(&[0xff]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(family);
+    for label in labels {
+        eat(label.name());
+        eat(label.value());
+    }
+    hash
+}
+
+thread_local! {
+    /// Set while [`with_extras`] runs on this thread.
+    static CAPTURE: RefCell<Option<Extras>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a `Registry::gather`, or a collect of this crate's
+/// collectors), and returns with its result the [`Extras`] of the samples
+/// the crate's collectors produced in it. `Registry::gather` runs every
+/// collector on the calling thread, so a thread-local carries them: the
+/// samples and their extras come from the same reading of the counts.
+#[cfg_attr(
+    not(any(feature = "protobuf", feature = "prometheus-client")),
+    allow(dead_code)
+)]
+pub(crate) fn with_extras<R>(f: impl FnOnce() -> R) -> (R, Extras) {
+    let outer = CAPTURE.with(|c| c.borrow_mut().replace(Extras::default()));
+    let result = f();
+    let extras = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+    (result, extras.unwrap_or_default())
 }

@@ -425,7 +425,14 @@ mod tests {
 
     #[test]
     fn a_bucket_keeps_its_latest_exemplar() {
-        let series = Arc::new(Series::new("s", "t", vec![0.001, 0.01], vec![0.1, 1.0]));
+        let series = Arc::new(Series::new(
+            "s",
+            "t",
+            vec![0.001, 0.01],
+            vec![0.1, 1.0],
+            None,
+            true,
+        ));
         series.keep_exemplars();
         let hook = |id: &'static str| ExemplarHook::new(move || ExemplarLabels::new([("id", id)]));
         let first = Pending::capture(&hook("first"), &series).unwrap();

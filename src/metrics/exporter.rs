@@ -8,6 +8,7 @@ use prometheus::Registry;
 use super::buckets::{resolve_buckets, validate_namespace};
 use super::collector::families_for;
 use super::exemplars::{ExemplarHook, ExemplarLabels};
+use super::native::{MAX_SCHEMA, MIN_SCHEMA};
 use super::series::Series;
 use super::snapshot::Snapshot;
 use super::steps::Step;
@@ -121,6 +122,42 @@ impl ExecutorExporter {
         &self.series.duration_bounds
     }
 
+    /// The schema of the native histograms kept beside the wait and
+    /// duration histograms, `None` without (see
+    /// [`ExecutorExporterBuilder::native_histograms`]).
+    ///
+    /// ```
+    /// use executor_exporter::ExecutorExporter;
+    ///
+    /// let exporter = ExecutorExporter::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .build()?;
+    /// assert_eq!(exporter.native_histogram_schema(), None);
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
+    pub fn native_histogram_schema(&self) -> Option<i8> {
+        self.series.native.map(|layout| layout.schema())
+    }
+
+    /// Whether the wait and duration histograms expose their classic
+    /// buckets (see [`ExecutorExporterBuilder::classic_buckets`]).
+    ///
+    /// ```
+    /// use executor_exporter::ExecutorExporter;
+    ///
+    /// let exporter = ExecutorExporter::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .native_histograms(0)
+    ///     .classic_buckets(false)
+    ///     .build()?;
+    /// assert!(!exporter.classic_buckets());
+    /// assert_eq!(exporter.native_histogram_schema(), Some(0));
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
+    pub fn classic_buckets(&self) -> bool {
+        self.series.classic
+    }
+
     /// Adds `n` to the `max_workers` gauge: call once per pool built, and
     /// [`remove_max_workers`](Self::remove_max_workers) with the same `n`
     /// when that pool shuts down, so the gauge is the capacity of the pools
@@ -225,6 +262,8 @@ pub struct ExecutorExporterBuilder {
     duration_explicit: Option<Vec<f64>>,
     duration_exponential: Option<(f64, f64, f64)>,
     exemplar: Option<ExemplarHook>,
+    native_schema: Option<i8>,
+    classic: Option<bool>,
 }
 
 impl ExecutorExporterBuilder {
@@ -304,10 +343,12 @@ impl ExecutorExporterBuilder {
     /// without ever waiting: when a scrape or another task is writing the
     /// same bucket at that instant, it is skipped.
     ///
-    /// Exemplars are written by the OpenMetrics exposition:
-    /// [`MetricsServer`](crate::MetricsServer) built with
+    /// Exemplars are written by the OpenMetrics exposition
+    /// ([`MetricsServer`](crate::MetricsServer) built with
     /// `.openmetrics(true)`, or
-    /// [`OpenMetricsEncoder::encode_with_exemplars`](crate::OpenMetricsEncoder::encode_with_exemplars).
+    /// [`OpenMetricsEncoder::encode_with_exemplars`](crate::OpenMetricsEncoder::encode_with_exemplars))
+    /// and by the server's protobuf one (feature `protobuf`); the text
+    /// format has no place for them.
     /// Used by every task of the pools and proxies built with this
     /// exporter (thread pools, rayon, any
     /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy),
@@ -343,6 +384,86 @@ impl ExecutorExporterBuilder {
         self
     }
 
+    /// Also keep the wait and duration histograms as native histograms
+    /// (sparse, exponential buckets) of `schema`, from -4 to 8: each power of
+    /// two is split into `2^schema` buckets, so every bucket's upper bound is
+    /// `2^(2^-schema)` times its lower one (schema 3: 8 buckets per power of
+    /// two, each 9% wide; 8: 256, 0.3%). Off by default, and then recording
+    /// costs nothing more.
+    ///
+    /// They are served in the protobuf exposition (`MetricsServer` with the
+    /// `protobuf` feature, to a Prometheus run with
+    /// `--enable-feature=native-histograms`) and handed to `prometheus-client`'s
+    /// encoders, which write them in its protobuf format. Text and
+    /// OpenMetrics text have no native histograms: they carry the classic
+    /// buckets, kept alongside unless [`classic_buckets(false)`](Self::classic_buckets).
+    /// A Prometheus that scrapes a native histogram keeps only it, unless its
+    /// scrape config sets `scrape_classic_histograms: true`.
+    ///
+    /// Durations are whole nanoseconds: the zero bucket (threshold 2^-128 s)
+    /// holds exactly the durations of 0. A histogram whose durations spread
+    /// over more than 160 buckets is exposed at a lower schema (pairs of
+    /// buckets merged, as often as needed), so a scrape stays small however
+    /// spread the durations are; once lowered it stays lowered, as the
+    /// counts only grow. Each recording thread keeps its counts in chunks of
+    /// 64 buckets (at schemas 7 and 8, one chunk per power of two), allocated
+    /// the first time a duration lands in one.
+    ///
+    /// ```
+    /// use executor_exporter::ThreadPoolExecutor;
+    ///
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .native_histograms(3)
+    ///     .build()?;
+    /// assert_eq!(pool.exporter().native_histogram_schema(), Some(3));
+    ///
+    /// let err = ThreadPoolExecutor::builder()
+    ///     .registry(prometheus::Registry::new())
+    ///     .native_histograms(9)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.is_buckets());
+    /// assert!(err.to_string().contains("from -4 to 8"));
+    /// # Ok::<(), executor_exporter::BuildError>(())
+    /// ```
+    pub fn native_histograms(mut self, schema: i8) -> Self {
+        self.native_schema = Some(schema);
+        self
+    }
+
+    /// Whether the wait and duration histograms expose their classic
+    /// buckets (default `true`). Only with
+    /// [`native_histograms`](Self::native_histograms): `false` without them
+    /// is a build error, since the histograms would have no buckets. Without
+    /// classic buckets the text expositions show each histogram's count and
+    /// sum (and the `+Inf` bucket), and the protobuf one the native buckets
+    /// alone, which halves the size of its histograms. The counts behind the
+    /// task gauges are kept either way.
+    ///
+    /// ```
+    /// use executor_exporter::ThreadPoolExecutor;
+    /// use prometheus::Encoder;
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let pool = ThreadPoolExecutor::builder()
+    ///     .registry(registry.clone())
+    ///     .native_histograms(3)
+    ///     .classic_buckets(false)
+    ///     .build()?;
+    /// pool.submit(|| ())?.join()?;
+    /// let mut text = Vec::new();
+    /// executor_exporter::TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    /// let text = String::from_utf8(text)?;
+    /// assert!(text.contains("executor_task_wait_seconds_count{"));
+    /// assert!(!text.contains(r#"le="0.001""#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn classic_buckets(mut self, on: bool) -> Self {
+        self.classic = Some(on);
+        self
+    }
+
     /// Checks the options, registers the families (once per registry and
     /// namespace) and resolves this exporter's series.
     ///
@@ -366,6 +487,21 @@ impl ExecutorExporterBuilder {
             .unwrap_or_else(|| prometheus::default_registry().clone());
         let id = self.exporter_id.unwrap_or_else(|| "default".to_owned());
         let ty = self.executor_type.unwrap_or_else(|| "custom".to_owned());
+        let native = self.native_schema;
+        if let Some(schema) = native.filter(|s| !(MIN_SCHEMA..=MAX_SCHEMA).contains(s)) {
+            return Err(BuildError::new(BuildErrorKind::NativeHistograms(format!(
+                "native_histograms({schema}): the schema must be from -4 to 8 (8 buckets per \
+                 power of two at 3, 256 at 8); pick one in that range"
+            ))));
+        }
+        let classic = self.classic.unwrap_or(true);
+        if !classic && native.is_none() {
+            return Err(BuildError::new(BuildErrorKind::NativeHistograms(
+                "classic_buckets(false) without native_histograms(schema) leaves the histograms \
+                 without buckets; turn native histograms on, or keep the classic buckets"
+                    .to_owned(),
+            )));
+        }
         for (label, value) in [("exporter_id", &id), ("executor_type", &ty)] {
             if value.is_empty() {
                 return Err(BuildError::new(BuildErrorKind::EmptyLabel(label)));
@@ -381,10 +517,21 @@ impl ExecutorExporterBuilder {
                         "exporter id {id:?} with type {ty:?} already exists in this registry with other buckets"
                     ))));
                 }
+                let theirs = existing.native.map(|layout| layout.schema());
+                if theirs != native || existing.classic != classic {
+                    return Err(BuildError::new(BuildErrorKind::IncompatibleSeries(
+                        format!(
+                        "exporter id {id:?} with type {ty:?} already exists in this registry with \
+                         native_histograms {theirs:?} and classic_buckets({}); build this one with \
+                         the same, or give it another id",
+                        existing.classic
+                    ),
+                    )));
+                }
                 existing.clone()
             }
             None => {
-                let series = Arc::new(Series::new(&id, &ty, wait, duration));
+                let series = Arc::new(Series::new(&id, &ty, wait, duration, native, classic));
                 all.insert((id, ty), series.clone());
                 series
             }
@@ -486,6 +633,20 @@ macro_rules! exporter_options {
             H: Fn() -> Option<$crate::ExemplarLabels> + Send + Sync + 'static,
         {
             self.exporter = self.exporter.exemplar(hook);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::native_histograms`](crate::ExecutorExporterBuilder::native_histograms).
+        #[must_use]
+        pub fn native_histograms(mut self, schema: i8) -> Self {
+            self.exporter = self.exporter.native_histograms(schema);
+            self
+        }
+
+        /// See [`ExecutorExporterBuilder::classic_buckets`](crate::ExecutorExporterBuilder::classic_buckets).
+        #[must_use]
+        pub fn classic_buckets(mut self, on: bool) -> Self {
+            self.exporter = self.exporter.classic_buckets(on);
             self
         }
     };

@@ -21,6 +21,7 @@ mod client_collector;
 mod collector;
 mod exemplars;
 mod exporter;
+mod native;
 mod registry_map;
 mod series;
 mod shards;
@@ -32,10 +33,14 @@ mod tests;
 pub use buckets::DEFAULT_BUCKETS;
 #[cfg(feature = "prometheus-client")]
 pub use client_collector::PrometheusClientCollector;
+#[cfg(feature = "protobuf")]
+pub(crate) use collector::{with_extras, Extras};
 pub use exemplars::ExemplarLabels;
 pub(crate) use exemplars::{Exemplar, ExemplarHook, ExemplarSource, HistogramExemplars, Pending};
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
+#[cfg(feature = "protobuf")]
+pub(crate) use native::NativeHistogram;
 #[cfg(feature = "push")]
 pub(crate) use registry_map::RegistryMap;
 pub(crate) use series::{AgeSource, Capacity, Series};

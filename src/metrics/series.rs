@@ -11,6 +11,7 @@ use prometheus::proto;
 use prometheus::{Histogram, HistogramOpts};
 
 use super::exemplars::ExemplarCell;
+use super::native::{Layout, NativeHistogram, NativeTotals};
 use super::shards::{bounds_in_nanos, BucketBounds, Buckets, Shard, Shards, SUBMIT_RING};
 use crate::clock::Clock;
 use crate::error::FailureReason;
@@ -41,6 +42,12 @@ pub(crate) struct Series {
     /// The latest exemplar per bucket, once an exporter with an exemplar
     /// hook records here (`exemplars.rs`).
     pub(super) exemplars: ExemplarCell,
+    /// The schema of the native histograms kept beside the wait and
+    /// duration histograms, if any.
+    pub(super) native: Option<Layout>,
+    /// Whether the classic buckets are exposed (they are always counted:
+    /// the task gauges are derived from their counts).
+    pub(super) classic: bool,
     /// `step_duration_seconds`, one histogram per step name.
     steps: Mutex<BTreeMap<String, Histogram>>,
     /// The [`FailureReason`]s (a bit per index) the executors using this
@@ -95,6 +102,10 @@ pub(crate) struct Reading<'a> {
     pub(crate) failed: proto::Metric,
     /// Failures by reason, with their labels: the reasons expected or seen.
     pub(crate) failures: Vec<(u64, &'a [proto::LabelPair])>,
+    /// The native histograms of the series, if it keeps them: the
+    /// catalogue name of the family, the labels of the sample and the
+    /// buckets.
+    pub(crate) natives: Vec<(&'static str, &'a [proto::LabelPair], NativeHistogram)>,
     /// Failures by reason, every reason, indexed like [`FailureReason::ALL`].
     pub(crate) by_reason: [u64; FailureReason::ALL.len()],
     /// One histogram per step, labelled.
@@ -173,7 +184,10 @@ impl Series {
         ty: &str,
         wait_bounds: Vec<f64>,
         duration_bounds: Vec<f64>,
+        native: Option<i8>,
+        classic: bool,
     ) -> Series {
+        let native = native.map(Layout::new);
         Series {
             id: id.to_owned(),
             ty: ty.to_owned(),
@@ -183,9 +197,11 @@ impl Series {
             workers: AtomicI64::new(0),
             initialized_workers: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
-            shards: Shards::new(wait_bounds.len(), duration_bounds.len()),
+            shards: Shards::new(wait_bounds.len(), duration_bounds.len(), native),
             wait_nanos: bounds_in_nanos(&wait_bounds),
             duration_nanos: bounds_in_nanos(&duration_bounds),
+            native,
+            classic,
             wait_bounds,
             duration_bounds,
             exemplars: ExemplarCell::new(),
@@ -407,17 +423,28 @@ impl Series {
         m
     }
 
-    /// Sums one histogram over the shards into a sample.
+    /// Sums one histogram over the shards into a sample, and its native
+    /// counts if the series keeps them. The classic counts are read first:
+    /// a shard counts an observation's native bucket before its classic
+    /// one, so the native histogram holds every observation the classic
+    /// one does (its count, at least the classic count, is the one the
+    /// protobuf exposition gives both).
     fn sharded_histogram(
         &self,
         bounds: &[f64],
         which: impl Fn(&Shard) -> &Buckets,
         labels: &[proto::LabelPair],
-    ) -> proto::Metric {
+    ) -> (proto::Metric, Option<NativeHistogram>) {
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum_nanos = 0u128;
         self.shards
             .for_each(|shard| which(shard).add_to(&mut counts, &mut sum_nanos));
+        let native = self.native.map(|layout| {
+            let mut totals = NativeTotals::new(layout);
+            self.shards
+                .for_each(|shard| which(shard).add_native_to(&mut totals));
+            totals.histogram()
+        });
         let mut cumulative = 0u64;
         let buckets = bounds
             .iter()
@@ -433,11 +460,13 @@ impl Series {
         let mut h = proto::Histogram::default();
         h.set_sample_count(cumulative + counts[bounds.len()]);
         h.set_sample_sum(sum_nanos as f64 / 1e9);
-        h.set_bucket(buckets);
+        if self.classic {
+            h.set_bucket(buckets);
+        }
         let mut m = proto::Metric::default();
         m.set_label(labels.to_vec());
         m.set_histogram(h);
-        m
+        (m, native)
     }
 
     /// Reads every count of this series once, for one scrape: the
@@ -452,17 +481,30 @@ impl Series {
         // seen by the later reads, and `running_tasks` never goes negative.
         // `queued_tasks` is clamped at zero: a task is counted as submitted
         // only once the executor has taken it, so its start may come first.
-        let completed = self.sharded_histogram(
+        let (completed, completed_native) = self.sharded_histogram(
             &self.duration_bounds,
             |s| &s.completed,
             &self.labels.completed,
         );
-        let failed =
+        let (failed, failed_native) =
             self.sharded_histogram(&self.duration_bounds, |s| &s.failed, &self.labels.failed);
         let by_reason: [u64; FailureReason::ALL.len()] =
             FailureReason::ALL.map(|r| shards.sum(|s| &s.failures[r.index()]));
         let failed_unstarted = shards.sum(|s| &s.failed_unstarted);
-        let wait = self.sharded_histogram(&self.wait_bounds, |s| &s.wait, &self.labels.plain);
+        let (wait, wait_native) =
+            self.sharded_histogram(&self.wait_bounds, |s| &s.wait, &self.labels.plain);
+        let natives = [
+            ("task_wait_seconds", &self.labels.plain, wait_native),
+            (
+                "tasks_duration_seconds",
+                &self.labels.completed,
+                completed_native,
+            ),
+            ("tasks_duration_seconds", &self.labels.failed, failed_native),
+        ]
+        .into_iter()
+        .filter_map(|(family, labels, native)| Some((family, labels.as_slice(), native?)))
+        .collect();
         let cancelled = shards.sum(|s| &s.cancelled);
         let submitted = shards.sum(|s| &s.submitted);
         let rejected = shards.sum(|s| &s.rejected);
@@ -506,6 +548,7 @@ impl Series {
             wait,
             completed,
             failed,
+            natives,
             failures,
             by_reason,
             steps,

@@ -38,6 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_utils::CachePadded;
 
+use super::native::{Layout, NativeBuckets, NativeTotals};
+
 /// Adds `n` to `counter`: a plain load and store when the calling thread is
 /// the shard's only writer, an atomic add otherwise.
 #[inline(always)]
@@ -53,18 +55,28 @@ fn add(exclusive: bool, counter: &AtomicU64, n: u64) {
 }
 
 /// A histogram's shard: a count per bucket (not cumulative; the last is the
-/// `+Inf` bucket) and the sum in nanoseconds.
+/// `+Inf` bucket), the sum in nanoseconds, and the native histogram's
+/// counts when the series keeps one.
 #[derive(Debug)]
 pub(crate) struct Buckets {
     counts: Box<[AtomicU64]>,
     sum_nanos: AtomicU64,
+    native: Option<NativeBuckets>,
 }
 
 impl Buckets {
-    fn new(bounds: usize) -> Buckets {
+    fn new(bounds: usize, native: Option<Layout>) -> Buckets {
         Buckets {
             counts: (0..=bounds).map(|_| AtomicU64::new(0)).collect(),
             sum_nanos: AtomicU64::new(0),
+            native: native.map(NativeBuckets::new),
+        }
+    }
+
+    /// Adds this shard's native counts into `totals`, if it keeps them.
+    pub(crate) fn add_native_to(&self, totals: &mut NativeTotals) {
+        if let Some(native) = &self.native {
+            native.add_to(totals);
         }
     }
 
@@ -86,6 +98,10 @@ pub(crate) struct Shard {
     owned: AtomicBool,
     /// False for the shared shard: its writers use atomic adds.
     exclusive: bool,
+    /// Exclusive, and its histograms keep no native counts: an
+    /// observation takes [`observe`](Self::observe)'s one fast path, tested
+    /// by this one flag.
+    plain: bool,
     pub(crate) submitted: AtomicU64,
     /// The submit times (raw) of this thread's last [`SUBMIT_RING`] accepted
     /// tasks, the one counted `n`th in `submitted` at `n % SUBMIT_RING`:
@@ -111,21 +127,27 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    fn new(wait_bounds: usize, duration_bounds: usize, exclusive: bool) -> Shard {
+    fn new(
+        wait_bounds: usize,
+        duration_bounds: usize,
+        native: Option<Layout>,
+        exclusive: bool,
+    ) -> Shard {
         Shard {
             owned: AtomicBool::new(true),
             exclusive,
+            plain: exclusive && native.is_none(),
             submitted: AtomicU64::new(0),
             submits: std::array::from_fn(|_| AtomicU64::new(0)),
             rejected: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             failed_unstarted: AtomicU64::new(0),
             failures: Default::default(),
-            wait: Buckets::new(wait_bounds),
+            wait: Buckets::new(wait_bounds, native),
             running_since: AtomicU64::new(0),
             started_submit: AtomicU64::new(0),
-            completed: Buckets::new(duration_bounds),
-            failed: Buckets::new(duration_bounds),
+            completed: Buckets::new(duration_bounds, native),
+            failed: Buckets::new(duration_bounds, native),
         }
     }
 
@@ -138,11 +160,31 @@ impl Shard {
 
     /// Counts a duration of `nanos` into `buckets` (one of this shard's
     /// histograms), in the first bucket whose bound is at least `nanos`, as
-    /// Prometheus' `le` buckets do. The bucket is counted last, so a scrape
-    /// that sees the observation also sees what this thread recorded before.
+    /// Prometheus' `le` buckets do, and in its native bucket if `buckets`
+    /// keeps native counts. The classic bucket is counted last, so a scrape
+    /// that sees the observation also sees what this thread recorded before,
+    /// its native count included.
     #[inline]
     pub(crate) fn observe(&self, buckets: &Buckets, bounds: &BucketBounds, nanos: u64) {
+        if !self.plain {
+            return self.observe_any(buckets, bounds, nanos);
+        }
+        add(true, &buckets.sum_nanos, nanos);
+        if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
+            add(true, count, 1);
+        }
+    }
+
+    /// [`observe`](Self::observe) on the shared shard, or with native
+    /// counts. Out of line: the default, a thread's own shard without
+    /// native counts, pays only the test of [`plain`](Self::plain) (which
+    /// stands in for the test of `exclusive` it would make anyway).
+    #[inline(never)]
+    fn observe_any(&self, buckets: &Buckets, bounds: &BucketBounds, nanos: u64) {
         add(self.exclusive, &buckets.sum_nanos, nanos);
+        if let Some(native) = &buckets.native {
+            add(self.exclusive, native.counter(nanos), 1);
+        }
         if let Some(count) = buckets.counts.get(bounds.bucket(nanos)) {
             add(self.exclusive, count, 1);
         }
@@ -245,23 +287,32 @@ pub(crate) struct Shards {
     id: u64,
     wait_bounds: usize,
     duration_bounds: usize,
+    native: Option<Layout>,
     shared: Slot,
     /// Every shard, the shared one first; only ever grows.
     all: Mutex<Vec<Slot>>,
 }
 
 impl Shards {
-    pub(crate) fn new(wait_bounds: usize, duration_bounds: usize) -> Shards {
+    /// Shards of histograms with this many bounds, keeping native counts
+    /// of `native`'s schema if given.
+    pub(crate) fn new(
+        wait_bounds: usize,
+        duration_bounds: usize,
+        native: Option<Layout>,
+    ) -> Shards {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(CachePadded::new(Shard::new(
             wait_bounds,
             duration_bounds,
+            native,
             false,
         )));
         Shards {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wait_bounds,
             duration_bounds,
+            native,
             all: Mutex::new(vec![shared.clone()]),
             shared,
         }
@@ -344,6 +395,7 @@ impl Shards {
         let shard = Arc::new(CachePadded::new(Shard::new(
             self.wait_bounds,
             self.duration_bounds,
+            self.native,
             true,
         )));
         all.push(shard.clone());
@@ -458,7 +510,7 @@ mod tests {
     use super::*;
 
     fn shards() -> Shards {
-        Shards::new(3, 3)
+        Shards::new(3, 3, None)
     }
 
     fn shard_count(shards: &Shards) -> usize {

@@ -217,3 +217,45 @@ fn catalogue_matches_the_exposition_and_both_tables() {
         assert_eq!(table_rows(&text), catalogue, "the metrics table of {doc}");
     }
 }
+
+/// Native histogram options are checked at build, each error saying what
+/// to set; a series is shared only with the same native options.
+#[test]
+fn native_histogram_options_are_checked() {
+    let build = |b: ExecutorExporterBuilder| b.registry(Registry::new()).build();
+    for schema in [-5, 9, i8::MIN, i8::MAX] {
+        let err = build(ExecutorExporter::builder().native_histograms(schema)).unwrap_err();
+        assert!(err.is_buckets(), "{err}");
+        assert!(err.to_string().contains("from -4 to 8"), "{err}");
+    }
+    for schema in [-4, 0, 8] {
+        let exporter = build(ExecutorExporter::builder().native_histograms(schema)).unwrap();
+        assert_eq!(exporter.native_histogram_schema(), Some(schema));
+        assert!(exporter.classic_buckets());
+    }
+    let err = build(ExecutorExporter::builder().classic_buckets(false)).unwrap_err();
+    assert!(err.is_buckets(), "{err}");
+    assert!(
+        err.to_string().contains("native_histograms(schema)"),
+        "{err}"
+    );
+    let plain = build(ExecutorExporter::builder()).unwrap();
+    assert_eq!(plain.native_histogram_schema(), None);
+
+    let registry = Registry::new();
+    let with =
+        |b: ExecutorExporterBuilder| b.exporter_id("shared").registry(registry.clone()).build();
+    with(ExecutorExporter::builder().native_histograms(3)).unwrap();
+    with(ExecutorExporter::builder().native_histograms(3)).unwrap();
+    for other in [
+        ExecutorExporter::builder(),
+        ExecutorExporter::builder().native_histograms(4),
+        ExecutorExporter::builder()
+            .native_histograms(3)
+            .classic_buckets(false),
+    ] {
+        let err = with(other).unwrap_err();
+        assert!(err.is_registry(), "{err}");
+        assert!(err.to_string().contains("native_histograms"), "{err}");
+    }
+}
