@@ -14,8 +14,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::dispatcher::{
-    Ages, Config, Dispatcher, Inner, Job, Lent, Link, Mode, Place, Shared, PIPELINE_BELOW,
-    UNREAD_AFTER,
+    Ages, Config, Dispatcher, Inner, Job, Lent, Link, Mode, Place, Shared, LEND_FOR,
+    PIPELINE_BELOW, UNREAD_AFTER,
 };
 use super::job::{JobSink, JobSpec, PoolObserver};
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
@@ -75,6 +75,7 @@ pub struct ProcessPoolBuilder {
     when_full: Option<FullPolicy>,
     spin: Duration,
     pipeline_below: Duration,
+    lend_for: Duration,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -96,6 +97,7 @@ impl Default for ProcessPoolBuilder {
             when_full: None,
             spin: Duration::ZERO,
             pipeline_below: PIPELINE_BELOW,
+            lend_for: LEND_FOR,
         }
     }
 }
@@ -278,6 +280,15 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// A joiner reads its worker's reply itself for up to `d`, instead of [`LEND_FOR`] (a task's
+    /// whole run is then read by its joiner, so the races with a stop or a death can be hit).
+    #[cfg(all(test, not(loom)))]
+    #[must_use]
+    pub(crate) fn lend_for(mut self, d: Duration) -> Self {
+        self.lend_for = d;
+        self
+    }
+
     /// The name of the dispatcher thread (default: `process-pool`).
     #[must_use]
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
@@ -386,6 +397,7 @@ impl ProcessPoolBuilder {
             }),
             wake,
             timer,
+            lend_for: self.lend_for,
             room: queue_capacity.map(|n| Arc::new(Room::new(n))),
             ages: Ages::default(),
             next_id: AtomicU64::new(0),

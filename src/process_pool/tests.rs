@@ -616,6 +616,112 @@ fn init_2_start_failures_are_observed_then_the_pool_breaks() {
     );
 }
 
+// ---- a joiner reading its worker's reply ----
+
+/// A pool of one worker whose joiners read their task's reply for the whole run, idle and listed
+/// for hand-overs (a first task ran), so each task below goes straight to it and its joiner reads.
+fn lending_pool() -> (Arc<ProcessPool>, Arc<RecObserver>) {
+    let (b, obs) = observed(1);
+    let pool = b.lend_for(WATCHDOG).build().unwrap();
+    assert_eq!(pool.submit::<Square>(&3).unwrap().join(), Ok(Ok(9)));
+    assert!(matches!(&obs.take()[..], [Obs::Started(_)]));
+    (Arc::new(pool), obs)
+}
+
+/// Runs `f` on the pool `after` from now, on another thread: while the test's thread is joining.
+fn later(
+    pool: &Arc<ProcessPool>,
+    after: Duration,
+    f: impl FnOnce(&ProcessPool) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let p = Arc::clone(pool);
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        f(&p);
+    })
+}
+
+/// `kill()` while the joiner reads the worker's channel: the dispatcher takes the job back from
+/// it and fails it as killed, rather than leave it to a reader whose worker is gone.
+#[test]
+fn kill_while_the_joiner_reads_fails_the_task_as_killed() {
+    let _watchdog = test_watchdog("kill_while_the_joiner_reads_fails_the_task_as_killed");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SleepMs>(&60_000).unwrap();
+    let killer = later(&pool, Duration::from_millis(200), ProcessPool::kill);
+    let got = h.join();
+    killer.join().unwrap();
+    assert!(
+        matches!(
+            &got,
+            Err(crate::TaskError::Failed {
+                reason: crate::FailureReason::Killed,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+}
+
+/// `shutdown_now()` while the joiner reads: the running task finishes with its result.
+#[test]
+fn shutdown_now_while_the_joiner_reads_lets_the_task_finish() {
+    let _watchdog = test_watchdog("shutdown_now_while_the_joiner_reads_lets_the_task_finish");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SleepMs>(&300).unwrap();
+    let stopper = later(&pool, Duration::from_millis(100), ProcessPool::shutdown_now);
+    assert_eq!(h.join(), Ok(Ok(())));
+    stopper.join().unwrap();
+}
+
+/// A join that times out while reading leaves the job to the dispatcher, which delivers it; the
+/// worker is not replaced and takes the next task.
+#[test]
+fn a_join_timing_out_while_reading_leaves_the_task_to_the_pool() {
+    let _watchdog = test_watchdog("a_join_timing_out_while_reading_leaves_the_task_to_the_pool");
+    let (pool, obs) = lending_pool();
+    let mut h = pool.submit::<SleepMs>(&300).unwrap();
+    assert_eq!(
+        h.join_timeout(Duration::from_millis(50)),
+        Err(crate::TaskError::TimedOut)
+    );
+    assert_eq!(h.join(), Ok(Ok(())));
+    assert_eq!(pool.submit::<Square>(&4).unwrap().join(), Ok(Ok(16)));
+    assert_eq!(obs.take(), vec![]);
+}
+
+/// The worker is SIGKILLed while its joiner reads: its task alone fails, as a death, and a
+/// replacement takes the next one.
+#[test]
+fn a_worker_killed_while_its_joiner_reads_fails_only_that_task() {
+    let _watchdog = test_watchdog("a_worker_killed_while_its_joiner_reads_fails_only_that_task");
+    let (pool, obs) = lending_pool();
+    let pid = pool.worker_pids()[0];
+    let h = pool.submit::<SleepMs>(&60_000).unwrap();
+    let killer = later(&pool, Duration::from_millis(200), move |_| {
+        // SAFETY: kill(2) with a valid signal, on our own unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    });
+    let got = h.join();
+    killer.join().unwrap();
+    assert!(
+        matches!(
+            &got,
+            Err(crate::TaskError::Failed {
+                reason: crate::FailureReason::WorkerDied,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    assert_eq!(pool.submit::<Square>(&5).unwrap().join(), Ok(Ok(25)));
+    let o = obs.take();
+    assert!(
+        matches!(&o[..], [Obs::Restarted(p, RestartReason::Died(_)), Obs::Started(_)] if *p == pid),
+        "{o:?}"
+    );
+}
+
 // ---- wire format ----
 
 fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {

@@ -30,7 +30,7 @@ use crate::process_pool::wire::FromWorker;
 /// How long a joiner reads its worker's channel before it leaves the job to the dispatcher: the
 /// wake-up it saves matters for short tasks only, and the dispatcher publishes the age of the
 /// tasks it holds, which a task read by its joiner is not among.
-const LEND_FOR: Duration = Duration::from_millis(1);
+pub(in crate::process_pool) const LEND_FOR: Duration = Duration::from_millis(1);
 /// How long after a job was handed over, at most, the dispatcher takes it over if no joiner reads
 /// its reply.
 pub(in crate::process_pool) const UNREAD_AFTER: Duration = Duration::from_millis(1);
@@ -87,8 +87,11 @@ impl Lent {
             }
             channel.reader = Some(self.id);
         }
-        let bound = Instant::now() + LEND_FOR;
-        let until = deadline.map_or(bound, |d| d.min(bound));
+        let bound = Instant::now().checked_add(shared.lend_for);
+        let until = match (deadline, bound) {
+            (Some(d), Some(b)) => Some(d.min(b)),
+            (d, b) => d.or(b),
+        };
         let mut buf = [0u8; 8 << 10];
         loop {
             let mut fds = [link.sock.as_raw_fd(), pidfd.as_raw_fd()].map(|fd| libc::pollfd {
@@ -96,8 +99,10 @@ impl Lent {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let left = until.saturating_duration_since(Instant::now());
-            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let ms = until.map_or(-1, |until| {
+                let left = until.saturating_duration_since(Instant::now());
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            });
             // An error (EINTR, ENOMEM) only means a look at the channel now.
             let _ = sys::poll(&mut fds, ms);
             let exited = fds[1].revents != 0;
@@ -170,7 +175,7 @@ impl Lent {
                 deliver(handed.job, handed.started, handed.discard, outcome);
                 return;
             }
-            if odd || eof || exited || Instant::now() >= until {
+            if odd || eof || exited || until.is_some_and(|u| Instant::now() >= u) {
                 channel.reader = None;
                 drop(guard);
                 drop(inner);

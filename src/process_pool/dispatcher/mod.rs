@@ -8,7 +8,7 @@ mod handoff;
 mod lend;
 mod lifecycle;
 
-pub(super) use lend::{Lent, UNREAD_AFTER};
+pub(super) use lend::{Lent, LEND_FOR, UNREAD_AFTER};
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -70,6 +70,8 @@ pub(super) struct Shared {
     /// Wakes the dispatcher a while after a job was handed to a worker whose channel it does not
     /// watch, in case no joiner reads the reply: see [`Inner::timer_armed`].
     pub(super) timer: sys::TimerFd,
+    /// How long a joiner reads its worker's reply itself ([`LEND_FOR`]).
+    pub(super) lend_for: Duration,
 }
 
 /// The oldest task the dispatcher holds, as raw clock readings (0: none),
