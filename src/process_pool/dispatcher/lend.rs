@@ -67,6 +67,27 @@ impl Lent {
         }
     }
 
+    /// Lists the worker idle again, after its job ended here, unless the dispatcher took it over
+    /// meanwhile (it died, or the pool stops). Before the result is delivered, as the dispatcher
+    /// does: the joiner's next submit can go to this worker directly. One that is dying is buried
+    /// by the dispatcher, which its pidfd wakes; a job sent to it meanwhile is sent again.
+    fn relist(&self, shared: &Shared, link: &Arc<Link>) {
+        // The pool's lock first, as everywhere: the worker is listed idle under it.
+        let mut inner = shared.lock();
+        let mut channel = link.channel();
+        if channel.reader != Some(self.id) {
+            return;
+        }
+        channel.reader = None;
+        inner.idle.push(Arc::clone(link));
+        let backlog = inner.backlog;
+        drop(channel);
+        drop(inner);
+        if backlog {
+            shared.wake.notify();
+        }
+    }
+
     /// Reads the job's reply on this thread until the job ends, `deadline` or [`LEND_FOR`] passes,
     /// or the dispatcher takes it over; then the job is ended or the dispatcher's.
     pub(crate) fn read(self, deadline: Option<Instant>) {
@@ -106,8 +127,6 @@ impl Lent {
             // An error (EINTR, ENOMEM) only means a look at the channel now.
             let _ = sys::poll(&mut fds, ms);
             let exited = fds[1].revents != 0;
-            // The pool's lock first, as everywhere: the worker is listed idle under it.
-            let mut inner = shared.lock();
             let mut guard = link.channel();
             let channel = &mut *guard;
             if channel.reader != Some(self.id) {
@@ -160,25 +179,17 @@ impl Lent {
                 }
             }
             if let Some(outcome) = outcome {
+                // The job is this thread's now; the channel stays marked as read by it, so the
+                // dispatcher takes the worker for neither a job nor an adoption meanwhile.
                 let handed = channel.handed.take().expect("checked above");
-                channel.reader = None;
-                // Listed before the result is delivered, as the dispatcher does: the joiner's
-                // next submit can go to this worker directly. One that is dying is buried by the
-                // dispatcher, which its pidfd wakes; a job sent to it meanwhile is sent again.
-                inner.idle.push(Arc::clone(&link));
-                let backlog = inner.backlog;
                 drop(guard);
-                drop(inner);
-                if backlog {
-                    shared.wake.notify();
-                }
+                self.relist(&shared, &link);
                 deliver(handed.job, handed.started, handed.discard, outcome);
                 return;
             }
             if odd || eof || exited || until.is_some_and(|u| Instant::now() >= u) {
                 channel.reader = None;
                 drop(guard);
-                drop(inner);
                 shared.wake.notify();
                 return;
             }

@@ -108,8 +108,9 @@ struct Channel {
     /// A job a submitting thread sent on this channel, until the dispatcher adopts it or its
     /// joiner ends it.
     handed: Option<Handed>,
-    /// The id of the handed job whose joiner reads the channel now: until it stops, the dispatcher
-    /// neither watches the channel nor adopts the job, unless it must (the worker died, the pool
+    /// The id of the handed job whose joiner reads the channel now (or ended the job and has yet
+    /// to list the worker idle): until it stops, the dispatcher neither watches the channel nor
+    /// adopts the job nor sends the worker another, unless it must (the worker died, the pool
     /// stops), which makes the joiner stop.
     reader: Option<u64>,
     /// Bytes read from the channel and not handled yet.
