@@ -132,10 +132,11 @@ impl Lent {
             if channel.reader != Some(self.id) {
                 return; // taken over: the worker died, or the pool stops
             }
-            let handed = channel
-                .handed
-                .as_mut()
-                .expect("a job read by its joiner stays handed over");
+            let Some(handed) = channel.handed.as_mut() else {
+                // Not reached: a job read by its joiner stays handed over until it ends here.
+                channel.reader = None;
+                return;
+            };
             let mut eof = false;
             loop {
                 match sys::recv_nonblocking(link.sock.as_fd(), &mut buf) {
@@ -143,7 +144,12 @@ impl Lent {
                         eof = true;
                         break;
                     }
-                    Ok(n) => channel.frames.push(&buf[..n]),
+                    Ok(n) => {
+                        channel.frames.push(&buf[..n]);
+                        if n < buf.len() {
+                            break; // all there was: no second call to learn it
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         eof = true;
@@ -178,10 +184,11 @@ impl Lent {
                     }
                 }
             }
-            if let Some(outcome) = outcome {
-                // The job is this thread's now; the channel stays marked as read by it, so the
-                // dispatcher takes the worker for neither a job nor an adoption meanwhile.
-                let handed = channel.handed.take().expect("checked above");
+            // The job is this thread's once it ended; the channel stays marked as read by it, so
+            // the dispatcher takes the worker for neither a job nor an adoption meanwhile.
+            let ended =
+                outcome.and_then(|outcome| channel.handed.take().map(|handed| (outcome, handed)));
+            if let Some((outcome, handed)) = ended {
                 drop(guard);
                 self.relist(&shared, &link);
                 deliver(handed.job, handed.started, handed.discard, outcome);

@@ -656,7 +656,7 @@ impl Dispatcher {
                     }
                 }
             }
-            // Handled out of the lock, which a joiner takes after the pool's.
+            // Handled out of the lock: handling takes the pool's lock, which comes first.
             loop {
                 match channel.frames.next_message::<FromWorker>() {
                     Ok(Some(msg)) => messages.push(msg),
