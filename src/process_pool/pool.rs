@@ -391,6 +391,7 @@ impl ProcessPoolBuilder {
                 queue: VecDeque::new(),
                 broken: None,
                 pids: Vec::new(),
+                links: Vec::new(),
                 idle: Vec::new(),
                 backlog: false,
                 timer_armed: false,

@@ -722,6 +722,45 @@ fn a_worker_killed_while_its_joiner_reads_fails_only_that_task() {
     );
 }
 
+/// A task whose joiner reads its worker's reply shows its age while it runs, though the dispatcher
+/// has not seen it: a scrape reads the jobs handed to idle workers too.
+#[test]
+fn a_task_read_by_its_joiner_shows_its_running_age() {
+    let _watchdog = test_watchdog("a_task_read_by_its_joiner_shows_its_running_age");
+    let registry = prometheus::Registry::new();
+    let pool = crate::ProcessPoolExecutor::builder()
+        .pool(
+            ProcessPool::builder()
+                .max_workers(1)
+                .worker_test_entry(ENTRY)
+                .lend_for(WATCHDOG),
+        )
+        .exporter_id("lent-age")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    // A first task, so the worker is idle and listed: the next one goes straight to it.
+    assert_eq!(pool.submit::<Square>(&3).unwrap().join(), Ok(Ok(9)));
+    let h = pool.submit::<SleepMs>(&600).unwrap();
+    let running_age = move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&crate::TextEncoder::new(), &registry.gather(), &mut buf)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("executor_oldest_running_task_seconds{"))
+            .expect("the running age is exposed")
+            .to_owned();
+        line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+    };
+    let scraper = std::thread::spawn(running_age);
+    assert_eq!(h.join(), Ok(Ok(())));
+    let age = scraper.join().unwrap();
+    assert!((0.1..60.0).contains(&age), "running age {age} s while it ran");
+}
+
 // ---- wire format ----
 
 fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {

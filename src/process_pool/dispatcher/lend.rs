@@ -28,8 +28,7 @@ use crate::process_pool::sys;
 use crate::process_pool::wire::FromWorker;
 
 /// How long a joiner reads its worker's channel before it leaves the job to the dispatcher: the
-/// wake-up it saves matters for short tasks only, and the dispatcher publishes the age of the
-/// tasks it holds, which a task read by its joiner is not among.
+/// wake-up it saves matters for short tasks only.
 pub(in crate::process_pool) const LEND_FOR: Duration = Duration::from_millis(1);
 /// How long after a job was handed over, at most, the dispatcher takes it over if no joiner reads
 /// its reply.

@@ -144,6 +144,9 @@ pub(super) struct Inner {
     pub(super) queue: VecDeque<Job>,
     pub(super) broken: Option<String>,
     pub(super) pids: Vec<u32>,
+    /// The channels of the workers alive, for a scrape to see the jobs handed over to them, which
+    /// this thread holds only once it adopts them.
+    pub(super) links: Vec<Arc<Link>>,
     /// Idle workers a submitting thread may send a job to itself, when nothing is queued ahead of
     /// it: the job then costs no wake-up of this thread. Whoever removes a link here owns the
     /// worker's next job: a submitter hands it over through [`Link::hand`], the dispatcher sends it.
@@ -389,6 +392,7 @@ impl Dispatcher {
             let mut inner = self.shared.lock();
             inner.mode = Mode::Terminated;
             inner.pids.clear();
+            inner.links.clear();
             inner.queue.drain(..).collect()
         };
         for job in leftover.into_iter().chain(self.queue.drain(..)) {
@@ -407,7 +411,10 @@ impl Dispatcher {
 
     fn publish_pids(&self) {
         let pids = self.workers.iter().map(|w| w.pid).collect();
-        self.shared.lock().pids = pids;
+        let links = self.workers.iter().map(|w| Arc::clone(&w.link)).collect();
+        let mut inner = self.shared.lock();
+        inner.pids = pids;
+        inner.links = links;
     }
 
     fn fail_queued(&mut self, failure: impl Fn() -> JobFailure) {
@@ -814,6 +821,7 @@ impl Drop for Dispatcher {
             inner.mode = Mode::Terminated;
             inner.broken = Some(message.clone());
             inner.pids.clear();
+            inner.links.clear();
             self.queue.extend(inner.queue.drain(..));
         }
         if let Some(room) = &self.shared.room {
