@@ -758,7 +758,10 @@ fn a_task_read_by_its_joiner_shows_its_running_age() {
     let scraper = std::thread::spawn(running_age);
     assert_eq!(h.join(), Ok(Ok(())));
     let age = scraper.join().unwrap();
-    assert!((0.1..60.0).contains(&age), "running age {age} s while it ran");
+    assert!(
+        (0.1..60.0).contains(&age),
+        "running age {age} s while it ran"
+    );
 }
 
 // ---- wire format ----
