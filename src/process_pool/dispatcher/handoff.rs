@@ -73,7 +73,8 @@ impl Link {
 
 impl Dispatcher {
     /// Takes idle worker `i` back from [`Inner::idle`] before this thread sends it a job. False if a
-    /// submitting thread took it first: its job is then adopted, and the worker is busy.
+    /// submitting thread took it first: its job is then adopted (the worker is busy), or left to
+    /// the joiner reading its reply (the worker is lent).
     pub(super) fn claim(&mut self, i: usize) -> bool {
         let w = &mut self.workers[i];
         if !w.published {
@@ -87,7 +88,13 @@ impl Dispatcher {
                     inner.idle.swap_remove(at);
                     false
                 }
-                None => true,
+                // Unlisted with no job handed over and no joiner reading it, under the lock a
+                // joiner lists it under: one that ended its job after this thread took it back
+                // (the pool stops) did not list it again. It is free.
+                None => {
+                    let channel = w.link.channel();
+                    channel.handed.is_some() || channel.reader.is_some()
+                }
             }
         };
         if taken {
