@@ -74,6 +74,17 @@ pub(super) fn direct_send_hook(task: &str) -> impl FnOnce(&super::dispatcher::Li
     }
 }
 
+/// A task whose joiner, having read its end, waits before it lists the worker idle again: the
+/// window in which the pool may stop and take the worker back.
+const SLOW_RELIST: &str = "test:slow_relist:";
+
+/// Called (test builds only) by a joiner that read its task's end, before it lists the worker idle.
+pub(super) fn relist_hook(task: &str) {
+    if task.starts_with(SLOW_RELIST) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Called by the worker loop (test builds only) on every `Run`. `test:die_before_ack_once:<file>|<task>`
 /// dies if `<file>` exists (removing it), else runs `<task>`; `..._always:<task>` always dies.
 pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
@@ -124,6 +135,17 @@ impl ProcessTask for SleepMs {
     }
 }
 
+struct SlowRelist;
+impl ProcessTask for SlowRelist {
+    const NAME: &'static str = "test:slow_relist:square";
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+    fn run(x: u64) -> Result<u64, String> {
+        Ok(x * x)
+    }
+}
+
 struct SelfKill;
 impl ProcessTask for SelfKill {
     const NAME: &'static str = "self_kill";
@@ -155,6 +177,7 @@ fn worker_entry() {
             .register::<Square>()
             .register::<SleepMs>()
             .register::<SelfKill>()
+            .register::<SlowRelist>()
             .register::<FailInit>(),
     );
 }
@@ -720,6 +743,25 @@ fn a_worker_killed_while_its_joiner_reads_fails_only_that_task() {
         matches!(&o[..], [Obs::Restarted(p, RestartReason::Died(_)), Obs::Started(_)] if *p == pid),
         "{o:?}"
     );
+}
+
+/// A graceful shutdown that takes the worker back from a joiner that has ended its task but not
+/// yet listed the worker idle: the worker is free, and the tasks queued behind run on it.
+#[test]
+fn shutdown_between_a_joiners_end_and_its_relisting_runs_the_queued_tasks() {
+    let _watchdog =
+        test_watchdog("shutdown_between_a_joiners_end_and_its_relisting_runs_the_queued_tasks");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SlowRelist>(&3).unwrap();
+    let queued: Vec<_> = (4..6u64)
+        .map(|x| (x, pool.submit::<Square>(&x).unwrap()))
+        .collect();
+    let stopper = later(&pool, Duration::from_millis(100), ProcessPool::shutdown);
+    assert_eq!(h.join(), Ok(Ok(9)));
+    for (x, h) in queued {
+        assert_eq!(h.join(), Ok(Ok(x * x)));
+    }
+    stopper.join().unwrap();
 }
 
 /// A task whose joiner reads its worker's reply shows its age while it runs, though the dispatcher

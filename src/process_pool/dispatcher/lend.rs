@@ -189,6 +189,8 @@ impl Lent {
                 outcome.and_then(|outcome| channel.handed.take().map(|handed| (outcome, handed)));
             if let Some((outcome, handed)) = ended {
                 drop(guard);
+                #[cfg(all(test, not(loom)))]
+                crate::process_pool::tests::relist_hook(&handed.job.spec.task);
                 self.relist(&shared, &link);
                 deliver(handed.job, handed.started, handed.discard, outcome);
                 return;
