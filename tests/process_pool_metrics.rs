@@ -457,6 +457,37 @@ fn pp_6_kill_fails_running_tasks() {
     drop(p);
 }
 
+/// A task sent straight to an idle worker whose handle is held but not joined, or dropped, is
+/// still read and counted by the pool when it ends, not when (or if) someone joins it.
+#[test]
+fn tasks_whose_handles_are_held_or_dropped_are_counted_when_they_end() {
+    let registry = Registry::new();
+    let p = pool(&registry, "unjoined", 1);
+    // A warm, idle worker: the next submits go straight to it.
+    assert_eq!(join(p.submit::<Square>(&2).unwrap()), Ok(Ok(4)));
+    let completed = || counts(&scrape(&registry), "executor", "unjoined").completed;
+    let counted_within = |n: f64| {
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while completed() < n {
+            assert!(
+                std::time::Instant::now() < until,
+                "{} of {n} tasks counted after 2 s",
+                completed()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let held = p.submit::<Square>(&3).unwrap();
+    counted_within(2.0);
+    drop(p.submit::<Square>(&4).unwrap());
+    counted_within(3.0);
+    assert_eq!(join(held), Ok(Ok(9)));
+    p.join();
+    let c = counts(&scrape(&registry), "executor", "unjoined");
+    c.assert_invariant();
+    assert_eq!((c.submitted, c.completed), (3.0, 3.0));
+}
+
 /// Joins with a bound shorter than the watchdog: these tests hung (or waited out a grandchild) before
 /// their fixes, and should fail quickly rather than wait a minute.
 fn join_within<T>(h: &mut executor_exporter::TaskHandle<T>, secs: u64) -> Result<T, TaskError> {

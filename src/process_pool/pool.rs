@@ -14,11 +14,12 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::dispatcher::{
-    Ages, Config, Dispatcher, Inner, Job, Link, Mode, Place, Shared, PIPELINE_BELOW,
+    Ages, Config, Dispatcher, Inner, Job, Lent, Link, Mode, Place, Shared, LEND_FOR,
+    PIPELINE_BELOW, UNREAD_AFTER,
 };
 use super::job::{JobSink, JobSpec, PoolObserver};
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
-use super::spin::JoinSpin;
+use super::spin::ProcessJoin;
 use super::sys;
 use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{self, Blob, Call, ToWorker, DEFAULT_MAX_FRAME, MIN_MAX_FRAME, PROTOCOL_VERSION};
@@ -74,6 +75,7 @@ pub struct ProcessPoolBuilder {
     when_full: Option<FullPolicy>,
     spin: Duration,
     pipeline_below: Duration,
+    lend_for: Duration,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -95,6 +97,7 @@ impl Default for ProcessPoolBuilder {
             when_full: None,
             spin: Duration::ZERO,
             pipeline_below: PIPELINE_BELOW,
+            lend_for: LEND_FOR,
         }
     }
 }
@@ -277,6 +280,15 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// A joiner reads its worker's reply itself for up to `d`, instead of [`LEND_FOR`] (a task's
+    /// whole run is then read by its joiner, so the races with a stop or a death can be hit).
+    #[cfg(all(test, not(loom)))]
+    #[must_use]
+    pub(crate) fn lend_for(mut self, d: Duration) -> Self {
+        self.lend_for = d;
+        self
+    }
+
     /// The name of the dispatcher thread (default: `process-pool`).
     #[must_use]
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
@@ -368,6 +380,7 @@ impl ProcessPoolBuilder {
         let resource =
             |what| move |error| BuildError::new(BuildErrorKind::Resource { what, error });
         let wake = sys::EventFd::new().map_err(resource("create an eventfd"))?;
+        let timer = sys::TimerFd::new().map_err(resource("create a timerfd"))?;
         let (series, extra) = recorder()?;
         let observer = self
             .observer
@@ -378,9 +391,14 @@ impl ProcessPoolBuilder {
                 queue: VecDeque::new(),
                 broken: None,
                 pids: Vec::new(),
+                links: Vec::new(),
                 idle: Vec::new(),
+                backlog: false,
+                timer_armed: false,
             }),
             wake,
+            timer,
+            lend_for: self.lend_for,
             room: queue_capacity.map(|n| Arc::new(Room::new(n))),
             ages: Ages::default(),
             next_id: AtomicU64::new(0),
@@ -603,14 +621,17 @@ impl ProcessPool {
         spec: JobSpec,
         decode: D,
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
-        let core = Arc::new(TaskCore::with_job(&self.acct, JoinSpin(self.spin)));
+        let core = Arc::new(TaskCore::with_job(&self.acct, ProcessJoin::new(self.spin)));
         let submitted_at = core.submitted_at();
         let mut sink = Sink::new(core.clone(), decode);
         if let Some(hook) = &self.exemplar {
             sink.exemplar = Pending::capture(hook, &self.acct.series);
         }
         match self.submit_job(spec, Box::new(sink)) {
-            Ok(()) => {
+            Ok(lent) => {
+                if let Some(lent) = lent {
+                    core.job.lend(lent);
+                }
                 self.acct.accepted(submitted_at);
                 Ok(TaskHandle::new(core))
             }
@@ -630,8 +651,13 @@ impl ProcessPool {
     }
 
     /// Queues an encoded job whose lifecycle goes to `sink`. On rejection the sink is handed back
-    /// untouched, with the reason.
-    pub(crate) fn submit_job(&self, spec: JobSpec, sink: Box<dyn JobSink>) -> Result<(), Rejected> {
+    /// untouched, with the reason. A job sent straight to an idle worker comes back as a [`Lent`]
+    /// if its joiner may read the reply itself.
+    pub(crate) fn submit_job(
+        &self,
+        spec: JobSpec,
+        sink: Box<dyn JobSink>,
+    ) -> Result<Option<Lent>, Rejected> {
         let size = spec.payload.len() + spec.task.len() + RUN_OVERHEAD;
         if size > self.max_frame {
             let error = SubmitError::with_detail(
@@ -680,7 +706,11 @@ impl ProcessPool {
                 attempts: 0,
                 place,
             };
-            if inner.queue.is_empty() && !inner.idle.is_empty() && size <= DIRECT_MAX {
+            if inner.queue.is_empty()
+                && !inner.backlog
+                && !inner.idle.is_empty()
+                && size <= DIRECT_MAX
+            {
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
                 if let Some(frame) = self.direct_frame(&job, id) {
                     // Sent now: it holds no place in a bounded queue.
@@ -691,18 +721,26 @@ impl ProcessPool {
                     let hook = super::tests::direct_send_hook(&job.spec.task);
                     // Under the lock that took the link: the dispatcher, when it finds the link
                     // gone, finds the job.
-                    link.hand(job, id);
+                    let lent = link
+                        .hand(job, id, !timeout)
+                        .then(|| Lent::new(&self.shared, &link, id));
+                    if lent.is_some() && !inner.timer_armed {
+                        // Should no joiner read the reply, the dispatcher, which does not watch
+                        // this worker's channel, takes the job over then.
+                        inner.timer_armed = true;
+                        self.shared.timer.arm(UNREAD_AFTER);
+                    }
                     drop(inner);
                     #[cfg(all(test, not(loom)))]
                     hook(&link);
                     self.send_direct(&link, &frame, timeout);
-                    return Ok(());
+                    return Ok(lent);
                 }
             }
             inner.queue.push_back(job);
         }
         self.shared.wake.notify();
-        Ok(())
+        Ok(None)
     }
 
     /// A place in the bounded queue `room`, as [`when_full`](ProcessPoolBuilder::when_full) says

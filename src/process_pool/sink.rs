@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::job::{JobFailure, JobOutcome, JobSink, PoolObserver, RestartReason};
-use super::spin::JoinSpin;
+use super::spin::ProcessJoin;
 use super::task::ProcessTask;
 use super::wire::WireOutcome;
 use crate::clock::Clock;
@@ -256,7 +256,7 @@ fn fail<V>(failure: JobFailure) -> (Result<V, TaskError>, Option<FailureReason>)
 
 /// One job's link to its task state: the pool's reports move the task.
 pub(crate) struct Sink<D: Decode> {
-    core: Arc<TaskCore<D::Value, JoinSpin>>,
+    core: Arc<TaskCore<D::Value, ProcessJoin>>,
     decode: D,
     started: Option<Clock>,
     ended: bool,
@@ -273,7 +273,7 @@ pub(crate) struct Sink<D: Decode> {
 }
 
 impl<D: Decode> Sink<D> {
-    pub(crate) fn new(core: Arc<TaskCore<D::Value, JoinSpin>>, decode: D) -> Self {
+    pub(crate) fn new(core: Arc<TaskCore<D::Value, ProcessJoin>>, decode: D) -> Self {
         Sink {
             core,
             decode,

@@ -11,7 +11,10 @@
 //! for signs of that and stops spinning for a while when it sees them.
 
 use std::cell::Cell;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::dispatcher::Lent;
 
 use crate::task::{Help, TaskCore};
 
@@ -78,26 +81,62 @@ thread_local! {
 
 /// What a process task's core holds for its joiner: how long it may spin
 /// for the result before it parks (zero: it parks at once, after the
-/// handle's own short backoff).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct JoinSpin(pub(crate) Duration);
+/// handle's own short backoff), and the worker it may read the reply from
+/// itself, if the task went straight to an idle worker.
+pub(crate) struct ProcessJoin {
+    spin: Duration,
+    lent: Mutex<Option<Lent>>,
+}
 
-/// A process task never runs on its joiner's thread; the joiner may spin.
-impl<T> Help<T> for JoinSpin {
+impl ProcessJoin {
+    pub(crate) fn new(spin: Duration) -> ProcessJoin {
+        ProcessJoin {
+            spin,
+            lent: Mutex::new(None),
+        }
+    }
+
+    /// The task went straight to an idle worker: its first wait reads the reply.
+    pub(crate) fn lend(&self, lent: Lent) {
+        *self.lent() = Some(lent);
+    }
+
+    fn lent(&self) -> MutexGuard<'_, Option<Lent>> {
+        self.lent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A process task never runs on its joiner's thread; the joiner may spin, or
+/// read its worker's reply.
+impl<T> Help<T> for ProcessJoin {
     fn help(&self, _core: &TaskCore<T, dyn Help<T>>) -> bool {
         false
     }
 
     fn spin(&self, ready: &mut dyn FnMut() -> bool) -> bool {
-        if self.0.is_zero() {
+        if self.spin.is_zero() {
             return false;
         }
         JOINER.with(|state| {
             let mut s = state.get();
-            let done = s.spin(self.0, ready);
+            let done = s.spin(self.spin, ready);
             state.set(s);
             done
         })
+    }
+
+    fn wait_here(&self, deadline: Option<Instant>) {
+        let lent = self.lent().take();
+        if let Some(lent) = lent {
+            lent.read(deadline);
+        }
+    }
+
+    fn let_go(&self) {
+        let lent = self.lent().take();
+        if let Some(lent) = lent {
+            lent.let_go();
+        }
     }
 }
 

@@ -226,6 +226,51 @@ impl EventFd {
     }
 }
 
+/// A `timerfd` on the monotonic clock: a deadline the dispatcher thread sleeps on, armed by other
+/// threads without waking it.
+#[derive(Debug)]
+pub(crate) struct TimerFd(OwnedFd);
+
+impl TimerFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: timerfd_create(2) takes no pointers; the clock and flags are valid.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the descriptor readable `after` from now (once), replacing any earlier setting.
+    pub(crate) fn arm(&self, after: std::time::Duration) {
+        // SAFETY: `itimerspec` is plain old data; all-zero is a valid value (no interval).
+        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        spec.it_value.tv_sec = after.as_secs().min(libc::time_t::MAX as u64) as libc::time_t;
+        // Never zero, which would disarm it.
+        spec.it_value.tv_nsec = after.subsec_nanos().max(1) as libc::c_long;
+        // SAFETY: passes a valid `itimerspec` and a null old value, as timerfd_settime(2) allows.
+        let _ =
+            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
+    /// Resets it after it fired.
+    pub(crate) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into `v`, a valid writable u64; non-blocking, so EAGAIN is fine.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// poll(2) over `fds`; `timeout_ms` < 0 waits forever. Returns how many entries have events; `EINTR`
 /// counts as a wake-up with no events.
 pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {

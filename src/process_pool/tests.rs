@@ -74,6 +74,17 @@ pub(super) fn direct_send_hook(task: &str) -> impl FnOnce(&super::dispatcher::Li
     }
 }
 
+/// A task whose joiner, having read its end, waits before it lists the worker idle again: the
+/// window in which the pool may stop and take the worker back.
+const SLOW_RELIST: &str = "test:slow_relist:";
+
+/// Called (test builds only) by a joiner that read its task's end, before it lists the worker idle.
+pub(super) fn relist_hook(task: &str) {
+    if task.starts_with(SLOW_RELIST) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Called by the worker loop (test builds only) on every `Run`. `test:die_before_ack_once:<file>|<task>`
 /// dies if `<file>` exists (removing it), else runs `<task>`; `..._always:<task>` always dies.
 pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
@@ -124,6 +135,17 @@ impl ProcessTask for SleepMs {
     }
 }
 
+struct SlowRelist;
+impl ProcessTask for SlowRelist {
+    const NAME: &'static str = "test:slow_relist:square";
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+    fn run(x: u64) -> Result<u64, String> {
+        Ok(x * x)
+    }
+}
+
 struct SelfKill;
 impl ProcessTask for SelfKill {
     const NAME: &'static str = "self_kill";
@@ -155,6 +177,7 @@ fn worker_entry() {
             .register::<Square>()
             .register::<SleepMs>()
             .register::<SelfKill>()
+            .register::<SlowRelist>()
             .register::<FailInit>(),
     );
 }
@@ -613,6 +636,173 @@ fn init_2_start_failures_are_observed_then_the_pool_breaks() {
         o.iter()
             .all(|e| matches!(e, Obs::StartFailed(m) if m.contains("no config"))),
         "{o:?}"
+    );
+}
+
+// ---- a joiner reading its worker's reply ----
+
+/// A pool of one worker whose joiners read their task's reply for the whole run, idle and listed
+/// for hand-overs (a first task ran), so each task below goes straight to it and its joiner reads.
+fn lending_pool() -> (Arc<ProcessPool>, Arc<RecObserver>) {
+    let (b, obs) = observed(1);
+    let pool = b.lend_for(WATCHDOG).build().unwrap();
+    assert_eq!(pool.submit::<Square>(&3).unwrap().join(), Ok(Ok(9)));
+    assert!(matches!(&obs.take()[..], [Obs::Started(_)]));
+    (Arc::new(pool), obs)
+}
+
+/// Runs `f` on the pool `after` from now, on another thread: while the test's thread is joining.
+fn later(
+    pool: &Arc<ProcessPool>,
+    after: Duration,
+    f: impl FnOnce(&ProcessPool) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let p = Arc::clone(pool);
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        f(&p);
+    })
+}
+
+/// `kill()` while the joiner reads the worker's channel: the dispatcher takes the job back from
+/// it and fails it as killed, rather than leave it to a reader whose worker is gone.
+#[test]
+fn kill_while_the_joiner_reads_fails_the_task_as_killed() {
+    let _watchdog = test_watchdog("kill_while_the_joiner_reads_fails_the_task_as_killed");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SleepMs>(&60_000).unwrap();
+    let killer = later(&pool, Duration::from_millis(200), ProcessPool::kill);
+    let got = h.join();
+    killer.join().unwrap();
+    assert!(
+        matches!(
+            &got,
+            Err(crate::TaskError::Failed {
+                reason: crate::FailureReason::Killed,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+}
+
+/// `shutdown_now()` while the joiner reads: the running task finishes with its result.
+#[test]
+fn shutdown_now_while_the_joiner_reads_lets_the_task_finish() {
+    let _watchdog = test_watchdog("shutdown_now_while_the_joiner_reads_lets_the_task_finish");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SleepMs>(&300).unwrap();
+    let stopper = later(&pool, Duration::from_millis(100), ProcessPool::shutdown_now);
+    assert_eq!(h.join(), Ok(Ok(())));
+    stopper.join().unwrap();
+}
+
+/// A join that times out while reading leaves the job to the dispatcher, which delivers it; the
+/// worker is not replaced and takes the next task.
+#[test]
+fn a_join_timing_out_while_reading_leaves_the_task_to_the_pool() {
+    let _watchdog = test_watchdog("a_join_timing_out_while_reading_leaves_the_task_to_the_pool");
+    let (pool, obs) = lending_pool();
+    let mut h = pool.submit::<SleepMs>(&300).unwrap();
+    assert_eq!(
+        h.join_timeout(Duration::from_millis(50)),
+        Err(crate::TaskError::TimedOut)
+    );
+    assert_eq!(h.join(), Ok(Ok(())));
+    assert_eq!(pool.submit::<Square>(&4).unwrap().join(), Ok(Ok(16)));
+    assert_eq!(obs.take(), vec![]);
+}
+
+/// The worker is SIGKILLed while its joiner reads: its task alone fails, as a death, and a
+/// replacement takes the next one.
+#[test]
+fn a_worker_killed_while_its_joiner_reads_fails_only_that_task() {
+    let _watchdog = test_watchdog("a_worker_killed_while_its_joiner_reads_fails_only_that_task");
+    let (pool, obs) = lending_pool();
+    let pid = pool.worker_pids()[0];
+    let h = pool.submit::<SleepMs>(&60_000).unwrap();
+    let killer = later(&pool, Duration::from_millis(200), move |_| {
+        // SAFETY: kill(2) with a valid signal, on our own unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    });
+    let got = h.join();
+    killer.join().unwrap();
+    assert!(
+        matches!(
+            &got,
+            Err(crate::TaskError::Failed {
+                reason: crate::FailureReason::WorkerDied,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    assert_eq!(pool.submit::<Square>(&5).unwrap().join(), Ok(Ok(25)));
+    let o = obs.take();
+    assert!(
+        matches!(&o[..], [Obs::Restarted(p, RestartReason::Died(_)), Obs::Started(_)] if *p == pid),
+        "{o:?}"
+    );
+}
+
+/// A graceful shutdown that takes the worker back from a joiner that has ended its task but not
+/// yet listed the worker idle: the worker is free, and the tasks queued behind run on it.
+#[test]
+fn shutdown_between_a_joiners_end_and_its_relisting_runs_the_queued_tasks() {
+    let _watchdog =
+        test_watchdog("shutdown_between_a_joiners_end_and_its_relisting_runs_the_queued_tasks");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SlowRelist>(&3).unwrap();
+    let queued: Vec<_> = (4..6u64)
+        .map(|x| (x, pool.submit::<Square>(&x).unwrap()))
+        .collect();
+    let stopper = later(&pool, Duration::from_millis(100), ProcessPool::shutdown);
+    assert_eq!(h.join(), Ok(Ok(9)));
+    for (x, h) in queued {
+        assert_eq!(h.join(), Ok(Ok(x * x)));
+    }
+    stopper.join().unwrap();
+}
+
+/// A task whose joiner reads its worker's reply shows its age while it runs, though the dispatcher
+/// has not seen it: a scrape reads the jobs handed to idle workers too.
+#[test]
+fn a_task_read_by_its_joiner_shows_its_running_age() {
+    let _watchdog = test_watchdog("a_task_read_by_its_joiner_shows_its_running_age");
+    let registry = prometheus::Registry::new();
+    let pool = crate::ProcessPoolExecutor::builder()
+        .pool(
+            ProcessPool::builder()
+                .max_workers(1)
+                .worker_test_entry(ENTRY)
+                .lend_for(WATCHDOG),
+        )
+        .exporter_id("lent-age")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    // A first task, so the worker is idle and listed: the next one goes straight to it.
+    assert_eq!(pool.submit::<Square>(&3).unwrap().join(), Ok(Ok(9)));
+    let h = pool.submit::<SleepMs>(&600).unwrap();
+    let running_age = move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&crate::TextEncoder::new(), &registry.gather(), &mut buf)
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("executor_oldest_running_task_seconds{"))
+            .expect("the running age is exposed")
+            .to_owned();
+        line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+    };
+    let scraper = std::thread::spawn(running_age);
+    assert_eq!(h.join(), Ok(Ok(())));
+    let age = scraper.join().unwrap();
+    assert!(
+        (0.1..60.0).contains(&age),
+        "running age {age} s while it ran"
     );
 }
 

@@ -225,6 +225,42 @@ impl FrameReader {
     pub(crate) fn next_message<T: de::DeserializeOwned>(
         &mut self,
     ) -> Result<Option<T>, FrameError> {
+        let Some(len) = self.whole_frame()? else {
+            return Ok(None);
+        };
+        let msg = decode_body(&self.buf[self.start + HEADER_LEN..self.start + len]);
+        self.consume(len);
+        msg.map(Some)
+    }
+
+    /// The next whole message and its frame's length, left in the reader: a reader that cannot
+    /// handle it leaves it to another one, which [`consume`](Self::consume)s it or not. A frame
+    /// that is not a message is an error here too, and stays.
+    pub(crate) fn peek_message<T: de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<(T, usize)>, FrameError> {
+        let Some(len) = self.whole_frame()? else {
+            return Ok(None);
+        };
+        decode_body(&self.buf[self.start + HEADER_LEN..self.start + len])
+            .map(|msg| Some((msg, len)))
+    }
+
+    /// Drops a frame of `len` bytes, header included, that [`peek_message`](Self::peek_message)
+    /// returned.
+    pub(crate) fn consume(&mut self, len: usize) {
+        self.start += len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// The length, header included, of the whole frame at the front; `None` if more bytes are needed.
+    fn whole_frame(&mut self) -> Result<Option<usize>, FrameError> {
         let pending = &self.buf[self.start..];
         if pending.len() < HEADER_LEN {
             return Ok(None);
@@ -238,16 +274,7 @@ impl FrameReader {
             self.buf.reserve(HEADER_LEN + len - pending.len());
             return Ok(None);
         }
-        let msg = decode_body(&pending[HEADER_LEN..HEADER_LEN + len]);
-        self.start += HEADER_LEN + len;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        msg.map(Some)
+        Ok(Some(HEADER_LEN + len))
     }
 }
 

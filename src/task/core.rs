@@ -94,6 +94,18 @@ pub(crate) trait Help<T>: Send + Sync {
     fn spin(&self, _ready: &mut dyn FnMut() -> bool) -> bool {
         false
     }
+
+    /// Waits for the task's end on this thread, up to `deadline`, where the
+    /// executor does better than a wake-up from the thread that ends it
+    /// (the process pool's joiner reads its worker's reply itself); returns
+    /// when the task ended or this way of waiting gave up. The default does
+    /// nothing: the joiner parks.
+    fn wait_here(&self, _deadline: Option<Instant>) {}
+
+    /// The handle's owner does not wait on its own thread (its future is
+    /// pending, or it was dropped): what [`wait_here`](Self::wait_here)
+    /// would have done is left to the executor. The default does nothing.
+    fn let_go(&self) {}
 }
 
 /// A task with nothing in its core to run: its joiner waits (the loom
@@ -436,6 +448,9 @@ impl<T> TaskCore<T, dyn Help<T>> {
         // a thread running one of its tasks keeps the accounting alive.
         if state & (PHASE | CLAIMED) == QUEUED && running_here(self.acct.addr()) {
             self.job.help(self);
+        }
+        if !cfg!(loom) {
+            self.job.wait_here(deadline);
         }
         // A result due within a few microseconds is waited for without
         // sleeping: blocking costs this thread a sleep and the worker a

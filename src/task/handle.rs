@@ -185,6 +185,18 @@ impl<T> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.core.poll_result(cx)
+        let polled = self.core.poll_result(cx);
+        if polled.is_pending() {
+            self.core.job.let_go();
+        }
+        polled
+    }
+}
+
+/// Leaves the task to its executor: a handle dropped unjoined does not
+/// cancel it.
+impl<T> Drop for TaskHandle<T> {
+    fn drop(&mut self) {
+        self.core.job.let_go();
     }
 }

@@ -27,17 +27,48 @@ fn store(raw: &AtomicU64, clock: Option<Clock>) {
     raw.store(clock.map_or(0, Clock::raw), Ordering::Release);
 }
 
+fn older(a: Option<Clock>, b: Option<Clock>) -> Option<Clock> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Clock::from_raw(a.raw().min(b.raw()))),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Shared {
+    /// The oldest running and the oldest unstarted of the jobs handed to
+    /// idle workers that the dispatcher has not adopted (a joiner may be
+    /// reading their reports).
+    fn handed_ages(&self) -> (Option<Clock>, Option<Clock>) {
+        let (mut running, mut queued) = (None, None);
+        for link in &self.lock().links {
+            let channel = link.channel();
+            let Some(handed) = &channel.handed else {
+                continue;
+            };
+            let sink = &handed.job.sink;
+            if handed.started {
+                running = older(running, sink.started_at());
+            } else if !sink.is_cancelled() {
+                queued = older(queued, sink.submitted_at());
+            }
+        }
+        (running, queued)
+    }
+}
+
 /// The process pool's tasks start and end on the dispatcher thread, as the
-/// workers report them: the pool reports their ages.
+/// workers report them, or on the thread joining a task handed straight to
+/// an idle worker: the pool reports their ages.
 impl AgeSource for Shared {
     fn oldest_running(&self) -> Option<Clock> {
-        stored(&self.ages.running)
+        older(stored(&self.ages.running), self.handed_ages().0)
     }
 
     fn oldest_queued(&self) -> Option<Clock> {
+        let held = older(stored(&self.ages.queued), self.handed_ages().1);
         // Submitted after what the dispatcher holds: looked at only when it
         // holds nothing unstarted.
-        stored(&self.ages.queued).or_else(|| oldest_live(&self.lock().queue))
+        held.or_else(|| oldest_live(&self.lock().queue))
     }
 }
 
@@ -49,10 +80,6 @@ impl Dispatcher {
     pub(super) fn publish_ages(&self) {
         let mut running: Option<Clock> = None;
         let mut queued: Option<Clock> = None;
-        let older = |a: Option<Clock>, b: Option<Clock>| match (a, b) {
-            (Some(a), Some(b)) => Some(Clock::from_raw(a.raw().min(b.raw()))),
-            (a, b) => a.or(b),
-        };
         for w in &self.workers {
             if let WState::Busy { job, started, .. } = &w.state {
                 if *started {

@@ -8,14 +8,28 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::{send_failure, Ahead, Dispatcher, Handed, Job, Link, WState, PIPELINE_DEPTH};
+use super::{send_failure, Ahead, Channel, Dispatcher, Handed, Job, Link, WState, PIPELINE_DEPTH};
 use crate::process_pool::sys;
+use crate::process_pool::wire::FrameReader;
 
 impl Link {
-    pub(super) fn new(sock: OwnedFd) -> Link {
+    /// The link of a worker's channel `sock`; `lendable`: a joiner may read the reply to a job
+    /// handed over here (it needs `pidfd` to see the worker die).
+    pub(super) fn new(
+        sock: OwnedFd,
+        pidfd: Option<OwnedFd>,
+        lendable: bool,
+        max_frame: usize,
+    ) -> Link {
         Link {
             sock,
-            handed: Mutex::new(None),
+            lendable: lendable && pidfd.is_some(),
+            pidfd,
+            channel: Mutex::new(Channel {
+                handed: None,
+                reader: None,
+                frames: FrameReader::new(max_frame),
+            }),
             send_error: Mutex::new(None),
         }
     }
@@ -23,21 +37,29 @@ impl Link {
     /// Whether a job handed over here waits for the dispatcher to adopt it.
     #[cfg(all(test, not(loom)))]
     pub(in crate::process_pool) fn is_handed(&self) -> bool {
-        self.handed().is_some()
+        self.channel().handed.is_some()
     }
 
-    fn handed(&self) -> MutexGuard<'_, Option<Handed>> {
-        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(super) fn channel(&self) -> MutexGuard<'_, Channel> {
+        self.channel.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records `job`, about to be sent as `Run` frame `id` by a submitting thread that took this
-    /// link out of [`Inner::idle`], under the same lock.
-    pub(in crate::process_pool) fn hand(&self, job: Job, id: u64) {
-        *self.handed() = Some(Handed {
+    /// link out of [`Inner::idle`], under the same lock. `lend`: the job has no timeout. True if
+    /// its joiner may read the reply ([`Lent`](super::lend::Lent)); the dispatcher does not watch
+    /// the channel then, so the caller sets [`Shared::timer`] if it is not set.
+    pub(in crate::process_pool) fn hand(&self, job: Job, id: u64, lend: bool) -> bool {
+        let lendable = lend && self.lendable;
+        self.channel().handed = Some(Handed {
             job,
             id,
             sent_at: Instant::now(),
+            lendable,
+            started: false,
+            discard: false,
+            started_at: None,
         });
+        lendable
     }
 
     /// A submitting thread's send failed: the dispatcher fails the worker (and retries its job).
@@ -51,7 +73,8 @@ impl Link {
 
 impl Dispatcher {
     /// Takes idle worker `i` back from [`Inner::idle`] before this thread sends it a job. False if a
-    /// submitting thread took it first: its job is then adopted, and the worker is busy.
+    /// submitting thread took it first: its job is then adopted (the worker is busy), or left to
+    /// the joiner reading its reply (the worker is lent).
     pub(super) fn claim(&mut self, i: usize) -> bool {
         let w = &mut self.workers[i];
         if !w.published {
@@ -65,14 +88,29 @@ impl Dispatcher {
                     inner.idle.swap_remove(at);
                     false
                 }
-                None => true,
+                // Unlisted with no job handed over and no joiner reading it, under the lock a
+                // joiner lists it under: one that ended its job after this thread took it back
+                // (the pool stops) did not list it again. It is free.
+                None => {
+                    let channel = w.link.channel();
+                    channel.handed.is_some() || channel.reader.is_some()
+                }
             }
         };
         if taken {
             w.published = true;
-            self.adopt(i);
+            self.adopt(i, false);
         }
         !taken
+    }
+
+    /// Tells submitters and joiners whether this thread holds jobs it has not sent.
+    pub(super) fn publish_backlog(&mut self) {
+        let backlog = !self.queue.is_empty();
+        if backlog != self.backlog {
+            self.backlog = backlog;
+            self.shared.lock().backlog = backlog;
+        }
     }
 
     /// Lists the idle workers in [`Inner::idle`], for submitters to send jobs to directly.
@@ -93,8 +131,10 @@ impl Dispatcher {
     }
 
     /// Takes the job a submitting thread handed to worker `i`, if any: the worker is then busy with
-    /// it, its timeout counted from the send.
-    pub(super) fn adopt(&mut self, i: usize) {
+    /// it, its timeout counted from the send. A job whose joiner reads the reply is left to it
+    /// (the worker is `lent`) unless `force`: the worker died or the pool stops. True if it took
+    /// a job.
+    pub(super) fn adopt(&mut self, i: usize, force: bool) -> bool {
         let w = &mut self.workers[i];
         let failed = w
             .link
@@ -106,23 +146,36 @@ impl Dispatcher {
             w.dead = Some(send_failure(&e));
         }
         if !w.published || !matches!(w.state, WState::Idle) {
-            return;
+            return false;
         }
-        let Some(handed) = w.link.handed().take() else {
-            return;
+        let handed = {
+            let mut channel = w.link.channel();
+            if channel.reader.is_some() && !force {
+                w.lent = true;
+                return false;
+            }
+            // Its joiner, if any, sees the job gone and waits for this thread's report.
+            channel.reader = None;
+            channel.handed.take()
+        };
+        w.lent = false;
+        let Some(handed) = handed else {
+            return false;
         };
         w.published = false;
         let limit = handed.job.spec.timeout.or(self.cfg.task_timeout);
         w.deadline = limit.and_then(|l| handed.sent_at.checked_add(l));
         w.sent_at = Some(handed.sent_at);
+        w.started_at = handed.started_at;
         w.handed = true;
         w.state = WState::Busy {
             job: handed.job,
             id: handed.id,
-            started: false,
-            discard: false,
+            started: handed.started,
+            discard: handed.discard,
             limit,
         };
+        true
     }
 
     /// Empties [`Inner::idle`] before the workers go: the links hold their channels open. Every job
@@ -134,10 +187,13 @@ impl Dispatcher {
         }
     }
 
-    /// [`adopt`](Self::adopt) for every worker.
-    pub(super) fn adopt_all(&mut self) {
+    /// [`adopt`](Self::adopt) for every worker; a job taken from a joiner that read part of the
+    /// reply has the rest handled at once, its channel then being quiet.
+    pub(super) fn adopt_all(&mut self, force: bool) {
         for i in 0..self.workers.len() {
-            self.adopt(i);
+            if self.adopt(i, force) && self.workers[i].dead.is_none() {
+                self.read_worker(i);
+            }
         }
     }
 

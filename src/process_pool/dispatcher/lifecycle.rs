@@ -14,7 +14,7 @@ use crate::error::RejectReason;
 use crate::process_pool::job::{JobFailure, RestartReason};
 use crate::process_pool::reap::{after, kill_and_reap, reap_after_eof, wait_until};
 use crate::process_pool::sys;
-use crate::process_pool::wire::{self, FrameReader, ToWorker};
+use crate::process_pool::wire::{self, ToWorker};
 use crate::process_pool::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
 
 impl Dispatcher {
@@ -67,18 +67,21 @@ impl Dispatcher {
         let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
             .err()
             .map(|e| send_failure(&e));
+        // A joiner reads the worker's reply in the dispatcher's stead only in the default mode (a
+        // spinning dispatcher catches it as fast) and without a task count to keep (this thread
+        // counts the tasks a worker ran).
+        let lendable = self.cfg.spin.is_zero() && self.cfg.max_tasks_per_child.is_none();
         Ok(Worker {
             child,
             pid,
-            link: Arc::new(Link::new(ours)),
+            link: Arc::new(Link::new(ours, pidfd, lendable, self.cfg.max_frame)),
             published: false,
+            lent: false,
             ahead: VecDeque::new(),
             sent_at: None,
             started_at: None,
             last_run: None,
             handed: false,
-            pidfd,
-            reader: FrameReader::new(self.cfg.max_frame),
             state: WState::Starting,
             deadline: after(self.cfg.start_timeout),
             tasks_done: 0,
@@ -216,7 +219,7 @@ impl Dispatcher {
 
     /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
     pub(super) fn kill_all(&mut self) {
-        self.adopt_all();
+        self.adopt_all(true);
         self.unpublish_all();
         for w in &mut self.workers {
             let _ = w.child.kill();

@@ -5,7 +5,11 @@
 
 mod ages;
 mod handoff;
+mod lend;
 mod lifecycle;
+mod reports;
+
+pub(super) use lend::{Lent, LEND_FOR, UNREAD_AFTER};
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -21,13 +25,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason};
+use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver};
 use super::reap::after;
 use super::spin::SpinState;
 use super::sys;
-use super::wire::{
-    self, Blob, Call, FrameReader, FromWorker, ToWorker, WireOutcome, PROTOCOL_VERSION,
-};
+use super::wire::{self, Blob, Call, FrameReader, ToWorker, WireOutcome};
 use crate::bounded::Room;
 use crate::error::RejectReason;
 
@@ -64,6 +66,11 @@ pub(super) struct Shared {
     pub(super) ages: Ages,
     /// The id of the next `Run` frame, whichever thread sends it.
     pub(super) next_id: AtomicU64,
+    /// Wakes the dispatcher a while after a job was handed to a worker whose channel it does not
+    /// watch, in case no joiner reads the reply: see [`Inner::timer_armed`].
+    pub(super) timer: sys::TimerFd,
+    /// How long a joiner reads its worker's reply itself ([`LEND_FOR`]).
+    pub(super) lend_for: Duration,
 }
 
 /// The oldest task the dispatcher holds, as raw clock readings (0: none),
@@ -78,13 +85,35 @@ pub(super) struct Ages {
     queued: AtomicU64,
 }
 
-/// A worker's channel, shared with the submitting threads that may send it a job directly.
+/// A worker's channel, shared with the submitting threads that may send it a job directly, and
+/// with the thread joining such a job, which may read the reply itself (see [`lend`]).
 pub(super) struct Link {
     pub(super) sock: OwnedFd,
-    /// A job a submitting thread sent on this channel, until the dispatcher adopts it.
-    handed: Mutex<Option<Handed>>,
+    /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
+    pub(super) pidfd: Option<OwnedFd>,
+    /// Whether the joiner of a job handed over here may read its reply; if so, the dispatcher does
+    /// not watch the channel while the worker is listed idle.
+    lendable: bool,
+    /// The channel's reading side and the job handed over, if any.
+    channel: Mutex<Channel>,
     /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
     send_error: Mutex<Option<io::Error>>,
+}
+
+/// What is read from a worker's channel, by the dispatcher or by a joiner reading it in its
+/// stead; every read and every move of the handed job happens under this lock, so a report is
+/// handled once, by whoever holds the job then.
+struct Channel {
+    /// A job a submitting thread sent on this channel, until the dispatcher adopts it or its
+    /// joiner ends it.
+    handed: Option<Handed>,
+    /// The id of the handed job whose joiner reads the channel now (or ended the job and has yet
+    /// to list the worker idle): until it stops, the dispatcher neither watches the channel nor
+    /// adopts the job nor sends the worker another, unless it must (the worker died, the pool
+    /// stops), which makes the joiner stop.
+    reader: Option<u64>,
+    /// Bytes read from the channel and not handled yet.
+    frames: FrameReader,
 }
 
 /// A job sent to a worker by the submitting thread.
@@ -92,6 +121,13 @@ struct Handed {
     job: Job,
     id: u64,
     sent_at: Instant,
+    /// Its joiner may read the reply: the link is lendable and the job has no timeout (which the
+    /// dispatcher enforces from the send on).
+    lendable: bool,
+    /// As in [`WState::Busy`], when its joiner read the worker's `Started`.
+    started: bool,
+    discard: bool,
+    started_at: Option<Instant>,
 }
 
 impl Shared {
@@ -107,10 +143,20 @@ pub(super) struct Inner {
     pub(super) queue: VecDeque<Job>,
     pub(super) broken: Option<String>,
     pub(super) pids: Vec<u32>,
+    /// The channels of the workers alive, for a scrape to see the jobs handed over to them, which
+    /// this thread holds only once it adopts them.
+    pub(super) links: Vec<Arc<Link>>,
     /// Idle workers a submitting thread may send a job to itself, when nothing is queued ahead of
     /// it: the job then costs no wake-up of this thread. Whoever removes a link here owns the
     /// worker's next job: a submitter hands it over through [`Link::hand`], the dispatcher sends it.
+    /// A joiner that read the reply of a job handed over lists the worker here again.
     pub(super) idle: Vec<Arc<Link>>,
+    /// The dispatcher holds jobs it has not sent: submitters queue behind them rather than take an
+    /// idle worker, and a joiner that lists a worker idle wakes the dispatcher.
+    pub(super) backlog: bool,
+    /// [`Shared::timer`] is set. A submitter that hands a lendable job sets it unless it is set
+    /// already; the dispatcher, woken by it, clears it and adopts the jobs no joiner reads.
+    pub(super) timer_armed: bool,
 }
 
 pub(super) struct Job {
@@ -222,9 +268,8 @@ struct Worker {
     link: Arc<Link>,
     /// Idle and listed in [`Inner::idle`] (or taken from there by a submitter since).
     published: bool,
-    /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
-    pidfd: Option<OwnedFd>,
-    reader: FrameReader,
+    /// Published, and the job a submitter handed it is read by its joiner: it takes no job.
+    lent: bool,
     state: WState,
     /// Start timeout, task timeout or retire grace, depending on the state.
     deadline: Option<Instant>,
@@ -284,6 +329,8 @@ pub(super) struct Dispatcher {
     scratch: Vec<u8>,
     pollfds: Vec<libc::pollfd>,
     spin: SpinState,
+    /// What [`Inner::backlog`] says.
+    backlog: bool,
 }
 
 impl Dispatcher {
@@ -300,6 +347,7 @@ impl Dispatcher {
             scratch: vec![0; 64 << 10],
             pollfds: Vec::new(),
             spin: SpinState::default(),
+            backlog: false,
         }
     }
 
@@ -307,8 +355,9 @@ impl Dispatcher {
         loop {
             let mode = self.take_submissions();
             // After the mode was read: a submitter hands jobs over only while the pool runs, so
-            // once a stop is seen, every job handed over before it is adopted here.
-            self.adopt_all();
+            // once a stop is seen, every job handed over before it is adopted here, from its
+            // joiner too.
+            self.adopt_all(mode != Mode::Running);
             match mode {
                 Mode::Kill | Mode::Terminated => {
                     self.kill_all();
@@ -342,6 +391,7 @@ impl Dispatcher {
             let mut inner = self.shared.lock();
             inner.mode = Mode::Terminated;
             inner.pids.clear();
+            inner.links.clear();
             inner.queue.drain(..).collect()
         };
         for job in leftover.into_iter().chain(self.queue.drain(..)) {
@@ -360,7 +410,10 @@ impl Dispatcher {
 
     fn publish_pids(&self) {
         let pids = self.workers.iter().map(|w| w.pid).collect();
-        self.shared.lock().pids = pids;
+        let links = self.workers.iter().map(|w| Arc::clone(&w.link)).collect();
+        let mut inner = self.shared.lock();
+        inner.pids = pids;
+        inner.links = links;
     }
 
     fn fail_queued(&mut self, failure: impl Fn() -> JobFailure) {
@@ -380,11 +433,9 @@ impl Dispatcher {
             if self.queue.is_empty() {
                 break;
             }
-            let Some(i) = self
-                .workers
-                .iter()
-                .position(|w| w.dead.is_none() && matches!(w.state, WState::Idle))
-            else {
+            let Some(i) = self.workers.iter().position(|w| {
+                w.dead.is_none() && !(w.published && w.lent) && matches!(w.state, WState::Idle)
+            }) else {
                 break;
             };
             if !self.claim(i) {
@@ -396,6 +447,7 @@ impl Dispatcher {
         if self.queue.is_empty() {
             self.publish_idle();
         }
+        self.publish_backlog();
         if self.broken.is_some() {
             return;
         }
@@ -479,7 +531,7 @@ impl Dispatcher {
         let exit_check = self
             .workers
             .iter()
-            .any(|w| w.dead.is_none() && w.pidfd.is_none())
+            .any(|w| w.dead.is_none() && w.link.pidfd.is_none())
             .then(|| now + EXIT_CHECK);
         let timeout_ms = self
             .workers
@@ -494,18 +546,23 @@ impl Dispatcher {
             });
         let mut pollfds = mem::take(&mut self.pollfds);
         pollfds.clear();
-        pollfds.push(libc::pollfd {
-            fd: self.shared.wake.raw(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // Two entries a worker: its channel, then its pidfd (-1 entries are skipped by poll).
+        for fd in [self.shared.wake.raw(), self.shared.timer.raw()] {
+            pollfds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // Two entries a worker: its channel, then its pidfd (-1 entries are skipped by poll). The
+        // channel of a lendable worker listed idle is not watched: it says nothing until it has a
+        // job, and the reply to a job handed to it is read by its joiner, or else after the timer.
         for w in &self.workers {
             let live = |fd: Option<&OwnedFd>| match fd {
                 Some(fd) if w.dead.is_none() => fd.as_raw_fd(),
                 _ => -1,
             };
-            for fd in [live(Some(&w.link.sock)), live(w.pidfd.as_ref())] {
+            let channel = (!(w.published && w.link.lendable)).then_some(&w.link.sock);
+            for fd in [live(channel), live(w.link.pidfd.as_ref())] {
                 pollfds.push(libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -536,15 +593,24 @@ impl Dispatcher {
         if pollfds[0].revents != 0 {
             self.shared.wake.drain();
         }
+        if pollfds[1].revents != 0 {
+            self.shared.timer.drain();
+            // Cleared after the drain: a submitter that finds it set relies on this wake-up.
+            self.shared.lock().timer_armed = false;
+        }
         // Before any report of a worker is read: a report may be about a job handed to it.
-        self.adopt_all();
+        self.adopt_all(false);
         for i in 0..self.workers.len() {
-            let (channel, pidfd) = (pollfds[1 + 2 * i].revents, pollfds[2 + 2 * i].revents);
-            let exited = if self.workers[i].pidfd.is_some() {
+            let (channel, pidfd) = (pollfds[2 + 2 * i].revents, pollfds[3 + 2 * i].revents);
+            let exited = if self.workers[i].link.pidfd.is_some() {
                 pidfd != 0
             } else {
                 exit_check.is_some() && self.workers[i].has_exited()
             };
+            if exited {
+                // Its last reports are read here, its job taken back from a joiner reading them.
+                self.adopt(i, true);
+            }
             if channel != 0 || exited {
                 // Whatever it wrote before it exited is in the channel already: read it first.
                 self.read_worker(i);
@@ -570,135 +636,6 @@ impl Dispatcher {
         }
     }
 
-    /// Reads what worker `i` sent and handles every whole message.
-    fn read_worker(&mut self, i: usize) {
-        let mut eof = false;
-        {
-            let w = &mut self.workers[i];
-            loop {
-                match sys::recv_nonblocking(w.link.sock.as_fd(), &mut self.scratch) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => w.reader.push(&self.scratch[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
-                }
-            }
-        }
-        loop {
-            if self.workers[i].dead.is_some() {
-                return;
-            }
-            match self.workers[i].reader.next_message::<FromWorker>() {
-                Ok(Some(msg)) => self.on_message(i, msg),
-                Ok(None) => break,
-                Err(e) => {
-                    self.workers[i].dead = Some(Death::Protocol(e.to_string()));
-                    return;
-                }
-            }
-        }
-        if eof {
-            self.workers[i].dead = Some(Death::Eof);
-        }
-    }
-
-    fn on_message(&mut self, i: usize, msg: FromWorker) {
-        // An idle worker reports only on a job a submitter handed it.
-        self.adopt(i);
-        let w = &mut self.workers[i];
-        let pid = w.pid;
-        match (&mut w.state, msg) {
-            (WState::Starting, FromWorker::Ready { version }) if version == PROTOCOL_VERSION => {
-                w.state = WState::Idle;
-                w.deadline = None;
-                self.start_failures = 0;
-                self.cfg.observer.worker_started(pid);
-                w.counted = Some(Counted {
-                    observer: Arc::clone(&self.cfg.observer),
-                    pid,
-                });
-            }
-            (WState::Starting, FromWorker::InitFailed(msg)) => {
-                w.dead = Some(Death::InitFailed(msg));
-            }
-            (WState::Starting, FromWorker::HookMissing(msg)) => {
-                w.dead = Some(Death::HookMissing(msg));
-            }
-            (
-                WState::Busy {
-                    job,
-                    id,
-                    started,
-                    discard,
-                    ..
-                },
-                FromWorker::Started { id: got },
-            ) if *id == got && !*started => {
-                *started = true;
-                *discard = !job.sink.started();
-                w.started_at = Some(Instant::now());
-            }
-            (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
-                let WState::Busy {
-                    job,
-                    started,
-                    discard,
-                    ..
-                } = mem::replace(&mut w.state, WState::Idle)
-                else {
-                    unreachable!("matched Busy above")
-                };
-                w.deadline = None;
-                w.tasks_done += 1;
-                w.last_run = w.started_at.take().map(|at| at.elapsed());
-                if let Some(next) = w.ahead.pop_front() {
-                    let limit = next.job.spec.timeout.or(self.cfg.task_timeout);
-                    // Its clock starts now: it waited behind the one that just ended.
-                    w.deadline = limit.and_then(after);
-                    w.sent_at = Some(Instant::now());
-                    w.handed = false;
-                    w.state = WState::Busy {
-                        job: next.job,
-                        id: next.id,
-                        started: false,
-                        discard: false,
-                        limit,
-                    };
-                } else if self
-                    .cfg
-                    .max_tasks_per_child
-                    .is_some_and(|n| w.tasks_done >= n)
-                {
-                    if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
-                        let _ = sys::send_all(w.link.sock.as_fd(), &frame);
-                    }
-                    w.state = WState::Retiring;
-                    w.deadline = after(self.cfg.shutdown_grace);
-                    self.cfg
-                        .observer
-                        .worker_restarted(pid, RestartReason::Recycled);
-                }
-                if matches!(w.state, WState::Idle) && w.dead.is_none() && self.queue.is_empty() {
-                    // Listed before the result is delivered: the joiner's next submit, often
-                    // right after it, can then go to this worker directly.
-                    w.published = true;
-                    self.shared.lock().idle.push(Arc::clone(&w.link));
-                }
-                deliver(job, started, discard, outcome);
-            }
-            (state, msg) => {
-                let message = format!("unexpected message {msg:?} while {}", state.name());
-                w.dead = Some(Death::Protocol(message));
-            }
-        }
-    }
-
     /// Removes dead workers: reaps them, reports them, and fails or re-queues their jobs. Returns whether
     /// anything was removed.
     fn sweep(&mut self) -> bool {
@@ -707,9 +644,10 @@ impl Dispatcher {
         }
         for i in 0..self.workers.len() {
             if self.workers[i].dead.is_some() {
-                // Out of `Inner::idle`, with any job a submitter handed it: that job is then
-                // retried or failed with the worker.
+                // Out of `Inner::idle`, with any job a submitter handed it, from its joiner too:
+                // that job is then retried or failed with the worker.
                 self.claim(i);
+                self.adopt(i, true);
             }
         }
         let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
@@ -737,6 +675,7 @@ impl Drop for Dispatcher {
             inner.mode = Mode::Terminated;
             inner.broken = Some(message.clone());
             inner.pids.clear();
+            inner.links.clear();
             self.queue.extend(inner.queue.drain(..));
         }
         if let Some(room) = &self.shared.room {

@@ -1,0 +1,206 @@
+//! A joiner reads its task's reply itself. When a submitting thread handed
+//! a job straight to an idle worker and then waits for it, the worker's
+//! reply wakes that thread directly: without this, it wakes the dispatcher
+//! thread, which then wakes the joiner, one cross-CPU wake-up more per round
+//! trip than a plain request and reply between two processes.
+//!
+//! The dispatcher does not watch the channel of a worker listed idle (its
+//! pidfd tells it of a death). A joiner that finds its job still handed over
+//! marks the channel as its own ([`Channel::reader`]) and reads it for at
+//! most [`LEND_FOR`]; it ends the job if the reply comes, and lists the
+//! worker idle again. Otherwise the dispatcher takes the job over (adopts
+//! it, with what the joiner read) and the joiner waits as usual: when the
+//! joiner gives up (its deadline, the bound, a report it does not expect, an
+//! end of stream), and when the worker dies or the pool stops, whichever
+//! comes first; every report is handled under the channel's lock by
+//! whoever holds the job then, so each is handled once. A job that no
+//! joiner reads is adopted when its handle is polled as a future or
+//! dropped, or else when [`Shared::timer`] fires, at most [`UNREAD_AFTER`]
+//! after it was handed over.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::{deliver, Link, Shared};
+use crate::process_pool::sys;
+use crate::process_pool::wire::FromWorker;
+
+/// How long a joiner reads its worker's channel before it leaves the job to the dispatcher: the
+/// wake-up it saves matters for short tasks only.
+pub(in crate::process_pool) const LEND_FOR: Duration = Duration::from_millis(1);
+/// How long after a job was handed over, at most, the dispatcher takes it over if no joiner reads
+/// its reply.
+pub(in crate::process_pool) const UNREAD_AFTER: Duration = Duration::from_millis(1);
+
+/// A job a submitting thread handed to an idle worker, as its handle knows it.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    shared: Weak<Shared>,
+    link: Weak<Link>,
+    id: u64,
+}
+
+impl Lent {
+    pub(in crate::process_pool) fn new(shared: &Arc<Shared>, link: &Arc<Link>, id: u64) -> Lent {
+        Lent {
+            shared: Arc::downgrade(shared),
+            link: Arc::downgrade(link),
+            id,
+        }
+    }
+
+    /// The job's owner does not wait for it here: the dispatcher adopts it now rather than when
+    /// the timer fires.
+    pub(crate) fn let_go(self) {
+        let (Some(shared), Some(link)) = (self.shared.upgrade(), self.link.upgrade()) else {
+            return;
+        };
+        let unread = {
+            let channel = link.channel();
+            channel.reader.is_none() && channel.handed.as_ref().is_some_and(|h| h.id == self.id)
+        };
+        if unread {
+            shared.wake.notify();
+        }
+    }
+
+    /// Lists the worker idle again, after its job ended here, unless the dispatcher took it over
+    /// meanwhile (it died, or the pool stops). Before the result is delivered, as the dispatcher
+    /// does: the joiner's next submit can go to this worker directly. One that is dying is buried
+    /// by the dispatcher, which its pidfd wakes; a job sent to it meanwhile is sent again.
+    fn relist(&self, shared: &Shared, link: &Arc<Link>) {
+        // The pool's lock first, as everywhere: the worker is listed idle under it.
+        let mut inner = shared.lock();
+        let mut channel = link.channel();
+        if channel.reader != Some(self.id) {
+            return;
+        }
+        channel.reader = None;
+        inner.idle.push(Arc::clone(link));
+        let backlog = inner.backlog;
+        drop(channel);
+        drop(inner);
+        if backlog {
+            shared.wake.notify();
+        }
+    }
+
+    /// Reads the job's reply on this thread until the job ends, `deadline` or [`LEND_FOR`] passes,
+    /// or the dispatcher takes it over; then the job is ended or the dispatcher's.
+    pub(crate) fn read(self, deadline: Option<Instant>) {
+        let (Some(shared), Some(link)) = (self.shared.upgrade(), self.link.upgrade()) else {
+            return;
+        };
+        let Some(pidfd) = link.pidfd.as_ref() else {
+            return;
+        };
+        {
+            let mut channel = link.channel();
+            let ours = channel
+                .handed
+                .as_ref()
+                .is_some_and(|h| h.id == self.id && h.lendable);
+            if !ours || channel.reader.is_some() {
+                return;
+            }
+            channel.reader = Some(self.id);
+        }
+        let bound = Instant::now().checked_add(shared.lend_for);
+        let until = match (deadline, bound) {
+            (Some(d), Some(b)) => Some(d.min(b)),
+            (d, b) => d.or(b),
+        };
+        let mut buf = [0u8; 8 << 10];
+        loop {
+            let mut fds = [link.sock.as_raw_fd(), pidfd.as_raw_fd()].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let ms = until.map_or(-1, |until| {
+                let left = until.saturating_duration_since(Instant::now());
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            });
+            // An error (EINTR, ENOMEM) only means a look at the channel now.
+            let _ = sys::poll(&mut fds, ms);
+            let exited = fds[1].revents != 0;
+            let mut guard = link.channel();
+            let channel = &mut *guard;
+            if channel.reader != Some(self.id) {
+                return; // taken over: the worker died, or the pool stops
+            }
+            let Some(handed) = channel.handed.as_mut() else {
+                // Not reached: a job read by its joiner stays handed over until it ends here.
+                channel.reader = None;
+                return;
+            };
+            let mut eof = false;
+            loop {
+                match sys::recv_nonblocking(link.sock.as_fd(), &mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        channel.frames.push(&buf[..n]);
+                        if n < buf.len() {
+                            break; // all there was: no second call to learn it
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+            // Only this job's reports are handled here; anything else stays for the dispatcher.
+            let mut outcome = None;
+            let mut odd = false;
+            loop {
+                match channel.frames.peek_message::<FromWorker>() {
+                    Ok(Some((FromWorker::Started { id }, len)))
+                        if id == self.id && !handed.started =>
+                    {
+                        channel.frames.consume(len);
+                        handed.started = true;
+                        handed.discard = !handed.job.sink.started();
+                        handed.started_at = Some(Instant::now());
+                    }
+                    Ok(Some((FromWorker::Finished { id, outcome: ended }, len)))
+                        if id == self.id =>
+                    {
+                        channel.frames.consume(len);
+                        outcome = Some(ended);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(_)) | Err(_) => {
+                        odd = true;
+                        break;
+                    }
+                }
+            }
+            // The job is this thread's once it ended; the channel stays marked as read by it, so
+            // the dispatcher takes the worker for neither a job nor an adoption meanwhile.
+            let ended =
+                outcome.and_then(|outcome| channel.handed.take().map(|handed| (outcome, handed)));
+            if let Some((outcome, handed)) = ended {
+                drop(guard);
+                #[cfg(all(test, not(loom)))]
+                crate::process_pool::tests::relist_hook(&handed.job.spec.task);
+                self.relist(&shared, &link);
+                deliver(handed.job, handed.started, handed.discard, outcome);
+                return;
+            }
+            if odd || eof || exited || until.is_some_and(|u| Instant::now() >= u) {
+                channel.reader = None;
+                drop(guard);
+                shared.wake.notify();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! A worker's reports, read from its channel by the dispatcher: the
+//! handshake, and the start and end of each job it holds.
+
+use std::io;
+use std::mem;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{deliver, Counted, Death, Dispatcher, WState};
+use crate::process_pool::job::RestartReason;
+use crate::process_pool::reap::after;
+use crate::process_pool::sys;
+use crate::process_pool::wire::{self, FromWorker, ToWorker, PROTOCOL_VERSION};
+
+impl Dispatcher {
+    /// Reads what worker `i` sent and handles every whole message; nothing while a joiner reads its
+    /// channel.
+    pub(super) fn read_worker(&mut self, i: usize) {
+        let mut eof = false;
+        let mut messages = Vec::new();
+        let mut broken = None;
+        {
+            let link = Arc::clone(&self.workers[i].link);
+            let mut channel = link.channel();
+            if channel.reader.is_some() {
+                return;
+            }
+            loop {
+                match sys::recv_nonblocking(link.sock.as_fd(), &mut self.scratch) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => channel.frames.push(&self.scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+            // Handled out of the lock: handling takes the pool's lock, which comes first.
+            loop {
+                match channel.frames.next_message::<FromWorker>() {
+                    Ok(Some(msg)) => messages.push(msg),
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        for msg in messages {
+            if self.workers[i].dead.is_some() {
+                return;
+            }
+            self.on_message(i, msg);
+        }
+        if self.workers[i].dead.is_some() {
+            return;
+        }
+        if let Some(e) = broken {
+            self.workers[i].dead = Some(Death::Protocol(e.to_string()));
+        } else if eof {
+            self.workers[i].dead = Some(Death::Eof);
+        }
+    }
+
+    pub(super) fn on_message(&mut self, i: usize, msg: FromWorker) {
+        // An idle worker reports only on a job a submitter handed it.
+        self.adopt(i, false);
+        let w = &mut self.workers[i];
+        let pid = w.pid;
+        match (&mut w.state, msg) {
+            (WState::Starting, FromWorker::Ready { version }) if version == PROTOCOL_VERSION => {
+                w.state = WState::Idle;
+                w.deadline = None;
+                self.start_failures = 0;
+                self.cfg.observer.worker_started(pid);
+                w.counted = Some(Counted {
+                    observer: Arc::clone(&self.cfg.observer),
+                    pid,
+                });
+            }
+            (WState::Starting, FromWorker::InitFailed(msg)) => {
+                w.dead = Some(Death::InitFailed(msg));
+            }
+            (WState::Starting, FromWorker::HookMissing(msg)) => {
+                w.dead = Some(Death::HookMissing(msg));
+            }
+            (
+                WState::Busy {
+                    job,
+                    id,
+                    started,
+                    discard,
+                    ..
+                },
+                FromWorker::Started { id: got },
+            ) if *id == got && !*started => {
+                *started = true;
+                *discard = !job.sink.started();
+                w.started_at = Some(Instant::now());
+            }
+            (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
+                let WState::Busy {
+                    job,
+                    started,
+                    discard,
+                    ..
+                } = mem::replace(&mut w.state, WState::Idle)
+                else {
+                    unreachable!("matched Busy above")
+                };
+                w.deadline = None;
+                w.tasks_done += 1;
+                w.last_run = w.started_at.take().map(|at| at.elapsed());
+                if let Some(next) = w.ahead.pop_front() {
+                    let limit = next.job.spec.timeout.or(self.cfg.task_timeout);
+                    // Its clock starts now: it waited behind the one that just ended.
+                    w.deadline = limit.and_then(after);
+                    w.sent_at = Some(Instant::now());
+                    w.handed = false;
+                    w.state = WState::Busy {
+                        job: next.job,
+                        id: next.id,
+                        started: false,
+                        discard: false,
+                        limit,
+                    };
+                } else if self
+                    .cfg
+                    .max_tasks_per_child
+                    .is_some_and(|n| w.tasks_done >= n)
+                {
+                    if let Ok(frame) = wire::encode_frame(&ToWorker::Shutdown, self.cfg.max_frame) {
+                        let _ = sys::send_all(w.link.sock.as_fd(), &frame);
+                    }
+                    w.state = WState::Retiring;
+                    w.deadline = after(self.cfg.shutdown_grace);
+                    self.cfg
+                        .observer
+                        .worker_restarted(pid, RestartReason::Recycled);
+                }
+                if matches!(w.state, WState::Idle) && w.dead.is_none() && self.queue.is_empty() {
+                    // Listed before the result is delivered: the joiner's next submit, often
+                    // right after it, can then go to this worker directly.
+                    w.published = true;
+                    self.shared.lock().idle.push(Arc::clone(&w.link));
+                }
+                deliver(job, started, discard, outcome);
+            }
+            (state, msg) => {
+                let message = format!("unexpected message {msg:?} while {}", state.name());
+                w.dead = Some(Death::Protocol(message));
+            }
+        }
+    }
+}
