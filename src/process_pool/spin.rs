@@ -79,6 +79,17 @@ thread_local! {
     static JOINER: Cell<SpinState> = const { Cell::new(SpinState { skip: 0, penalty: 0 }) };
 }
 
+/// Spins this joining thread, with its memory of how its recent spins went,
+/// until `ready` (then true) or for at most `limit`: see [`SpinState::spin`].
+pub(crate) fn joiner_spin(limit: Duration, ready: impl FnMut() -> bool) -> bool {
+    JOINER.with(|state| {
+        let mut s = state.get();
+        let done = s.spin(limit, ready);
+        state.set(s);
+        done
+    })
+}
+
 /// What a process task's core holds for its joiner: how long it may spin
 /// for the result before it parks (zero: it parks at once, after the
 /// handle's own short backoff), and the worker it may read the reply from
@@ -117,18 +128,13 @@ impl<T> Help<T> for ProcessJoin {
         if self.spin.is_zero() {
             return false;
         }
-        JOINER.with(|state| {
-            let mut s = state.get();
-            let done = s.spin(self.spin, ready);
-            state.set(s);
-            done
-        })
+        joiner_spin(self.spin, ready)
     }
 
     fn wait_here(&self, deadline: Option<Instant>) {
         let lent = self.lent().take();
         if let Some(lent) = lent {
-            lent.read(deadline);
+            lent.read(deadline, self.spin);
         }
     }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{deliver, Link, Shared};
+use crate::process_pool::spin::joiner_spin;
 use crate::process_pool::sys;
 use crate::process_pool::wire::FromWorker;
 
@@ -88,8 +89,10 @@ impl Lent {
     }
 
     /// Reads the job's reply on this thread until the job ends, `deadline` or [`LEND_FOR`] passes,
-    /// or the dispatcher takes it over; then the job is ended or the dispatcher's.
-    pub(crate) fn read(self, deadline: Option<Instant>) {
+    /// or the dispatcher takes it over; then the job is ended or the dispatcher's. With `spin`
+    /// (the pool's low-latency mode), each wait for the channel polls it for up to `spin` before
+    /// it blocks.
+    pub(crate) fn read(self, deadline: Option<Instant>, spin: Duration) {
         let (Some(shared), Some(link)) = (self.shared.upgrade(), self.link.upgrade()) else {
             return;
         };
@@ -123,6 +126,10 @@ impl Lent {
                 let left = until.saturating_duration_since(Instant::now());
                 left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
             });
+            if !spin.is_zero() {
+                let mut look = fds;
+                joiner_spin(spin, || sys::poll(&mut look, 0).is_ok_and(|n| n > 0));
+            }
             // An error (EINTR, ENOMEM) only means a look at the channel now.
             let _ = sys::poll(&mut fds, ms);
             let exited = fds[1].revents != 0;

@@ -67,10 +67,11 @@ impl Dispatcher {
         let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
             .err()
             .map(|e| send_failure(&e));
-        // A joiner reads the worker's reply in the dispatcher's stead only in the default mode (a
-        // spinning dispatcher catches it as fast) and without a task count to keep (this thread
-        // counts the tasks a worker ran).
-        let lendable = self.cfg.spin.is_zero() && self.cfg.max_tasks_per_child.is_none();
+        // A joiner reads the worker's reply in the dispatcher's stead only without a task count to
+        // keep (this thread counts the tasks a worker ran). In spin mode too: a spinning joiner
+        // catches the reply itself, where a spinning dispatcher would take a CPU from the worker
+        // to pass it on.
+        let lendable = self.cfg.max_tasks_per_child.is_none();
         Ok(Worker {
             child,
             pid,
