@@ -19,6 +19,7 @@ mod catalogue;
 #[cfg(feature = "prometheus-client")]
 mod client_collector;
 mod collector;
+mod exemplar_io;
 mod exemplars;
 mod exporter;
 mod native;
@@ -35,8 +36,9 @@ pub use buckets::DEFAULT_BUCKETS;
 pub use client_collector::PrometheusClientCollector;
 #[cfg(feature = "protobuf")]
 pub(crate) use collector::{with_extras, Extras};
+pub(crate) use exemplar_io::{ExemplarSource, HistogramExemplars, Pending};
 pub use exemplars::ExemplarLabels;
-pub(crate) use exemplars::{Exemplar, ExemplarHook, ExemplarSource, HistogramExemplars, Pending};
+pub(crate) use exemplars::{Exemplar, ExemplarHook};
 pub(crate) use exporter::exporter_options;
 pub use exporter::{ExecutorExporter, ExecutorExporterBuilder};
 #[cfg(feature = "protobuf")]

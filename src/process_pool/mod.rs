@@ -69,6 +69,7 @@
 mod dispatcher;
 mod instrumented;
 mod job;
+mod join;
 mod pool;
 mod reap;
 mod sink;

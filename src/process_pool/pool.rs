@@ -18,8 +18,8 @@ use super::dispatcher::{
     PIPELINE_BELOW, UNREAD_AFTER,
 };
 use super::job::{JobSink, JobSpec, PoolObserver};
+use super::join::ProcessJoin;
 use super::sink::{Chunk, ChunkValue, Decode, One, ProcessOutput, SeriesObserver, Sink};
-use super::spin::ProcessJoin;
 use super::sys;
 use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{self, Blob, Call, ToWorker, DEFAULT_MAX_FRAME, MIN_MAX_FRAME, PROTOCOL_VERSION};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::job::{JobFailure, JobOutcome, JobSink, PoolObserver, RestartReason};
-use super::spin::ProcessJoin;
+use super::join::ProcessJoin;
 use super::task::ProcessTask;
 use super::wire::WireOutcome;
 use crate::clock::Clock;

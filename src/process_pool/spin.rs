@@ -11,12 +11,7 @@
 //! for signs of that and stops spinning for a while when it sees them.
 
 use std::cell::Cell;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-use super::dispatcher::Lent;
-
-use crate::task::{Help, TaskCore};
 
 /// A pause between two looks of a spinner longer than this means it lost its
 /// CPU (preempted, or its vCPU descheduled): the CPUs are oversubscribed.
@@ -88,62 +83,6 @@ pub(crate) fn joiner_spin(limit: Duration, ready: impl FnMut() -> bool) -> bool 
         state.set(s);
         done
     })
-}
-
-/// What a process task's core holds for its joiner: how long it may spin
-/// for the result before it parks (zero: it parks at once, after the
-/// handle's own short backoff), and the worker it may read the reply from
-/// itself, if the task went straight to an idle worker.
-pub(crate) struct ProcessJoin {
-    spin: Duration,
-    lent: Mutex<Option<Lent>>,
-}
-
-impl ProcessJoin {
-    pub(crate) fn new(spin: Duration) -> ProcessJoin {
-        ProcessJoin {
-            spin,
-            lent: Mutex::new(None),
-        }
-    }
-
-    /// The task went straight to an idle worker: its first wait reads the reply.
-    pub(crate) fn lend(&self, lent: Lent) {
-        *self.lent() = Some(lent);
-    }
-
-    fn lent(&self) -> MutexGuard<'_, Option<Lent>> {
-        self.lent.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A process task never runs on its joiner's thread; the joiner may spin, or
-/// read its worker's reply.
-impl<T> Help<T> for ProcessJoin {
-    fn help(&self, _core: &TaskCore<T, dyn Help<T>>) -> bool {
-        false
-    }
-
-    fn spin(&self, ready: &mut dyn FnMut() -> bool) -> bool {
-        if self.spin.is_zero() {
-            return false;
-        }
-        joiner_spin(self.spin, ready)
-    }
-
-    fn wait_here(&self, deadline: Option<Instant>) {
-        let lent = self.lent().take();
-        if let Some(lent) = lent {
-            lent.read(deadline, self.spin);
-        }
-    }
-
-    fn let_go(&self) {
-        let lent = self.lent().take();
-        if let Some(lent) = lent {
-            lent.let_go();
-        }
-    }
 }
 
 #[cfg(test)]
