@@ -10,8 +10,10 @@
 //!   given the same `Task`s (`executor_execute`), and its own `spawn`
 //!   (`executor_spawn`);
 //! - `user_pool_empty`: a user's crossbeam-channel pool (`plain`, the
-//!   baseline) and an [`InstrumentedExecutorProxy`] over it given the same
-//!   `Task`s (`proxy_execute`).
+//!   baseline), the same pool given tasks that make the three clock reads
+//!   alone (`plain_clocked`, its ceiling), and an
+//!   [`InstrumentedExecutorProxy`] over it given the same `Task`s
+//!   (`proxy_execute`).
 //!
 //! One criterion iteration is one task (see `overhead.rs`). Ratios come from
 //! `benches/plot/rounds.py`, which alternates the variants:
@@ -43,6 +45,20 @@ fn executed(executor: &dyn Executor, iters: u64) -> Duration {
     start.elapsed()
 }
 
+/// [`executed`] with tasks that make the instrumentation's three clock reads
+/// and nothing else of it.
+fn executed_clocked(executor: &dyn Executor, iters: u64) -> Duration {
+    LATCH.reset(iters as usize);
+    let start = Instant::now();
+    for _ in 0..iters {
+        executor
+            .execute(Task::new(clocked(|| LATCH.count_down())))
+            .unwrap();
+    }
+    LATCH.wait();
+    start.elapsed()
+}
+
 fn drop_in(c: &mut Criterion) {
     let plain = ThreadPool::new(WORKERS).unwrap();
     let executor = ThreadPoolExecutor::builder()
@@ -63,17 +79,7 @@ fn drop_in(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("plain", |b| b.iter_custom(|iters| executed(&plain, iters)));
     g.bench_function("plain_clocked", |b| {
-        b.iter_custom(|iters| {
-            LATCH.reset(iters as usize);
-            let start = Instant::now();
-            for _ in 0..iters {
-                plain
-                    .execute(Task::new(clocked(|| LATCH.count_down())))
-                    .unwrap();
-            }
-            LATCH.wait();
-            start.elapsed()
-        })
+        b.iter_custom(|iters| executed_clocked(&plain, iters))
     });
     g.bench_function("executor_execute", |b| {
         b.iter_custom(|iters| executed(&executor, iters))
@@ -95,6 +101,9 @@ fn drop_in(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("plain", |b| {
         b.iter_custom(|iters| executed(&user_pool, iters))
+    });
+    g.bench_function("plain_clocked", |b| {
+        b.iter_custom(|iters| executed_clocked(&user_pool, iters))
     });
     g.bench_function("proxy_execute", |b| {
         b.iter_custom(|iters| executed(&proxy, iters))
