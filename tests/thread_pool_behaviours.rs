@@ -944,7 +944,8 @@ fn tasks_whose_handles_are_gone_when_they_run_are_counted_once_and_dropped() {
 #[test]
 fn a_task_whose_handle_is_gone_is_cancelled_by_shutdown_now() {
     let registry = Registry::new();
-    let proxy = InstrumentedExecutorProxy::new(Keeps::default(), exporter(&registry, "gone_now"), None);
+    let proxy =
+        InstrumentedExecutorProxy::new(Keeps::default(), exporter(&registry, "gone_now"), None);
     let held = Arc::new(());
     let h = held.clone();
     drop(proxy.submit(move || drop(h)).unwrap());

@@ -361,7 +361,11 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         if self.acct.cancelling_pending() {
             return None;
         }
-        Some(self.acct.series.started_run(self.submitted_at, Clock::now()))
+        Some(
+            self.acct
+                .series
+                .started_run(self.submitted_at, Clock::now()),
+        )
     }
 
     /// Ends, as cancelled, a task [`begin_alone`](Self::begin_alone) did
