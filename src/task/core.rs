@@ -237,7 +237,9 @@ impl<T, J: ?Sized> TaskCore<T, J> {
 
     /// [`start`](Self::start), calling `before_cancel` before a task that
     /// a `shutdown_now` cancels here ends (the proxy drops the closure
-    /// there, so that `join` returns after it is gone).
+    /// there, so that `join` returns after it is gone). Inlined into the
+    /// worker's run, as [`begin`](Self::begin) is.
+    #[inline(always)]
     pub(crate) fn start_or_cancel(&self, before_cancel: impl FnOnce()) -> Option<Clock> {
         // The move out of the queue comes first: a task that has ended
         // (cancelled by its handle, say) no longer holds its unit of the
