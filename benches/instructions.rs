@@ -16,6 +16,9 @@
 //!   through `&dyn Executor` (what code written for a plain pool calls);
 //! - `proxy_submit`: `submit` with its handle dropped at once, the path that
 //!   shares a task's state with a handle (one allocation per task);
+//! - `proxy_submit_dropped`: the same, over an executor that keeps the task
+//!   until the handle is dropped, then runs it: a pool's usual order, where
+//!   the worker picks the task up after the submitter let its handle go;
 //! - `proxy_spawn_native`: `proxy_spawn` with native histograms (schema 3)
 //!   kept beside the classic ones;
 //! - with feature `tracing`, `proxy_spawn_in_span` and `proxy_execute_in_span`:
@@ -42,12 +45,13 @@ use executor_exporter::{
     Executor, ExecutorExporter, ExemplarLabels, InstrumentedExecutorProxy, Task,
 };
 
-const VARIANTS: [&str; 8] = [
+const VARIANTS: [&str; 9] = [
     "bare",
     "clock_reads",
     "proxy_spawn",
     "proxy_execute",
     "proxy_submit",
+    "proxy_submit_dropped",
     "proxy_spawn_exemplar",
     "proxy_execute_exemplar",
     "proxy_spawn_native",
@@ -117,7 +121,45 @@ fn loop_proxy_submit(proxy: &InstrumentedExecutorProxy<Inline>, n: u64) {
     }
 }
 
+thread_local! {
+    static KEPT: std::cell::Cell<Option<Task>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keeps the one task handed to it (in a thread-local slot) for the caller
+/// to run later.
+struct Deferred;
+
+impl Executor for Deferred {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        KEPT.set(Some(task));
+        Ok(())
+    }
+}
+
+#[inline(never)]
+fn loop_proxy_submit_dropped(proxy: &InstrumentedExecutorProxy<Deferred>, n: u64) {
+    for i in 0..n {
+        drop(
+            proxy
+                .submit(move || {
+                    black_box(i);
+                })
+                .unwrap(),
+        );
+        if let Some(task) = KEPT.take() {
+            task.run();
+        }
+    }
+}
+
 fn run(variant: &str, n: u64) {
+    if variant == "proxy_submit_dropped" {
+        let exporter = ExecutorExporter::builder()
+            .exporter_id("instructions")
+            .registry(prometheus::Registry::new());
+        let proxy = InstrumentedExecutorProxy::new(Deferred, exporter.build().unwrap(), None);
+        return loop_proxy_submit_dropped(&proxy, n);
+    }
     let mut exporter = ExecutorExporter::builder()
         .exporter_id("instructions")
         .registry(prometheus::Registry::new());

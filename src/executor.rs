@@ -4,7 +4,6 @@ use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::mem::ManuallyDrop;
-use std::sync::Arc;
 
 use smallbox::space::S4;
 use smallbox::{smallbox, SmallBox};
@@ -76,23 +75,6 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// The executor refused the task: it counts as rejected, and its
     /// closure comes back out (`None` if the task has ended already).
     fn reject(&self) -> Option<Box<dyn Any + Send>>;
-}
-
-/// A task whose state is shared (a submitted task's handle sees it too): the
-/// [`Task`] holds one reference.
-impl<R: Runnable> Runnable for Arc<R> {
-    fn run(&self, body_done: &dyn Fn()) {
-        (**self).run(body_done)
-    }
-    fn abandon(&self, reason: String) {
-        (**self).abandon(reason)
-    }
-    fn discard(&self) {
-        (**self).discard()
-    }
-    fn reject(&self) -> Option<Box<dyn Any + Send>> {
-        (**self).reject()
-    }
 }
 
 /// Holds a closure that is taken out exactly once, by its one owner: the

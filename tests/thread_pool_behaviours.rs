@@ -870,6 +870,102 @@ fn a_user_defined_executor_in_the_proxy() {
     c.assert_invariant();
 }
 
+/// Keeps the tasks handed to it, for the test to run; says it is a worker
+/// thread, so that a `shutdown_now` on the proxy returns without waiting
+/// for them.
+#[derive(Default)]
+struct Keeps(Mutex<Vec<Task>>);
+
+impl Executor for Keeps {
+    fn execute(&self, task: Task) -> Result<(), executor_exporter::Rejected> {
+        self.0.lock().unwrap().push(task);
+        Ok(())
+    }
+
+    fn is_worker_thread(&self) -> bool {
+        true
+    }
+}
+
+fn kept(proxy: &InstrumentedExecutorProxy<Keeps>) -> Vec<Task> {
+    std::mem::take(&mut *proxy.inner().0.lock().unwrap())
+}
+
+/// Tasks whose handles are dropped before they run (one handle polled
+/// first, one cancelling first) are counted once each, as with a handle:
+/// completed, failed (a panic, an `Err`), cancelled; their closures, their
+/// values and the waker the polled handle stored are all dropped.
+#[test]
+fn tasks_whose_handles_are_gone_when_they_run_are_counted_once_and_dropped() {
+    let registry = Registry::new();
+    let proxy = InstrumentedExecutorProxy::new(Keeps::default(), exporter(&registry, "gone"), None);
+    let held = Arc::new(());
+    let h = held.clone();
+    drop(proxy.submit(move || h).unwrap());
+    let h = held.clone();
+    drop(
+        proxy
+            .submit(move || {
+                let _h = h;
+                panic!("a task nobody joins panics");
+            })
+            .unwrap(),
+    );
+    drop(proxy.submit_fallible(|| Err::<(), _>("no")).unwrap());
+    let h = held.clone();
+    let cancelled = proxy.submit(move || drop(h)).unwrap();
+    assert!(cancelled.cancel());
+    drop(cancelled);
+    let waker = Arc::new(ThreadWaker(std::thread::current()));
+    let mut polled = proxy.submit(|| 3).unwrap();
+    let w = Waker::from(waker.clone());
+    let mut cx = Context::from_waker(&w);
+    assert!(Pin::new(&mut polled).poll(&mut cx).is_pending());
+    drop((polled, w));
+    assert_eq!(Arc::strong_count(&waker), 2, "the handle stored its waker");
+    for task in kept(&proxy) {
+        task.run();
+    }
+    proxy.join();
+    assert_eq!(Arc::strong_count(&held), 1, "closures and values dropped");
+    assert_eq!(Arc::strong_count(&waker), 1, "the stored waker dropped");
+    let c = counts(&scrape(&registry), "executor", "gone");
+    assert_eq!(
+        (c.submitted, c.completed, c.failed, c.cancelled),
+        (5.0, 2.0, 2.0, 1.0),
+        "{c:?}"
+    );
+    assert_eq!((c.queued, c.running, c.wait_count), (0.0, 0.0, 4.0));
+    c.assert_invariant();
+}
+
+/// A task whose handle is gone, picked up after a `shutdown_now`, does not
+/// run: it is counted as cancelled and its closure dropped.
+#[test]
+fn a_task_whose_handle_is_gone_is_cancelled_by_shutdown_now() {
+    let registry = Registry::new();
+    let proxy =
+        InstrumentedExecutorProxy::new(Keeps::default(), exporter(&registry, "gone_now"), None);
+    let held = Arc::new(());
+    let h = held.clone();
+    drop(proxy.submit(move || drop(h)).unwrap());
+    proxy.shutdown_now();
+    let tasks = kept(&proxy);
+    assert_eq!(tasks.len(), 1);
+    for task in tasks {
+        task.run();
+    }
+    proxy.join();
+    assert_eq!(Arc::strong_count(&held), 1, "the closure dropped");
+    let c = counts(&scrape(&registry), "executor", "gone_now");
+    assert_eq!(
+        (c.submitted, c.completed, c.failed, c.cancelled),
+        (1.0, 0.0, 0.0, 1.0),
+        "{c:?}"
+    );
+    c.assert_invariant();
+}
+
 #[test]
 fn the_instrumented_pool_is_itself_an_executor() {
     let registry = Registry::new();

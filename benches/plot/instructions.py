@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 VARIANTS = ["bare", "clock_reads", "proxy_spawn", "proxy_execute", "proxy_submit",
-            "proxy_spawn_native"]
+            "proxy_submit_dropped", "proxy_spawn_native"]
 # The same two paths through a proxy whose exporter has an exemplar hook (it
 # hands out a clone of one prebuilt label set): what exemplars add per task.
 EXEMPLAR = ["proxy_spawn_exemplar", "proxy_execute_exemplar"]

@@ -98,9 +98,11 @@ impl<F, C> Job<F, C> {
 
     /// Runs the body of a task that `core` (the core this job is in) has
     /// started, and ends it with the body's value or panic. `body_done` as
-    /// in [`Runnable::run`]. Inlined into each of its two callers (a
-    /// worker's run, a joiner's): called out of line, the worker's run
-    /// took about 15 instructions more per task.
+    /// in [`Runnable::run`]; `alone` tells, once the body has returned,
+    /// whether the task's handle is gone (its result then has no reader,
+    /// and is dropped here instead of published). Inlined into each of its
+    /// two callers (a worker's run, a joiner's): called out of line, the
+    /// worker's run took about 15 instructions more per task.
     #[inline(always)]
     fn run_started<T, J: ?Sized>(
         &self,
@@ -108,6 +110,7 @@ impl<F, C> Job<F, C> {
         started: Clock,
         f: F,
         body_done: &dyn Fn(),
+        alone: impl Fn() -> bool,
     ) where
         F: Body<T>,
         C: Classify<T>,
@@ -117,9 +120,17 @@ impl<F, C> Job<F, C> {
         match outcome {
             Ok(value) => {
                 let failure = self.classify.failed(&value).then_some(FailureReason::Error);
+                if alone() {
+                    drop_quietly(value);
+                    return core.finish_alone(started, failure);
+                }
                 core.finish(started, Ok(value), failure);
             }
             Err(payload) => {
+                if alone() {
+                    drop_quietly(payload);
+                    return core.finish_alone(started, Some(FailureReason::Panic));
+                }
                 let message = panic_message(&*payload);
                 drop_quietly(payload);
                 core.finish(
@@ -130,15 +141,98 @@ impl<F, C> Job<F, C> {
             }
         }
     }
+
+    /// Runs a queued task whose handle is gone, on the thread holding its
+    /// only reference: nobody else can cancel, claim or read it, so it runs
+    /// as a task without a handle does, its state word untouched.
+    #[inline(always)]
+    fn run_alone<T>(&self, core: &TaskCore<T, Job<F, C>>, body_done: &dyn Fn())
+    where
+        F: Body<T>,
+        C: Classify<T>,
+    {
+        let running = core.running_node();
+        let _running = running.enter();
+        // SAFETY: the task is queued and nobody else holds it: this thread
+        // is the closure's one owner.
+        let f = unsafe { self.take_f() };
+        let Some(started) = core.begin_alone() else {
+            drop_quietly(f);
+            body_done();
+            return core.cancel_alone();
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| f.call()));
+        body_done();
+        let failure = match &outcome {
+            Ok(value) => self.classify.failed(value).then_some(FailureReason::Error),
+            Err(_) => Some(FailureReason::Panic),
+        };
+        match outcome {
+            Ok(value) => drop_quietly(value),
+            Err(payload) => drop_quietly(payload),
+        }
+        core.finish_alone(started, failure);
+    }
 }
 
-impl<F, T, C> Runnable for JobCore<F, T, C>
+/// The executor's [`Task`]'s reference to a submitted task's core; the
+/// task's handle holds the other one.
+pub(super) struct Queued<F, T, C>(pub(super) Arc<JobCore<F, T, C>>);
+
+impl<F, T, C> Queued<F, T, C> {
+    /// True once the handle is gone: this is the core's only reference, and
+    /// nothing can make another (the core is never shared through a weak
+    /// reference), so no other thread reaches the task again. The fence
+    /// orders what the handle did (a cancel, a stored waker) before what
+    /// follows here, as the handle's drop released it. Always false under
+    /// loom, which does not model the reference count: its models keep
+    /// their handles, and check the state word's paths.
+    #[inline(always)]
+    fn alone(&self) -> bool {
+        if cfg!(loom) || Arc::strong_count(&self.0) != 1 {
+            return false;
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        true
+    }
+}
+
+impl<F, T, C> Runnable for Queued<F, T, C>
 where
     F: Body<T>,
     T: Send + 'static,
     C: Classify<T>,
 {
     fn run(&self, body_done: &dyn Fn()) {
+        if self.alone() && self.0.is_queued() {
+            return self.0.job.run_alone(&self.0, body_done);
+        }
+        self.0.run_shared(body_done, || self.alone());
+    }
+
+    fn abandon(&self, reason: String) {
+        self.0.abandon(reason)
+    }
+
+    fn discard(&self) {
+        self.0.discard()
+    }
+
+    fn reject(&self) -> Option<Box<dyn Any + Send>> {
+        self.0.reject()
+    }
+}
+
+impl<F, T, C> JobCore<F, T, C>
+where
+    F: Body<T>,
+    T: Send + 'static,
+    C: Classify<T>,
+{
+    /// A worker's run of a task whose handle may still be held; `alone` as
+    /// in [`Job::run_started`].
+    #[inline(always)]
+    fn run_shared(&self, body_done: &dyn Fn(), alone: impl Fn() -> bool) {
         // The body, or its captures when it is dropped unrun, may drop the
         // last handle of this executor: see `InstrumentedExecutorProxy::drop`.
         let running = self.running_node();
@@ -163,7 +257,7 @@ where
         };
         // SAFETY: this start moved the task out of the queue.
         let f = unsafe { self.job.take_f() };
-        self.job.run_started(self, started, f, body_done);
+        self.job.run_started(self, started, f, body_done, alone);
     }
 
     fn abandon(&self, reason: String) {
@@ -224,7 +318,7 @@ where
         // Not started: `shutdown_now` cancels it, dropping the closure.
         let started = core.begin(|| drop_quietly(f.take()));
         if let (Some(started), Some(f)) = (started, f) {
-            self.run_started(core, started, f, &|| {});
+            self.run_started(core, started, f, &|| {}, || false);
         }
         true
     }

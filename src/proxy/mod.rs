@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use self::exemplar::WithExemplar;
 pub(crate) use self::job::Classify;
-use self::job::{is_err, never_failed, ClassifyFn, Detached, ErrFails, Job, NeverFails};
+use self::job::{is_err, never_failed, ClassifyFn, Detached, ErrFails, Job, NeverFails, Queued};
 pub use self::map::Map;
 use crate::clock::Clock;
 use crate::error::FailureReason;
@@ -244,7 +244,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         let submitted_at = core.submitted_at();
         let handle = TaskHandle::new(core.clone());
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
-        let outcome = self.inner.execute(Task::from_runnable(core));
+        let outcome = self.inner.execute(Task::from_runnable(Queued(core)));
         std::mem::forget(accepted_if_unwinding);
         self.handed_over(outcome, submitted_at).map(|()| handle)
     }

@@ -237,7 +237,9 @@ impl<T, J: ?Sized> TaskCore<T, J> {
 
     /// [`start`](Self::start), calling `before_cancel` before a task that
     /// a `shutdown_now` cancels here ends (the proxy drops the closure
-    /// there, so that `join` returns after it is gone).
+    /// there, so that `join` returns after it is gone). Inlined into the
+    /// worker's run, as [`begin`](Self::begin) is.
+    #[inline(always)]
     pub(crate) fn start_or_cancel(&self, before_cancel: impl FnOnce()) -> Option<Clock> {
         // The move out of the queue comes first: a task that has ended
         // (cancelled by its handle, say) no longer holds its unit of the
@@ -342,6 +344,47 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             .series
             .finished(Clock::now().nanos_since(started), failure);
         self.publish(RUNNING ^ DONE, result);
+    }
+
+    /// True while the task has not left the queue. For the thread holding
+    /// the task's only reference, once its handle is gone (see the proxy's
+    /// `Queued`): nobody can move the task any more, and a queued one can
+    /// then run without its state word ([`begin_alone`](Self::begin_alone)).
+    pub(crate) fn is_queued(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PHASE == QUEUED
+    }
+
+    /// [`begin`](Self::begin) for a queued task nobody else can reach (its
+    /// handle is gone): the state word is not written, as nobody reads it
+    /// again. `None` if a `shutdown_now` cancels it: drop the closure, then
+    /// end it with [`cancel_alone`](Self::cancel_alone).
+    #[inline(always)]
+    pub(crate) fn begin_alone(&self) -> Option<Clock> {
+        if self.acct.cancelling_pending() {
+            return None;
+        }
+        Some(
+            self.acct
+                .series
+                .started_run(self.submitted_at, Clock::now()),
+        )
+    }
+
+    /// Ends, as cancelled, a task [`begin_alone`](Self::begin_alone) did
+    /// not start.
+    pub(crate) fn cancel_alone(&self) {
+        self.acct.series.cancelled();
+        self.acct.ended();
+    }
+
+    /// [`finish`](Self::finish) for a task whose handle is gone: its
+    /// result is not published (nobody could read it; the caller drops it).
+    #[inline(always)]
+    pub(crate) fn finish_alone(&self, started: Clock, failure: Option<FailureReason>) {
+        self.acct
+            .series
+            .finished_run(started, Clock::now(), failure);
+        self.acct.ended();
     }
 
     /// Cancels the task if it has not started. True if this call cancelled it.

@@ -10,7 +10,10 @@
 //! and a caller cancelling it cannot both win, and the metric of each move is
 //! recorded by the one thread that made it. The end publishes the result with
 //! one more read-modify-write of that word; only a thread that waits for the
-//! result (or an awaited handle's waker) makes it take a lock.
+//! result (or an awaited handle's waker) makes it take a lock. A task whose
+//! handle is gone when its worker picks it up leaves the word alone: nobody
+//! can cancel, join or read it any more, so it runs as a task without a
+//! handle does, and its result is dropped unpublished.
 //!
 //! A thread that joins a task it would otherwise wait for forever (it runs a
 //! task of the same executor, so it may be the worker the queued task needs)
