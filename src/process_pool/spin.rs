@@ -16,23 +16,43 @@ use std::time::{Duration, Instant};
 /// A pause between two looks of a spinner longer than this means it lost its
 /// CPU (preempted, or its vCPU descheduled): the CPUs are oversubscribed.
 const PREEMPTED: Duration = Duration::from_micros(50);
-/// After a preemption, waits that skip spinning: doubled on each preemption
-/// from the first, up to the maximum, halved by each spin that gave the CPU
-/// away and got it back at once (a look that succeeds at once says nothing
-/// about the CPUs).
-const FIRST_PENALTY: u32 = 64;
-const MAX_PENALTY: u32 = 8192;
+/// After a preemption, how long waits block at once: this many times the
+/// time the spinner lost its CPU for, at least the previous period doubled
+/// if the preemption comes within [`RELAX`] periods of the previous one, and
+/// within the bounds below. A preemption costs the spinner the rest of a
+/// time slice of whatever took its CPU (milliseconds, against the
+/// microseconds a spin saves), and spinning between preemptions spends the
+/// CPU time that would have won the spinner a prompt wake-up: on a loaded
+/// machine, spins must be rare, not merely fewer. Blocking that many times as
+/// long as each preemption took keeps what they cost to about 1% of the
+/// time, from the first one; a brief pause (a vCPU descheduled for a moment
+/// on an idle machine) costs a few milliseconds of spinning.
+const QUIET_PER_LOST: u32 = 100;
+const FIRST_QUIET: Duration = Duration::from_millis(1);
+const MAX_QUIET: Duration = Duration::from_secs(1);
+/// A spin that is not preempted, this many quiet periods after the last
+/// preemption, halves the next period: a passing burst of load is forgotten
+/// within seconds.
+const RELAX: u32 = 4;
 
 /// One spinner's memory of how its recent spins went.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SpinState {
-    /// Waits left that block at once.
-    skip: u32,
-    /// The next preemption's `skip`.
-    penalty: u32,
+    /// Until when waits block at once.
+    quiet_until: Option<Instant>,
+    /// The next preemption's quiet period (zero: none was recent).
+    penalty: Duration,
+    /// From when a spin that is not preempted halves `penalty`.
+    relax_at: Option<Instant>,
 }
 
 impl SpinState {
+    const NEW: SpinState = SpinState {
+        quiet_until: None,
+        penalty: Duration::ZERO,
+        relax_at: None,
+    };
+
     /// Calls `ready` until it returns true (then true), for at most `limit`,
     /// giving the CPU away between calls so a thread that shares it (the one
     /// this one waits for) runs. False when the caller should block: the
@@ -42,9 +62,11 @@ impl SpinState {
         if limit.is_zero() {
             return false;
         }
-        if self.skip > 0 {
-            self.skip -= 1;
-            return false;
+        if let Some(until) = self.quiet_until {
+            if Instant::now() < until {
+                return false;
+            }
+            self.quiet_until = None;
         }
         if ready() {
             return true;
@@ -55,13 +77,25 @@ impl SpinState {
             std::thread::yield_now();
             let done = ready();
             let now = Instant::now();
-            if now.duration_since(last) > PREEMPTED {
-                self.penalty = (self.penalty * 2).clamp(FIRST_PENALTY, MAX_PENALTY);
-                self.skip = self.penalty;
+            let lost = now.duration_since(last);
+            if lost > PREEMPTED {
+                let recent = self.relax_at.is_some_and(|at| now < at);
+                let doubled = if recent { self.penalty * 2 } else { Duration::ZERO };
+                self.penalty = doubled
+                    .max(lost.saturating_mul(QUIET_PER_LOST))
+                    .clamp(FIRST_QUIET, MAX_QUIET);
+                self.quiet_until = now.checked_add(self.penalty);
+                self.relax_at = now.checked_add(self.penalty * RELAX);
                 return done;
             }
             if done || now.duration_since(start) >= limit {
-                self.penalty /= 2;
+                if self.relax_at.is_some_and(|at| now >= at) {
+                    self.penalty /= 2;
+                    if self.penalty < FIRST_QUIET {
+                        self.penalty = Duration::ZERO;
+                    }
+                    self.relax_at = now.checked_add(self.penalty * RELAX);
+                }
                 return done;
             }
             last = now;
@@ -71,7 +105,7 @@ impl SpinState {
 
 thread_local! {
     /// The spinning memory of a thread joining process tasks.
-    static JOINER: Cell<SpinState> = const { Cell::new(SpinState { skip: 0, penalty: 0 }) };
+    static JOINER: Cell<SpinState> = const { Cell::new(SpinState::NEW) };
 }
 
 /// Spins this joining thread, with its memory of how its recent spins went,
@@ -104,16 +138,68 @@ mod tests {
     }
 
     #[test]
-    fn a_preempted_spin_backs_off() {
+    fn a_preempted_spin_backs_off_for_a_time_not_a_count_of_waits() {
         let mut s = SpinState::default();
+        let lost = PREEMPTED * 3;
+        let before = Instant::now();
         // A look that takes longer than a preemption's pause.
         assert!(!s.spin(Duration::from_secs(5), || {
-            std::thread::sleep(PREEMPTED * 3);
+            std::thread::sleep(lost);
             false
         }));
-        for _ in 0..FIRST_PENALTY {
-            assert!(!s.spin(Duration::from_secs(5), || true), "backing off");
+        // However many waits follow, they block at once for many times as
+        // long as the CPU was lost (this thread may itself be preempted past
+        // that on a loaded machine: a look is then right).
+        let quiet = before + lost * 10;
+        let (mut blocked, mut early) = (0, 0);
+        for _ in 0..1000 {
+            let mut looked = false;
+            let spun = s.spin(Duration::from_secs(5), || {
+                looked = true;
+                true
+            });
+            if !looked {
+                assert!(!spun);
+                blocked += 1;
+            } else if Instant::now() < quiet {
+                early += 1;
+            }
         }
-        assert!(s.spin(Duration::from_secs(5), || true), "spinning again");
+        assert_eq!(early, 0, "spun again within {:?} of the preemption", lost * 10);
+        assert!(blocked > 0, "backing off");
+        // And then it spins again.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while !s.spin(Duration::from_secs(5), || true) {
+            assert!(Instant::now() < give_up, "never spins again");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn repeated_preemptions_back_off_longer_and_calm_relaxes() {
+        let mut s = SpinState::default();
+        let preempt = |s: &mut SpinState| {
+            s.quiet_until = None;
+            s.spin(Duration::from_secs(5), || {
+                std::thread::sleep(PREEMPTED * 3);
+                false
+            })
+        };
+        for _ in 0..20 {
+            preempt(&mut s);
+        }
+        assert_eq!(s.penalty, MAX_QUIET, "sustained preemptions reach the maximum");
+        // A spin that is not preempted, long after the last preemption,
+        // halves the next period (one that is preempted, on a loaded machine,
+        // only doubles it again: then try again).
+        for _ in 0..100 {
+            s.quiet_until = None;
+            s.relax_at = Some(Instant::now());
+            assert!(!s.spin(Duration::from_micros(200), || false));
+            if s.penalty < MAX_QUIET {
+                break;
+            }
+        }
+        assert_eq!(s.penalty, MAX_QUIET / 2, "relaxed once");
     }
 }
