@@ -16,18 +16,19 @@ use std::time::{Duration, Instant};
 /// A pause between two looks of a spinner longer than this means it lost its
 /// CPU (preempted, or its vCPU descheduled): the CPUs are oversubscribed.
 const PREEMPTED: Duration = Duration::from_micros(50);
-/// After a preemption, how long waits block at once: this many times the
-/// time the spinner lost its CPU for, at least the previous period doubled
-/// if the preemption comes within [`RELAX`] periods of the previous one, and
-/// within the bounds below. A preemption costs the spinner the rest of a
-/// time slice of whatever took its CPU (milliseconds, against the
-/// microseconds a spin saves), and spinning between preemptions spends the
-/// CPU time that would have won the spinner a prompt wake-up: on a loaded
-/// machine, spins must be rare, not merely fewer. Blocking that many times as
-/// long as each preemption took keeps what they cost to about 1% of the
-/// time, from the first one; a brief pause (a vCPU descheduled for a moment
-/// on an idle machine) costs a few milliseconds of spinning.
-const QUIET_PER_LOST: u32 = 100;
+/// After a preemption, how long waits block at once: the time the spinner
+/// lost its CPU for, times that time over this unit (at least the previous
+/// period doubled, if the preemption comes within [`RELAX`] periods of the
+/// previous one), within the bounds below. A long loss is both the surer
+/// sign of a CPU-bound competitor (it ran a whole time slice) and the
+/// costlier (milliseconds, against the microseconds a spin saves); and
+/// spinning between preemptions spends the CPU time that would have won the
+/// spinner a prompt wake-up. So on a loaded machine spins must be rare, not
+/// merely fewer: preemptions then cost about `QUIET_UNIT / lost` of the
+/// time (a 4 ms loss: a second without spinning), while a brief pause (the
+/// pool's own threads sharing a CPU for a moment, a vCPU descheduled on an
+/// idle machine) costs a millisecond of spinning.
+const QUIET_UNIT: Duration = Duration::from_micros(10);
 const FIRST_QUIET: Duration = Duration::from_millis(1);
 const MAX_QUIET: Duration = Duration::from_secs(1);
 /// A spin that is not preempted, this many quiet periods after the last
@@ -82,7 +83,7 @@ impl SpinState {
                 let recent = self.relax_at.is_some_and(|at| now < at);
                 let doubled = if recent { self.penalty * 2 } else { Duration::ZERO };
                 self.penalty = doubled
-                    .max(lost.saturating_mul(QUIET_PER_LOST))
+                    .max(lost.saturating_mul(quiet_factor(lost)))
                     .clamp(FIRST_QUIET, MAX_QUIET);
                 self.quiet_until = now.checked_add(self.penalty);
                 self.relax_at = now.checked_add(self.penalty * RELAX);
@@ -101,6 +102,11 @@ impl SpinState {
             last = now;
         }
     }
+}
+
+/// `lost` over [`QUIET_UNIT`], saturated.
+fn quiet_factor(lost: Duration) -> u32 {
+    u32::try_from(lost.as_nanos() / QUIET_UNIT.as_nanos()).unwrap_or(u32::MAX)
 }
 
 thread_local! {
@@ -147,8 +153,7 @@ mod tests {
             std::thread::sleep(lost);
             false
         }));
-        // However many waits follow, they block at once for many times as
-        // long as the CPU was lost (this thread may itself be preempted past
+        // However many waits follow, they block at once for a while (this thread may itself be preempted past
         // that on a loaded machine: a look is then right).
         let quiet = before + lost * 10;
         let (mut blocked, mut early) = (0, 0);
