@@ -81,7 +81,11 @@ impl SpinState {
             let lost = now.duration_since(last);
             if lost > PREEMPTED {
                 let recent = self.relax_at.is_some_and(|at| now < at);
-                let doubled = if recent { self.penalty * 2 } else { Duration::ZERO };
+                let doubled = if recent {
+                    self.penalty * 2
+                } else {
+                    Duration::ZERO
+                };
                 self.penalty = doubled
                     .max(lost.saturating_mul(quiet_factor(lost)))
                     .clamp(FIRST_QUIET, MAX_QUIET);
@@ -170,7 +174,12 @@ mod tests {
                 early += 1;
             }
         }
-        assert_eq!(early, 0, "spun again within {:?} of the preemption", lost * 10);
+        assert_eq!(
+            early,
+            0,
+            "spun again within {:?} of the preemption",
+            lost * 10
+        );
         assert!(blocked > 0, "backing off");
         // And then it spins again.
         let give_up = Instant::now() + Duration::from_secs(5);
@@ -193,7 +202,10 @@ mod tests {
         for _ in 0..20 {
             preempt(&mut s);
         }
-        assert_eq!(s.penalty, MAX_QUIET, "sustained preemptions reach the maximum");
+        assert_eq!(
+            s.penalty, MAX_QUIET,
+            "sustained preemptions reach the maximum"
+        );
         // A spin that is not preempted, long after the last preemption,
         // halves the next period (one that is preempted, on a loaded machine,
         // only doubles it again: then try again).
