@@ -17,42 +17,28 @@ use std::time::{Duration, Instant};
 /// CPU (preempted, or its vCPU descheduled): the CPUs are oversubscribed.
 const PREEMPTED: Duration = Duration::from_micros(50);
 /// After a preemption, how long waits block at once: the time the spinner
-/// lost its CPU for, times that time over this unit (at least the previous
-/// period doubled, if the preemption comes within [`RELAX`] periods of the
-/// previous one), within the bounds below. A long loss is both the surer
-/// sign of a CPU-bound competitor (it ran a whole time slice) and the
-/// costlier (milliseconds, against the microseconds a spin saves); and
-/// spinning between preemptions spends the CPU time that would have won the
-/// spinner a prompt wake-up. So on a loaded machine spins must be rare, not
-/// merely fewer: preemptions then cost about `QUIET_UNIT / lost` of the
-/// time (a 4 ms loss: a second without spinning), while a brief pause (the
-/// pool's own threads sharing a CPU for a moment, a vCPU descheduled on an
-/// idle machine) costs a millisecond of spinning.
+/// lost its CPU for, times that time over this unit, within the bounds
+/// below. A long loss is both the surer sign of a CPU-bound competitor (it
+/// ran a whole time slice) and the costlier (milliseconds, against the
+/// microseconds a spin saves); and spinning between preemptions spends the
+/// CPU time that would have won the spinner a prompt wake-up. So on a loaded
+/// machine spins must be rare, not merely fewer: preemptions then cost about
+/// `QUIET_UNIT / lost` of the time (a 4 ms loss: a second without spinning),
+/// while a brief pause (the pool's own threads sharing a CPU for a moment, a
+/// vCPU descheduled on an idle machine) costs a millisecond of spinning.
 const QUIET_UNIT: Duration = Duration::from_micros(10);
 const FIRST_QUIET: Duration = Duration::from_millis(1);
 const MAX_QUIET: Duration = Duration::from_secs(1);
-/// A spin that is not preempted, this many quiet periods after the last
-/// preemption, halves the next period: a passing burst of load is forgotten
-/// within seconds.
-const RELAX: u32 = 4;
 
 /// One spinner's memory of how its recent spins went.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SpinState {
     /// Until when waits block at once.
     quiet_until: Option<Instant>,
-    /// The next preemption's quiet period (zero: none was recent).
-    penalty: Duration,
-    /// From when a spin that is not preempted halves `penalty`.
-    relax_at: Option<Instant>,
 }
 
 impl SpinState {
-    const NEW: SpinState = SpinState {
-        quiet_until: None,
-        penalty: Duration::ZERO,
-        relax_at: None,
-    };
+    const NEW: SpinState = SpinState { quiet_until: None };
 
     /// Calls `ready` until it returns true (then true), for at most `limit`,
     /// giving the CPU away between calls so a thread that shares it (the one
@@ -80,27 +66,13 @@ impl SpinState {
             let now = Instant::now();
             let lost = now.duration_since(last);
             if lost > PREEMPTED {
-                let recent = self.relax_at.is_some_and(|at| now < at);
-                let doubled = if recent {
-                    self.penalty * 2
-                } else {
-                    Duration::ZERO
-                };
-                self.penalty = doubled
-                    .max(lost.saturating_mul(quiet_factor(lost)))
+                let quiet = lost
+                    .saturating_mul(quiet_factor(lost))
                     .clamp(FIRST_QUIET, MAX_QUIET);
-                self.quiet_until = now.checked_add(self.penalty);
-                self.relax_at = now.checked_add(self.penalty * RELAX);
+                self.quiet_until = now.checked_add(quiet);
                 return done;
             }
             if done || now.duration_since(start) >= limit {
-                if self.relax_at.is_some_and(|at| now >= at) {
-                    self.penalty /= 2;
-                    if self.penalty < FIRST_QUIET {
-                        self.penalty = Duration::ZERO;
-                    }
-                    self.relax_at = now.checked_add(self.penalty * RELAX);
-                }
                 return done;
             }
             last = now;
@@ -187,36 +159,5 @@ mod tests {
             assert!(Instant::now() < give_up, "never spins again");
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-
-    #[test]
-    fn repeated_preemptions_back_off_longer_and_calm_relaxes() {
-        let mut s = SpinState::default();
-        let preempt = |s: &mut SpinState| {
-            s.quiet_until = None;
-            s.spin(Duration::from_secs(5), || {
-                std::thread::sleep(PREEMPTED * 3);
-                false
-            })
-        };
-        for _ in 0..20 {
-            preempt(&mut s);
-        }
-        assert_eq!(
-            s.penalty, MAX_QUIET,
-            "sustained preemptions reach the maximum"
-        );
-        // A spin that is not preempted, long after the last preemption,
-        // halves the next period (one that is preempted, on a loaded machine,
-        // only doubles it again: then try again).
-        for _ in 0..100 {
-            s.quiet_until = None;
-            s.relax_at = Some(Instant::now());
-            assert!(!s.spin(Duration::from_micros(200), || false));
-            if s.penalty < MAX_QUIET {
-                break;
-            }
-        }
-        assert_eq!(s.penalty, MAX_QUIET / 2, "relaxed once");
     }
 }
