@@ -16,23 +16,30 @@ use std::time::{Duration, Instant};
 /// A pause between two looks of a spinner longer than this means it lost its
 /// CPU (preempted, or its vCPU descheduled): the CPUs are oversubscribed.
 const PREEMPTED: Duration = Duration::from_micros(50);
-/// After a preemption, waits that skip spinning: doubled on each preemption
-/// from the first, up to the maximum, halved by each spin that gave the CPU
-/// away and got it back at once (a look that succeeds at once says nothing
-/// about the CPUs).
-const FIRST_PENALTY: u32 = 64;
-const MAX_PENALTY: u32 = 8192;
+/// After a preemption, how long waits block at once: the time the spinner
+/// lost its CPU for, times that time over this unit, within the bounds
+/// below. A long loss is both the surer sign of a CPU-bound competitor (it
+/// ran a whole time slice) and the costlier (milliseconds, against the
+/// microseconds a spin saves); and spinning between preemptions spends the
+/// CPU time that would have won the spinner a prompt wake-up. So on a loaded
+/// machine spins must be rare, not merely fewer: preemptions then cost about
+/// `QUIET_UNIT / lost` of the time (a 4 ms loss: a second without spinning),
+/// while a brief pause (the pool's own threads sharing a CPU for a moment, a
+/// vCPU descheduled on an idle machine) costs a millisecond of spinning.
+const QUIET_UNIT: Duration = Duration::from_micros(10);
+const FIRST_QUIET: Duration = Duration::from_millis(1);
+const MAX_QUIET: Duration = Duration::from_secs(1);
 
 /// One spinner's memory of how its recent spins went.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SpinState {
-    /// Waits left that block at once.
-    skip: u32,
-    /// The next preemption's `skip`.
-    penalty: u32,
+    /// Until when waits block at once.
+    quiet_until: Option<Instant>,
 }
 
 impl SpinState {
+    const NEW: SpinState = SpinState { quiet_until: None };
+
     /// Calls `ready` until it returns true (then true), for at most `limit`,
     /// giving the CPU away between calls so a thread that shares it (the one
     /// this one waits for) runs. False when the caller should block: the
@@ -42,9 +49,11 @@ impl SpinState {
         if limit.is_zero() {
             return false;
         }
-        if self.skip > 0 {
-            self.skip -= 1;
-            return false;
+        if let Some(until) = self.quiet_until {
+            if Instant::now() < until {
+                return false;
+            }
+            self.quiet_until = None;
         }
         if ready() {
             return true;
@@ -55,13 +64,15 @@ impl SpinState {
             std::thread::yield_now();
             let done = ready();
             let now = Instant::now();
-            if now.duration_since(last) > PREEMPTED {
-                self.penalty = (self.penalty * 2).clamp(FIRST_PENALTY, MAX_PENALTY);
-                self.skip = self.penalty;
+            let lost = now.duration_since(last);
+            if lost > PREEMPTED {
+                let quiet = lost
+                    .saturating_mul(quiet_factor(lost))
+                    .clamp(FIRST_QUIET, MAX_QUIET);
+                self.quiet_until = now.checked_add(quiet);
                 return done;
             }
             if done || now.duration_since(start) >= limit {
-                self.penalty /= 2;
                 return done;
             }
             last = now;
@@ -69,9 +80,14 @@ impl SpinState {
     }
 }
 
+/// `lost` over [`QUIET_UNIT`], saturated.
+fn quiet_factor(lost: Duration) -> u32 {
+    u32::try_from(lost.as_nanos() / QUIET_UNIT.as_nanos()).unwrap_or(u32::MAX)
+}
+
 thread_local! {
     /// The spinning memory of a thread joining process tasks.
-    static JOINER: Cell<SpinState> = const { Cell::new(SpinState { skip: 0, penalty: 0 }) };
+    static JOINER: Cell<SpinState> = const { Cell::new(SpinState::NEW) };
 }
 
 /// Spins this joining thread, with its memory of how its recent spins went,
@@ -104,16 +120,44 @@ mod tests {
     }
 
     #[test]
-    fn a_preempted_spin_backs_off() {
+    fn a_preempted_spin_backs_off_for_a_time_not_a_count_of_waits() {
         let mut s = SpinState::default();
+        let lost = PREEMPTED * 3;
+        let before = Instant::now();
         // A look that takes longer than a preemption's pause.
         assert!(!s.spin(Duration::from_secs(5), || {
-            std::thread::sleep(PREEMPTED * 3);
+            std::thread::sleep(lost);
             false
         }));
-        for _ in 0..FIRST_PENALTY {
-            assert!(!s.spin(Duration::from_secs(5), || true), "backing off");
+        // However many waits follow, they block at once for a while (this thread may itself be preempted past
+        // that on a loaded machine: a look is then right).
+        let quiet = before + lost * 10;
+        let (mut blocked, mut early) = (0, 0);
+        for _ in 0..1000 {
+            let mut looked = false;
+            let spun = s.spin(Duration::from_secs(5), || {
+                looked = true;
+                true
+            });
+            if !looked {
+                assert!(!spun);
+                blocked += 1;
+            } else if Instant::now() < quiet {
+                early += 1;
+            }
         }
-        assert!(s.spin(Duration::from_secs(5), || true), "spinning again");
+        assert_eq!(
+            early,
+            0,
+            "spun again within {:?} of the preemption",
+            lost * 10
+        );
+        assert!(blocked > 0, "backing off");
+        // And then it spins again.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while !s.spin(Duration::from_secs(5), || true) {
+            assert!(Instant::now() < give_up, "never spins again");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
