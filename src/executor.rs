@@ -205,14 +205,14 @@ impl Task {
 
     /// Gives this task `ticket` to end it with, unless it has one already
     /// (it came from another instrumented proxy's `spawn` or `execute`):
-    /// then both come back.
+    /// then `ticket` comes back. In place, so the task is not moved.
     #[inline]
-    pub(crate) fn attach(mut self, ticket: Ticket) -> Result<Task, (Task, Ticket)> {
+    pub(crate) fn attach(&mut self, ticket: Ticket) -> Option<Ticket> {
         if self.ticket.is_some() {
-            return Err((self, ticket));
+            return Some(ticket);
         }
         self.ticket = Some(ticket);
-        Ok(self)
+        None
     }
 
     /// Takes the ticket off the task, which is then as it was before

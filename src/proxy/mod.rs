@@ -711,14 +711,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         }
         let ticket = Ticket::new(&self.acct);
         let submitted_at = ticket.submitted_at();
-        let (task, nested) = match task.attach(ticket) {
-            Ok(task) => (task, false),
+        let mut task = task;
+        match task.attach(ticket) {
+            None => self.hand_over(task, false, submitted_at),
             // A task of another instrumented proxy (this proxy wraps one,
             // or is wrapped by one): it keeps its own ticket, inside a task
             // that carries this proxy's.
-            Err((task, ticket)) => (Task::detached(task, ticket), true),
-        };
-        self.hand_over(task, nested, submitted_at)
+            Some(ticket) => self.hand_over(Task::detached(task, ticket), true, submitted_at),
+        }
     }
 }
 
