@@ -15,17 +15,29 @@ use executor_exporter::{Executor, Rejected, Task};
 /// set for.
 pub const WORKERS: usize = 2;
 
-/// True when `BENCH_QUICK=1`: every bench then takes well under a second, so
-/// CI can run them all to keep them from rotting.
+/// True when `BENCH_QUICK=1` (or `2`): every bench then takes well under a
+/// second, so CI can run them all to keep them from rotting, and
+/// `benches/plot/rounds.py` can alternate them.
 pub fn quick() -> bool {
-    std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
+    std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1" || v == "2")
+}
+
+/// True when `BENCH_QUICK=2`: windows too short for any figure, for CI, which
+/// only checks that every bench builds and runs.
+pub fn smoke() -> bool {
+    std::env::var("BENCH_QUICK").is_ok_and(|v| v == "2")
 }
 
 /// The criterion configuration: the defaults for full runs, short windows and
-/// few samples in quick mode.
+/// few samples in quick mode, shorter still in smoke mode.
 pub fn criterion() -> Criterion {
     let c = Criterion::default();
-    if quick() {
+    if smoke() {
+        c.warm_up_time(Duration::from_millis(20))
+            .measurement_time(Duration::from_millis(50))
+            .sample_size(10)
+            .without_plots()
+    } else if quick() {
         c.warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_millis(400))
             .sample_size(10)
