@@ -288,6 +288,17 @@ impl Accounting {
         self.cancel_pending.load(Ordering::SeqCst)
     }
 
+    /// Starts a task submitted at `submitted_at` on this thread and records
+    /// its wait; `None` when a `shutdown_now` cancels it instead (it must not
+    /// run).
+    #[inline(always)]
+    pub(crate) fn start_run(&self, submitted_at: Clock) -> Option<Clock> {
+        if self.cancelling_pending() {
+            return None;
+        }
+        Some(self.series.started_run(submitted_at, Clock::now()))
+    }
+
     /// Admitted tasks that have not ended.
     pub(crate) fn in_flight(&self) -> usize {
         let ended = self.ended.iter().fold(0u64, |sum, stripe| {

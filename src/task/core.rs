@@ -360,14 +360,7 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// end it with [`cancel_alone`](Self::cancel_alone).
     #[inline(always)]
     pub(crate) fn begin_alone(&self) -> Option<Clock> {
-        if self.acct.cancelling_pending() {
-            return None;
-        }
-        Some(
-            self.acct
-                .series
-                .started_run(self.submitted_at, Clock::now()),
-        )
+        self.acct.start_run(self.submitted_at)
     }
 
     /// Ends, as cancelled, a task [`begin_alone`](Self::begin_alone) did

@@ -50,14 +50,7 @@ impl Ticket {
     /// [`cancel_on_drop`](Self::cancel_on_drop)).
     #[inline]
     pub(crate) fn start(&self) -> Option<Clock> {
-        if self.acct.cancelling_pending() {
-            return None;
-        }
-        Some(
-            self.acct
-                .series
-                .started_run(self.submitted_at, Clock::now()),
-        )
+        self.acct.start_run(self.submitted_at)
     }
 
     /// The started task ended (`failure`: why it failed, if it did).
