@@ -917,6 +917,114 @@ fn wait_is_observed_per_task_and_duration_has_the_sleep() {
     );
 }
 
+/// How many tasks of exporter `id` waited, and how many ran, longer than
+/// 0.1 s (a default bucket bound), from the histograms' counts.
+fn over_100ms(registry: &Registry, id: &str) -> (f64, f64) {
+    let exp = scrape(registry);
+    let over = |name: &str| {
+        let all = exp.sum(&format!("{name}_count"), &[("executor", id)]);
+        all - exp.sum(
+            &format!("{name}_bucket"),
+            &[("executor", id), ("le", "0.1")],
+        )
+    };
+    (
+        over("executor_task_wait_seconds"),
+        over("executor_tasks_duration_seconds"),
+    )
+}
+
+/// A task's wait and duration are its own, wherever it runs. Here a task
+/// run inside another one (by a join on the only worker) waited behind the
+/// outer task and ran for no time at all. (A worker that took a queued
+/// task's start from the end of its previous task, to save a clock read
+/// under a backlog, would give it the outer task's run.)
+#[test]
+fn a_task_joined_inside_another_on_a_worker_has_its_own_wait_and_duration() {
+    let registry = Registry::new();
+    let pool = pool(&registry, "nested_chain", 1);
+    let gate = Gate::new();
+    let open = gate.clone();
+    // Holds the only worker while the others queue.
+    pool.spawn(move || open.wait()).unwrap();
+    pool.spawn(|| ()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<executor_exporter::TaskHandle<()>>();
+    pool.spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        rx.recv().unwrap().join().unwrap();
+    })
+    .unwrap();
+    tx.send(pool.submit(|| ()).unwrap()).unwrap();
+    gate.open();
+    pool.join();
+    assert_eq!(
+        counts(&scrape(&registry), "executor", "nested_chain").completed,
+        4.0
+    );
+    // The joined task waited the outer task's 200 ms; only the outer one ran that long.
+    assert_eq!(over_100ms(&registry, "nested_chain"), (1.0, 1.0));
+}
+
+/// Nor does a counted task's duration include an uncounted one that ran
+/// just before it on the same worker (a proxy over a plain pool that also
+/// runs plain tasks).
+#[test]
+fn an_uncounted_task_between_two_counted_ones_is_not_in_either_duration() {
+    let registry = Registry::new();
+    let plain = Arc::new(executor_exporter::ThreadPool::new(1).unwrap());
+    let proxy = InstrumentedExecutorProxy::new(
+        plain.clone(),
+        exporter(&registry, "uncounted_between"),
+        None,
+    );
+    let gate = Gate::new();
+    let open = gate.clone();
+    plain.execute(Task::new(move || open.wait())).unwrap();
+    proxy.spawn(|| ()).unwrap();
+    plain
+        .execute(Task::new(|| {
+            std::thread::sleep(std::time::Duration::from_millis(200))
+        }))
+        .unwrap();
+    proxy.spawn(|| ()).unwrap();
+    gate.open();
+    proxy.join();
+    assert_eq!(
+        counts(&scrape(&registry), "executor", "uncounted_between").completed,
+        2.0
+    );
+    // The second waited behind the plain task; neither ran for long.
+    assert_eq!(over_100ms(&registry, "uncounted_between"), (1.0, 0.0));
+}
+
+/// Nor the drop of a cancelled task's closure, which the worker makes
+/// when it takes that task from the queue.
+#[test]
+fn a_cancelled_tasks_drop_between_two_counted_ones_is_not_in_either_duration() {
+    struct SlowDrop;
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    let registry = Registry::new();
+    let pool = pool(&registry, "cancelled_between", 1);
+    let gate = Gate::new();
+    let open = gate.clone();
+    pool.spawn(move || open.wait()).unwrap();
+    pool.spawn(|| ()).unwrap();
+    let slow = SlowDrop;
+    let cancelled = pool.submit(move || drop(slow)).unwrap();
+    assert!(cancelled.cancel());
+    pool.spawn(|| ()).unwrap();
+    gate.open();
+    pool.join();
+    let c = counts(&scrape(&registry), "executor", "cancelled_between");
+    assert_eq!((c.completed, c.cancelled), (3.0, 1.0));
+    // The last task waited behind the drop; no task ran for long.
+    assert_eq!(over_100ms(&registry, "cancelled_between"), (1.0, 0.0));
+}
+
 /// An executor that only holds its tasks: the test runs, abandons or drops
 /// each one itself.
 #[derive(Default)]
