@@ -97,7 +97,10 @@ mod linux {
     }
 
     /// Threads that keep every CPU busy until dropped: the `_hogs` variants
-    /// measure a pool on a machine with no idle CPU.
+    /// measure a pool on a machine with no idle CPU. Hog `i` is pinned to
+    /// CPU `i`: left to the scheduler, two hogs sometimes share one CPU and
+    /// leave the other idle, a different machine from one bench window to
+    /// the next.
     pub struct Hogs {
         stop: Arc<AtomicBool>,
         threads: Vec<std::thread::JoinHandle<()>>,
@@ -107,9 +110,10 @@ mod linux {
         pub fn start(n: usize) -> Hogs {
             let stop = Arc::new(AtomicBool::new(false));
             let threads = (0..n)
-                .map(|_| {
+                .map(|cpu| {
                     let stop = stop.clone();
                     std::thread::spawn(move || {
+                        pin_to(cpu);
                         while !stop.load(Ordering::Relaxed) {
                             std::hint::spin_loop();
                         }
@@ -117,6 +121,19 @@ mod linux {
                 })
                 .collect();
             Hogs { stop, threads }
+        }
+    }
+
+    /// Pins the calling thread to CPU `cpu`, if the machine has it.
+    fn pin_to(cpu: usize) {
+        // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within
+        // (for `cpu` below CPU_SETSIZE), and the call reads it only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if cpu < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+                let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
         }
     }
 
