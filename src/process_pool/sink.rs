@@ -291,10 +291,10 @@ impl<D: Decode> JobSink for Sink<D> {
         self.core.is_cancelled()
     }
 
-    fn started(&mut self) -> bool {
+    fn started(&mut self, ago: std::time::Duration) -> bool {
         #[cfg(feature = "tracing")]
         let _entered = self.span.enter();
-        self.started = self.core.start();
+        self.started = self.core.start_ago(ago);
         if let (Some(started), Some(exemplar)) = (self.started, &self.exemplar) {
             exemplar.waited(started.nanos_since(self.core.submitted_at()));
         }

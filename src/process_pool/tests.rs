@@ -201,7 +201,7 @@ impl JobSink for RecSink {
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
-    fn started(&mut self) -> bool {
+    fn started(&mut self, _ago: Duration) -> bool {
         let _ = self.tx.send(Ev::Started);
         self.accept_start
     }

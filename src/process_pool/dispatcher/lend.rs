@@ -173,7 +173,7 @@ impl Lent {
                     {
                         channel.frames.consume(len);
                         handed.started = true;
-                        handed.discard = !handed.job.sink.started();
+                        handed.discard = !handed.job.sink.started(Duration::ZERO);
                         handed.started_at = Some(Instant::now());
                     }
                     Ok(Some((FromWorker::Finished { id, outcome: ended }, len)))

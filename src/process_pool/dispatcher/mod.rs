@@ -703,7 +703,7 @@ fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome) {
         return job.finished(Err(JobFailure::UnknownTask { name }));
     }
     // A `Finished` without `Started` is tolerated: the start and the end are reported together.
-    if discard || (!started && !job.sink.started()) {
+    if discard || (!started && !job.sink.started(Duration::ZERO)) {
         return;
     }
     job.finished(outcome.into_job_outcome());

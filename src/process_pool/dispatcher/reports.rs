@@ -5,7 +5,7 @@ use std::io;
 use std::mem;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{deliver, Counted, Death, Dispatcher, WState};
 use crate::process_pool::job::RestartReason;
@@ -101,7 +101,7 @@ impl Dispatcher {
                 FromWorker::Started { id: got },
             ) if *id == got && !*started => {
                 *started = true;
-                *discard = !job.sink.started();
+                *discard = !job.sink.started(Duration::ZERO);
                 w.started_at = Some(Instant::now());
             }
             (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
