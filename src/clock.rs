@@ -114,6 +114,24 @@ impl Clock {
         Clock(raw)
     }
 
+    /// The reading `ago` before `self`, but not before `not_before`.
+    pub(crate) fn earlier_by(self, ago: std::time::Duration, not_before: Clock) -> Clock {
+        let nanos = ago.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if self.nanos_since(not_before) <= nanos {
+            return not_before;
+        }
+        let per = if MODE.load(Ordering::Acquire) == TSC {
+            NANOS_PER_2_SHIFT.load(Ordering::Relaxed)
+        } else {
+            source().delta_as_nanos(0, 1 << SHIFT)
+        };
+        let ticks = (u128::from(nanos) << SHIFT) / u128::from(per.max(1));
+        Clock(
+            self.0
+                .saturating_sub(ticks.min(u128::from(u64::MAX)) as u64),
+        )
+    }
+
     /// The time from `earlier` to `self` in whole nanoseconds; zero if
     /// `earlier` is later. What the histograms record, without a round trip
     /// through [`std::time::Duration`] (a division and a multiplication per task).

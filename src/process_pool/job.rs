@@ -201,10 +201,10 @@ pub(crate) trait JobSink: Send + 'static {
         false
     }
 
-    /// The worker acknowledged the start of the task: the metric's start time (wait = submit → now).
-    /// Returns `false` if the owner cancelled the job between dispatch and acknowledgement; the task then
-    /// runs to its end in the worker but its outcome is discarded.
-    fn started(&mut self) -> bool;
+    /// The worker acknowledged the start of the task, which it began `ago`: the metric's start time
+    /// (wait = submit → now − `ago`). Returns `false` if the owner cancelled the job between dispatch
+    /// and acknowledgement; the task then runs to its end in the worker but its outcome is discarded.
+    fn started(&mut self, ago: std::time::Duration) -> bool;
 
     /// The started task ended (duration = `started` → now).
     fn finished(self: Box<Self>, outcome: JobOutcome);

@@ -53,7 +53,9 @@
 //!
 //! A task submitted while nothing is queued and a worker is idle skips that thread: the submitting thread
 //! sends it to the worker itself (the dispatcher learns of it from the worker's report, or death), so a
-//! round trip costs one wake-up less. While tasks wait and every worker is busy with tasks that run
+//! round trip costs one wake-up less. Such a task's start is recorded by the worker on a few words of
+//! memory it shares with the pool, not sent: the reply is the worker's only message, as in a plain
+//! request and reply between two processes. While tasks wait and every worker is busy with tasks that run
 //! shorter than 100 µs, the dispatcher sends up to three more behind a worker's current one, so the
 //! worker finds its next task waiting. [`ProcessPoolBuilder::spin`] turns on a low-latency mode.
 //!
@@ -66,6 +68,7 @@
 //! workers cannot start N times in a row the pool is *broken* and fails every queued and later task at
 //! once.
 
+mod board;
 mod dispatcher;
 mod instrumented;
 mod job;

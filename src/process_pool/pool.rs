@@ -813,6 +813,17 @@ impl ProcessPool {
         self.shared.lock().pids.clone()
     }
 
+    /// `Started` frames read from the channels of the workers alive.
+    #[cfg(all(test, not(loom)))]
+    pub(super) fn started_frames(&self) -> u64 {
+        self.shared
+            .lock()
+            .links
+            .iter()
+            .map(|l| l.started_frames.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Whether the pool is broken (workers could not be started); submits then fail with
     /// [`RejectReason::Broken`](crate::RejectReason::Broken).
     pub fn is_broken(&self) -> bool {

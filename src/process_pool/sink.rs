@@ -1,7 +1,8 @@
 //! How the pool's reports of a job become its task's state: the one path by which a process task's
 //! life reaches its [`TaskHandle`](crate::TaskHandle) and the metrics, for every process pool.
 //!
-//! Wait is submit to the worker's start acknowledgement; duration is that acknowledgement to the result.
+//! Wait is submit to the task's start in the worker (its acknowledgement, or the time its start board
+//! holds); duration is that start to the result.
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -291,10 +292,10 @@ impl<D: Decode> JobSink for Sink<D> {
         self.core.is_cancelled()
     }
 
-    fn started(&mut self) -> bool {
+    fn started(&mut self, ago: std::time::Duration) -> bool {
         #[cfg(feature = "tracing")]
         let _entered = self.span.enter();
-        self.started = self.core.start();
+        self.started = self.core.start_ago(ago);
         if let (Some(started), Some(exemplar)) = (self.started, &self.exemplar) {
             exemplar.waited(started.nanos_since(self.core.submitted_at()));
         }

@@ -137,14 +137,22 @@ pub(crate) fn borrow_channel_fd(fd: RawFd) -> BorrowedFd<'static> {
 /// Runs in the forked child between `fork` and `exec`: only async-signal-safe calls, no allocation.
 /// Puts the channel on `target`, asks for SIGKILL when the parent thread dies, and closes the race where
 /// the parent already died before the request took effect.
+/// `keep`, if any, is left open across the exec (its close-on-exec flag cleared).
 pub(crate) fn child_after_fork(
     channel: RawFd,
     target: RawFd,
+    keep: Option<RawFd>,
     parent_pid: libc::pid_t,
 ) -> io::Result<()> {
     // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe and touch no memory of ours; `channel`
-    // is open in the child because the parent keeps it open across the fork.
+    // and `keep` are open in the child because the parent keeps them open across the fork.
     unsafe {
+        if let Some(fd) = keep {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if channel == target {
             // dup2 onto itself is a no-op that would leave FD_CLOEXEC set: clear it explicitly.
             let flags = libc::fcntl(target, libc::F_GETFD);
@@ -313,4 +321,109 @@ pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
         )
     };
     r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+}
+
+/// The words of a [`SharedPage`].
+pub(crate) const SHARED_WORDS: usize = 4;
+
+/// A few words of memory shared with one worker process (a `memfd` mapped by both), which either side
+/// reads and writes without a system call.
+pub(crate) struct SharedPage {
+    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+}
+
+// SAFETY: the page holds only atomics, which any thread may access through a shared reference.
+unsafe impl Send for SharedPage {}
+// SAFETY: as above.
+unsafe impl Sync for SharedPage {}
+
+const SHARED_LEN: usize = SHARED_WORDS * std::mem::size_of::<u64>();
+
+impl SharedPage {
+    /// A new zeroed page and the descriptor (close-on-exec) a worker maps it from.
+    pub(crate) fn create() -> io::Result<(SharedPage, OwnedFd)> {
+        // SAFETY: memfd_create(2) reads the NUL-terminated name and returns a new descriptor or -1.
+        let fd =
+            unsafe { libc::memfd_create(c"executor-exporter-worker".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate(2) on a descriptor we own; a fresh memfd reads as zeroes.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), SHARED_LEN as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((Self::map(fd.as_raw_fd())?, fd))
+    }
+
+    /// Maps the page of descriptor `fd` (which may be closed afterwards: the mapping stays).
+    pub(crate) fn map(fd: RawFd) -> io::Result<SharedPage> {
+        // SAFETY: a new shared mapping of `SHARED_LEN` bytes of `fd` at an address the kernel picks;
+        // nothing else is touched. A descriptor that is not a file of that size makes it fail (or
+        // a later access fault, which `create`'s and the worker's callers rule out: the pool
+        // sizes the file before any worker starts).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SHARED_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let words = std::ptr::NonNull::new(addr.cast()).ok_or_else(|| io::Error::other("mmap"))?;
+        Ok(SharedPage { words })
+    }
+
+    /// Word `i` (below [`SHARED_WORDS`]).
+    pub(crate) fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < SHARED_WORDS);
+        // SAFETY: the mapping is `SHARED_WORDS` page-aligned u64s, live until `self` drops; atomics
+        // may be shared with the other process, which only accesses them atomically too.
+        unsafe { &*self.words.as_ptr().add(i) }
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, which no reference outlives.
+        unsafe {
+            libc::munmap(self.words.as_ptr().cast(), SHARED_LEN);
+        }
+    }
+}
+
+/// Whether `fd` is open and holds at least a [`SharedPage`].
+pub(crate) fn is_shared_page(fd: RawFd) -> bool {
+    // SAFETY: `stat` is plain old data, so all-zero is a valid value that fstat(2) then overwrites.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`; an invalid fd only makes fstat fail with EBADF.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    r == 0
+        && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
+        && st.st_size >= SHARED_LEN as libc::off_t
+}
+
+/// Closes a descriptor this process does not otherwise own.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: close(2) on a number; the callers own `fd` and never use it afterwards.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine.
+pub(crate) fn monotonic_nanos() -> u64 {
+    // SAFETY: `timespec` is plain old data; clock_gettime(2) fills it and cannot fail for this clock.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable `timespec`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }

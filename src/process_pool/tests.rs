@@ -201,7 +201,7 @@ impl JobSink for RecSink {
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
-    fn started(&mut self) -> bool {
+    fn started(&mut self, _ago: Duration) -> bool {
         let _ = self.tx.send(Ev::Started);
         self.accept_start
     }
@@ -803,6 +803,59 @@ fn a_task_read_by_its_joiner_shows_its_running_age() {
     assert!(
         (0.1..60.0).contains(&age),
         "running age {age} s while it ran"
+    );
+}
+
+/// The `_sum` of histogram `family` in `registry`'s exposition (the first series of it).
+fn histogram_sum(registry: &prometheus::Registry, family: &str) -> f64 {
+    let mut buf = Vec::new();
+    prometheus::Encoder::encode(&crate::TextEncoder::new(), &registry.gather(), &mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let prefix = format!("{family}_sum{{");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in the exposition"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// A task sent straight to an idle worker, whose joiner reads the reply, costs the worker one frame,
+/// the reply: its start is recorded on the worker's board, not sent. The wait and the duration stay
+/// those of the task's run in the worker.
+#[test]
+fn a_task_read_by_its_joiner_costs_the_worker_one_frame() {
+    let _watchdog = test_watchdog("a_task_read_by_its_joiner_costs_the_worker_one_frame");
+    let registry = prometheus::Registry::new();
+    let pool = crate::ProcessPoolExecutor::builder()
+        .pool(
+            ProcessPool::builder()
+                .max_workers(1)
+                .worker_test_entry(ENTRY),
+        )
+        .exporter_id("one-frame")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    // A first task starts the worker (sent by the dispatcher, acknowledged by a frame).
+    assert_eq!(pool.submit::<Square>(&2).unwrap().join(), Ok(Ok(4)));
+    let before = pool.inner().started_frames();
+    for x in 0..20u64 {
+        assert_eq!(pool.submit::<Square>(&x).unwrap().join(), Ok(Ok(x * x)));
+    }
+    let wait_before = histogram_sum(&registry, "executor_task_wait_seconds");
+    let run_before = histogram_sum(&registry, "executor_tasks_duration_seconds");
+    assert_eq!(pool.submit::<SleepMs>(&300).unwrap().join(), Ok(Ok(())));
+    let frames = pool.inner().started_frames() - before;
+    assert_eq!(
+        frames, 0,
+        "{frames} Started frames for 21 tasks read by their joiner"
+    );
+    let waited = histogram_sum(&registry, "executor_task_wait_seconds") - wait_before;
+    let ran = histogram_sum(&registry, "executor_tasks_duration_seconds") - run_before;
+    assert!((0.3..60.0).contains(&ran), "a 300 ms task ran {ran} s");
+    assert!(
+        waited < 0.15,
+        "a task sent to an idle worker waited {waited} s"
     );
 }
 

@@ -6,7 +6,9 @@
 //!
 //! A conversation: the pool sends `Hello` (with the optional initializer call); the worker answers `Ready`
 //! or `InitFailed`. Then, per task, `Run` → `Started` → `Finished`, or `Run` → `Finished(UnknownTask)`
-//! when the name is not registered (the task never ran). `Shutdown` asks the worker to exit.
+//! when the name is not registered (the task never ran). A task the pool made quiet on the worker's
+//! start board (see `board`) has no `Started`: the board records its start. `Shutdown` asks the worker
+//! to exit.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -98,7 +100,8 @@ pub(crate) enum FromWorker {
     Ready { version: u32 },
     /// The worker cannot serve: initializer failed, unknown initializer, bad registry, wrong version.
     InitFailed(String),
-    /// The task was received and is about to run (the metric's start time).
+    /// The task was received and is about to run (the metric's start time); not sent for a quiet task,
+    /// whose start is on the worker's start board.
     Started { id: u64 },
     /// The task ended.
     Finished { id: u64, outcome: WireOutcome },

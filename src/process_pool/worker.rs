@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
+use super::board::StartBoard;
 use super::spin::SpinState;
 use super::sys;
 use super::task::WorkerRegistry;
@@ -18,6 +19,8 @@ pub(crate) const ENV_WORKER: &str = "EXECUTOR_EXPORTER_PROCESS_WORKER";
 pub(crate) const ENV_MAX_FRAME: &str = "EXECUTOR_EXPORTER_PROCESS_MAX_FRAME";
 /// How long, in nanoseconds, the worker polls its channel for the next task before it blocks.
 pub(crate) const ENV_SPIN: &str = "EXECUTOR_EXPORTER_PROCESS_SPIN_NS";
+/// The descriptor of the worker's start board ([`StartBoard`]), if the pool made one.
+pub(crate) const ENV_BOARD: &str = "EXECUTOR_EXPORTER_PROCESS_BOARD_FD";
 /// The descriptor the worker's end of the channel is placed on.
 pub(crate) const CHANNEL_FD: i32 = 3;
 
@@ -75,9 +78,14 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(Duration::ZERO, Duration::from_nanos);
+    let board_fd = std::env::var(ENV_BOARD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&fd| fd > CHANNEL_FD);
     std::env::remove_var(ENV_WORKER);
     std::env::remove_var(ENV_MAX_FRAME);
     std::env::remove_var(ENV_SPIN);
+    std::env::remove_var(ENV_BOARD);
     if value.to_str() != Some(&CHANNEL_FD.to_string()) || !sys::is_socket(CHANNEL_FD) {
         eprintln!(
             "executor-exporter: {ENV_WORKER} is set but descriptor {CHANNEL_FD} is not a pool \
@@ -88,7 +96,8 @@ pub fn run_if_worker(registry: &WorkerRegistry) {
     let fd = sys::borrow_channel_fd(CHANNEL_FD);
     // Processes the tasks start must not inherit the channel (they would keep it open past our exit).
     let _ = sys::set_cloexec(CHANNEL_FD, true);
-    exit(serve(fd, registry, max_frame, spin));
+    let board = board_fd.and_then(StartBoard::open);
+    exit(serve(fd, registry, max_frame, spin, board.as_ref()));
 }
 
 /// The error of building a process pool in a worker that never called [`run_if_worker`]: the program
@@ -187,7 +196,15 @@ impl Inbox<'_> {
 }
 
 /// The worker's life: handshake, then one task at a time. Returns the exit code.
-fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: Duration) -> i32 {
+/// With a `board`, a task's start is recorded there, and sent as a `Started` frame too unless the pool
+/// made the task quiet.
+fn serve(
+    fd: BorrowedFd<'_>,
+    registry: &WorkerRegistry,
+    max_frame: usize,
+    spin: Duration,
+    board: Option<&StartBoard>,
+) -> i32 {
     let mut inbox = Inbox {
         fd,
         reader: FrameReader::new(max_frame),
@@ -248,7 +265,9 @@ fn serve(fd: BorrowedFd<'_>, registry: &WorkerRegistry, max_frame: usize, spin: 
                 let outcome = match registry.get(&call.task) {
                     None => WireOutcome::UnknownTask(call.task.into_owned()),
                     Some(runner) => {
-                        send(fd, &FromWorker::Started { id }, max_frame);
+                        if board.is_none_or(|b| b.start(id)) {
+                            send(fd, &FromWorker::Started { id }, max_frame);
+                        }
                         let payload: Cow<'_, [u8]> = call.payload.0;
                         runner(&payload)
                     }

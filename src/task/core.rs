@@ -5,7 +5,7 @@
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
@@ -233,6 +233,25 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             return None;
         }
         self.begin_with(|| {}, false)
+    }
+
+    /// [`start`](Self::start) for a task that started `ago` (no earlier than its submit), as
+    /// the worker running it reports after the fact.
+    pub(crate) fn start_ago(&self, ago: Duration) -> Option<Clock> {
+        if ago.is_zero() {
+            return self.start();
+        }
+        if !self.leave_queue(RUNNING) {
+            return None;
+        }
+        if self.acct.cancelling_pending() {
+            self.acct.series.cancelled();
+            self.publish(RUNNING ^ CANCELLED, Err(TaskError::Cancelled));
+            return None;
+        }
+        let at = Clock::now().earlier_by(ago, self.submitted_at);
+        self.acct.series.started(at.nanos_since(self.submitted_at));
+        Some(at)
     }
 
     /// [`start`](Self::start), calling `before_cancel` before a task that

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use super::{send_failure, Ahead, Channel, Dispatcher, Handed, Job, Link, WState, PIPELINE_DEPTH};
+use crate::process_pool::board::StartBoard;
 use crate::process_pool::sys;
 use crate::process_pool::wire::FrameReader;
 
@@ -18,6 +19,7 @@ impl Link {
     pub(super) fn new(
         sock: OwnedFd,
         pidfd: Option<OwnedFd>,
+        board: Option<StartBoard>,
         lendable: bool,
         max_frame: usize,
     ) -> Link {
@@ -25,12 +27,15 @@ impl Link {
             sock,
             lendable: lendable && pidfd.is_some(),
             pidfd,
+            board,
             channel: Mutex::new(Channel {
                 handed: None,
                 reader: None,
                 frames: FrameReader::new(max_frame),
             }),
             send_error: Mutex::new(None),
+            #[cfg(all(test, not(loom)))]
+            started_frames: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -47,9 +52,15 @@ impl Link {
     /// Records `job`, about to be sent as `Run` frame `id` by a submitting thread that took this
     /// link out of [`Inner::idle`], under the same lock. `lend`: the job has no timeout. True if
     /// its joiner may read the reply ([`Lent`](super::lend::Lent)); the dispatcher does not watch
-    /// the channel then, so the caller sets [`Shared::timer`] if it is not set.
+    /// the channel then, so the caller sets [`Shared::timer`] if it is not set. Such a job is quiet
+    /// where the worker has a board: its start is recorded there, and the reply the joiner waits for
+    /// is the only frame.
     pub(in crate::process_pool) fn hand(&self, job: Job, id: u64, lend: bool) -> bool {
         let lendable = lend && self.lendable;
+        let quiet = lendable && self.board.is_some();
+        if let (true, Some(board)) = (quiet, &self.board) {
+            board.make_quiet(id);
+        }
         self.channel().handed = Some(Handed {
             job,
             id,
@@ -58,6 +69,7 @@ impl Link {
             started: false,
             discard: false,
             started_at: None,
+            quiet,
         });
         lendable
     }
@@ -158,6 +170,10 @@ impl Dispatcher {
             channel.reader = None;
             channel.handed.take()
         };
+        let handed = handed.map(|mut handed| {
+            handed.look(w.link.board.as_ref());
+            handed
+        });
         w.lent = false;
         let Some(handed) = handed else {
             return false;
@@ -174,6 +190,7 @@ impl Dispatcher {
             started: handed.started,
             discard: handed.discard,
             limit,
+            quiet: handed.quiet,
         };
         true
     }

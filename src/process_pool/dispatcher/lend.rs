@@ -24,6 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{deliver, Link, Shared};
+use crate::process_pool::board::LOOK_EVERY;
 use crate::process_pool::spin::joiner_spin;
 use crate::process_pool::sys;
 use crate::process_pool::wire::FromWorker;
@@ -99,7 +100,9 @@ impl Lent {
         let Some(pidfd) = link.pidfd.as_ref() else {
             return;
         };
-        {
+        // A quiet job's start is on the board, which this thread looks at every `LOOK_EVERY`
+        // until it sees it: a long task shows as running meanwhile.
+        let mut unseen = {
             let mut channel = link.channel();
             let ours = channel
                 .handed
@@ -109,7 +112,11 @@ impl Lent {
                 return;
             }
             channel.reader = Some(self.id);
-        }
+            channel
+                .handed
+                .as_ref()
+                .is_some_and(|h| h.quiet && !h.started)
+        };
         let bound = Instant::now().checked_add(shared.lend_for);
         let until = match (deadline, bound) {
             (Some(d), Some(b)) => Some(d.min(b)),
@@ -122,7 +129,12 @@ impl Lent {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let ms = until.map_or(-1, |until| {
+            let look = unseen.then(|| Instant::now() + LOOK_EVERY);
+            let ms = match (until, look) {
+                (Some(u), Some(l)) => Some(u.min(l)),
+                (u, l) => u.or(l),
+            }
+            .map_or(-1, |until| {
                 let left = until.saturating_duration_since(Instant::now());
                 left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
             });
@@ -172,8 +184,11 @@ impl Lent {
                         if id == self.id && !handed.started =>
                     {
                         channel.frames.consume(len);
+                        #[cfg(all(test, not(loom)))]
+                        link.started_frames
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         handed.started = true;
-                        handed.discard = !handed.job.sink.started();
+                        handed.discard = !handed.job.sink.started(Duration::ZERO);
                         handed.started_at = Some(Instant::now());
                     }
                     Ok(Some((FromWorker::Finished { id, outcome: ended }, len)))
@@ -190,6 +205,10 @@ impl Lent {
                     }
                 }
             }
+            // Before the job ends or is left to the dispatcher: a quiet job that ended started, and
+            // a long one is seen running by the time this thread stops reading.
+            handed.look(link.board.as_ref());
+            unseen = handed.quiet && !handed.started;
             // The job is this thread's once it ended; the channel stays marked as read by it, so
             // the dispatcher takes the worker for neither a job nor an adoption meanwhile.
             let ended =

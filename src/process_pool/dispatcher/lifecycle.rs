@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use super::{send_failure, Death, Dispatcher, Link, WState, Worker, MAX_ATTEMPTS};
 use crate::error::RejectReason;
+use crate::process_pool::board::StartBoard;
 use crate::process_pool::job::{JobFailure, RestartReason};
 use crate::process_pool::reap::{after, kill_and_reap, reap_after_eof, wait_until};
 use crate::process_pool::sys;
 use crate::process_pool::wire::{self, ToWorker};
-use crate::process_pool::worker::{CHANNEL_FD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
+use crate::process_pool::worker::{CHANNEL_FD, ENV_BOARD, ENV_MAX_FRAME, ENV_SPIN, ENV_WORKER};
 
 impl Dispatcher {
     pub(super) fn spawn(&mut self) {
@@ -44,6 +45,12 @@ impl Dispatcher {
             .env(ENV_MAX_FRAME, self.cfg.max_frame.to_string())
             .env(ENV_SPIN, self.cfg.spin.as_nanos().to_string())
             .stdin(Stdio::null());
+        // Without a board (no memfd here), the worker sends every `Started` frame.
+        let board = StartBoard::create().ok();
+        let keep = board.as_ref().map(|(_, fd)| fd.as_raw_fd());
+        if let Some(fd) = keep {
+            cmd.env(ENV_BOARD, fd.to_string());
+        }
         let channel = theirs.as_raw_fd();
         let parent = sys::getpid();
         // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe calls
@@ -52,7 +59,7 @@ impl Dispatcher {
         // Descriptor 3 cannot be the spawn's internal error pipe: the socket pair, created just before,
         // took the lowest free descriptors, so 3 is in use (by it or by something older) during the spawn.
         unsafe {
-            cmd.pre_exec(move || sys::child_after_fork(channel, CHANNEL_FD, parent));
+            cmd.pre_exec(move || sys::child_after_fork(channel, CHANNEL_FD, keep, parent));
         }
         let child = cmd.spawn().map_err(|e| {
             format!(
@@ -61,6 +68,7 @@ impl Dispatcher {
             )
         })?;
         drop(theirs);
+        let board = board.map(|(board, _fd)| board);
         let pid = child.id();
         let pidfd = sys::pidfd_open(pid).ok();
         // A worker that dies at once makes this fail; its end of stream then reports the start failure.
@@ -75,7 +83,7 @@ impl Dispatcher {
         Ok(Worker {
             child,
             pid,
-            link: Arc::new(Link::new(ours, pidfd, lendable, self.cfg.max_frame)),
+            link: Arc::new(Link::new(ours, pidfd, board, lendable, self.cfg.max_frame)),
             published: false,
             lent: false,
             ahead: VecDeque::new(),
@@ -221,6 +229,9 @@ impl Dispatcher {
     /// Kills and reaps every worker; running and queued jobs fail with `Killed`.
     pub(super) fn kill_all(&mut self) {
         self.adopt_all(true);
+        for i in 0..self.workers.len() {
+            self.look(i);
+        }
         self.unpublish_all();
         for w in &mut self.workers {
             let _ = w.child.kill();

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::board::{StartBoard, LOOK_EVERY};
 use super::job::{JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver};
 use super::reap::after;
 use super::spin::SpinState;
@@ -91,6 +92,8 @@ pub(super) struct Link {
     pub(super) sock: OwnedFd,
     /// Readable once the process exits; `None` where pidfds are unavailable (then polled by `try_wait`).
     pub(super) pidfd: Option<OwnedFd>,
+    /// Where the worker records the start of a quiet job; `None` where it cannot be shared.
+    pub(super) board: Option<StartBoard>,
     /// Whether the joiner of a job handed over here may read its reply; if so, the dispatcher does
     /// not watch the channel while the worker is listed idle.
     lendable: bool,
@@ -98,6 +101,9 @@ pub(super) struct Link {
     channel: Mutex<Channel>,
     /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.
     send_error: Mutex<Option<io::Error>>,
+    /// `Started` frames read from this channel.
+    #[cfg(all(test, not(loom)))]
+    pub(in crate::process_pool) started_frames: AtomicU64,
 }
 
 /// What is read from a worker's channel, by the dispatcher or by a joiner reading it in its
@@ -128,6 +134,28 @@ struct Handed {
     started: bool,
     discard: bool,
     started_at: Option<Instant>,
+    /// As in [`WState::Busy`].
+    quiet: bool,
+}
+
+impl Handed {
+    /// Takes a quiet job's start from the worker's board, if it started and that is not known yet.
+    fn look(&mut self, board: Option<&StartBoard>) {
+        if self.started || !self.quiet {
+            return;
+        }
+        if let Some(ago) = board.and_then(|b| b.started(self.id)) {
+            self.started = true;
+            self.discard = !self.job.sink.started(ago);
+            self.started_at = Some(before_now(ago));
+        }
+    }
+}
+
+/// The instant `ago` before now (now, if that is before the clock's start).
+fn before_now(ago: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 impl Shared {
@@ -226,6 +254,8 @@ enum WState {
         /// The sink said the owner cancelled it: drop the outcome.
         discard: bool,
         limit: Option<Duration>,
+        /// The worker records its start on its board ([`Link::board`]) without a `Started` frame.
+        quiet: bool,
     },
     /// Sent `Shutdown` after `max_tasks_per_child`; waiting for it to exit.
     Retiring,
@@ -518,7 +548,47 @@ impl Dispatcher {
             started: false,
             discard: false,
             limit,
+            quiet: false,
         };
+    }
+
+    /// Takes the start of worker `i`'s quiet job from its board, if it started and that is not
+    /// known yet.
+    pub(super) fn look(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        let WState::Busy {
+            job,
+            id,
+            started,
+            discard,
+            quiet: true,
+            ..
+        } = &mut w.state
+        else {
+            return;
+        };
+        if *started {
+            return;
+        }
+        if let Some(ago) = w.link.board.as_ref().and_then(|b| b.started(*id)) {
+            *started = true;
+            *discard = !job.sink.started(ago);
+            w.started_at = Some(before_now(ago));
+        }
+    }
+
+    /// Whether a worker runs a quiet job whose start is not known yet.
+    fn unseen_start(&self) -> bool {
+        self.workers.iter().any(|w| {
+            matches!(
+                w.state,
+                WState::Busy {
+                    started: false,
+                    quiet: true,
+                    ..
+                }
+            )
+        })
     }
 
     /// Sleeps until a submission, a worker message or exit, or the nearest deadline, and handles what
@@ -533,12 +603,14 @@ impl Dispatcher {
             .iter()
             .any(|w| w.dead.is_none() && w.link.pidfd.is_none())
             .then(|| now + EXIT_CHECK);
+        let look = self.unseen_start().then(|| now + LOOK_EVERY);
         let timeout_ms = self
             .workers
             .iter()
             .filter_map(|w| w.deadline)
             .chain(restart)
             .chain(exit_check)
+            .chain(look)
             .min()
             .map_or(-1, |d| {
                 let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
@@ -601,6 +673,7 @@ impl Dispatcher {
         // Before any report of a worker is read: a report may be about a job handed to it.
         self.adopt_all(false);
         for i in 0..self.workers.len() {
+            self.look(i);
             let (channel, pidfd) = (pollfds[2 + 2 * i].revents, pollfds[3 + 2 * i].revents);
             let exited = if self.workers[i].link.pidfd.is_some() {
                 pidfd != 0
@@ -645,9 +718,10 @@ impl Dispatcher {
         for i in 0..self.workers.len() {
             if self.workers[i].dead.is_some() {
                 // Out of `Inner::idle`, with any job a submitter handed it, from its joiner too:
-                // that job is then retried or failed with the worker.
+                // that job is then retried or failed with the worker, as its board says it started.
                 self.claim(i);
                 self.adopt(i, true);
+                self.look(i);
             }
         }
         let (dead, alive): (Vec<Worker>, Vec<Worker>) = mem::take(&mut self.workers)
@@ -703,7 +777,7 @@ fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome) {
         return job.finished(Err(JobFailure::UnknownTask { name }));
     }
     // A `Finished` without `Started` is tolerated: the start and the end are reported together.
-    if discard || (!started && !job.sink.started()) {
+    if discard || (!started && !job.sink.started(Duration::ZERO)) {
         return;
     }
     job.finished(outcome.into_job_outcome());

@@ -5,7 +5,7 @@ use std::io;
 use std::mem;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{deliver, Counted, Death, Dispatcher, WState};
 use crate::process_pool::job::RestartReason;
@@ -71,6 +71,8 @@ impl Dispatcher {
     pub(super) fn on_message(&mut self, i: usize, msg: FromWorker) {
         // An idle worker reports only on a job a submitter handed it.
         self.adopt(i, false);
+        // Before its end is handled: a quiet job that ended started.
+        self.look(i);
         let w = &mut self.workers[i];
         let pid = w.pid;
         match (&mut w.state, msg) {
@@ -100,8 +102,12 @@ impl Dispatcher {
                 },
                 FromWorker::Started { id: got },
             ) if *id == got && !*started => {
+                #[cfg(all(test, not(loom)))]
+                w.link
+                    .started_frames
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *started = true;
-                *discard = !job.sink.started();
+                *discard = !job.sink.started(Duration::ZERO);
                 w.started_at = Some(Instant::now());
             }
             (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
@@ -129,6 +135,7 @@ impl Dispatcher {
                         started: false,
                         discard: false,
                         limit,
+                        quiet: false,
                     };
                 } else if self
                     .cfg
