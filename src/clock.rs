@@ -175,6 +175,22 @@ mod tests {
     }
 
     #[test]
+    fn a_reading_dated_back_is_that_far_back_but_never_before_its_bound() {
+        let bound = Clock::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Clock::now();
+        let back = now.earlier_by(Duration::from_millis(2), bound);
+        // Within a nanosecond of rounding each way.
+        assert!(
+            now.nanos_since(back).abs_diff(2_000_000) <= 2,
+            "{}",
+            now.nanos_since(back)
+        );
+        assert_eq!(now.earlier_by(Duration::from_secs(1), bound), bound);
+        assert_eq!(now.earlier_by(Duration::ZERO, bound), now);
+    }
+
+    #[test]
     fn durations_agree_with_quantas_scaling() {
         let start = Clock::now();
         let clock = source();
