@@ -11,6 +11,8 @@
 //! for signs of that and stops spinning for a while when it sees them.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A pause between two looks of a spinner longer than this means it lost its
@@ -30,6 +32,57 @@ const QUIET_UNIT: Duration = Duration::from_micros(10);
 const FIRST_QUIET: Duration = Duration::from_millis(1);
 const MAX_QUIET: Duration = Duration::from_secs(1);
 
+/// How often a process looks at how many threads the machine has ready to
+/// run (see [`cpus_all_taken`]).
+const LOOK_AT_LOAD_EVERY: Duration = Duration::from_millis(10);
+
+/// Whether the machine has more threads ready to run than CPUs: then every
+/// CPU is taken, and a spinner would spin on a CPU another thread is
+/// waiting for (a CPU-bound process, or the very thread the spinner waits
+/// on), and lose the scheduler's prompt wake-up it earns by blocking. Before
+/// it can be preempted (what [`SpinState::spin`] watches for) it has cost
+/// that other thread its time. Read from the kernel's count of runnable
+/// threads (the fourth field of `/proc/loadavg`, which counts the reader
+/// too) at most every [`LOOK_AT_LOAD_EVERY`] per process; false where it
+/// cannot be read.
+fn cpus_all_taken() -> bool {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    static NEXT_LOOK: AtomicU64 = AtomicU64::new(0);
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let now = epoch.elapsed().as_nanos() as u64;
+    if now < NEXT_LOOK.load(Ordering::Relaxed) {
+        return TAKEN.load(Ordering::Relaxed);
+    }
+    NEXT_LOOK.store(
+        now.saturating_add(LOOK_AT_LOAD_EVERY.as_nanos() as u64),
+        Ordering::Relaxed,
+    );
+    let taken = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| runnable_threads(&text))
+        .is_some_and(|runnable| runnable > cpus());
+    TAKEN.store(taken, Ordering::Relaxed);
+    taken
+}
+
+/// The runnable threads in `/proc/loadavg`'s text (`0.52 0.58 0.59 3/467 12345`: 3).
+fn runnable_threads(loadavg: &str) -> Option<usize> {
+    loadavg
+        .split_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The CPUs this process may run on.
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// One spinner's memory of how its recent spins went.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SpinState {
@@ -43,9 +96,19 @@ impl SpinState {
     /// Calls `ready` until it returns true (then true), for at most `limit`,
     /// giving the CPU away between calls so a thread that shares it (the one
     /// this one waits for) runs. False when the caller should block: the
-    /// bound passed, spinning is off (`limit` zero), or backing off after a
-    /// preemption.
-    pub(crate) fn spin(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    /// bound passed, spinning is off (`limit` zero), backing off after a
+    /// preemption, or every CPU is taken ([`cpus_all_taken`]).
+    pub(crate) fn spin(&mut self, limit: Duration, ready: impl FnMut() -> bool) -> bool {
+        self.spin_unless(limit, ready, cpus_all_taken)
+    }
+
+    /// [`spin`](Self::spin), with `taken` telling whether every CPU is.
+    fn spin_unless(
+        &mut self,
+        limit: Duration,
+        mut ready: impl FnMut() -> bool,
+        taken: impl FnOnce() -> bool,
+    ) -> bool {
         if limit.is_zero() {
             return false;
         }
@@ -54,6 +117,9 @@ impl SpinState {
                 return false;
             }
             self.quiet_until = None;
+        }
+        if taken() {
+            return false;
         }
         if ready() {
             return true;
@@ -105,18 +171,72 @@ pub(crate) fn joiner_spin(limit: Duration, ready: impl FnMut() -> bool) -> bool 
 mod tests {
     use super::*;
 
+    impl SpinState {
+        /// [`spin`](SpinState::spin) as on a machine with a CPU to spare,
+        /// whatever else runs beside the test.
+        fn spin_idle(&mut self, limit: Duration, ready: impl FnMut() -> bool) -> bool {
+            self.spin_unless(limit, ready, || false)
+        }
+    }
+
+    #[test]
+    fn the_runnable_threads_are_the_fourth_field_of_loadavg() {
+        assert_eq!(runnable_threads("0.52 0.58 0.59 3/467 12345\n"), Some(3));
+        assert_eq!(runnable_threads("0.52 0.58 0.59"), None);
+        assert_eq!(runnable_threads("0.52 0.58 0.59 x/467 1"), None);
+        if let Ok(text) = std::fs::read_to_string("/proc/loadavg") {
+            // This thread is running while it reads.
+            assert!(runnable_threads(&text).is_some_and(|n| n >= 1), "{text}");
+        }
+    }
+
+    /// With a CPU-bound thread on every CPU, a spinner blocks at once
+    /// instead of taking a CPU one of them needs.
+    #[test]
+    fn nothing_spins_while_every_cpu_is_taken() {
+        if std::fs::read_to_string("/proc/loadavg").is_err() {
+            return;
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let hogs: Vec<_> = (0..cpus())
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        // Past the cached look from before the hogs started.
+        std::thread::sleep(LOOK_AT_LOAD_EVERY * 2);
+        let mut looks = 0;
+        let mut s = SpinState::default();
+        for _ in 0..20 {
+            s.spin(Duration::from_secs(1), || {
+                looks += 1;
+                false
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+        for hog in hogs {
+            hog.join().unwrap();
+        }
+        assert_eq!(looks, 0, "spun while {} hogs ran", cpus());
+    }
+
     #[test]
     fn spin_stops_when_ready_and_at_the_bound() {
         let mut s = SpinState::default();
-        assert!(!s.spin(Duration::ZERO, || panic!("zero turns spinning off")));
+        assert!(!s.spin_idle(Duration::ZERO, || panic!("zero turns spinning off")));
         let mut calls = 0;
-        assert!(s.spin(Duration::from_secs(5), || {
+        assert!(s.spin_idle(Duration::from_secs(5), || {
             calls += 1;
             true
         }));
         assert_eq!(calls, 1, "ready at the first look");
         // Never ready: gives up at the bound (or sooner, if preempted).
-        assert!(!s.spin(Duration::from_micros(200), || false));
+        assert!(!s.spin_idle(Duration::from_micros(200), || false));
     }
 
     #[test]
@@ -125,7 +245,7 @@ mod tests {
         let lost = PREEMPTED * 3;
         let before = Instant::now();
         // A look that takes longer than a preemption's pause.
-        assert!(!s.spin(Duration::from_secs(5), || {
+        assert!(!s.spin_idle(Duration::from_secs(5), || {
             std::thread::sleep(lost);
             false
         }));
@@ -135,7 +255,7 @@ mod tests {
         let (mut blocked, mut early) = (0, 0);
         for _ in 0..1000 {
             let mut looked = false;
-            let spun = s.spin(Duration::from_secs(5), || {
+            let spun = s.spin_idle(Duration::from_secs(5), || {
                 looked = true;
                 true
             });
@@ -155,7 +275,7 @@ mod tests {
         assert!(blocked > 0, "backing off");
         // And then it spins again.
         let give_up = Instant::now() + Duration::from_secs(5);
-        while !s.spin(Duration::from_secs(5), || true) {
+        while !s.spin_idle(Duration::from_secs(5), || true) {
             assert!(Instant::now() < give_up, "never spins again");
             std::thread::sleep(Duration::from_millis(1));
         }
