@@ -261,11 +261,12 @@ impl ProcessPoolBuilder {
     /// dispatcher thread its events after each wake-up, and a thread in
     /// [`TaskHandle::join`](crate::TaskHandle::join) the task's end. A small task's round trip then
     /// costs no wake-up of an idle CPU (tens of microseconds each on a virtual machine), for up to
-    /// `spin` of CPU time per wait on each side. A side that finds itself preempted while it spins (the
-    /// CPUs are busy with other work) stops spinning for a time that grows with how long it lost its CPU
-    /// (a second after losing it for the few milliseconds of a CPU-bound competitor's time slice), so a
-    /// loaded machine gets the blocking behaviour back. Tens of microseconds suit a caller that submits and joins in a loop; more than
-    /// one second is an error.
+    /// `spin` of CPU time per wait on each side. Nothing spins while the machine has more runnable
+    /// threads than CPUs (the kernel's count in `/proc/loadavg`, looked at every 10 ms), and a side that
+    /// finds itself preempted while it spins stops spinning for a time that grows with how long it lost
+    /// its CPU (a second after losing it for the few milliseconds of a CPU-bound competitor's time
+    /// slice), so a loaded machine gets the blocking behaviour back. Tens of microseconds suit a caller
+    /// that submits and joins in a loop; more than one second is an error.
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
