@@ -77,10 +77,20 @@ fn runnable_threads(loadavg: &str) -> Option<usize> {
         .ok()
 }
 
-/// The CPUs this process may run on.
+/// The machine's online CPUs: the count `/proc/loadavg`'s runnable threads
+/// compete for (a process confined to fewer, by its affinity or a cgroup's
+/// quota, would otherwise read other processes' threads as its own load and
+/// never spin on a large machine).
 fn cpus() -> usize {
     static CPUS: OnceLock<usize> = OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *CPUS.get_or_init(|| {
+        // SAFETY: sysconf(3) reads a system value and has no other effect.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        usize::try_from(online)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
 }
 
 /// One spinner's memory of how its recent spins went.
