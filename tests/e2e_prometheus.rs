@@ -1133,11 +1133,23 @@ fn exemplars_reach_prometheus() {
         return;
     };
     let since = now();
+    // A wait bucket keeps its latest exemplar, so the two traced waits must
+    // land in different buckets: the completed task waits behind the two
+    // workers' 120 ms tasks (untraced), the failed one finds a worker idle.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            pool.submit(|| std::thread::sleep(Duration::from_millis(120)))
+                .unwrap()
+        })
+        .collect();
     TRACE.set(Some("e2e-completed"));
     pool.submit(|| std::thread::sleep(Duration::from_millis(30)))
         .unwrap()
         .join()
         .unwrap();
+    for task in busy {
+        task.join().unwrap();
+    }
     TRACE.set(Some("e2e-failed"));
     let failed = pool
         .submit(|| -> u8 { panic!("e2e exemplar panic") })
