@@ -225,7 +225,7 @@ impl ProcessPoolBuilder {
     }
 
     /// Worker lifecycle events go to `observer` instead of the pool's series.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     #[must_use]
     pub(crate) fn observer(mut self, observer: Arc<dyn PoolObserver>) -> Self {
         self.observer = Some(observer);
