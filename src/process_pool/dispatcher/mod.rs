@@ -141,14 +141,37 @@ struct Handed {
 impl Handed {
     /// Takes a quiet job's start from the worker's board, if it started and that is not known yet.
     fn look(&mut self, board: Option<&StartBoard>) {
-        if self.started || !self.quiet {
-            return;
+        if self.quiet {
+            take_start(
+                board,
+                self.id,
+                &mut self.job,
+                &mut self.started,
+                &mut self.discard,
+                &mut self.started_at,
+            );
         }
-        if let Some(ago) = board.and_then(|b| b.started(self.id)) {
-            self.started = true;
-            self.discard = !self.job.sink.started(ago);
-            self.started_at = Some(before_now(ago));
-        }
+    }
+}
+
+/// Reads quiet job `id`'s start from `board` unless it is `started` already: the job's sink is told
+/// when it started (`discard` if its owner cancelled it), and `started_at` is set to that instant.
+/// Shared by a job handed over ([`Handed`]) and one the dispatcher holds ([`WState::Busy`]).
+fn take_start(
+    board: Option<&StartBoard>,
+    id: u64,
+    job: &mut Job,
+    started: &mut bool,
+    discard: &mut bool,
+    started_at: &mut Option<Instant>,
+) {
+    if *started {
+        return;
+    }
+    if let Some(ago) = board.and_then(|b| b.started(id)) {
+        *started = true;
+        *discard = !job.sink.started(ago);
+        *started_at = Some(before_now(ago));
     }
 }
 
@@ -567,14 +590,14 @@ impl Dispatcher {
         else {
             return;
         };
-        if *started {
-            return;
-        }
-        if let Some(ago) = w.link.board.as_ref().and_then(|b| b.started(*id)) {
-            *started = true;
-            *discard = !job.sink.started(ago);
-            w.started_at = Some(before_now(ago));
-        }
+        take_start(
+            w.link.board.as_ref(),
+            *id,
+            job,
+            started,
+            discard,
+            &mut w.started_at,
+        );
     }
 
     /// Whether a worker runs a quiet job whose start is not known yet.
