@@ -56,7 +56,7 @@ fn submit(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
 
 /// What a worker does with a task (`Job::run`): true if it ran.
 fn run(core: &Core, value: u32) -> bool {
-    match core.start() {
+    match core.start(std::time::Duration::ZERO) {
         Some(started) => {
             core.finish_reported(started, Ok(value), None);
             true

@@ -295,7 +295,7 @@ impl<D: Decode> JobSink for Sink<D> {
     fn started(&mut self, ago: std::time::Duration) -> bool {
         #[cfg(feature = "tracing")]
         let _entered = self.span.enter();
-        self.started = self.core.start_ago(ago);
+        self.started = self.core.start(ago);
         if let (Some(started), Some(exemplar)) = (self.started, &self.exemplar) {
             exemplar.waited(started.nanos_since(self.core.submitted_at()));
         }

@@ -227,31 +227,14 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// this thread is not marked as running it, and the pool reports the
     /// task's age itself (see `Series::add_age_source`). `None` when it
     /// was cancelled (or a `shutdown_now` cancels it now): it must not run.
-    /// End it with [`finish_reported`](Self::finish_reported).
-    pub(crate) fn start(&self) -> Option<Clock> {
+    /// End it with [`finish_reported`](Self::finish_reported). `ago`: how
+    /// long before this report the task started there (no earlier than its
+    /// submit is recorded), as the worker running it reports after the fact.
+    pub(crate) fn start(&self, ago: Duration) -> Option<Clock> {
         if !self.leave_queue(RUNNING) {
             return None;
         }
-        self.begin_with(|| {}, false)
-    }
-
-    /// [`start`](Self::start) for a task that started `ago` (no earlier than its submit), as
-    /// the worker running it reports after the fact.
-    pub(crate) fn start_ago(&self, ago: Duration) -> Option<Clock> {
-        if ago.is_zero() {
-            return self.start();
-        }
-        if !self.leave_queue(RUNNING) {
-            return None;
-        }
-        if self.acct.cancelling_pending() {
-            self.acct.series.cancelled();
-            self.publish(RUNNING ^ CANCELLED, Err(TaskError::Cancelled));
-            return None;
-        }
-        let at = Clock::now().earlier_by(ago, self.submitted_at);
-        self.acct.series.started(at.nanos_since(self.submitted_at));
-        Some(at)
+        self.begin_with(|| {}, Some(ago))
     }
 
     /// [`start`](Self::start), calling `before_cancel` before a task that
@@ -313,12 +296,17 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// marked as running it (the running age).
     #[inline(always)]
     pub(crate) fn begin(&self, before_cancel: impl FnOnce()) -> Option<Clock> {
-        self.begin_with(before_cancel, true)
+        self.begin_with(before_cancel, None)
     }
 
-    /// [`begin`](Self::begin); `here`: this thread runs the task.
+    /// [`begin`](Self::begin); `elsewhere`: `None` when this thread runs
+    /// the task, else how long ago it started where it runs.
     #[inline(always)]
-    fn begin_with(&self, before_cancel: impl FnOnce(), here: bool) -> Option<Clock> {
+    fn begin_with(
+        &self,
+        before_cancel: impl FnOnce(),
+        elsewhere: Option<Duration>,
+    ) -> Option<Clock> {
         if self.acct.cancelling_pending() {
             before_cancel();
             self.acct.series.cancelled();
@@ -326,11 +314,16 @@ impl<T, J: ?Sized> TaskCore<T, J> {
             return None;
         }
         let now = Clock::now();
-        if here {
+        let Some(ago) = elsewhere else {
             return Some(self.acct.series.started_run(self.submitted_at, now));
-        }
-        self.acct.series.started(now.nanos_since(self.submitted_at));
-        Some(now)
+        };
+        let at = if ago.is_zero() {
+            now
+        } else {
+            now.earlier_by(ago, self.submitted_at)
+        };
+        self.acct.series.started(at.nanos_since(self.submitted_at));
+        Some(at)
     }
 
     /// When the task was submitted.
