@@ -85,6 +85,21 @@ pub(super) fn relist_hook(task: &str) {
     }
 }
 
+/// A queued task that the dispatcher, finding no worker free for it, holds for a while before it
+/// tells submitters and joiners it holds a backlog: the window in which a joiner may list its
+/// worker idle again without seeing the backlog.
+const SLOW_BACKLOG: &str = "test:slow_backlog:";
+/// Set once [`backlog_hook`] has held a `SLOW_BACKLOG` task back: it does so once per test binary.
+static SLOW_BACKLOG_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Called (test builds only) by the dispatcher with the first task it holds unsent, just before
+/// it publishes its backlog.
+pub(super) fn backlog_hook(task: &str) {
+    if task.starts_with(SLOW_BACKLOG) && !SLOW_BACKLOG_HELD.swap(true, Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Called by the worker loop (test builds only) on every `Run`. `test:die_before_ack_once:<file>|<task>`
 /// dies if `<file>` exists (removing it), else runs `<task>`; `..._always:<task>` always dies.
 pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
@@ -146,6 +161,17 @@ impl ProcessTask for SlowRelist {
     }
 }
 
+struct SlowBacklog;
+impl ProcessTask for SlowBacklog {
+    const NAME: &'static str = "test:slow_backlog:square";
+    type Input = u64;
+    type Output = u64;
+    type Error = String;
+    fn run(x: u64) -> Result<u64, String> {
+        Ok(x * x)
+    }
+}
+
 struct SelfKill;
 impl ProcessTask for SelfKill {
     const NAME: &'static str = "self_kill";
@@ -178,6 +204,7 @@ fn worker_entry() {
             .register::<SleepMs>()
             .register::<SelfKill>()
             .register::<SlowRelist>()
+            .register::<SlowBacklog>()
             .register::<FailInit>(),
     );
 }
@@ -762,6 +789,24 @@ fn shutdown_between_a_joiners_end_and_its_relisting_runs_the_queued_tasks() {
         assert_eq!(h.join(), Ok(Ok(x * x)));
     }
     stopper.join().unwrap();
+}
+
+/// A joiner lists its worker idle again while the dispatcher, which found the worker lent, is about
+/// to publish the backlog of a task queued meanwhile: the joiner saw no backlog, so it did not wake
+/// the dispatcher, which must still send the queued task to the worker rather than sleep with it.
+#[test]
+fn a_task_queued_while_the_joiner_relists_its_worker_runs() {
+    let _watchdog = test_watchdog("a_task_queued_while_the_joiner_relists_its_worker_runs");
+    let (pool, _obs) = lending_pool();
+    let h = pool.submit::<SlowRelist>(&3).unwrap();
+    // Queued while the joiner holds the worker (it has read the end and sleeps before relisting):
+    // the dispatcher finds the worker lent, and holds the task past the relisting.
+    let queued = later(&pool, Duration::from_millis(100), |p| {
+        let mut h = p.submit::<SlowBacklog>(&4).unwrap();
+        assert_eq!(h.join_timeout(Duration::from_secs(3)), Ok(Ok(16)));
+    });
+    assert_eq!(h.join(), Ok(Ok(9)));
+    queued.join().unwrap();
 }
 
 /// A task whose joiner reads its worker's reply shows its age while it runs, though the dispatcher

@@ -121,7 +121,14 @@ impl Dispatcher {
         let backlog = !self.queue.is_empty();
         if backlog != self.backlog {
             self.backlog = backlog;
-            self.shared.lock().backlog = backlog;
+            let mut inner = self.shared.lock();
+            inner.backlog = backlog;
+            // A joiner that listed its worker idle again after this thread found the worker lent,
+            // and before the backlog was set, did not wake this thread: it wakes now, to send the
+            // worker a job rather than sleep with both.
+            if backlog && !inner.idle.is_empty() {
+                self.shared.wake.notify();
+            }
         }
     }
 

@@ -500,6 +500,10 @@ impl Dispatcher {
         if self.queue.is_empty() {
             self.publish_idle();
         }
+        #[cfg(all(test, not(loom)))]
+        if let Some(job) = self.queue.front() {
+            super::tests::backlog_hook(&job.spec.task);
+        }
         self.publish_backlog();
         if self.broken.is_some() {
             return;
