@@ -564,12 +564,21 @@ fn shut_3_drop_waits_for_submitted_work() {
 #[test]
 fn shut_5_shutdown_now_cancels_pending_and_never_running_tasks() {
     let p = Arc::new(pool(5));
+    let started = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..50)
         .map(|_| {
-            p.submit(|| std::thread::sleep(Duration::from_millis(100)))
-                .unwrap()
+            let started = started.clone();
+            p.submit(move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100))
+            })
+            .unwrap()
         })
         .collect();
+    // On a loaded machine no worker may have taken a task yet; then every
+    // task is rightly cancelled, and the running ones this test is about are
+    // not there.
+    eventually(30, "a task to start", || started.load(Ordering::SeqCst) > 0);
     let q = p.clone();
     watchdog(60, move || q.shutdown_now());
     let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
