@@ -74,6 +74,29 @@ pub(super) fn direct_send_hook(task: &str) -> impl FnOnce(&super::dispatcher::Li
     }
 }
 
+/// The entry of a worker whose program forgot `run_if_worker`: see [`careless_entry`].
+const CARELESS_ENTRY: &str = "process_pool::tests::careless_entry";
+
+/// Called (test builds only) by the dispatcher between a worker's start and its hello: a worker
+/// of [`CARELESS_ENTRY`] is first let exit, as it may on a loaded machine, so the hello finds it
+/// gone with its last words unread in the channel.
+pub(super) fn before_hello_hook(args: &[std::ffi::OsString], pid: u32) {
+    if !args.iter().any(|a| a == CARELESS_ENTRY) {
+        return;
+    }
+    // SAFETY: an all-zero `siginfo_t` is valid, and waitid(2) on our own child with `WNOWAIT`
+    // leaves it for its `Child` to reap.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+    }
+}
+
 /// A task whose joiner, having read its end, waits before it lists the worker idle again: the
 /// window in which the pool may stop and take the worker back.
 const SLOW_RELIST: &str = "test:slow_relist:";
@@ -207,6 +230,16 @@ fn worker_entry() {
             .register::<SlowBacklog>()
             .register::<FailInit>(),
     );
+}
+
+/// A program that builds a pool where `run_if_worker` should have been: in a worker the build
+/// fails and tells the pool that started it why, and the worker exits.
+#[test]
+fn careless_entry() {
+    if super::is_worker_process() {
+        let built = ProcessPool::builder().max_workers(1).build();
+        std::process::exit(if built.is_err() { 3 } else { 0 });
+    }
 }
 
 // ---- recording sink and observer ----
@@ -664,6 +697,27 @@ fn init_2_start_failures_are_observed_then_the_pool_breaks() {
             .all(|e| matches!(e, Obs::StartFailed(m) if m.contains("no config"))),
         "{o:?}"
     );
+}
+
+/// A worker that forgot `run_if_worker` and is gone before the pool sends its hello still breaks
+/// the pool at once, with its own words, not after several starts with a guess at the cause.
+#[test]
+fn a_forgotten_hook_breaks_the_pool_even_when_the_worker_is_gone_before_its_hello() {
+    let _watchdog = test_watchdog(
+        "a_forgotten_hook_breaks_the_pool_even_when_the_worker_is_gone_before_its_hello",
+    );
+    let (b, obs) = observed(1);
+    let pool = b.worker_test_entry(CARELESS_ENTRY).build().unwrap();
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&3), s).unwrap();
+    let ev = events(&rx);
+    assert!(
+        matches!(&ev[..], [Ev::Unstarted(JobFailure::Broken { message })]
+            if message.contains("did not call `run_if_worker`")),
+        "{ev:?}"
+    );
+    let o = obs.take();
+    assert!(matches!(&o[..], [Obs::StartFailed(_)]), "{o:?}");
 }
 
 // ---- a joiner reading its worker's reply ----

@@ -21,8 +21,17 @@ use crate::process_pool::worker::{CHANNEL_FD, ENV_BOARD, ENV_MAX_FRAME, ENV_SPIN
 impl Dispatcher {
     pub(super) fn spawn(&mut self) {
         match self.start_worker() {
-            Ok(w) => {
+            Ok(mut w) => {
+                // A worker gone before its hello may have said why (a program without
+                // `run_if_worker` does): its words are in the channel ahead of the end of stream,
+                // and name the failure better than the refused hello.
+                let refused = w.dead.take();
                 self.workers.push(w);
+                if let Some(death) = refused {
+                    let i = self.workers.len() - 1;
+                    self.read_worker(i);
+                    self.workers[i].dead.get_or_insert(death);
+                }
                 self.publish_pids();
             }
             Err(msg) => self.start_failed(msg, false),
@@ -71,6 +80,8 @@ impl Dispatcher {
         let board = board.map(|(board, _fd)| board);
         let pid = child.id();
         let pidfd = sys::pidfd_open(pid).ok();
+        #[cfg(all(test, not(loom)))]
+        crate::process_pool::tests::before_hello_hook(&self.cfg.args, pid);
         // A worker that dies at once makes this fail; its end of stream then reports the start failure.
         let dead = sys::send_all(ours.as_fd(), &self.cfg.hello)
             .err()
