@@ -133,16 +133,24 @@ fn an_executor_that_stops_running_tasks_is_caught_without_hanging() {
     assert_caught(result, 4, "did not return within");
 }
 
-/// (c) One worker polling its queue every millisecond; its shutdown throws
-/// the queue away instead of running it.
+/// (c) One worker polling its queue every millisecond, which takes a task
+/// only once it has waited [`HOLD`]; its shutdown throws the queue away
+/// instead of running it.
 struct DiscardsQueueOnShutdown {
     shared: Arc<Mutex<Queue>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// How long a task waits in [`DiscardsQueueOnShutdown`]'s queue. The bug
+/// shows only for tasks still queued at its shutdown: a worker that took
+/// tasks at once would, on a loaded machine, often have run them all before
+/// the check's shutdown (which starts a thread) reached the executor, and
+/// the check could pass by luck.
+const HOLD: Duration = Duration::from_millis(30);
+
 #[derive(Default)]
 struct Queue {
-    tasks: VecDeque<Task>,
+    tasks: VecDeque<(std::time::Instant, Task)>,
     stopped: bool,
 }
 
@@ -155,10 +163,11 @@ impl DiscardsQueueOnShutdown {
             if q.stopped {
                 return;
             }
-            let task = q.tasks.pop_front();
+            let ready = q.tasks.front().is_some_and(|(at, _)| at.elapsed() >= HOLD);
+            let task = if ready { q.tasks.pop_front() } else { None };
             drop(q);
             match task {
-                Some(task) => task.run(),
+                Some((_, task)) => task.run(),
                 None => std::thread::sleep(Duration::from_millis(1)),
             }
         });
@@ -175,7 +184,7 @@ impl Executor for DiscardsQueueOnShutdown {
         if q.stopped {
             return Err(Rejected::new(task, RejectReason::Shutdown));
         }
-        q.tasks.push_back(task);
+        q.tasks.push_back((std::time::Instant::now(), task));
         Ok(())
     }
 
