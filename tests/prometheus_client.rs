@@ -97,6 +97,21 @@ fn workload(registry: &Registry) -> (Vec<ThreadPoolExecutor>, ExecutorExporter) 
     for pool in [&images, &images_too, &bounded] {
         pool.join();
     }
+    // A thread a submit started counts itself once it runs, which may be
+    // after the tasks ended (another worker ran them); the two reads must
+    // not straddle that.
+    for (id, threads) in [
+        (
+            "images \"v2\" \\ ✓",
+            images.workers() + images_too.workers(),
+        ),
+        ("bounded", bounded.workers()),
+    ] {
+        common::eventually(30, "every started thread counted", || {
+            common::scrape(registry).value("executor_workers", &[("executor", id)])
+                == threads as f64
+        });
+    }
     (vec![images, images_too, bounded, stopped], custom)
 }
 
