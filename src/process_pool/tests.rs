@@ -54,6 +54,43 @@ const LATE_SEND: &str = "test:late_send:";
 /// Set by [`direct_send_hook`] once a `LATE_SEND` job is handed over and its send held back.
 static LATE_SEND_HELD: AtomicBool = AtomicBool::new(false);
 
+/// `test:exit_after_reply:<task>`: the worker runs `<task>`, sends its reply, and exits.
+const EXIT_AFTER_REPLY: &str = "test:exit_after_reply:";
+/// `test:sent_behind_the_exit:<task>`: the dispatcher, about to send `<task>` behind a busy
+/// worker's current one, first waits for that worker to exit (see [`pipeline_hook`]); the worker
+/// that gets it runs `<task>`.
+const SENT_BEHIND_THE_EXIT: &str = "test:sent_behind_the_exit:";
+/// Set once [`pipeline_hook`] has held a `SENT_BEHIND_THE_EXIT` send back: it does so once per test
+/// binary.
+static SENT_BEHIND_THE_EXIT_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Whether the worker exits once it has replied to `task` (test builds only).
+pub(super) fn exits_after_reply(task: &str) -> bool {
+    task.starts_with(EXIT_AFTER_REPLY)
+}
+
+/// Called (test builds only) by the dispatcher just before it sends `task` behind the current job
+/// of worker `pid`: for a `SENT_BEHIND_THE_EXIT` task, it waits until that worker has exited, so
+/// the send fails with the worker's last reply unread in its channel.
+pub(super) fn pipeline_hook(task: &str, pid: u32) {
+    if !task.starts_with(SENT_BEHIND_THE_EXIT)
+        || SENT_BEHIND_THE_EXIT_HELD.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    // SAFETY: an all-zero `siginfo_t` is valid, and waitid(2) on our own child with `WNOWAIT`
+    // leaves it for its `Child` to reap.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+    }
+}
+
 /// Called (test builds only) by a submitting thread that handed a job to an idle worker, between
 /// the hand-over and the send: for a `LATE_SEND` task, the returned hook holds the send back until
 /// the dispatcher has adopted the job (it must be woken for that: the test submits more), so that
@@ -129,7 +166,10 @@ pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
     if call.task.starts_with(DIE_ALWAYS) {
         std::process::exit(9);
     }
-    if let Some(task) = call.task.strip_prefix(LATE_SEND) {
+    if let Some(task) = [LATE_SEND, EXIT_AFTER_REPLY, SENT_BEHIND_THE_EXIT]
+        .iter()
+        .find_map(|prefix| call.task.strip_prefix(prefix))
+    {
         return Call {
             task: task.to_owned().into(),
             payload: call.payload,
@@ -413,6 +453,46 @@ fn jobs_are_not_sent_behind_a_handed_job_before_its_frame() {
     for (x, rx) in queued {
         assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(x * x)))]);
     }
+}
+
+/// A worker that replied to its task and exited before the dispatcher read the reply, found gone by
+/// a send of the next job behind it: the reply still counts (the task succeeded), and the job sent
+/// behind it, which never started, is sent again.
+#[test]
+fn a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone() {
+    let _watchdog =
+        test_watchdog("a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone");
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .worker_test_entry(ENTRY)
+        .always_pipeline()
+        .build()
+        .unwrap();
+    let (s, rx) = sink();
+    pool.submit_job(spec::<Square>(&2), s).unwrap();
+    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(4)))]);
+    // Busy long enough for the next job to be sent behind it; then it replies and exits.
+    let (last, last_rx) = sink();
+    let mut job = spec::<SleepMs>(&100);
+    job.task = format!("{EXIT_AFTER_REPLY}sleep_ms");
+    pool.submit_job(job, last).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let (behind, behind_rx) = sink();
+    let mut job = spec::<Square>(&3);
+    job.task = format!("{SENT_BEHIND_THE_EXIT}square");
+    pool.submit_job(job, behind).unwrap();
+    assert_eq!(
+        events(&last_rx),
+        vec![Ev::Started, Ev::Finished(Ok(Vec::new()))]
+    );
+    assert_eq!(
+        events(&behind_rx),
+        vec![Ev::Started, Ev::Finished(Ok(enc(9)))]
+    );
+    assert!(
+        SENT_BEHIND_THE_EXIT_HELD.load(Ordering::SeqCst),
+        "the send was not held back"
+    );
 }
 
 /// Jobs sent behind a task whose worker dies never started: they are sent again (to the

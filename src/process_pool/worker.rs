@@ -261,6 +261,8 @@ fn serve(
         match inbox.next() {
             Ok(ToWorker::Run { id, call }) => {
                 #[cfg(all(test, not(loom)))]
+                let exit_after_reply = super::tests::exits_after_reply(&call.task);
+                #[cfg(all(test, not(loom)))]
                 let call = super::tests::before_ack_hook(call);
                 let outcome = match registry.get(&call.task) {
                     None => WireOutcome::UnknownTask(call.task.into_owned()),
@@ -273,6 +275,10 @@ fn serve(
                     }
                 };
                 send(fd, &FromWorker::Finished { id, outcome }, max_frame);
+                #[cfg(all(test, not(loom)))]
+                if exit_after_reply {
+                    return 0;
+                }
             }
             Ok(ToWorker::Shutdown) => return 0,
             Ok(ToWorker::Hello { .. }) => return EXIT_PROTOCOL,

@@ -253,6 +253,8 @@ impl Dispatcher {
                     continue;
                 };
                 let w = &mut self.workers[i];
+                #[cfg(all(test, not(loom)))]
+                crate::process_pool::tests::pipeline_hook(&job.spec.task, w.pid);
                 if let Err(e) = sys::send_all(w.link.sock.as_fd(), &frame) {
                     w.dead = Some(send_failure(&e));
                 }
