@@ -78,6 +78,12 @@ pub(super) fn pipeline_hook(task: &str, pid: u32) {
     {
         return;
     }
+    wait_for_exit(pid);
+}
+
+/// Waits until worker `pid`, a child of this process, has exited, leaving it for its `Child` to
+/// reap.
+fn wait_for_exit(pid: u32) {
     // SAFETY: an all-zero `siginfo_t` is valid, and waitid(2) on our own child with `WNOWAIT`
     // leaves it for its `Child` to reap.
     unsafe {
@@ -121,17 +127,7 @@ pub(super) fn before_hello_hook(args: &[std::ffi::OsString], pid: u32) {
     if !args.iter().any(|a| a == CARELESS_ENTRY) {
         return;
     }
-    // SAFETY: an all-zero `siginfo_t` is valid, and waitid(2) on our own child with `WNOWAIT`
-    // leaves it for its `Child` to reap.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        );
-    }
+    wait_for_exit(pid);
 }
 
 /// A task whose joiner, having read its end, waits before it lists the worker idle again: the
@@ -455,13 +451,9 @@ fn jobs_are_not_sent_behind_a_handed_job_before_its_frame() {
     }
 }
 
-/// A worker that replied to its task and exited before the dispatcher read the reply, found gone by
-/// a send of the next job behind it: the reply still counts (the task succeeded), and the job sent
-/// behind it, which never started, is sent again.
-#[test]
-fn a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone() {
-    let _watchdog =
-        test_watchdog("a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone");
+/// A pool of one worker that sends jobs behind its current one whenever they wait, with a first
+/// task run (the worker has a run time behind it).
+fn pipelining_pool() -> ProcessPool {
     let pool = ProcessPool::builder()
         .max_workers(1)
         .worker_test_entry(ENTRY)
@@ -471,6 +463,17 @@ fn a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone() {
     let (s, rx) = sink();
     pool.submit_job(spec::<Square>(&2), s).unwrap();
     assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(4)))]);
+    pool
+}
+
+/// A worker that replied to its task and exited before the dispatcher read the reply, found gone by
+/// a send of the next job behind it: the reply still counts (the task succeeded), and the job sent
+/// behind it, which never started, is sent again.
+#[test]
+fn a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone() {
+    let _watchdog =
+        test_watchdog("a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone");
+    let pool = pipelining_pool();
     // Busy long enough for the next job to be sent behind it; then it replies and exits.
     let (last, last_rx) = sink();
     let mut job = spec::<SleepMs>(&100);
@@ -501,15 +504,7 @@ fn a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone() {
 #[test]
 fn jobs_sent_behind_a_dying_task_are_sent_again() {
     let _watchdog = test_watchdog("jobs_sent_behind_a_dying_task_are_sent_again");
-    let pool = ProcessPool::builder()
-        .max_workers(1)
-        .worker_test_entry(ENTRY)
-        .always_pipeline()
-        .build()
-        .unwrap();
-    let (s, rx) = sink();
-    pool.submit_job(spec::<Square>(&2), s).unwrap();
-    assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(4)))]);
+    let pool = pipelining_pool();
     // The worker busy long enough for the queue to fill behind it, then dying.
     let (slow, slow_rx) = sink();
     pool.submit_job(spec::<SleepMs>(&100), slow).unwrap();
