@@ -21,16 +21,13 @@ use crate::process_pool::worker::{CHANNEL_FD, ENV_BOARD, ENV_MAX_FRAME, ENV_SPIN
 impl Dispatcher {
     pub(super) fn spawn(&mut self) {
         match self.start_worker() {
-            Ok(mut w) => {
-                // A worker gone before its hello may have said why (a program without
-                // `run_if_worker` does): its words are in the channel ahead of the end of stream,
-                // and name the failure better than the refused hello.
-                let refused = w.dead.take();
+            Ok(w) => {
+                let refused = w.dead.is_some();
                 self.workers.push(w);
-                if let Some(death) = refused {
-                    let i = self.workers.len() - 1;
-                    self.read_worker(i);
-                    self.workers[i].dead.get_or_insert(death);
+                // A worker gone before its hello may have said why (a program without
+                // `run_if_worker` does), better than the refused hello.
+                if refused {
+                    self.read_last_reports(self.workers.len() - 1);
                 }
                 self.publish_pids();
             }

@@ -749,14 +749,9 @@ impl Dispatcher {
                 self.claim(i);
                 self.adopt(i, true);
                 self.look(i);
-                // A worker a send found gone may have replied before it went: its replies are in
-                // the channel ahead of the end of stream, and end its jobs as they ended.
+                // A worker a send found gone may have replied before it went.
                 if matches!(self.workers[i].dead, Some(Death::SendFailed)) {
-                    let death = self.workers[i].dead.take();
-                    self.read_worker(i);
-                    if let Some(death) = death {
-                        self.workers[i].dead.get_or_insert(death);
-                    }
+                    self.read_last_reports(i);
                 }
             }
         }

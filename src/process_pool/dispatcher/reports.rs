@@ -68,6 +68,18 @@ impl Dispatcher {
         }
     }
 
+    /// [`read_worker`](Self::read_worker) for worker `i`, already found dead: what it wrote before
+    /// it went is in the channel ahead of the end of stream, and is handled (a reply ends its job as
+    /// it ended; a start failure names its cause). The death found first stays, unless the channel
+    /// tells more.
+    pub(super) fn read_last_reports(&mut self, i: usize) {
+        let death = self.workers[i].dead.take();
+        self.read_worker(i);
+        if let Some(death) = death {
+            self.workers[i].dead.get_or_insert(death);
+        }
+    }
+
     pub(super) fn on_message(&mut self, i: usize, msg: FromWorker) {
         // An idle worker reports only on a job a submitter handed it.
         self.adopt(i, false);
