@@ -57,20 +57,27 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives what is available without blocking (`MSG_DONTWAIT`). `Ok(0)` means end of stream;
-/// `WouldBlock` means nothing is available now.
-pub(crate) fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    retry_eintr(|| {
-        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the whole call.
-        unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        }
-    })
+/// Receives what is available without blocking (`MSG_DONTWAIT`) straight into `buf`'s spare
+/// capacity, after making room for at least `room` bytes, and appends it: no buffer to clear first
+/// and no copy. The bytes received and whether they filled the room (there may be more); `Ok(0)`
+/// means end of stream.
+pub(crate) fn recv_append(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    room: usize,
+) -> io::Result<(usize, bool)> {
+    buf.reserve(room);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len();
+    let ptr = spare.as_mut_ptr();
+    let n = retry_eintr(|| {
+        // SAFETY: `ptr` points to `len` writable bytes of `buf`'s spare capacity, which nothing
+        // else touches during the call; the kernel writes at most `len` of them.
+        unsafe { libc::recv(fd.as_raw_fd(), ptr.cast(), len, libc::MSG_DONTWAIT) }
+    })?;
+    // SAFETY: the kernel initialised the first `n <= len` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok((n, n == len))
 }
 
 /// Bounds how long one blocking `send` may wait for the peer to make room (`SO_SNDTIMEO`): past it the

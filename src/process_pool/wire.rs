@@ -12,17 +12,23 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::job::{JobFailure, JobOutcome};
+use super::sys;
 
 /// Bumped on every incompatible change of the messages below.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
 /// Length of the frame header.
 pub(crate) const HEADER_LEN: usize = 4;
+
+/// How much room a [`FrameReader`] makes for each receive: replies and requests of most tasks fit.
+const RECV_ROOM: usize = 8 << 10;
 
 /// Default upper bound of a frame body: 256 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 256 << 20;
@@ -215,12 +221,16 @@ impl FrameReader {
     }
 
     /// Appends received bytes.
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn push(&mut self, data: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
         self.buf.extend_from_slice(data);
+    }
+
+    /// Receives what `fd` has without blocking, into this reader (see [`sys::recv_append`]): up to
+    /// [`RECV_ROOM`] bytes, or more once a larger frame's length is known. The bytes received and
+    /// whether there may be more; `Ok(0)` means end of stream.
+    pub(crate) fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
+        sys::recv_append(fd, &mut self.buf, RECV_ROOM)
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed. The length is checked as soon as the

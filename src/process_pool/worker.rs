@@ -165,7 +165,6 @@ fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
 struct Inbox<'a> {
     fd: BorrowedFd<'a>,
     reader: FrameReader,
-    scratch: Vec<u8>,
     /// How long to poll for a frame before blocking.
     spin: Duration,
     spinning: SpinState,
@@ -185,9 +184,9 @@ impl Inbox<'_> {
             if !self.spinning.spin(self.spin, || sys::readable_now(fd)) {
                 sys::wait_readable(fd);
             }
-            match sys::recv_nonblocking(fd, &mut self.scratch) {
-                Ok(0) => return Err(0),
-                Ok(n) => self.reader.push(&self.scratch[..n]),
+            match self.reader.recv(fd) {
+                Ok((0, _)) => return Err(0),
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(0),
             }
@@ -208,7 +207,6 @@ fn serve(
     let mut inbox = Inbox {
         fd,
         reader: FrameReader::new(max_frame),
-        scratch: vec![0; 64 << 10],
         spin,
         spinning: SpinState::default(),
     };

@@ -122,7 +122,6 @@ impl Lent {
             (Some(d), Some(b)) => Some(d.min(b)),
             (d, b) => d.or(b),
         };
-        let mut buf = [0u8; 8 << 10];
         loop {
             let mut fds = [link.sock.as_raw_fd(), pidfd.as_raw_fd()].map(|fd| libc::pollfd {
                 fd,
@@ -157,14 +156,13 @@ impl Lent {
             };
             let mut eof = false;
             loop {
-                match sys::recv_nonblocking(link.sock.as_fd(), &mut buf) {
-                    Ok(0) => {
+                match channel.frames.recv(link.sock.as_fd()) {
+                    Ok((0, _)) => {
                         eof = true;
                         break;
                     }
-                    Ok(n) => {
-                        channel.frames.push(&buf[..n]);
-                        if n < buf.len() {
+                    Ok((_, filled)) => {
+                        if !filled {
                             break; // all there was: no second call to learn it
                         }
                     }

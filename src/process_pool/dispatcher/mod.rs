@@ -379,7 +379,6 @@ pub(super) struct Dispatcher {
     broken: Option<String>,
     /// After a failed start, no new start before this instant (a short backoff).
     next_start: Option<Instant>,
-    scratch: Vec<u8>,
     pollfds: Vec<libc::pollfd>,
     spin: SpinState,
     /// What [`Inner::backlog`] says.
@@ -397,7 +396,6 @@ impl Dispatcher {
             start_failures: 0,
             broken: None,
             next_start: None,
-            scratch: vec![0; 64 << 10],
             pollfds: Vec::new(),
             spin: SpinState::default(),
             backlog: false,

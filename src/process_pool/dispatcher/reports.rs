@@ -27,12 +27,12 @@ impl Dispatcher {
                 return;
             }
             loop {
-                match sys::recv_nonblocking(link.sock.as_fd(), &mut self.scratch) {
-                    Ok(0) => {
+                match channel.frames.recv(link.sock.as_fd()) {
+                    Ok((0, _)) => {
                         eof = true;
                         break;
                     }
-                    Ok(n) => channel.frames.push(&self.scratch[..n]),
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         eof = true;
