@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::wire::{Blob, WireOutcome};
+use super::wire::{Blob, Bytes, WireOutcome};
 use crate::error::panic_message;
 
 /// A task that can run in a worker process.
@@ -182,7 +182,7 @@ fn run_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
         };
         match T::run(input) {
             Ok(out) => match postcard::to_stdvec(&out) {
-                Ok(bytes) => WireOutcome::Ok(Blob(bytes.into())),
+                Ok(bytes) => WireOutcome::Ok(Bytes(bytes)),
                 Err(e) => WireOutcome::EncodeFailed(format!(
                     "cannot encode the output of task `{}`: {e}",
                     T::NAME
@@ -192,7 +192,7 @@ fn run_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
                 let display = err.to_string();
                 match postcard::to_stdvec(&err) {
                     Ok(bytes) => WireOutcome::Err {
-                        payload: Blob(bytes.into()),
+                        payload: Bytes(bytes),
                         display,
                     },
                     Err(e) => WireOutcome::EncodeFailed(format!(
@@ -212,7 +212,7 @@ fn run_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
 /// `Err` or a decoding failure is that item's outcome; the next items still run).
 fn run_chunk_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let items: Vec<Blob<'static>> = match postcard::from_bytes(input) {
+        let items: Vec<Blob<'_>> = match postcard::from_bytes(input) {
             Ok(v) => v,
             Err(e) => {
                 return WireOutcome::DecodeFailed(format!(
@@ -224,7 +224,7 @@ fn run_chunk_erased<T: ProcessTask>(input: &[u8]) -> WireOutcome {
         let outcomes: Vec<WireOutcome> =
             items.iter().map(|item| run_erased::<T>(&item.0)).collect();
         match postcard::to_stdvec(&outcomes) {
-            Ok(bytes) => WireOutcome::Ok(Blob(bytes.into())),
+            Ok(bytes) => WireOutcome::Ok(Bytes(bytes)),
             Err(e) => WireOutcome::EncodeFailed(format!(
                 "cannot encode the results of a chunk of task `{}`: {e}",
                 T::NAME
@@ -280,10 +280,10 @@ mod chunk_tests {
         };
         let outcomes: Vec<WireOutcome> = postcard::from_bytes(&bytes.0).unwrap();
         assert_eq!(outcomes.len(), 5);
-        assert_eq!(outcomes[0], WireOutcome::Ok(Blob(vec![2].into())));
+        assert_eq!(outcomes[0], WireOutcome::Ok(Bytes(vec![2])));
         assert!(matches!(&outcomes[1], WireOutcome::Err { display, .. } if display == "3 is odd"));
         assert_eq!(outcomes[2], WireOutcome::Panicked("zero".to_owned()));
-        assert_eq!(outcomes[3], WireOutcome::Ok(Blob(vec![4].into())));
+        assert_eq!(outcomes[3], WireOutcome::Ok(Bytes(vec![4])));
         assert!(matches!(&outcomes[4], WireOutcome::DecodeFailed(_)));
         // A corrupt chunk is one decoding failure.
         assert!(matches!(runner(&[0xff]), WireOutcome::DecodeFailed(_)));

@@ -15,7 +15,7 @@ use super::job::{
     JobFailure, JobOutcome, JobSink, JobSpec, PoolObserver, RestartReason, WorkerExit,
 };
 use super::wire::{
-    self, Blob, Call, FrameError, FrameReader, FromWorker, ToWorker, WireOutcome, HEADER_LEN,
+    self, Blob, Bytes, Call, FrameError, FrameReader, FromWorker, ToWorker, WireOutcome, HEADER_LEN,
 };
 use super::{run_if_worker, ProcessPool, ProcessPoolBuilder, ProcessTask, WorkerRegistry};
 
@@ -158,7 +158,7 @@ pub(super) fn backlog_hook(task: &str) {
 
 /// Called by the worker loop (test builds only) on every `Run`. `test:die_before_ack_once:<file>|<task>`
 /// dies if `<file>` exists (removing it), else runs `<task>`; `..._always:<task>` always dies.
-pub(super) fn before_ack_hook(call: Call<'static>) -> Call<'static> {
+pub(super) fn before_ack_hook(call: Call<'_>) -> Call<'_> {
     if call.task.starts_with(DIE_ALWAYS) {
         std::process::exit(9);
     }
@@ -1058,12 +1058,12 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
         FromWorker::Started { id: 7 },
         FromWorker::Finished {
             id: 7,
-            outcome: WireOutcome::Ok(Blob(vec![0; 300].into())),
+            outcome: WireOutcome::Ok(Bytes(vec![0; 300])),
         },
         FromWorker::Finished {
             id: 8,
             outcome: WireOutcome::Err {
-                payload: Blob(vec![9].into()),
+                payload: Bytes(vec![9]),
                 display: "e".into(),
             },
         },
@@ -1094,7 +1094,7 @@ fn every_message_round_trips() {
     for m in to {
         let f = wire::encode_frame(&m, 1 << 20).unwrap();
         assert_eq!(
-            wire::decode_body::<ToWorker<'static>>(&f[HEADER_LEN..]).unwrap(),
+            wire::decode_body::<ToWorker<'_>>(&f[HEADER_LEN..]).unwrap(),
             m
         );
     }
@@ -1160,7 +1160,7 @@ proptest! {
     #[test]
     fn decoder_never_panics_on_arbitrary_bodies(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let _ = wire::decode_body::<FromWorker>(&body);
-        let _ = wire::decode_body::<ToWorker<'static>>(&body);
+        let _ = wire::decode_body::<ToWorker<'_>>(&body);
     }
 
     /// Valid frames split anywhere come out whole and in order; a truncated stream yields nothing extra.

@@ -37,7 +37,8 @@ pub(crate) const DEFAULT_MAX_FRAME: usize = 256 << 20;
 pub(crate) const MIN_MAX_FRAME: usize = 4 << 10;
 
 /// Opaque bytes, encoded as one length-prefixed byte string (not a sequence of `u8`, which postcard
-/// would decode byte by byte).
+/// would decode byte by byte). Decoded in place, borrowing the frame: the worker reads a request's
+/// input without copying it.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Blob<'a>(pub(crate) Cow<'a, [u8]>);
 
@@ -47,25 +48,22 @@ impl fmt::Debug for Blob<'_> {
     }
 }
 
-impl Blob<'_> {
-    pub(crate) fn into_vec(self) -> Vec<u8> {
-        self.0.into_owned()
-    }
-}
-
 impl Serialize for Blob<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&self.0)
     }
 }
 
-impl<'de, 'a> Deserialize<'de> for Blob<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for Blob<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'a> Visitor<'_> for V<'a> {
-            type Value = Blob<'a>;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Blob<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a byte string")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Blob(Cow::Borrowed(v)))
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
                 Ok(Blob(Cow::Owned(v.to_vec())))
@@ -74,14 +72,52 @@ impl<'de, 'a> Deserialize<'de> for Blob<'a> {
                 Ok(Blob(Cow::Owned(v)))
             }
         }
-        d.deserialize_byte_buf(V(std::marker::PhantomData))
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Opaque bytes of a reply, encoded as a [`Blob`] is, and decoded into a buffer of their own: the
+/// result outlives the frame it came in.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
     }
 }
 
 /// A call of a registered task: its name and its postcard-encoded input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Call<'a> {
+    #[serde(borrow)]
     pub(crate) task: Cow<'a, str>,
+    #[serde(borrow)]
     pub(crate) payload: Blob<'a>,
 }
 
@@ -91,10 +127,15 @@ pub(crate) enum ToWorker<'a> {
     /// First frame: protocol version and the initializer to run before `Ready`.
     Hello {
         version: u32,
+        #[serde(borrow)]
         init: Option<Call<'a>>,
     },
     /// Run a task; `id` is echoed back in `Started` and `Finished`.
-    Run { id: u64, call: Call<'a> },
+    Run {
+        id: u64,
+        #[serde(borrow)]
+        call: Call<'a>,
+    },
     /// Exit after the current frame.
     Shutdown,
 }
@@ -120,12 +161,9 @@ pub(crate) enum FromWorker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum WireOutcome {
     /// `run` returned `Ok`: the encoded output.
-    Ok(Blob<'static>),
+    Ok(Bytes),
     /// `run` returned `Err`: the encoded error and its `Display` text.
-    Err {
-        payload: Blob<'static>,
-        display: String,
-    },
+    Err { payload: Bytes, display: String },
     /// `run` panicked: the panic message.
     Panicked(String),
     /// No task of that name is registered in the worker (the task did not run).
@@ -141,9 +179,9 @@ impl WireOutcome {
     /// that one before it gets here when the task never started).
     pub(crate) fn into_job_outcome(self) -> JobOutcome {
         match self {
-            WireOutcome::Ok(bytes) => Ok(bytes.into_vec()),
+            WireOutcome::Ok(bytes) => Ok(bytes.0),
             WireOutcome::Err { payload, display } => Err(JobFailure::Error {
-                payload: payload.into_vec(),
+                payload: payload.0,
                 message: display,
             }),
             WireOutcome::Panicked(message) => Err(JobFailure::Panic { message }),
@@ -178,20 +216,34 @@ impl fmt::Display for FrameError {
 
 /// Encodes `msg` as one frame. Fails if it cannot be encoded or the body would exceed `max`.
 pub(crate) fn encode_frame<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, String> {
-    let buf = postcard::to_extend(msg, vec![0u8; HEADER_LEN]).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    encode_frame_into(msg, max, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`encode_frame`] into `buf`, replacing what it held and reusing its memory.
+pub(crate) fn encode_frame_into<T: Serialize + ?Sized>(
+    msg: &T,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut out = std::mem::take(buf);
+    out.clear();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let out = postcard::to_extend(msg, out).map_err(|e| e.to_string())?;
+    *buf = out;
     let len = buf.len() - HEADER_LEN;
     if len > max || len > u32::MAX as usize {
         return Err(format!(
             "message of {len} bytes exceeds the maximum frame size of {max} bytes"
         ));
     }
-    let mut buf = buf;
     buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(buf)
+    Ok(())
 }
 
 /// Decodes one frame body. Trailing bytes are an error: a frame holds exactly one message.
-pub(crate) fn decode_body<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((msg, [])) => Ok(msg),
         Ok((_, rest)) => Err(FrameError::Corrupt(format!(
@@ -259,6 +311,12 @@ impl FrameReader {
             .map(|msg| Some((msg, len)))
     }
 
+    /// Decodes the whole frame of `len` bytes at the front, borrowing from it what the message
+    /// borrows.
+    pub(crate) fn decode<'s, T: Deserialize<'s>>(&'s self, len: usize) -> Result<T, FrameError> {
+        decode_body(&self.buf[self.start + HEADER_LEN..self.start + len])
+    }
+
     /// Drops a frame of `len` bytes, header included, that [`peek_message`](Self::peek_message)
     /// returned.
     pub(crate) fn consume(&mut self, len: usize) {
@@ -273,7 +331,8 @@ impl FrameReader {
     }
 
     /// The length, header included, of the whole frame at the front; `None` if more bytes are needed.
-    fn whole_frame(&mut self) -> Result<Option<usize>, FrameError> {
+    /// The frame stays, for [`decode`](Self::decode) then [`consume`](Self::consume).
+    pub(crate) fn whole_frame(&mut self) -> Result<Option<usize>, FrameError> {
         let pending = &self.buf[self.start..];
         if pending.len() < HEADER_LEN {
             return Ok(None);

@@ -1,6 +1,5 @@
 //! The worker side: the `main` hook and the request loop.
 
-use std::borrow::Cow;
 use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
@@ -8,7 +7,7 @@ use std::time::Duration;
 use super::board::StartBoard;
 use super::spin::SpinState;
 use super::sys;
-use super::task::WorkerRegistry;
+use super::task::{Runner, WorkerRegistry};
 use super::wire::{
     self, FrameReader, FromWorker, ToWorker, WireOutcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
@@ -138,9 +137,19 @@ fn exit(code: i32) -> ! {
 
 /// Sends a message; a failed send means the pool is gone, so the worker exits quietly.
 fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
-    let frame = match wire::encode_frame(msg, max_frame) {
-        Ok(f) => f,
-        Err(e) => {
+    Outbox::default().send(fd, msg, max_frame);
+}
+
+/// Encodes the worker's messages into one buffer, kept from frame to frame.
+#[derive(Default)]
+struct Outbox {
+    frame: Vec<u8>,
+}
+
+impl Outbox {
+    /// Sends a message; a failed send means the pool is gone, so the worker exits quietly.
+    fn send(&mut self, fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
+        if let Err(e) = wire::encode_frame_into(msg, max_frame, &mut self.frame) {
             // Only a `Finished` can be too large; report that instead of the result.
             let FromWorker::Finished { id, .. } = msg else {
                 exit(EXIT_PROTOCOL)
@@ -149,16 +158,22 @@ fn send(fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
                 id: *id,
                 outcome: WireOutcome::EncodeFailed(format!("the task's result: {e}")),
             };
-            match wire::encode_frame(&fallback, max_frame) {
-                Ok(f) => f,
-                Err(_) => exit(EXIT_PROTOCOL),
+            if wire::encode_frame_into(&fallback, max_frame, &mut self.frame).is_err() {
+                exit(EXIT_PROTOCOL)
             }
         }
-    };
-    if sys::send_all(fd, &frame).is_err() {
-        exit(0);
+        if sys::send_all(fd, &self.frame).is_err() {
+            exit(0);
+        }
+        if self.frame.capacity() > KEEP_FRAME {
+            // One large result does not pin its memory for the worker's life.
+            self.frame = Vec::new();
+        }
     }
 }
+
+/// The largest send buffer a worker keeps between frames.
+const KEEP_FRAME: usize = 64 << 10;
 
 /// The worker's end of the channel. Frames are read as they arrive, several in one `recv` when the
 /// pool sent several (it may send the next tasks while one runs).
@@ -171,12 +186,13 @@ struct Inbox<'a> {
 }
 
 impl Inbox<'_> {
-    /// The next message, or the exit code: 0 at end of stream (the pool is gone), `EXIT_PROTOCOL`
-    /// for a frame that is not a message.
-    fn next(&mut self) -> Result<ToWorker<'static>, i32> {
+    /// Waits for the next whole frame: its length, left in the reader for
+    /// [`FrameReader::decode`] then [`FrameReader::consume`]; or the exit code: 0 at end of stream
+    /// (the pool is gone), `EXIT_PROTOCOL` for a frame over the maximum size.
+    fn next_frame(&mut self) -> Result<usize, i32> {
         loop {
-            match self.reader.next_message::<ToWorker<'static>>() {
-                Ok(Some(msg)) => return Ok(msg),
+            match self.reader.whole_frame() {
+                Ok(Some(len)) => return Ok(len),
                 Ok(None) => {}
                 Err(e) => return Err(protocol_error(&e)),
             }
@@ -190,6 +206,16 @@ impl Inbox<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(0),
             }
+        }
+    }
+
+    /// The next message, decoded in place: `Err` holds the exit code, as for
+    /// [`next_frame`](Self::next_frame), or `EXIT_PROTOCOL` for a frame that is not a message.
+    fn next(&mut self) -> Result<(ToWorker<'_>, usize), i32> {
+        let len = self.next_frame()?;
+        match self.reader.decode(len) {
+            Ok(msg) => Ok((msg, len)),
+            Err(e) => Err(protocol_error(&e)),
         }
     }
 }
@@ -210,16 +236,17 @@ fn serve(
         spin,
         spinning: SpinState::default(),
     };
-    let init = match inbox.next() {
-        Ok(ToWorker::Hello { version, init }) if version == PROTOCOL_VERSION => init,
-        Ok(ToWorker::Hello { version, .. }) => {
+    let mut outbox = Outbox::default();
+    let (init, len) = match inbox.next() {
+        Ok((ToWorker::Hello { version, init }, len)) if version == PROTOCOL_VERSION => (init, len),
+        Ok((ToWorker::Hello { version, .. }, _)) => {
             let msg = format!(
                 "worker speaks protocol version {PROTOCOL_VERSION}, the pool speaks {version}"
             );
             send(fd, &FromWorker::InitFailed(msg), max_frame);
             return EXIT_PROTOCOL;
         }
-        Ok(ToWorker::Shutdown) => return 0,
+        Ok((ToWorker::Shutdown, _)) => return 0,
         Ok(_) => return EXIT_PROTOCOL,
         Err(code) => return code,
     };
@@ -247,6 +274,7 @@ fn serve(
             return 1;
         }
     }
+    inbox.reader.consume(len);
     send(
         fd,
         &FromWorker::Ready {
@@ -255,32 +283,45 @@ fn serve(
         max_frame,
     );
 
+    // The task asked for last and its runner: a pool sends mostly one task, looked up once.
+    let mut last: Option<(String, Runner)> = None;
     loop {
-        match inbox.next() {
-            Ok(ToWorker::Run { id, call }) => {
+        let (msg, len) = match inbox.next() {
+            Ok(next) => next,
+            Err(code) => return code,
+        };
+        match msg {
+            ToWorker::Run { id, call } => {
                 #[cfg(all(test, not(loom)))]
                 let exit_after_reply = super::tests::exits_after_reply(&call.task);
                 #[cfg(all(test, not(loom)))]
                 let call = super::tests::before_ack_hook(call);
-                let outcome = match registry.get(&call.task) {
+                let runner = match &last {
+                    Some((name, runner)) if *name == call.task => Some(*runner),
+                    _ => {
+                        let runner = registry.get(&call.task);
+                        last = runner.map(|runner| (call.task.clone().into_owned(), runner));
+                        runner
+                    }
+                };
+                let outcome = match runner {
                     None => WireOutcome::UnknownTask(call.task.into_owned()),
                     Some(runner) => {
                         if board.is_none_or(|b| b.start(id)) {
-                            send(fd, &FromWorker::Started { id }, max_frame);
+                            outbox.send(fd, &FromWorker::Started { id }, max_frame);
                         }
-                        let payload: Cow<'_, [u8]> = call.payload.0;
-                        runner(&payload)
+                        runner(&call.payload.0)
                     }
                 };
-                send(fd, &FromWorker::Finished { id, outcome }, max_frame);
+                inbox.reader.consume(len);
+                outbox.send(fd, &FromWorker::Finished { id, outcome }, max_frame);
                 #[cfg(all(test, not(loom)))]
                 if exit_after_reply {
                     return 0;
                 }
             }
-            Ok(ToWorker::Shutdown) => return 0,
-            Ok(ToWorker::Hello { .. }) => return EXIT_PROTOCOL,
-            Err(code) => return code,
+            ToWorker::Shutdown => return 0,
+            ToWorker::Hello { .. } => return EXIT_PROTOCOL,
         }
     }
 }
