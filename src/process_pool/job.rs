@@ -1,5 +1,6 @@
 //! What the pool reports about each job and each worker: the seam to the crate's accounting.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -183,7 +184,7 @@ pub(crate) type JobOutcome = Result<Vec<u8>, JobFailure>;
 /// What the pool needs to run a job: the task name, its encoded input, its timeout.
 #[derive(Debug, Clone)]
 pub(crate) struct JobSpec {
-    pub(crate) task: String,
+    pub(crate) task: Cow<'static, str>,
     pub(crate) payload: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
 }

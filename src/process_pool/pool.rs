@@ -43,6 +43,8 @@ const DIRECT_MAX: usize = 16 << 10;
 
 /// Room for the message framing around a task's input (tag, id, name length, payload length).
 const RUN_OVERHEAD: usize = 32;
+/// The capacity a task's input is encoded into at first: a small input takes one allocation.
+const SMALL_INPUT: usize = 32;
 
 /// Builds a [`ProcessPool`]. Setters never fail; [`build`](Self::build) validates.
 ///
@@ -546,10 +548,10 @@ impl ProcessPool {
         T::Error: Send,
     {
         let encode = || {
-            postcard::to_stdvec(input)
+            postcard::to_extend(input, Vec::with_capacity(SMALL_INPUT))
                 .map_err(|e| format!("cannot encode the input of task `{}`: {e}", T::NAME))
         };
-        self.submit_encoded(T::NAME.to_owned(), timeout, One::<T>::new(), encode)
+        self.submit_encoded(T::NAME.into(), timeout, One::<T>::new(), encode)
     }
 
     /// Submits one chunk of inputs of `T`, each already encoded. Counted as one task.
@@ -568,7 +570,7 @@ impl ProcessPool {
                 .map_err(|e| format!("cannot encode a chunk of task `{}`: {e}", T::NAME))
         };
         self.submit_encoded(
-            chunk_name::<T>(),
+            chunk_name::<T>().into(),
             None,
             Chunk::<T>::new(items.len()),
             encode,
@@ -589,7 +591,7 @@ impl ProcessPool {
     /// the submit, counted as rejected, with nothing sent), then the job queued.
     fn submit_encoded<D: Decode>(
         &self,
-        task: String,
+        task: Cow<'static, str>,
         timeout: Option<Duration>,
         decode: D,
         encode: impl FnOnce() -> Result<Vec<u8>, String>,

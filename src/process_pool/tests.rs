@@ -375,7 +375,7 @@ fn observed(max_workers: usize) -> (ProcessPoolBuilder, Arc<RecObserver>) {
 
 fn spec<T: ProcessTask>(input: &T::Input) -> JobSpec {
     JobSpec {
-        task: T::NAME.to_owned(),
+        task: T::NAME.into(),
         payload: postcard::to_stdvec(input).unwrap(),
         timeout: None,
     }
@@ -423,7 +423,7 @@ fn jobs_are_not_sent_behind_a_handed_job_before_its_frame() {
     let handed = std::thread::spawn(move || {
         let (s, rx) = sink();
         let mut job = spec::<Square>(&3);
-        job.task = format!("{LATE_SEND}square");
+        job.task = format!("{LATE_SEND}square").into();
         p.submit_job(job, s).unwrap();
         events(&rx)
     });
@@ -477,12 +477,12 @@ fn a_reply_sent_before_the_worker_went_counts_when_a_send_finds_it_gone() {
     // Busy long enough for the next job to be sent behind it; then it replies and exits.
     let (last, last_rx) = sink();
     let mut job = spec::<SleepMs>(&100);
-    job.task = format!("{EXIT_AFTER_REPLY}sleep_ms");
+    job.task = format!("{EXIT_AFTER_REPLY}sleep_ms").into();
     pool.submit_job(job, last).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let (behind, behind_rx) = sink();
     let mut job = spec::<Square>(&3);
-    job.task = format!("{SENT_BEHIND_THE_EXIT}square");
+    job.task = format!("{SENT_BEHIND_THE_EXIT}square").into();
     pool.submit_job(job, behind).unwrap();
     assert_eq!(
         events(&last_rx),
@@ -588,7 +588,7 @@ fn dl_2_worker_dying_before_ack_is_retried_on_another_worker() {
     std::fs::write(&marker, b"x").unwrap();
     let (s, rx) = sink();
     let mut job = spec::<Square>(&6);
-    job.task = format!("{DIE_ONCE}{}|square", marker.display());
+    job.task = format!("{DIE_ONCE}{}|square", marker.display()).into();
     pool.submit_job(job, s).unwrap();
     assert_eq!(events(&rx), vec![Ev::Started, Ev::Finished(Ok(enc(36)))]);
     assert!(!marker.exists(), "the first worker took the die-once path");
@@ -615,7 +615,7 @@ fn dl_2_retries_are_bounded() {
         .unwrap();
     let (s, rx) = sink();
     let mut job = spec::<Square>(&6);
-    job.task = format!("{DIE_ALWAYS}square");
+    job.task = format!("{DIE_ALWAYS}square").into();
     pool.submit_job(job, s).unwrap();
     let ev = events(&rx);
     assert!(

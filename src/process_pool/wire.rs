@@ -30,6 +30,9 @@ pub(crate) const HEADER_LEN: usize = 4;
 /// How much room a [`FrameReader`] makes for each receive: replies and requests of most tasks fit.
 const RECV_ROOM: usize = 8 << 10;
 
+/// The capacity a frame is encoded into at first.
+const SMALL_FRAME: usize = 64;
+
 /// Default upper bound of a frame body: 256 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 256 << 20;
 
@@ -216,7 +219,8 @@ impl fmt::Display for FrameError {
 
 /// Encodes `msg` as one frame. Fails if it cannot be encoded or the body would exceed `max`.
 pub(crate) fn encode_frame<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
+    // Room for a small task's request or reply at once, rather than growing through 8, 16, 32.
+    let mut buf = Vec::with_capacity(SMALL_FRAME);
     encode_frame_into(msg, max, &mut buf)?;
     Ok(buf)
 }
