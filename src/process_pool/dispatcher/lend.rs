@@ -117,7 +117,9 @@ impl Lent {
                 .as_ref()
                 .is_some_and(|h| h.quiet && !h.started)
         };
-        let bound = Instant::now().checked_add(shared.lend_for);
+        // One clock read per wait: for the bound, the look at the board and the poll's timeout.
+        let mut now = Instant::now();
+        let bound = now.checked_add(shared.lend_for);
         let until = match (deadline, bound) {
             (Some(d), Some(b)) => Some(d.min(b)),
             (d, b) => d.or(b),
@@ -128,13 +130,13 @@ impl Lent {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let look = unseen.then(|| Instant::now() + LOOK_EVERY);
+            let look = unseen.then(|| now + LOOK_EVERY);
             let ms = match (until, look) {
                 (Some(u), Some(l)) => Some(u.min(l)),
                 (u, l) => u.or(l),
             }
             .map_or(-1, |until| {
-                let left = until.saturating_duration_since(Instant::now());
+                let left = until.saturating_duration_since(now);
                 left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
             });
             if !spin.is_zero() {
@@ -219,7 +221,8 @@ impl Lent {
                 deliver(handed.job, handed.started, handed.discard, outcome);
                 return;
             }
-            if odd || eof || exited || until.is_some_and(|u| Instant::now() >= u) {
+            now = Instant::now();
+            if odd || eof || exited || until.is_some_and(|u| now >= u) {
                 channel.reader = None;
                 drop(guard);
                 shared.wake.notify();
