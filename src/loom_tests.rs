@@ -58,7 +58,11 @@ fn submit(acct: &Arc<Accounting>) -> (Core, TaskHandle<u32>) {
 fn run(core: &Core, value: u32) -> bool {
     match core.start(std::time::Duration::ZERO) {
         Some(started) => {
-            core.finish_reported(started, Ok(value), None);
+            core.finish_reported(
+                crate::clock::Clock::now().nanos_since(started),
+                Ok(value),
+                None,
+            );
             true
         }
         None => false,

@@ -767,3 +767,67 @@ fn exemplars_are_recorded_on_the_parent_side() {
     ));
     assert_eq!(failed.len(), 1, "{text}");
 }
+
+/// A task handed to an idle worker, not joined, whose reply the pool reads late (its dispatcher
+/// thread was held up by another task's waker): its duration is the time it ran in the worker, not
+/// the time until its reply was read.
+#[test]
+fn an_unjoined_tasks_duration_is_its_run_however_late_its_reply_is_read() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    /// Run on the dispatcher thread when its task ends: holds that thread up.
+    struct SlowWaker;
+    impl Wake for SlowWaker {
+        fn wake(self: Arc<Self>) {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    }
+    let sums = |registry: &Registry| {
+        let exp = scrape(registry);
+        let l = [("executor", "read-late")];
+        (
+            exp.sum("executor_tasks_duration_seconds_sum", &l),
+            exp.sum("executor_task_wait_seconds_sum", &l),
+        )
+    };
+
+    let registry = Registry::new();
+    let p = pool(&registry, "read-late", 2);
+    // Two warm workers, idle.
+    let warm = [
+        p.submit::<SleepMs>(&20).unwrap(),
+        p.submit::<SleepMs>(&20).unwrap(),
+    ];
+    for h in warm {
+        assert_eq!(join(h), Ok(Ok(20)));
+    }
+    let (ran_before, waited_before) = sums(&registry);
+    let mut slow = p.submit::<SleepMs>(&1).unwrap();
+    let waker = Waker::from(Arc::new(SlowWaker));
+    let polled = std::pin::Pin::new(&mut slow).poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending(), "polled before the task could end");
+    // The dispatcher is in the slow waker now, for about half a second.
+    std::thread::sleep(Duration::from_millis(100));
+    let late = p.submit::<SleepMs>(&1).unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let c = counts(&scrape(&registry), "executor", "read-late");
+    assert_eq!(c.completed, 4.0, "the pool read the unjoined task's reply");
+    assert_eq!(join(late), Ok(Ok(1)));
+    assert_eq!(join(slow), Ok(Ok(1)));
+    let (ran, waited) = sums(&registry);
+    // Each task ran about 1 ms; the late one's reply was read about 500 ms after it ended.
+    assert!(
+        ran - ran_before < 0.25,
+        "two 1 ms tasks took {} s in all",
+        ran - ran_before
+    );
+    // It went straight to an idle worker, not through the held-up dispatcher.
+    assert!(
+        waited - waited_before < 0.25,
+        "two tasks sent to idle workers waited {} s in all",
+        waited - waited_before
+    );
+    p.join();
+}

@@ -207,8 +207,9 @@ pub(crate) trait JobSink: Send + 'static {
     /// and acknowledgement; the task then runs to its end in the worker but its outcome is discarded.
     fn started(&mut self, ago: std::time::Duration) -> bool;
 
-    /// The started task ended (duration = `started` → now).
-    fn finished(self: Box<Self>, outcome: JobOutcome);
+    /// The started task ended, `ended_ago` before this call (as its worker saw; zero: now). Its
+    /// duration runs from `started` to then.
+    fn finished(self: Box<Self>, outcome: JobOutcome, ended_ago: std::time::Duration);
 
     /// The job ends without having started: unknown task, pool broken, cancelled by `shutdown_now`,
     /// pool killed, or its worker died before acknowledging it on every attempt.

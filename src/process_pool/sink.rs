@@ -302,16 +302,19 @@ impl<D: Decode> JobSink for Sink<D> {
         self.started.is_some()
     }
 
-    fn finished(mut self: Box<Self>, outcome: JobOutcome) {
+    fn finished(mut self: Box<Self>, outcome: JobOutcome, ended_ago: std::time::Duration) {
         #[cfg(feature = "tracing")]
         let _entered = std::mem::replace(&mut self.span, tracing::Span::none()).entered();
         self.ended = true;
         let Some(started) = self.started else { return };
+        let ran = Clock::now()
+            .nanos_since(started)
+            .saturating_sub(ended_ago.as_nanos().min(u128::from(u64::MAX)) as u64);
         let (result, reason) = self.decode.decode(outcome);
         if let Some(exemplar) = &self.exemplar {
-            exemplar.ran(Clock::now().nanos_since(started), reason.is_some());
+            exemplar.ran(ran, reason.is_some());
         }
-        self.core.finish_reported(started, result, reason);
+        self.core.finish_reported(ran, result, reason);
     }
 
     fn refused(&mut self) {
@@ -352,7 +355,7 @@ impl<D: Decode> Drop for Sink<D> {
                 self.core.cancel();
             }
             Some(started) => self.core.finish_reported(
-                started,
+                Clock::now().nanos_since(started),
                 Err(TaskError::Failed {
                     reason: FailureReason::WorkerDied,
                     message: "the pool lost track of the task".to_owned(),

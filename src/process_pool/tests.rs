@@ -301,7 +301,7 @@ impl JobSink for RecSink {
         let _ = self.tx.send(Ev::Started);
         self.accept_start
     }
-    fn finished(self: Box<Self>, outcome: JobOutcome) {
+    fn finished(self: Box<Self>, outcome: JobOutcome, _ended_ago: Duration) {
         let _ = self.tx.send(Ev::Finished(outcome));
     }
     fn failed_unstarted(self: Box<Self>, failure: JobFailure) {
@@ -1058,10 +1058,12 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
         FromWorker::Started { id: 7 },
         FromWorker::Finished {
             id: 7,
+            ended_at: 1000,
             outcome: WireOutcome::Ok(Bytes(vec![0; 300])),
         },
         FromWorker::Finished {
             id: 8,
+            ended_at: 0,
             outcome: WireOutcome::Err {
                 payload: Bytes(vec![9]),
                 display: "e".into(),
@@ -1069,18 +1071,22 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
         },
         FromWorker::Finished {
             id: 9,
+            ended_at: 3000,
             outcome: WireOutcome::Panicked("p".into()),
         },
         FromWorker::Finished {
             id: 9,
+            ended_at: 0,
             outcome: WireOutcome::UnknownTask("u".into()),
         },
         FromWorker::Finished {
             id: 9,
+            ended_at: 5000,
             outcome: WireOutcome::DecodeFailed("d".into()),
         },
         FromWorker::Finished {
             id: 9,
+            ended_at: 0,
             outcome: WireOutcome::EncodeFailed("e".into()),
         },
     ];

@@ -22,7 +22,7 @@ use super::job::{JobFailure, JobOutcome};
 use super::sys;
 
 /// Bumped on every incompatible change of the messages below.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// Length of the frame header.
 pub(crate) const HEADER_LEN: usize = 4;
@@ -153,8 +153,13 @@ pub(crate) enum FromWorker {
     /// The task was received and is about to run (the metric's start time); not sent for a quiet task,
     /// whose start is on the worker's start board.
     Started { id: u64 },
-    /// The task ended.
-    Finished { id: u64, outcome: WireOutcome },
+    /// The task ended; `ended_at`: when ([`sys::monotonic_nanos`]), for a task whose start is on
+    /// the worker's start board, else 0.
+    Finished {
+        id: u64,
+        outcome: WireOutcome,
+        ended_at: u64,
+    },
     /// The program never entered `run_if_worker` and tried to build a pool of its own: it cannot serve,
     /// and no other worker of this binary will (sent instead of a handshake, without reading `Hello`).
     HookMissing(String),

@@ -154,8 +154,12 @@ impl Outbox {
             let FromWorker::Finished { id, .. } = msg else {
                 exit(EXIT_PROTOCOL)
             };
+            let FromWorker::Finished { ended_at, .. } = msg else {
+                exit(EXIT_PROTOCOL)
+            };
             let fallback = FromWorker::Finished {
                 id: *id,
+                ended_at: *ended_at,
                 outcome: WireOutcome::EncodeFailed(format!("the task's result: {e}")),
             };
             if wire::encode_frame_into(&fallback, max_frame, &mut self.frame).is_err() {
@@ -304,17 +308,30 @@ fn serve(
                         runner
                     }
                 };
+                let mut ended_at = 0;
                 let outcome = match runner {
                     None => WireOutcome::UnknownTask(call.task.into_owned()),
                     Some(runner) => {
-                        if board.is_none_or(|b| b.start(id)) {
+                        let quiet = board.is_some_and(|b| !b.start(id));
+                        if !quiet {
                             outbox.send(fd, &FromWorker::Started { id }, max_frame);
                         }
-                        runner(&call.payload.0)
+                        let outcome = runner(&call.payload.0);
+                        if quiet {
+                            // Its start is on the board, so its end is sent in the worker's time
+                            // too: its duration does not depend on when the reply is read.
+                            ended_at = sys::monotonic_nanos().max(1);
+                        }
+                        outcome
                     }
                 };
                 inbox.reader.consume(len);
-                outbox.send(fd, &FromWorker::Finished { id, outcome }, max_frame);
+                let done = FromWorker::Finished {
+                    id,
+                    outcome,
+                    ended_at,
+                };
+                outbox.send(fd, &done, max_frame);
                 #[cfg(all(test, not(loom)))]
                 if exit_after_reply {
                     return 0;

@@ -345,16 +345,15 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         self.publish(RUNNING ^ DONE, result);
     }
 
-    /// Ends a task [`start`](Self::start) started, with its result.
+    /// Ends a task [`start`](Self::start) started, with its result, after it ran for `ran`
+    /// nanoseconds (as its reporter measured).
     pub(crate) fn finish_reported(
         &self,
-        started: Clock,
+        ran: u64,
         result: Result<T, TaskError>,
         failure: Option<FailureReason>,
     ) {
-        self.acct
-            .series
-            .finished(Clock::now().nanos_since(started), failure);
+        self.acct.series.finished(ran, failure);
         self.publish(RUNNING ^ DONE, result);
     }
 

@@ -191,11 +191,16 @@ impl Lent {
                         handed.discard = !handed.job.sink.started(Duration::ZERO);
                         handed.started_at = Some(Instant::now());
                     }
-                    Ok(Some((FromWorker::Finished { id, outcome: ended }, len)))
-                        if id == self.id =>
-                    {
+                    Ok(Some((
+                        FromWorker::Finished {
+                            id,
+                            outcome: ended,
+                            ended_at,
+                        },
+                        len,
+                    ))) if id == self.id => {
                         channel.frames.consume(len);
-                        outcome = Some(ended);
+                        outcome = Some((ended, ended_at));
                         break;
                     }
                     Ok(None) => break,
@@ -213,12 +218,18 @@ impl Lent {
             // the dispatcher takes the worker for neither a job nor an adoption meanwhile.
             let ended =
                 outcome.and_then(|outcome| channel.handed.take().map(|handed| (outcome, handed)));
-            if let Some((outcome, handed)) = ended {
+            if let Some(((outcome, ended_at), handed)) = ended {
                 drop(guard);
                 #[cfg(all(test, not(loom)))]
                 crate::process_pool::tests::relist_hook(&handed.job.spec.task);
                 self.relist(&shared, &link);
-                deliver(handed.job, handed.started, handed.discard, outcome);
+                deliver(
+                    handed.job,
+                    handed.started,
+                    handed.discard,
+                    outcome,
+                    ended_at,
+                );
                 return;
             }
             now = Instant::now();

@@ -234,8 +234,13 @@ impl Job {
     /// `Waker` of whoever `.await`s the task): a panic there is contained, so one task's waker cannot
     /// take down the dispatcher, and with it every other task.
     fn finished(self, outcome: JobOutcome) {
+        self.ended(outcome, Duration::ZERO);
+    }
+
+    /// [`finished`](Self::finished), `ago` before now.
+    fn ended(self, outcome: JobOutcome, ago: Duration) {
         let sink = self.sink;
-        let _ = catch_unwind(AssertUnwindSafe(move || sink.finished(outcome)));
+        let _ = catch_unwind(AssertUnwindSafe(move || sink.finished(outcome, ago)));
     }
 
     /// Reports the end of a job that never started; contained as [`finished`](Self::finished) is.
@@ -798,7 +803,7 @@ fn send_failure(e: &io::Error) -> Death {
 }
 
 /// Hands the worker's report of a job to its sink.
-fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome) {
+fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome, ended_at: u64) {
     if let WireOutcome::UnknownTask(name) = outcome {
         if !started {
             return job.failed_unstarted(JobFailure::UnknownTask { name });
@@ -809,5 +814,11 @@ fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome) {
     if discard || (!started && !job.sink.started(Duration::ZERO)) {
         return;
     }
-    job.finished(outcome.into_job_outcome());
+    // A task whose start the worker recorded on its board also reports when it ended: its
+    // duration is the worker's, however late its reply is read.
+    let ago = match ended_at {
+        0 => Duration::ZERO,
+        at => Duration::from_nanos(sys::monotonic_nanos().saturating_sub(at)),
+    };
+    job.ended(outcome.into_job_outcome(), ago);
 }

@@ -122,7 +122,14 @@ impl Dispatcher {
                 *discard = !job.sink.started(Duration::ZERO);
                 w.started_at = Some(Instant::now());
             }
-            (WState::Busy { id, .. }, FromWorker::Finished { id: got, outcome }) if *id == got => {
+            (
+                WState::Busy { id, .. },
+                FromWorker::Finished {
+                    id: got,
+                    outcome,
+                    ended_at,
+                },
+            ) if *id == got => {
                 let WState::Busy {
                     job,
                     started,
@@ -169,7 +176,7 @@ impl Dispatcher {
                     w.published = true;
                     self.shared.lock().idle.push(Arc::clone(&w.link));
                 }
-                deliver(job, started, discard, outcome);
+                deliver(job, started, discard, outcome, ended_at);
             }
             (state, msg) => {
                 let message = format!("unexpected message {msg:?} while {}", state.name());
