@@ -768,11 +768,11 @@ fn exemplars_are_recorded_on_the_parent_side() {
     assert_eq!(failed.len(), 1, "{text}");
 }
 
-/// A task handed to an idle worker, not joined, whose reply the pool reads late (its dispatcher
-/// thread was held up by another task's waker): its duration is the time it ran in the worker, not
-/// the time until its reply was read.
+/// Tasks whose reports the pool reads late (its dispatcher thread was held up by another task's
+/// waker) are timed as they ran in the worker: one handed to an idle worker and not joined (its
+/// start is on the worker's board), and one with a timeout (its start comes as a message).
 #[test]
-fn an_unjoined_tasks_duration_is_its_run_however_late_its_reply_is_read() {
+fn a_tasks_wait_and_duration_are_its_workers_however_late_its_reports_are_read() {
     use std::future::Future;
     use std::sync::Arc;
     use std::task::{Context, Wake, Waker};
@@ -810,23 +810,30 @@ fn an_unjoined_tasks_duration_is_its_run_however_late_its_reply_is_read() {
     assert!(polled.is_pending(), "polled before the task could end");
     // The dispatcher is in the slow waker now, for about half a second.
     std::thread::sleep(Duration::from_millis(100));
-    let late = p.submit::<SleepMs>(&1).unwrap();
+    let unjoined = p.submit::<SleepMs>(&1).unwrap();
+    let timed = p
+        .submit_with_timeout::<SleepMs>(&1, Duration::from_secs(10))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(900));
     let c = counts(&scrape(&registry), "executor", "read-late");
-    assert_eq!(c.completed, 4.0, "the pool read the unjoined task's reply");
-    assert_eq!(join(late), Ok(Ok(1)));
-    assert_eq!(join(slow), Ok(Ok(1)));
+    assert_eq!(
+        c.completed, 5.0,
+        "the pool read the unjoined tasks' replies"
+    );
+    for h in [slow, unjoined, timed] {
+        assert_eq!(join(h), Ok(Ok(1)));
+    }
     let (ran, waited) = sums(&registry);
-    // Each task ran about 1 ms; the late one's reply was read about 500 ms after it ended.
+    // Each task ran about 1 ms; the last two ended about 500 ms before the pool read their reports.
     assert!(
         ran - ran_before < 0.25,
-        "two 1 ms tasks took {} s in all",
+        "three 1 ms tasks took {} s in all",
         ran - ran_before
     );
-    // It went straight to an idle worker, not through the held-up dispatcher.
+    // Both went straight to idle workers, not through the held-up dispatcher.
     assert!(
         waited - waited_before < 0.25,
-        "two tasks sent to idle workers waited {} s in all",
+        "three tasks sent to idle workers waited {} s in all",
         waited - waited_before
     );
     p.join();

@@ -71,20 +71,16 @@ impl StartBoard {
         if started.load(Ordering::Acquire) != id {
             return None;
         }
-        Some(Duration::from_nanos(
-            sys::monotonic_nanos().saturating_sub(at),
-        ))
+        Some(sys::nanos_ago(at))
     }
 
-    /// The worker's side, before it runs task `id`: records the start; true if the pool also needs
-    /// a `Started` frame.
-    pub(crate) fn start(&self, id: u64) -> bool {
+    /// The worker's side, before it runs task `id`: records its start, at `at`
+    /// ([`sys::monotonic_nanos`]); true if the pool also needs a `Started` frame.
+    pub(crate) fn start(&self, id: u64, at: u64) -> bool {
         // The id last, so that a reader who sees it sees the time; the previous id is cleared
         // first, so none pairs with this time.
         self.0.word(STARTED).store(0, Ordering::Release);
-        self.0
-            .word(STARTED_AT)
-            .store(sys::monotonic_nanos(), Ordering::Release);
+        self.0.word(STARTED_AT).store(at, Ordering::Release);
         let id = key(id);
         self.0.word(STARTED).store(id, Ordering::Release);
         id == 0 || self.0.word(QUIET).load(Ordering::Acquire) != id

@@ -434,3 +434,8 @@ pub(crate) fn monotonic_nanos() -> u64 {
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
 }
+
+/// How long ago `at` ([`monotonic_nanos`]) was: zero for a time not yet reached.
+pub(crate) fn nanos_ago(at: u64) -> std::time::Duration {
+    std::time::Duration::from_nanos(monotonic_nanos().saturating_sub(at))
+}

@@ -1055,7 +1055,7 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
     let from = vec![
         FromWorker::Ready { version: 1 },
         FromWorker::InitFailed("x".into()),
-        FromWorker::Started { id: 7 },
+        FromWorker::Started { id: 7, at: 3 },
         FromWorker::Finished {
             id: 7,
             ended_at: 1000,
@@ -1131,7 +1131,7 @@ fn oversized_frame_is_refused_from_its_header_alone() {
 #[test]
 fn trailing_bytes_in_a_frame_are_corrupt() {
     let _watchdog = test_watchdog("trailing_bytes_in_a_frame_are_corrupt");
-    let mut f = wire::encode_frame(&FromWorker::Started { id: 1 }, 1024).unwrap();
+    let mut f = wire::encode_frame(&FromWorker::Started { id: 1, at: 1 }, 1024).unwrap();
     f.push(0);
     let len = (f.len() - HEADER_LEN) as u32;
     f[..HEADER_LEN].copy_from_slice(&len.to_le_bytes());

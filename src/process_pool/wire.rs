@@ -150,11 +150,10 @@ pub(crate) enum FromWorker {
     Ready { version: u32 },
     /// The worker cannot serve: initializer failed, unknown initializer, bad registry, wrong version.
     InitFailed(String),
-    /// The task was received and is about to run (the metric's start time); not sent for a quiet task,
-    /// whose start is on the worker's start board.
-    Started { id: u64 },
-    /// The task ended; `ended_at`: when ([`sys::monotonic_nanos`]), for a task whose start is on
-    /// the worker's start board, else 0.
+    /// The task was received and is about to run, at `at` ([`sys::monotonic_nanos`]); not sent
+    /// for a quiet task, whose start is on the worker's start board.
+    Started { id: u64, at: u64 },
+    /// The task ended, at `ended_at` ([`sys::monotonic_nanos`]).
     Finished {
         id: u64,
         outcome: WireOutcome,

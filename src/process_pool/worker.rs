@@ -308,23 +308,19 @@ fn serve(
                         runner
                     }
                 };
-                let mut ended_at = 0;
+                // The start and the end in this process's clock (system-wide): the task's wait
+                // and duration do not depend on when the pool reads them.
                 let outcome = match runner {
                     None => WireOutcome::UnknownTask(call.task.into_owned()),
                     Some(runner) => {
-                        let quiet = board.is_some_and(|b| !b.start(id));
-                        if !quiet {
-                            outbox.send(fd, &FromWorker::Started { id }, max_frame);
+                        let at = sys::monotonic_nanos();
+                        if board.is_none_or(|b| b.start(id, at)) {
+                            outbox.send(fd, &FromWorker::Started { id, at }, max_frame);
                         }
-                        let outcome = runner(&call.payload.0);
-                        if quiet {
-                            // Its start is on the board, so its end is sent in the worker's time
-                            // too: its duration does not depend on when the reply is read.
-                            ended_at = sys::monotonic_nanos().max(1);
-                        }
-                        outcome
+                        runner(&call.payload.0)
                     }
                 };
+                let ended_at = sys::monotonic_nanos();
                 inbox.reader.consume(len);
                 let done = FromWorker::Finished {
                     id,

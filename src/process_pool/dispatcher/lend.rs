@@ -180,7 +180,7 @@ impl Lent {
             let mut odd = false;
             loop {
                 match channel.frames.peek_message::<FromWorker>() {
-                    Ok(Some((FromWorker::Started { id }, len)))
+                    Ok(Some((FromWorker::Started { id, at }, len)))
                         if id == self.id && !handed.started =>
                     {
                         channel.frames.consume(len);
@@ -188,7 +188,7 @@ impl Lent {
                         link.started_frames
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         handed.started = true;
-                        handed.discard = !handed.job.sink.started(Duration::ZERO);
+                        handed.discard = !handed.job.sink.started(sys::nanos_ago(at));
                         handed.started_at = Some(Instant::now());
                     }
                     Ok(Some((

@@ -814,11 +814,6 @@ fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome, end
     if discard || (!started && !job.sink.started(Duration::ZERO)) {
         return;
     }
-    // A task whose start the worker recorded on its board also reports when it ended: its
-    // duration is the worker's, however late its reply is read.
-    let ago = match ended_at {
-        0 => Duration::ZERO,
-        at => Duration::from_nanos(sys::monotonic_nanos().saturating_sub(at)),
-    };
-    job.ended(outcome.into_job_outcome(), ago);
+    // The end the worker saw: the duration does not grow with a late read of the reply.
+    job.ended(outcome.into_job_outcome(), sys::nanos_ago(ended_at));
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::mem;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{deliver, Counted, Death, Dispatcher, WState};
 use crate::process_pool::job::RestartReason;
@@ -112,14 +112,14 @@ impl Dispatcher {
                     discard,
                     ..
                 },
-                FromWorker::Started { id: got },
+                FromWorker::Started { id: got, at },
             ) if *id == got && !*started => {
                 #[cfg(all(test, not(loom)))]
                 w.link
                     .started_frames
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *started = true;
-                *discard = !job.sink.started(Duration::ZERO);
+                *discard = !job.sink.started(sys::nanos_ago(at));
                 w.started_at = Some(Instant::now());
             }
             (
