@@ -1093,6 +1093,28 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
     (to, from)
 }
 
+/// The worker reads a request in place: the task's name and input borrow the received frame.
+#[test]
+fn a_request_is_decoded_without_copying_its_name_or_input() {
+    let msg = ToWorker::Run {
+        id: 5,
+        call: Call {
+            task: "square".into(),
+            payload: Blob(vec![7; 100].into()),
+        },
+    };
+    let frame = wire::encode_frame(&msg, 1 << 20).unwrap();
+    let mut r = FrameReader::new(1 << 20);
+    r.push(&frame);
+    let len = r.whole_frame().unwrap().expect("a whole frame");
+    let decoded: ToWorker<'_> = r.decode(len).unwrap();
+    let ToWorker::Run { id: 5, call } = decoded else {
+        panic!("decoded {decoded:?}")
+    };
+    assert!(matches!(call.task, std::borrow::Cow::Borrowed("square")));
+    assert!(matches!(call.payload.0, std::borrow::Cow::Borrowed(b) if b == [7; 100]));
+}
+
 #[test]
 fn every_message_round_trips() {
     let _watchdog = test_watchdog("every_message_round_trips");
