@@ -33,8 +33,10 @@ use crate::process_pool::wire::FromWorker;
 /// wake-up it saves matters for short tasks only.
 pub(in crate::process_pool) const LEND_FOR: Duration = Duration::from_millis(1);
 /// How long after a job was handed over, at most, the dispatcher takes it over if no joiner reads
-/// its reply.
-pub(in crate::process_pool) const UNREAD_AFTER: Duration = Duration::from_millis(1);
+/// its reply. Each expiry wakes the dispatcher thread, also when every joiner read its reply, so
+/// under a steady stream of joined tasks this is how often it wakes. A later take-over changes only
+/// when the job's end is seen, not its times, which come from the worker.
+pub(in crate::process_pool) const UNREAD_AFTER: Duration = Duration::from_millis(10);
 
 /// A job a submitting thread handed to an idle worker, as its handle knows it.
 #[derive(Debug)]
