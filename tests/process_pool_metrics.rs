@@ -830,7 +830,7 @@ fn a_tasks_wait_and_duration_are_its_workers_however_late_its_reports_are_read()
         "three 1 ms tasks took {} s in all",
         ran - ran_before
     );
-    // Both went straight to idle workers, not through the held-up dispatcher.
+    // The last two went straight to idle workers, not through the held-up dispatcher.
     assert!(
         waited - waited_before < 0.25,
         "three tasks sent to idle workers waited {} s in all",

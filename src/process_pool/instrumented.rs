@@ -133,8 +133,8 @@ impl ProcessPoolExecutor {
     /// [`TaskError`]; a chunk size of 0 is an error.
     ///
     /// In the metrics **one chunk is one task**: one wait (submit of the chunk
-    /// to the worker's start acknowledgement) and one duration (that
-    /// acknowledgement to the chunk's last result). A chunk counts as failed
+    /// to its start in the worker) and one duration (that start to the end of
+    /// its last item there). A chunk counts as failed
     /// with reason `panic` if any of its items panicked, else `serialization`
     /// if any item's output or error could not be encoded or decoded, else
     /// `error` if any item returned `Err`, else as completed. A panicking item

@@ -1,8 +1,8 @@
 //! How the pool's reports of a job become its task's state: the one path by which a process task's
 //! life reaches its [`TaskHandle`](crate::TaskHandle) and the metrics, for every process pool.
 //!
-//! Wait is submit to the task's start in the worker (its acknowledgement, or the time its start board
-//! holds); duration is that start to the result.
+//! Wait is submit to the task's start in the worker; duration is that start to the task's end there
+//! (both the worker's clock readings, sent in its reports or held by its start board).
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};

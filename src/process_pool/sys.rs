@@ -58,15 +58,15 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
 }
 
 /// Receives what is available without blocking (`MSG_DONTWAIT`) straight into `buf`'s spare
-/// capacity, after making room for at least `room` bytes, and appends it: no buffer to clear first
-/// and no copy. The bytes received and whether they filled the room (there may be more); `Ok(0)`
-/// means end of stream.
+/// capacity, after making room for at least `room` bytes (no more: `Vec::reserve_exact`), and
+/// appends it: no buffer to clear first and no copy. The bytes received and whether they filled the
+/// spare capacity (there may be more); with `room` above zero, `Ok(0)` means end of stream.
 pub(crate) fn recv_append(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     room: usize,
 ) -> io::Result<(usize, bool)> {
-    buf.reserve(room);
+    buf.reserve_exact(room);
     let spare = buf.spare_capacity_mut();
     let len = spare.len();
     let ptr = spare.as_mut_ptr();

@@ -1093,6 +1093,51 @@ fn sample_messages() -> (Vec<ToWorker<'static>>, Vec<FromWorker>) {
     (to, from)
 }
 
+/// A large frame is received into a buffer of its own size, not one grown to twice that by a
+/// receive asking for room past its end, and the buffer shrinks once the frame is taken out.
+#[test]
+fn a_large_frame_is_received_into_a_buffer_of_its_size() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let _watchdog = test_watchdog("a_large_frame_is_received_into_a_buffer_of_its_size");
+    let msg = FromWorker::Finished {
+        id: 1,
+        outcome: WireOutcome::Ok(Bytes(vec![5; 1 << 20])),
+        ended_at: 1,
+    };
+    let frame = wire::encode_frame(&msg, 4 << 20).unwrap();
+    let (mut tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let sent = frame.clone();
+    let writer = std::thread::spawn(move || {
+        tx.write_all(&sent).unwrap();
+        tx // kept open: the reader finds nothing more, not the end of the stream
+    });
+    let mut r = FrameReader::new(4 << 20);
+    let len = loop {
+        if let Some(len) = r.whole_frame().unwrap() {
+            break len;
+        }
+        super::sys::wait_readable(rx.as_fd());
+        let (n, _) = r.recv(rx.as_fd()).unwrap();
+        assert!(n > 0, "end of stream before the frame");
+    };
+    let _tx = writer.join().unwrap();
+    assert_eq!(len, frame.len());
+    // A reader that looks for more behind the whole frame (nothing is there).
+    assert!(r
+        .recv(rx.as_fd())
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock));
+    assert!(
+        r.capacity() < frame.len() + (64 << 10),
+        "a frame of {} bytes was received into {} bytes",
+        frame.len(),
+        r.capacity()
+    );
+    assert_eq!(r.decode::<FromWorker>(len).unwrap(), msg);
+    r.consume(len);
+    assert!(r.capacity() <= 64 << 10, "{} bytes kept", r.capacity());
+}
+
 /// The worker reads a request in place: the task's name and input borrow the received frame.
 #[test]
 fn a_request_is_decoded_without_copying_its_name_or_input() {

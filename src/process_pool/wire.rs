@@ -30,6 +30,9 @@ pub(crate) const HEADER_LEN: usize = 4;
 /// How much room a [`FrameReader`] makes for each receive: replies and requests of most tasks fit.
 const RECV_ROOM: usize = 8 << 10;
 
+/// The largest buffer a [`FrameReader`] keeps once the frames it held are taken out.
+const KEEP_BUF: usize = 64 << 10;
+
 /// The capacity a frame is encoded into at first.
 const SMALL_FRAME: usize = 64;
 
@@ -280,17 +283,41 @@ impl FrameReader {
         }
     }
 
+    /// The bytes the reader can hold without growing.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Appends received bytes.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
-    /// Receives what `fd` has without blocking, into this reader (see [`sys::recv_append`]): up to
-    /// [`RECV_ROOM`] bytes, or more once a larger frame's length is known. The bytes received and
-    /// whether there may be more; `Ok(0)` means end of stream.
+    /// Receives what `fd` has without blocking, into this reader (see [`sys::recv_append`]): the
+    /// rest of the frame at the front when its length is known, else up to [`RECV_ROOM`] bytes, so
+    /// a large frame is received into a buffer of its own size, and grown no further. The bytes
+    /// received, and whether more may be waiting while no whole frame is here (once one is, take it
+    /// out before receiving more); `Ok(0)` means end of stream.
     pub(crate) fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
-        sys::recv_append(fd, &mut self.buf, RECV_ROOM)
+        let pending = self.buf.len() - self.start;
+        // A length over the maximum is refused when the frame is taken out, never reserved.
+        let room = match self.front_len() {
+            Some(total) if total > pending && total - HEADER_LEN <= self.max => total - pending,
+            _ => RECV_ROOM,
+        };
+        let (n, filled) = sys::recv_append(fd, &mut self.buf, room)?;
+        let whole = self
+            .front_len()
+            .is_some_and(|total| self.buf.len() - self.start >= total);
+        Ok((n, filled && !whole))
+    }
+
+    /// The length, header included, of the frame at the front, once its header is here.
+    fn front_len(&self) -> Option<usize> {
+        let pending = &self.buf[self.start..];
+        (pending.len() >= HEADER_LEN).then(|| HEADER_LEN.saturating_add(frame_len(pending)))
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed. The length is checked as soon as the
@@ -331,6 +358,8 @@ impl FrameReader {
         self.start += len;
         if self.start == self.buf.len() {
             self.buf.clear();
+            // One large frame does not pin its memory for the channel's life.
+            self.buf.shrink_to(KEEP_BUF);
             self.start = 0;
         } else if self.start > self.buf.len() / 2 {
             self.buf.drain(..self.start);
@@ -351,7 +380,7 @@ impl FrameReader {
         }
         if pending.len() < HEADER_LEN + len {
             // Reserve the rest of this frame once, now that its (allowed) length is known.
-            self.buf.reserve(HEADER_LEN + len - pending.len());
+            self.buf.reserve_exact(HEADER_LEN + len - pending.len());
             return Ok(None);
         }
         Ok(Some(HEADER_LEN + len))

@@ -151,10 +151,7 @@ impl Outbox {
     fn send(&mut self, fd: BorrowedFd<'_>, msg: &FromWorker, max_frame: usize) {
         if let Err(e) = wire::encode_frame_into(msg, max_frame, &mut self.frame) {
             // Only a `Finished` can be too large; report that instead of the result.
-            let FromWorker::Finished { id, .. } = msg else {
-                exit(EXIT_PROTOCOL)
-            };
-            let FromWorker::Finished { ended_at, .. } = msg else {
+            let FromWorker::Finished { id, ended_at, .. } = msg else {
                 exit(EXIT_PROTOCOL)
             };
             let fallback = FromWorker::Finished {

@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{deliver, Link, Shared};
+use super::{before_now, deliver, Link, Shared};
 use crate::process_pool::board::LOOK_EVERY;
 use crate::process_pool::spin::joiner_spin;
 use crate::process_pool::sys;
@@ -190,8 +190,9 @@ impl Lent {
                         link.started_frames
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         handed.started = true;
-                        handed.discard = !handed.job.sink.started(sys::nanos_ago(at));
-                        handed.started_at = Some(Instant::now());
+                        let ago = sys::nanos_ago(at);
+                        handed.discard = !handed.job.sink.started(ago);
+                        handed.started_at = Some(before_now(ago));
                     }
                     Ok(Some((
                         FromWorker::Finished {

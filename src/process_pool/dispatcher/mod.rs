@@ -811,7 +811,7 @@ fn deliver(mut job: Job, started: bool, discard: bool, outcome: WireOutcome, end
         return job.finished(Err(JobFailure::UnknownTask { name }));
     }
     // A `Finished` without `Started` is tolerated: the start and the end are reported together.
-    if discard || (!started && !job.sink.started(Duration::ZERO)) {
+    if discard || (!started && !job.sink.started(sys::nanos_ago(ended_at))) {
         return;
     }
     // The end the worker saw: the duration does not grow with a late read of the reply.

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{deliver, Counted, Death, Dispatcher, WState};
+use super::{before_now, deliver, Counted, Death, Dispatcher, WState};
 use crate::process_pool::job::RestartReason;
 use crate::process_pool::reap::after;
 use crate::process_pool::sys;
@@ -26,7 +26,23 @@ impl Dispatcher {
             if channel.reader.is_some() {
                 return;
             }
+            // Whole messages are taken out before each receive, so the buffer grows only for a
+            // frame larger than itself. They are handled out of the lock: handling takes the
+            // pool's lock, which comes first.
             loop {
+                loop {
+                    match channel.frames.next_message::<FromWorker>() {
+                        Ok(Some(msg)) => messages.push(msg),
+                        Ok(None) => break,
+                        Err(e) => {
+                            broken = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if broken.is_some() {
+                    break;
+                }
                 match channel.frames.recv(link.sock.as_fd()) {
                     Ok((0, _)) => {
                         eof = true;
@@ -36,17 +52,6 @@ impl Dispatcher {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         eof = true;
-                        break;
-                    }
-                }
-            }
-            // Handled out of the lock: handling takes the pool's lock, which comes first.
-            loop {
-                match channel.frames.next_message::<FromWorker>() {
-                    Ok(Some(msg)) => messages.push(msg),
-                    Ok(None) => break,
-                    Err(e) => {
-                        broken = Some(e);
                         break;
                     }
                 }
@@ -119,8 +124,9 @@ impl Dispatcher {
                     .started_frames
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *started = true;
-                *discard = !job.sink.started(sys::nanos_ago(at));
-                w.started_at = Some(Instant::now());
+                let ago = sys::nanos_ago(at);
+                *discard = !job.sink.started(ago);
+                w.started_at = Some(before_now(ago));
             }
             (
                 WState::Busy { id, .. },
@@ -141,7 +147,12 @@ impl Dispatcher {
                 };
                 w.deadline = None;
                 w.tasks_done += 1;
-                w.last_run = w.started_at.take().map(|at| at.elapsed());
+                // As the worker ran it, however late its reports were read.
+                let ended_ago = sys::nanos_ago(ended_at);
+                w.last_run = w
+                    .started_at
+                    .take()
+                    .map(|at| at.elapsed().saturating_sub(ended_ago));
                 if let Some(next) = w.ahead.pop_front() {
                     let limit = next.job.spec.timeout.or(self.cfg.task_timeout);
                     // Its clock starts now: it waited behind the one that just ended.
