@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{before_now, deliver, Link, Shared};
+use super::{deliver, record_start, Link, Shared};
 use crate::process_pool::board::LOOK_EVERY;
 use crate::process_pool::spin::joiner_spin;
 use crate::process_pool::sys;
@@ -189,10 +189,13 @@ impl Lent {
                         #[cfg(all(test, not(loom)))]
                         link.started_frames
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        handed.started = true;
-                        let ago = sys::nanos_ago(at);
-                        handed.discard = !handed.job.sink.started(ago);
-                        handed.started_at = Some(before_now(ago));
+                        record_start(
+                            &mut handed.job,
+                            sys::nanos_ago(at),
+                            &mut handed.started,
+                            &mut handed.discard,
+                            &mut handed.started_at,
+                        );
                     }
                     Ok(Some((
                         FromWorker::Finished {

@@ -169,10 +169,23 @@ fn take_start(
         return;
     }
     if let Some(ago) = board.and_then(|b| b.started(id)) {
-        *started = true;
-        *discard = !job.sink.started(ago);
-        *started_at = Some(before_now(ago));
+        record_start(job, ago, started, discard, started_at);
     }
+}
+
+/// A job's task started `ago` before now, as its worker reported (on its board or in a `Started`
+/// frame): the job's sink is told (`discard` if its owner cancelled it), and `started_at` is set to
+/// that instant.
+fn record_start(
+    job: &mut Job,
+    ago: Duration,
+    started: &mut bool,
+    discard: &mut bool,
+    started_at: &mut Option<Instant>,
+) {
+    *started = true;
+    *discard = !job.sink.started(ago);
+    *started_at = Some(before_now(ago));
 }
 
 /// The instant `ago` before now (now, if that is before the clock's start).

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{before_now, deliver, Counted, Death, Dispatcher, WState};
+use super::{deliver, record_start, Counted, Death, Dispatcher, WState};
 use crate::process_pool::job::RestartReason;
 use crate::process_pool::reap::after;
 use crate::process_pool::sys;
@@ -123,10 +123,7 @@ impl Dispatcher {
                 w.link
                     .started_frames
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *started = true;
-                let ago = sys::nanos_ago(at);
-                *discard = !job.sink.started(ago);
-                w.started_at = Some(before_now(ago));
+                record_start(job, sys::nanos_ago(at), started, discard, &mut w.started_at);
             }
             (
                 WState::Busy { id, .. },
