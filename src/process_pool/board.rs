@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use super::sys::{self, SharedPage};
 
-/// How often the dispatcher looks at the board of a worker whose quiet job has not started yet.
+/// How often the dispatcher looks at the board of a worker whose quiet job has not started yet; also
+/// the receive timeout that ends each wait of a joiner reading its reply, which then looks at it.
 pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// The id of the last task the worker started.

@@ -57,15 +57,30 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives what is available without blocking (`MSG_DONTWAIT`) straight into `buf`'s spare
-/// capacity, after making room for at least `room` bytes (no more: `Vec::reserve_exact`), and
-/// appends it: no buffer to clear first and no copy. The bytes received and whether they filled the
-/// spare capacity (there may be more); with `room` above zero, `Ok(0)` means end of stream.
+/// Whether a receive blocks until something arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Takes what is there (`MSG_DONTWAIT`): `WouldBlock` if nothing is.
+    No,
+    /// Blocks until something arrives, the end of stream included (on a socket without a receive
+    /// timeout: forever).
+    Yes,
+}
+
+/// Receives straight into `buf`'s spare capacity, after making room for at least `room` bytes (no
+/// more: `Vec::reserve_exact`), and appends it: no buffer to clear first and no copy. The bytes
+/// received and whether they filled the spare capacity (there may be more); with `room` above
+/// zero, `Ok(0)` means end of stream.
 pub(crate) fn recv_append(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     room: usize,
+    wait: Wait,
 ) -> io::Result<(usize, bool)> {
+    let flags = match wait {
+        Wait::No => libc::MSG_DONTWAIT,
+        Wait::Yes => 0,
+    };
     buf.reserve_exact(room);
     let spare = buf.spare_capacity_mut();
     let len = spare.len();
@@ -73,7 +88,7 @@ pub(crate) fn recv_append(
     let n = retry_eintr(|| {
         // SAFETY: `ptr` points to `len` writable bytes of `buf`'s spare capacity, which nothing
         // else touches during the call; the kernel writes at most `len` of them.
-        unsafe { libc::recv(fd.as_raw_fd(), ptr.cast(), len, libc::MSG_DONTWAIT) }
+        unsafe { libc::recv(fd.as_raw_fd(), ptr.cast(), len, flags) }
     })?;
     // SAFETY: the kernel initialised the first `n <= len` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
@@ -83,16 +98,30 @@ pub(crate) fn recv_append(
 /// Bounds how long one blocking `send` may wait for the peer to make room (`SO_SNDTIMEO`): past it the
 /// send fails with `WouldBlock` instead of blocking forever on a peer that stopped reading.
 pub(crate) fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    set_timeout(fd, libc::SO_SNDTIMEO, timeout)
+}
+
+/// Bounds how long one blocking receive (as [`wait_for_data`]'s) waits (`SO_RCVTIMEO`). The kernel
+/// counts it in clock ticks, rounded up: 1 ms lasts about two ticks (8 ms at 250 Hz).
+pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    set_timeout(fd, libc::SO_RCVTIMEO, timeout)
+}
+
+fn set_timeout(
+    fd: BorrowedFd<'_>,
+    option: libc::c_int,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
-    // SAFETY: passes a valid `timeval` and its exact size, as SO_SNDTIMEO requires.
+    // SAFETY: passes a valid `timeval` and its exact size, as SO_SNDTIMEO and SO_RCVTIMEO require.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
+            option,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
@@ -301,18 +330,31 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usiz
     Ok(r as usize)
 }
 
-/// Blocks until something can be read from `fd` (data or end of stream). A thread blocked in
-/// `recv` on a socket is also woken each time the peer reads what this side sent (the kernel wakes
-/// writers and readers of a socket alike), to find nothing and sleep again; one blocked here is
-/// woken by incoming data only.
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>) {
-    let mut fds = [libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // Errors (EINTR, ENOMEM) only mean the `recv` that follows blocks instead.
-    let _ = poll(&mut fds, -1);
+/// Blocks in a receive that consumes nothing (`MSG_PEEK`) until something can be read from `fd`
+/// (true: data, the end of stream, or an error a read will report), or the socket's receive timeout
+/// passes or a signal comes (false). A receive, not `poll`: a thread blocked in a receive on a Unix
+/// socket is also woken when its peer reads what this side sent, finds nothing and sleeps again. That
+/// early wake-up is what a blocking round trip between two processes has (the floor of the process
+/// pool's bench waits this way): the peer reads a request as it starts it, so this side's CPU is
+/// waking while the request runs. Where waking an idle CPU is slow (a virtual machine's vCPU halted in
+/// the hypervisor), waiting in `poll`, which only incoming data wakes, made the round trip slower by
+/// tens of µs (`BENCHMARKS.md`, run VII).
+pub(crate) fn wait_for_data(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, a valid writable byte.
+    let r = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK,
+        )
+    };
+    r >= 0
+        || !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
 }
 
 /// Whether something can be read from `fd` now (data or end of stream), without consuming it.

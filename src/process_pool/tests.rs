@@ -1117,15 +1117,15 @@ fn a_large_frame_is_received_into_a_buffer_of_its_size() {
         if let Some(len) = r.whole_frame().unwrap() {
             break len;
         }
-        super::sys::wait_readable(rx.as_fd());
-        let (n, _) = r.recv(rx.as_fd()).unwrap();
+        // Blocking, as a worker receives.
+        let (n, _) = r.recv(rx.as_fd(), super::sys::Wait::Yes).unwrap();
         assert!(n > 0, "end of stream before the frame");
     };
     let _tx = writer.join().unwrap();
     assert_eq!(len, frame.len());
     // A reader that looks for more behind the whole frame (nothing is there).
     assert!(r
-        .recv(rx.as_fd())
+        .recv(rx.as_fd(), super::sys::Wait::No)
         .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock));
     assert!(
         r.capacity() < frame.len() + (64 << 10),
@@ -1274,4 +1274,49 @@ proptest! {
         let refused = matches!(r.next_message::<FromWorker>(), Err(FrameError::Oversized { .. }));
         prop_assert!(refused);
     }
+}
+
+/// A joiner waits for its reply in a receive that consumes nothing and ends with the socket's
+/// receive timeout: it sees data and the end of stream without taking them, and nothing past the
+/// timeout.
+#[test]
+fn a_wait_for_data_ends_with_data_the_end_of_stream_or_the_receive_timeout() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let _watchdog =
+        test_watchdog("a_wait_for_data_ends_with_data_the_end_of_stream_or_the_receive_timeout");
+    let (mut tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    super::sys::set_recv_timeout(rx.as_fd(), Duration::from_millis(1)).unwrap();
+    // Nothing comes: false once the timeout passes (a tick or so; bounded loosely for a busy machine).
+    let started = std::time::Instant::now();
+    assert!(!super::sys::wait_for_data(rx.as_fd()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Data: true, and the data is still there for the reader.
+    tx.write_all(b"abc").unwrap();
+    assert!(super::sys::wait_for_data(rx.as_fd()));
+    let mut r = FrameReader::new(1 << 10);
+    assert_eq!(
+        r.recv(rx.as_fd(), super::sys::Wait::No).unwrap().0,
+        3,
+        "the wait consumed what it saw"
+    );
+    // A wait blocked when data comes is woken by it.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        tx.write_all(b"d").unwrap();
+        tx
+    });
+    let mut woke = false;
+    while !woke {
+        woke = super::sys::wait_for_data(rx.as_fd());
+    }
+    drop(writer.join().unwrap());
+    assert_eq!(r.recv(rx.as_fd(), super::sys::Wait::No).unwrap().0, 1);
+    // The end of stream (the writer is gone): true, and the reader then reads it.
+    assert!(super::sys::wait_for_data(rx.as_fd()));
+    assert_eq!(r.recv(rx.as_fd(), super::sys::Wait::No).unwrap().0, 0);
 }

@@ -19,7 +19,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::job::{JobFailure, JobOutcome};
-use super::sys;
+use super::sys::{self, Wait};
 
 /// Bumped on every incompatible change of the messages below.
 pub(crate) const PROTOCOL_VERSION: u32 = 2;
@@ -295,19 +295,20 @@ impl FrameReader {
         self.buf.extend_from_slice(data);
     }
 
-    /// Receives what `fd` has without blocking, into this reader (see [`sys::recv_append`]): the
-    /// rest of the frame at the front when its length is known, else up to [`RECV_ROOM`] bytes, so
-    /// a large frame is received into a buffer of its own size, and grown no further. The bytes
-    /// received, and whether more may be waiting while no whole frame is here (once one is, take it
-    /// out before receiving more); `Ok(0)` means end of stream.
-    pub(crate) fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
+    /// Receives from `fd` into this reader (see [`sys::recv_append`]), without blocking or, with
+    /// [`Wait::Yes`], once something arrives: the rest of the frame at the front when its length is
+    /// known, else up to [`RECV_ROOM`] bytes, so a large frame is received into a buffer of its own
+    /// size, and grown no further. The bytes received, and whether more may be waiting while no
+    /// whole frame is here (once one is, take it out before receiving more); `Ok(0)` means end of
+    /// stream.
+    pub(crate) fn recv(&mut self, fd: BorrowedFd<'_>, wait: Wait) -> io::Result<(usize, bool)> {
         let pending = self.buf.len() - self.start;
         // A length over the maximum is refused when the frame is taken out, never reserved.
         let room = match self.front_len() {
             Some(total) if total > pending && total - HEADER_LEN <= self.max => total - pending,
             _ => RECV_ROOM,
         };
-        let (n, filled) = sys::recv_append(fd, &mut self.buf, room)?;
+        let (n, filled) = sys::recv_append(fd, &mut self.buf, room, wait)?;
         let whole = self
             .front_len()
             .is_some_and(|total| self.buf.len() - self.start >= total);

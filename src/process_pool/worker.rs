@@ -198,10 +198,15 @@ impl Inbox<'_> {
                 Err(e) => return Err(protocol_error(&e)),
             }
             let fd = self.fd;
-            if !self.spinning.spin(self.spin, || sys::readable_now(fd)) {
-                sys::wait_readable(fd);
-            }
-            match self.reader.recv(fd) {
+            // Blocked in the receive itself, as the floor of a round trip is (see
+            // `sys::wait_for_data`): the socket has no receive timeout, so this ends with data or
+            // the end of stream.
+            let wait = if self.spinning.spin(self.spin, || sys::readable_now(fd)) {
+                sys::Wait::No
+            } else {
+                sys::Wait::Yes
+            };
+            match self.reader.recv(fd, wait) {
                 Ok((0, _)) => return Err(0),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use super::{send_failure, Ahead, Channel, Dispatcher, Handed, Job, Link, WState, PIPELINE_DEPTH};
-use crate::process_pool::board::StartBoard;
+use crate::process_pool::board::{StartBoard, LOOK_EVERY};
 use crate::process_pool::sys;
 use crate::process_pool::wire::FrameReader;
 
@@ -23,9 +23,14 @@ impl Link {
         lendable: bool,
         max_frame: usize,
     ) -> Link {
+        let lendable = lendable && pidfd.is_some();
+        // A joiner's wait in a receive ends with this timeout at the latest, so that it looks at
+        // the board, the worker's pidfd and its bound (`Lent::read`); without it, it waits in `poll`.
+        let waits_in_recv = lendable && sys::set_recv_timeout(sock.as_fd(), LOOK_EVERY).is_ok();
         Link {
             sock,
-            lendable: lendable && pidfd.is_some(),
+            lendable,
+            waits_in_recv,
             pidfd,
             board,
             channel: Mutex::new(Channel {

@@ -30,8 +30,13 @@ use crate::process_pool::sys;
 use crate::process_pool::wire::FromWorker;
 
 /// How long a joiner reads its worker's channel before it leaves the job to the dispatcher: the
-/// wake-up it saves matters for short tasks only.
+/// wake-up it saves matters for short tasks only. Waited in a receive, it lasts until the first
+/// timeout past it (about a kernel tick).
 pub(in crate::process_pool) const LEND_FOR: Duration = Duration::from_millis(1);
+/// How near the caller's deadline must be for a joiner to wait in `poll`, exact to the millisecond,
+/// rather than in a receive, whose timeout the kernel counts in ticks (a wait of 1 ms lasts about
+/// two: 20 ms at 100 Hz).
+const EXACT_WITHIN: Duration = Duration::from_millis(30);
 /// How long after a job was handed over, at most, the dispatcher takes it over if no joiner reads
 /// its reply. Each expiry wakes the dispatcher thread, also when every joiner read its reply, so
 /// under a steady stream of joined tasks this is how often it wakes. A later take-over changes only
@@ -132,22 +137,34 @@ impl Lent {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let look = unseen.then(|| now + LOOK_EVERY);
-            let ms = match (until, look) {
-                (Some(u), Some(l)) => Some(u.min(l)),
-                (u, l) => u.or(l),
-            }
-            .map_or(-1, |until| {
-                let left = until.saturating_duration_since(now);
-                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-            });
             if !spin.is_zero() {
                 let mut look = fds;
                 joiner_spin(spin, || sys::poll(&mut look, 0).is_ok_and(|n| n > 0));
             }
-            // An error (EINTR, ENOMEM) only means a look at the channel now.
-            let _ = sys::poll(&mut fds, ms);
-            let exited = fds[1].revents != 0;
+            // In a receive, which the socket's timeout ends after `LOOK_EVERY` (rounded up to
+            // kernel ticks), unless the caller's deadline is near: then in `poll`, to the
+            // millisecond. The pidfd is looked at when the receive found nothing (a worker that
+            // died behind a forked child holding its socket says nothing there).
+            let near = deadline.is_some_and(|d| d.saturating_duration_since(now) < EXACT_WITHIN);
+            // An error of `poll` (EINTR, ENOMEM) only means a look at the channel now.
+            let exited = if link.waits_in_recv && !near {
+                !sys::wait_for_data(link.sock.as_fd()) && {
+                    let _ = sys::poll(&mut fds, 0);
+                    fds[1].revents != 0
+                }
+            } else {
+                let look = unseen.then(|| now + LOOK_EVERY);
+                let ms = match (until, look) {
+                    (Some(u), Some(l)) => Some(u.min(l)),
+                    (u, l) => u.or(l),
+                }
+                .map_or(-1, |until| {
+                    let left = until.saturating_duration_since(now);
+                    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+                });
+                let _ = sys::poll(&mut fds, ms);
+                fds[1].revents != 0
+            };
             let mut guard = link.channel();
             let channel = &mut *guard;
             if channel.reader != Some(self.id) {
@@ -160,7 +177,7 @@ impl Lent {
             };
             let mut eof = false;
             loop {
-                match channel.frames.recv(link.sock.as_fd()) {
+                match channel.frames.recv(link.sock.as_fd(), sys::Wait::No) {
                     Ok((0, _)) => {
                         eof = true;
                         break;

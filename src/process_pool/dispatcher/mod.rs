@@ -97,6 +97,9 @@ pub(super) struct Link {
     /// Whether the joiner of a job handed over here may read its reply; if so, the dispatcher does
     /// not watch the channel while the worker is listed idle.
     lendable: bool,
+    /// Whether a joiner reading this channel waits in a receive (`SO_RCVTIMEO` is set, to
+    /// [`LOOK_EVERY`]) rather than in `poll`: see [`sys::wait_for_data`].
+    waits_in_recv: bool,
     /// The channel's reading side and the job handed over, if any.
     channel: Mutex<Channel>,
     /// A submitting thread's send on this channel failed: the worker is gone, or stopped reading.

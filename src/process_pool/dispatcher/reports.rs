@@ -43,7 +43,7 @@ impl Dispatcher {
                 if broken.is_some() {
                     break;
                 }
-                match channel.frames.recv(link.sock.as_fd()) {
+                match channel.frames.recv(link.sock.as_fd(), sys::Wait::No) {
                     Ok((0, _)) => {
                         eof = true;
                         break;
