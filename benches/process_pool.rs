@@ -18,6 +18,13 @@
 //! (`.spin(SPIN)`), and the `_hogs` variants run the executor in either mode
 //! while [`WORKERS`] threads of this process keep every CPU busy.
 //!
+//! Where the processes of `process_pool_roundtrip` run is the scheduler's
+//! choice, and on a virtual machine it decides the figures: a round trip
+//! across two vCPUs wakes a halted vCPU twice, one on a shared vCPU does not.
+//! `EE_BENCH_PLACEMENT=across` pins the bench's thread to CPU 0 and the
+//! ping-pong child and our pools' workers to CPU 1; `shared` pins them all to
+//! CPU 0. Unset, nothing is pinned (`procspawn`'s workers never are).
+//!
 //! The bench binary is its own worker program for both pools, so `main` is
 //! written by hand instead of `criterion_main!`: `run_if_worker` and
 //! `procspawn::init` run first (a worker never returns from them), before
@@ -143,6 +150,44 @@ mod linux {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+        }
+    }
+
+    /// Pins process or thread `pid` (0: the calling thread) to CPU `cpu`.
+    fn pin_pid_to(pid: libc::pid_t, cpu: usize) {
+        // SAFETY: as in `pin_to`; sched_setaffinity(2) on a process of ours.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if cpu < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+                let _ = libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+    }
+
+    /// Lets the calling thread run on every CPU again.
+    fn unpin() {
+        // SAFETY: as in `pin_to`, with every CPU below CPU_SETSIZE set.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
+    /// Pins this thread and `peers` (processes) as `EE_BENCH_PLACEMENT` says (see the module doc).
+    fn place(peers: &[u32]) {
+        let peer_cpu = match std::env::var("EE_BENCH_PLACEMENT").as_deref() {
+            Ok("across") => 1,
+            Ok("shared") => 0,
+            Ok(other) => panic!("EE_BENCH_PLACEMENT={other}: use `across` or `shared`"),
+            Err(_) => return,
+        };
+        pin_to(0);
+        for &pid in peers {
+            pin_pid_to(pid as libc::pid_t, peer_cpu);
         }
     }
 
@@ -283,6 +328,17 @@ mod linux {
         let executor = executor(1, "bench-roundtrip");
         let spinning = executor_spinning(1, "bench-roundtrip-spin", SPIN);
         let spawn = procspawn_pool(1);
+        // One task each first, so that every worker is up and its pid known.
+        plain.submit::<Square>(&1).unwrap().join().unwrap().unwrap();
+        for pool in [&executor, &spinning] {
+            pool.submit::<Square>(&1).unwrap().join().unwrap().unwrap();
+        }
+        let peers: Vec<u32> = std::iter::once(pingpong.child as u32)
+            .chain(plain.worker_pids())
+            .chain(executor.worker_pids())
+            .chain(spinning.worker_pids())
+            .collect();
+        place(&peers);
         let mut g = c.benchmark_group("process_pool_roundtrip");
         g.throughput(Throughput::Elements(1));
         let mut x = 0u64;
@@ -328,6 +384,7 @@ mod linux {
         spinning.shutdown();
         spawn.shutdown();
         drop(pingpong);
+        unpin();
     }
 
     pub fn throughput(c: &mut Criterion) {
