@@ -16,7 +16,9 @@
 //! `ProcessPoolExecutor::map_chunked` with chunks of [`CHUNK`] inputs. In
 //! both groups, `executor_spin` is the executor in its low-latency mode
 //! (`.spin(SPIN)`), and the `_hogs` variants run the executor in either mode
-//! while [`WORKERS`] threads of this process keep every CPU busy.
+//! while [`WORKERS`] threads of this process keep every CPU busy. The
+//! `_after_idle` variants pause [`IDLE`] (not timed) before each round trip,
+//! as a request path does between requests.
 //!
 //! Where the processes of `process_pool_roundtrip` run is the scheduler's
 //! choice, and on a virtual machine it decides the figures: a round trip
@@ -81,6 +83,9 @@ mod linux {
     fn plain(workers: usize) -> ProcessPool {
         ProcessPool::builder().max_workers(workers).build().unwrap()
     }
+
+    /// The pause before each round trip of the `_after_idle` variants.
+    pub const IDLE: Duration = Duration::from_millis(1);
 
     /// How long each side spins in the `_spin` variants.
     pub const SPIN: Duration = Duration::from_micros(50);
@@ -375,6 +380,30 @@ mod linux {
             black_box(h.join().unwrap().unwrap())
         };
         g.bench_function("executor_spin", |b| b.iter(|| one(&spinning)));
+        // A request path with pauses: each round trip comes after `IDLE` of nothing (not timed), so
+        // the CPUs have gone idle and the caches cooled, as between one request and the next.
+        let after_idle = |b: &mut criterion::Bencher, round_trip: &mut dyn FnMut()| {
+            b.iter_custom(|iters| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(IDLE);
+                    let start = Instant::now();
+                    round_trip();
+                    took += start.elapsed();
+                }
+                took
+            })
+        };
+        g.bench_function("raw_pingpong_after_idle", |b| {
+            after_idle(b, &mut || {
+                black_box(pingpong.round_trip(black_box(7)));
+            })
+        });
+        g.bench_function("executor_after_idle", |b| {
+            after_idle(b, &mut || {
+                one(&executor);
+            })
+        });
         let hogs = Hogs::start(WORKERS);
         g.bench_function("executor_hogs", |b| b.iter(|| one(&executor)));
         g.bench_function("executor_spin_hogs", |b| b.iter(|| one(&spinning)));
