@@ -340,36 +340,29 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usiz
 /// the hypervisor), waiting in `poll`, which only incoming data wakes, made the round trip slower by
 /// tens of µs (`BENCHMARKS.md`, run VII).
 pub(crate) fn wait_for_data(fd: BorrowedFd<'_>) -> bool {
+    peek(fd, Wait::Yes)
+}
+
+/// Whether something can be read from `fd` now (data or end of stream), without consuming it.
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    peek(fd, Wait::No)
+}
+
+/// Peeks at one byte of `fd`, waiting or not: whether something can be read (data, the end of
+/// stream, or an error a read will report), false if nothing came or a signal interrupted the wait.
+fn peek(fd: BorrowedFd<'_>, wait: Wait) -> bool {
+    let flags = match wait {
+        Wait::No => libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        Wait::Yes => libc::MSG_PEEK,
+    };
     let mut byte = 0u8;
     // SAFETY: peeks at most one byte into `byte`, a valid writable byte.
-    let r = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK,
-        )
-    };
+    let r = unsafe { libc::recv(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, flags) };
     r >= 0
         || !matches!(
             io::Error::last_os_error().kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
         )
-}
-
-/// Whether something can be read from `fd` now (data or end of stream), without consuming it.
-pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: peeks at most one byte into `byte`, a valid writable byte; non-blocking.
-    let r = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
 }
 
 /// The words of a [`SharedPage`].
