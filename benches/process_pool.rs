@@ -138,14 +138,20 @@ mod linux {
 
     /// Pins the calling thread to CPU `cpu`, if the machine has it.
     fn pin_to(cpu: usize) {
-        // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within
-        // (for `cpu` below CPU_SETSIZE), and the call reads it only.
+        set_affinity(0, cpu..cpu + 1);
+    }
+
+    /// Lets process or thread `pid` (0: the calling thread) run on `cpus` only (those below
+    /// CPU_SETSIZE).
+    fn set_affinity(pid: libc::pid_t, cpus: std::ops::Range<usize>) {
+        // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within (for CPUs below
+        // CPU_SETSIZE), and sched_setaffinity(2) only reads it.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if cpu < libc::CPU_SETSIZE as usize {
+            for cpu in cpus.take_while(|&cpu| cpu < libc::CPU_SETSIZE as usize) {
                 libc::CPU_SET(cpu, &mut set);
-                let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
             }
+            let _ = libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
 
@@ -155,30 +161,6 @@ mod linux {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
-        }
-    }
-
-    /// Pins process or thread `pid` (0: the calling thread) to CPU `cpu`.
-    fn pin_pid_to(pid: libc::pid_t, cpu: usize) {
-        // SAFETY: as in `pin_to`; sched_setaffinity(2) on a process of ours.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if cpu < libc::CPU_SETSIZE as usize {
-                libc::CPU_SET(cpu, &mut set);
-                let _ = libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
-        }
-    }
-
-    /// Lets the calling thread run on every CPU again.
-    fn unpin() {
-        // SAFETY: as in `pin_to`, with every CPU below CPU_SETSIZE set.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in 0..libc::CPU_SETSIZE as usize {
-                libc::CPU_SET(cpu, &mut set);
-            }
-            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
 
@@ -192,7 +174,7 @@ mod linux {
         };
         pin_to(0);
         for &pid in peers {
-            pin_pid_to(pid as libc::pid_t, peer_cpu);
+            set_affinity(pid as libc::pid_t, peer_cpu..peer_cpu + 1);
         }
     }
 
@@ -418,7 +400,8 @@ mod linux {
         spinning.shutdown();
         spawn.shutdown();
         drop(pingpong);
-        unpin();
+        // The throughput group runs on every CPU.
+        set_affinity(0, 0..libc::CPU_SETSIZE as usize);
     }
 
     pub fn throughput(c: &mut Criterion) {
