@@ -49,6 +49,9 @@ mod linux {
 
     use super::common::{self, WORKERS};
 
+    /// One pool's round trip: submit a task on an input, join it, its output.
+    type RoundTrip<'a> = Box<dyn FnMut(u64) -> u64 + 'a>;
+
     /// Tasks in flight at once in the throughput group. procspawn holds
     /// about three file descriptors per queued task, so the batch stays well
     /// under the descriptor limit.
@@ -335,20 +338,36 @@ mod linux {
                 black_box(pingpong.round_trip(black_box(x)))
             })
         });
-        g.bench_function("process_pool", |b| {
-            b.iter(|| {
-                x += 1;
-                let h = plain.submit::<Square>(black_box(&x)).unwrap();
-                black_box(h.join().unwrap().unwrap())
-            })
-        });
-        g.bench_function("executor", |b| {
-            b.iter(|| {
-                x += 1;
-                let h = executor.submit::<Square>(black_box(&x)).unwrap();
-                black_box(h.join().unwrap().unwrap())
-            })
-        });
+        // The two pools run the same code; each goes first in every other round.
+        let mut pools: [(&str, RoundTrip); 2] = [
+            (
+                "process_pool",
+                Box::new(|x| plain.submit::<Square>(&x).unwrap().join().unwrap().unwrap()),
+            ),
+            (
+                "executor",
+                Box::new(|x| {
+                    executor
+                        .submit::<Square>(&x)
+                        .unwrap()
+                        .join()
+                        .unwrap()
+                        .unwrap()
+                }),
+            ),
+        ];
+        if common::odd_round() {
+            pools.reverse();
+        }
+        for (name, round_trip) in &mut pools {
+            g.bench_function(*name, |b| {
+                b.iter(|| {
+                    x += 1;
+                    black_box(round_trip(black_box(x)))
+                })
+            });
+        }
+        drop(pools);
         g.bench_function("procspawn", |b| {
             b.iter(|| {
                 x += 1;
@@ -388,10 +407,15 @@ mod linux {
         });
         // Each mode under hogs of its own, started just before it, so that neither meets the hogs
         // later into their run than the other.
-        for (name, pool) in [
+        // Either mode goes first in every other round.
+        let mut modes = [
             ("executor_hogs", &executor),
             ("executor_spin_hogs", &spinning),
-        ] {
+        ];
+        if common::odd_round() {
+            modes.reverse();
+        }
+        for (name, pool) in modes {
             let _hogs = Hogs::start(WORKERS);
             g.bench_function(name, |b| b.iter(|| one(pool)));
         }
@@ -448,10 +472,14 @@ mod linux {
         g.bench_function("executor_spin", |b| {
             b.iter_custom(|iters| batch(&spinning, iters))
         });
-        for (name, pool) in [
+        let mut modes = [
             ("executor_hogs", &executor),
             ("executor_spin_hogs", &spinning),
-        ] {
+        ];
+        if common::odd_round() {
+            modes.reverse();
+        }
+        for (name, pool) in modes {
             let _hogs = Hogs::start(WORKERS);
             g.bench_function(name, |b| b.iter_custom(|iters| batch(pool, iters)));
         }

@@ -28,6 +28,17 @@ pub fn smoke() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| v == "2")
 }
 
+/// True in the odd rounds of `benches/plot/rounds.py` (it sets
+/// `EE_BENCH_ROUND`): benches that compare two variants on equal terms run
+/// them in the other order then, so that neither always runs first.
+#[allow(dead_code)]
+pub fn odd_round() -> bool {
+    std::env::var("EE_BENCH_ROUND")
+        .ok()
+        .and_then(|r| r.parse::<u64>().ok())
+        .is_some_and(|r| r % 2 == 1)
+}
+
 /// The criterion configuration: the defaults for full runs, short windows and
 /// few samples in quick mode, shorter still in smoke mode.
 pub fn criterion() -> Criterion {

@@ -9,12 +9,19 @@ as the gaps some targets are about (10 us tasks: >= 0.98). Rounds alternate
 the variants every few hundred milliseconds, so a drift hits both sides of a
 ratio alike, and the median over rounds drops the rounds a burst of noise hit.
 
-    python3 benches/plot/rounds.py ROUNDS BENCH FILTER BASELINE
+    python3 benches/plot/rounds.py ROUNDS BENCH FILTER BASELINE [A:B ...]
     python3 benches/plot/rounds.py 15 overhead 'overhead_10us_(1|2)sub/(thread_pool|executor_spawn)' thread_pool
 
 BENCH is a file of benches/ without `.rs`; FILTER is criterion's regex;
 BASELINE names the bench every other bench of its group is compared with
 (ratio = baseline time / bench time, i.e. the bench's relative throughput).
+Each `A:B` names two variants of a group to set against each other round by
+round: the median of A's time minus B's, of A's time over B's, and in how
+many rounds A was the slower, with the chance of at least that many if
+neither were slower than the other (a one-sided sign test; small means A is
+really slower). Each round runs with `EE_BENCH_ROUND` set to its number, so
+a bench can swap the order of two variants in every other round
+(`common::odd_round`).
 Each round's share of CPU time stolen by the hypervisor (/proc/stat) is
 printed with it, and the median steal under the tables. Results go to a
 scratch criterion directory (`CRITERION_HOME`), so a full
@@ -23,6 +30,7 @@ run's figures in target/criterion, which report.py reads, stay as they were.
 reuse the tests' build; its figures then say nothing about speed).
 """
 
+import math
 import os
 import re
 import statistics
@@ -46,8 +54,8 @@ def cpu_times():
     return (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
 
 
-def run_round(bench, filt, home):
-    env = dict(os.environ, BENCH_QUICK="1", CRITERION_HOME=home)
+def run_round(bench, filt, home, number):
+    env = dict(os.environ, BENCH_QUICK="1", CRITERION_HOME=home, EE_BENCH_ROUND=str(number))
     profile = os.environ.get("BENCH_PROFILE")
     out = subprocess.run(
         ["cargo", "bench", "--all-features", *(["--profile", profile] if profile else []),
@@ -69,15 +77,42 @@ def run_round(bench, filt, home):
     return figures
 
 
+def sign_test(slower, n):
+    """The chance of at least `slower` of `n` fair coin tosses coming up heads."""
+    return sum(math.comb(n, k) for k in range(slower, n + 1)) / 2 ** n
+
+
+def pairs_table(pairs, per_round):
+    """Prints each pair `A:B` of variants, round by round (see the module doc)."""
+    print()
+    print("| A − B, round by round | median A − B (ns) | median A / B | rounds A slower | sign test |")
+    print("|---|---|---|---|---|")
+    for pair in pairs:
+        a, b = pair.split(":", 1)
+        groups = sorted({name.rsplit("/", 1)[0] for figures in per_round for name in figures
+                         if name.rsplit("/", 1)[1] == a})
+        for group in groups:
+            both = [(f[f"{group}/{a}"], f[f"{group}/{b}"]) for f in per_round
+                    if f"{group}/{a}" in f and f"{group}/{b}" in f]
+            if not both:
+                continue
+            slower = sum(1 for x, y in both if x > y)
+            print(f"| {group}: {a} − {b} | **{statistics.median(x - y for x, y in both):.1f}** | "
+                  f"{statistics.median(x / y for x, y in both):.3f} | {slower} of {len(both)} | "
+                  f"p = {sign_test(slower, len(both)):.3f} |")
+
+
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) < 5 or not all(":" in p for p in sys.argv[5:]):
         sys.exit(__doc__)
     rounds, bench, filt, baseline = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    pairs, per_round = sys.argv[5:], []
     per_bench, ratios, steals = {}, {}, []
     with tempfile.TemporaryDirectory() as home:
         for r in range(rounds):
             before = cpu_times()
-            figures = run_round(bench, filt, home)
+            figures = run_round(bench, filt, home, r + 1)
+            per_round.append(figures)
             after = cpu_times()
             total = after[1] - before[1]
             steal = 100.0 * (after[0] - before[0]) / total if total else 0.0
@@ -109,6 +144,8 @@ def main():
     for name, values in sorted(ratios.items()):
         print(f"| {name} | **{statistics.median(values):.3f}** | {min(values):.3f} | "
               f"{max(values):.3f} |")
+    if pairs:
+        pairs_table(pairs, per_round)
 
 
 if __name__ == "__main__":
