@@ -31,7 +31,6 @@ pub fn smoke() -> bool {
 /// True in the odd rounds of `benches/plot/rounds.py` (it sets
 /// `EE_BENCH_ROUND`): benches that compare two variants on equal terms run
 /// them in the other order then, so that neither always runs first.
-#[allow(dead_code)]
 pub fn odd_round() -> bool {
     std::env::var("EE_BENCH_ROUND")
         .ok()
