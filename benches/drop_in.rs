@@ -21,6 +21,10 @@
 //! ```text
 //! python3 benches/plot/rounds.py 15 drop_in '' plain
 //! ```
+//!
+//! `EE_BENCH_PLACEMENT=across` pins the submitting thread to CPU 0 and every
+//! pool's workers to CPU 1, `shared` all of them to CPU 0 (see
+//! `common::placement`); unset, nothing is pinned.
 
 mod common;
 
@@ -74,6 +78,10 @@ fn drop_in(c: &mut Criterion) {
         .build()
         .unwrap();
     let proxy = InstrumentedExecutorProxy::new(ChannelPool::new(WORKERS), exporter, None);
+    #[cfg(target_os = "linux")]
+    for pool in [&plain as &dyn Executor, &executor, &user_pool, &proxy] {
+        common::place(|job| pool.execute(Task::new(job)).unwrap());
+    }
 
     let mut g = c.benchmark_group("drop_in_empty");
     g.throughput(Throughput::Elements(1));

@@ -6,7 +6,9 @@
 //! our proxy over rayon (`spawn` + `join`) beside bare rayon, and, for empty
 //! tasks, beside bare rayon with the proxy's three clock reads added
 //! (`rayon_clocked`, the proxy's ceiling).
-//! Every pool has two workers; one thread submits.
+//! Every pool has two workers; one thread submits. `EE_BENCH_PLACEMENT`
+//! pins them as in `drop_in.rs` (`thread_scope`'s threads, spawned per
+//! batch, run where the submitting thread may).
 //!
 //! One criterion iteration is one task (see `overhead.rs`).
 
@@ -90,6 +92,14 @@ fn pools(c: &mut Criterion) {
         .unwrap();
     // The crate's own `Executor` for rayon (feature `rayon`), as users get it.
     let rayon_proxy = InstrumentedExecutorProxy::new(rayon_pool(WORKERS), rayon_exporter, None);
+    #[cfg(target_os = "linux")]
+    {
+        common::place(|job| threadpool_crate.execute(job));
+        common::place(|job| rayon_bare.spawn(job));
+        common::place(|job| plain.execute(Task::new(job)).unwrap());
+        common::place(|job| executor.spawn(job).unwrap());
+        common::place(|job| rayon_proxy.spawn(job).unwrap());
+    }
 
     for (size, nanos) in SIZES {
         let mut g = c.benchmark_group(format!("pools_{size}"));

@@ -221,3 +221,55 @@ impl Drop for ChannelPool {
         }
     }
 }
+
+/// Where `EE_BENCH_PLACEMENT` puts a bench's threads, as (the submitting
+/// thread's CPU, the workers' CPU): `across`, the submitter on CPU 0 and
+/// every worker on CPU 1; `shared`, all of them on CPU 0; unset, `None`:
+/// wherever the scheduler puts them. On a virtual machine whose idle vCPUs
+/// halt, where a waking worker runs decides whether a wake-up costs a
+/// context switch or a vCPU's return from the hypervisor, and the scheduler
+/// picks one or the other per launch.
+#[cfg(target_os = "linux")]
+pub fn placement() -> Option<(usize, usize)> {
+    match std::env::var("EE_BENCH_PLACEMENT").as_deref() {
+        Ok("across") => Some((0, 1)),
+        Ok("shared") => Some((0, 0)),
+        Ok(other) => panic!("EE_BENCH_PLACEMENT={other}: use `across` or `shared`"),
+        Err(_) => None,
+    }
+}
+
+/// Lets the calling thread run on `cpu` only (where it exists).
+#[cfg(target_os = "linux")]
+pub fn pin_this_thread(cpu: usize) {
+    // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within (the
+    // CPU is below CPU_SETSIZE), and sched_setaffinity(2) only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// Places the calling thread and the [`WORKERS`] workers of one pool as
+/// [`placement`] says; does nothing when it is unset. `run` hands a job to
+/// the pool: each of the `WORKERS` jobs pins the worker running it, then
+/// waits until all of them run, so that each worker takes one.
+#[cfg(target_os = "linux")]
+pub fn place(run: impl Fn(Box<dyn FnOnce() + Send>)) {
+    let Some((submitter, workers)) = placement() else {
+        return;
+    };
+    pin_this_thread(submitter);
+    let all_pinned = std::sync::Arc::new(std::sync::Barrier::new(WORKERS + 1));
+    for _ in 0..WORKERS {
+        let all_pinned = all_pinned.clone();
+        run(Box::new(move || {
+            pin_this_thread(workers);
+            all_pinned.wait();
+        }));
+    }
+    all_pinned.wait();
+}
