@@ -338,7 +338,7 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usiz
 /// pool's bench waits this way): the peer reads a request as it starts it, so this side's CPU is
 /// waking while the request runs. Where waking an idle CPU is slow (a virtual machine's vCPU halted in
 /// the hypervisor), waiting in `poll`, which only incoming data wakes, made the round trip slower by
-/// tens of µs (`BENCHMARKS.md`, run VII).
+/// tens of µs (`BENCHMARKS.md`, the process pools' run).
 pub(crate) fn wait_for_data(fd: BorrowedFd<'_>) -> bool {
     peek(fd, Wait::Yes)
 }
