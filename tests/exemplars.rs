@@ -474,3 +474,40 @@ impl Executor for Inline {
         Ok(())
     }
 }
+
+/// A registry that prefixes its families' names (`Registry::new_custom`)
+/// still gets each pool's exemplars, and two namespaces on it whose names
+/// end alike once prefixed (`myapp_executor_…` and `myapp_jobs_executor_…`)
+/// each get their own.
+#[test]
+fn a_registry_with_a_name_prefix_gets_them_too() {
+    let registry = Registry::new_custom(Some("myapp".into()), None).unwrap();
+    let plain = pool(&registry, "prefixed");
+    let namespaced = ThreadPoolExecutor::builder()
+        .max_workers(1)
+        .exporter_id("prefixed")
+        .namespace("jobs_executor")
+        .registry(registry.clone())
+        .exemplar(hook)
+        .build()
+        .unwrap();
+    let since = now_seconds();
+    for (pool, trace) in [(&plain, "plain"), (&namespaced, "namespaced")] {
+        set_trace(Some(trace));
+        pool.submit(|| ()).unwrap().join().unwrap();
+    }
+    set_trace(None);
+    let text = openmetrics(&registry);
+    for (prefix, trace) in [("myapp_", "plain"), ("myapp_jobs_", "namespaced")] {
+        exemplar_of(
+            &text,
+            &format!("{prefix}{WAIT}"),
+            "prefixed",
+            "",
+            trace,
+            since,
+        );
+        let duration = format!("{prefix}{DURATION}");
+        exemplar_of(&text, &duration, "prefixed", "completed", trace, since);
+    }
+}

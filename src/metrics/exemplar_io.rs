@@ -138,7 +138,8 @@ impl ExemplarSource {
     }
 
     /// The exemplars of the histogram sample of family `family` (its full
-    /// name) with `labels`: a wait histogram or a duration histogram of the
+    /// name as gathered, with the registry's prefix if it has one) with
+    /// `labels`: a wait histogram or a duration histogram of the
     /// crate's; `None` for any other sample, or one without exemplars.
     pub(crate) fn histogram(
         &self,
@@ -151,15 +152,25 @@ impl ExemplarSource {
                 .find(|pair| pair.name() == name)
                 .map(|pair| pair.value())
         };
-        for families in &self.families {
-            let Some(which) = families.histogram_kind(family) else {
+        let key = (
+            label("executor")?.to_owned(),
+            label("executor_type")?.to_owned(),
+        );
+        // A registry may prefix every name (`Registry::new_custom`), so a
+        // namespace's family is matched by its name at the end of `family`;
+        // where two namespaces match (`executor_…` and `jobs_executor_…`
+        // both end `myapp_jobs_executor_…`), the longer name is the closer
+        // match, and a namespace without this series gives way to the next.
+        let mut matches: Vec<_> = self
+            .families
+            .iter()
+            .filter_map(|families| Some((families.histogram_kind(family)?, families)))
+            .collect();
+        matches.sort_by_key(|((_, name_len), _)| std::cmp::Reverse(*name_len));
+        for ((which, _), families) in matches {
+            let Some(series) = lock(&families.series).get(&key).cloned() else {
                 continue;
             };
-            let key = (
-                label("executor")?.to_owned(),
-                label("executor_type")?.to_owned(),
-            );
-            let series = lock(&families.series).get(&key)?.clone();
             let exemplars = series.exemplars.get()?;
             let (slots, bounds) = match (which, label("result")) {
                 (HistogramKind::Wait, _) => (&exemplars.wait, &series.wait_bounds),
@@ -189,17 +200,24 @@ enum HistogramKind {
 
 impl Families {
     /// Which of this namespace's histograms with exemplars `family` (a full
-    /// name) is, if one.
-    fn histogram_kind(&self, family: &str) -> Option<HistogramKind> {
-        let (def, _) = CATALOGUE
+    /// name, perhaps with a registry's prefix before it) is, if one, and the
+    /// length of the name it matched.
+    fn histogram_kind(&self, family: &str) -> Option<(HistogramKind, usize)> {
+        let (def, name) = CATALOGUE
             .iter()
             .zip(&self.names)
-            .find(|(_, name)| *name == family)?;
-        match def.name {
-            "task_wait_seconds" => Some(HistogramKind::Wait),
-            "tasks_duration_seconds" => Some(HistogramKind::Duration),
-            _ => None,
-        }
+            .filter(|(_, name)| {
+                family
+                    .strip_suffix(name.as_str())
+                    .is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('_'))
+            })
+            .max_by_key(|(_, name)| name.len())?;
+        let kind = match def.name {
+            "task_wait_seconds" => HistogramKind::Wait,
+            "tasks_duration_seconds" => HistogramKind::Duration,
+            _ => return None,
+        };
+        Some((kind, name.len()))
     }
 }
 
