@@ -128,7 +128,7 @@ mod linux {
                 .map(|cpu| {
                     let stop = stop.clone();
                     std::thread::spawn(move || {
-                        pin_to(cpu);
+                        common::pin_this_thread(cpu);
                         while !stop.load(Ordering::Relaxed) {
                             std::hint::spin_loop();
                         }
@@ -136,25 +136,6 @@ mod linux {
                 })
                 .collect();
             Hogs { stop, threads }
-        }
-    }
-
-    /// Pins the calling thread to CPU `cpu`, if the machine has it.
-    fn pin_to(cpu: usize) {
-        set_affinity(0, cpu..cpu + 1);
-    }
-
-    /// Lets process or thread `pid` (0: the calling thread) run on `cpus` only (those below
-    /// CPU_SETSIZE).
-    fn set_affinity(pid: libc::pid_t, cpus: std::ops::Range<usize>) {
-        // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within (for CPUs below
-        // CPU_SETSIZE), and sched_setaffinity(2) only reads it.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in cpus.take_while(|&cpu| cpu < libc::CPU_SETSIZE as usize) {
-                libc::CPU_SET(cpu, &mut set);
-            }
-            let _ = libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
 
@@ -169,15 +150,12 @@ mod linux {
 
     /// Pins this thread and `peers` (processes) as `EE_BENCH_PLACEMENT` says (see the module doc).
     fn place(peers: &[u32]) {
-        let peer_cpu = match std::env::var("EE_BENCH_PLACEMENT").as_deref() {
-            Ok("across") => 1,
-            Ok("shared") => 0,
-            Ok(other) => panic!("EE_BENCH_PLACEMENT={other}: use `across` or `shared`"),
-            Err(_) => return,
+        let Some((this, peer_cpu)) = common::placement() else {
+            return;
         };
-        pin_to(0);
+        common::pin_this_thread(this);
         for &pid in peers {
-            set_affinity(pid as libc::pid_t, peer_cpu..peer_cpu + 1);
+            common::set_affinity(pid as libc::pid_t, peer_cpu..peer_cpu + 1);
         }
     }
 
@@ -425,7 +403,7 @@ mod linux {
         spawn.shutdown();
         drop(pingpong);
         // The throughput group runs on every CPU.
-        set_affinity(0, 0..libc::CPU_SETSIZE as usize);
+        common::set_affinity(0, 0..libc::CPU_SETSIZE as usize);
     }
 
     pub fn throughput(c: &mut Criterion) {

@@ -242,14 +242,21 @@ pub fn placement() -> Option<(usize, usize)> {
 /// Lets the calling thread run on `cpu` only (where it exists).
 #[cfg(target_os = "linux")]
 pub fn pin_this_thread(cpu: usize) {
-    // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within (the
-    // CPU is below CPU_SETSIZE), and sched_setaffinity(2) only reads it.
+    set_affinity(0, cpu..cpu + 1);
+}
+
+/// Lets process or thread `pid` (0: the calling thread) run on `cpus` only
+/// (those below CPU_SETSIZE).
+#[cfg(target_os = "linux")]
+pub fn set_affinity(pid: libc::pid_t, cpus: std::ops::Range<usize>) {
+    // SAFETY: `set` is a zeroed `cpu_set_t` that CPU_SET writes within (for
+    // CPUs below CPU_SETSIZE), and sched_setaffinity(2) only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu < libc::CPU_SETSIZE as usize {
+        for cpu in cpus.take_while(|&cpu| cpu < libc::CPU_SETSIZE as usize) {
             libc::CPU_SET(cpu, &mut set);
-            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
+        let _ = libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
