@@ -51,3 +51,36 @@ fn migration_diff_matches_the_example() {
     }
     assert!(hunks > 0, "no hunk in the diff:\n{diff}");
 }
+
+/// Every test or file the README names as the proof of a promise
+/// (`` `tests/x.rs::a_test` ``, `` `src/y.rs` ``) exists, so a move or a
+/// rename cannot leave a promise pointing at nothing.
+#[test]
+fn files_and_tests_the_readme_names_exist() {
+    let readme = read("README.md");
+    let mut checked = 0;
+    for span in readme.split('`').skip(1).step_by(2) {
+        let (file, name) = match span.split_once("::") {
+            Some((file, name)) => (file, Some(name)),
+            None => (span, None),
+        };
+        let rooted = ["src/", "tests/", "examples/", "benches/"]
+            .iter()
+            .any(|root| file.starts_with(root));
+        if !rooted || !file.ends_with(".rs") || file.contains(' ') {
+            continue;
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        assert!(path.is_file(), "README names {file}, which does not exist");
+        // `file.rs::tests::name`: the test is the last segment.
+        if let Some(name) = name.map(|path| path.rsplit("::").next().unwrap_or(path)) {
+            let code = read(file);
+            assert!(
+                code.contains(&format!("fn {name}(")),
+                "README names {file}::{name}, which {file} does not define"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} names found in the README");
+}
