@@ -23,8 +23,9 @@ pub struct BuildError {
 pub(crate) enum BuildErrorKind {
     ZeroWorkers,
     ZeroBound(&'static str),
-    /// A thread name prefix holding a NUL byte.
-    ThreadName(String),
+    /// A thread name or name prefix (the option's name, the value) holding
+    /// a NUL byte.
+    ThreadName(&'static str, String),
     /// A `queue_capacity` or `when_full` that cannot be used; the message
     /// says why and what to set instead.
     Queue(String),
@@ -102,9 +103,9 @@ impl fmt::Display for BuildError {
                 f,
                 "{what} must not be empty (Prometheus treats an empty label as absent)"
             ),
-            BuildErrorKind::ThreadName(prefix) => write!(
+            BuildErrorKind::ThreadName(option, name) => write!(
                 f,
-                "thread_name_prefix {prefix:?} holds a NUL byte, which thread names cannot hold"
+                "{option} {name:?} holds a NUL byte, which thread names cannot hold"
             ),
             BuildErrorKind::Queue(why) => f.write_str(why),
             BuildErrorKind::Buckets(why) => write!(f, "invalid histogram buckets: {why}"),

@@ -1008,6 +1008,15 @@ fn both_builders_return_the_crates_build_error_with_the_same_words() {
         err.to_string().contains("max_frame_size must be between"),
         "{err}"
     );
+    // A dispatcher thread's name with a NUL byte: refused, not a panic from std's thread builder.
+    let err = ProcessPool::builder()
+        .thread_name("pool\0a")
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "thread_name \"pool\\0a\" holds a NUL byte, which thread names cannot hold"
+    );
 }
 
 #[test]

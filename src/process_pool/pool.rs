@@ -338,6 +338,12 @@ impl ProcessPoolBuilder {
                     .to_owned(),
             )));
         }
+        if let Some(name) = self.thread_name.as_ref().filter(|n| n.contains('\0')) {
+            return Err(BuildError::new(BuildErrorKind::ThreadName(
+                "thread_name",
+                name.clone(),
+            )));
+        }
         let zero = |what| Err(BuildError::new(BuildErrorKind::ZeroBound(what)));
         if self.max_tasks_per_child == Some(0) {
             return zero("max_tasks_per_child");

@@ -262,7 +262,10 @@ impl ThreadPoolBuilder {
             return Err(BuildError::new(BuildErrorKind::ZeroBound("stack_size")));
         }
         if let Some(prefix) = self.prefix.as_ref().filter(|p| p.contains('\0')) {
-            return Err(BuildError::new(BuildErrorKind::ThreadName(prefix.clone())));
+            return Err(BuildError::new(BuildErrorKind::ThreadName(
+                "thread_name_prefix",
+                prefix.clone(),
+            )));
         }
         Ok(())
     }
