@@ -166,7 +166,8 @@ fn chunked_results_equal_map_for_every_chunk_size() {
                 message: "item 13 panicked".to_owned()
             })
         );
-        for chunk_size in [1, 3, 7, n as usize, 2 * n as usize] {
+        // `usize::MAX`: all inputs in one chunk, not an allocation of that size.
+        for chunk_size in [1, 3, 7, n as usize, 2 * n as usize, usize::MAX] {
             let got: Vec<CheckResult> = p
                 .map_chunked::<Check, _>(inputs(n), chunk_size)
                 .unwrap()
@@ -178,10 +179,10 @@ fn chunked_results_equal_map_for_every_chunk_size() {
         let c = counts(&exp, "executor", "chunks");
         c.assert_invariant();
         // map: 19 tasks sent and 1 refused; map_chunked: ceil(20 / k) chunks
-        // for k = 1, 3, 7, 20, 40, and 1 input refused each time.
-        let chunks = 20.0 + 7.0 + 3.0 + 1.0 + 1.0;
+        // for k = 1, 3, 7, 20, 40, usize::MAX, and 1 input refused each time.
+        let chunks = 20.0 + 7.0 + 3.0 + 1.0 + 1.0 + 1.0;
         assert_eq!(c.submitted, 19.0 + chunks - 1.0, "{c:?}");
-        assert_eq!(c.rejected, 6.0, "{c:?}");
+        assert_eq!(c.rejected, 7.0, "{c:?}");
         assert_eq!(c.wait_count, c.submitted);
     });
 }

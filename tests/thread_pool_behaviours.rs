@@ -476,7 +476,8 @@ fn map_9_in_flight_bound_is_validated_and_results_are_equal() {
     let p = pool(2);
     assert!(p.map_in_flight(|x: u8| x, 0..3, 0).is_err());
     let expected: Vec<u32> = (0..20).map(|x| x * 3).collect();
-    for n in [1, 2, 20, 40] {
+    // `usize::MAX`: no bound worth the name, not an allocation of that size.
+    for n in [1, 2, 20, 40, usize::MAX] {
         let got: Vec<u32> = p
             .map_in_flight(|x: u32| x * 3, 0..20, n)
             .unwrap()

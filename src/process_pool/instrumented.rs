@@ -21,6 +21,10 @@ use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
 use crate::task::{Ordered, SubmitOne, TaskHandle};
 
+/// The most inputs a chunk makes room for up front; it grows past that as
+/// the chunk fills.
+const CHUNK_ROOM: usize = 1024;
+
 /// A process pool that is instrumented out of the box: every metric of the
 /// thread pool, with `executor_type="process_pool"`, recorded in this
 /// process, plus `worker_restarts_total` and the failure reasons
@@ -462,8 +466,10 @@ where
             let Some(inputs) = self.inputs.as_mut() else {
                 return;
             };
-            let mut items = Vec::with_capacity(self.chunk_size);
-            let mut slots = Vec::with_capacity(self.chunk_size);
+            // A chunk's size is a bound, not a size: `usize::MAX` means all inputs.
+            let room = self.chunk_size.min(CHUNK_ROOM);
+            let mut items = Vec::with_capacity(room);
+            let mut slots = Vec::with_capacity(room);
             for input in inputs.by_ref().take(self.chunk_size) {
                 match postcard::to_stdvec(&input) {
                     Ok(bytes) => {

@@ -32,6 +32,10 @@ pub(crate) struct Ordered<I, S, V> {
     in_flight: usize,
 }
 
+/// The most results an [`Ordered`] makes room for up front; it grows past
+/// that as pending results need.
+const PENDING_ROOM: usize = 64;
+
 impl<I, S, V> Ordered<I, S, V>
 where
     I: Iterator,
@@ -43,7 +47,8 @@ where
         let mut ordered = Ordered {
             inputs: Some(inputs),
             submit,
-            pending: VecDeque::with_capacity(in_flight),
+            // A bound is not a size: `usize::MAX` means "no bound".
+            pending: VecDeque::with_capacity(in_flight.min(PENDING_ROOM)),
             in_flight,
         };
         ordered.fill();
