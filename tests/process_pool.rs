@@ -46,6 +46,7 @@ fn registry() -> WorkerRegistry {
         .register::<UndecodableOutput>()
         .register::<WriteGarbage>()
         .register::<BadArgs>()
+        .register::<PanickyArgs>()
 }
 
 /// The worker entry: a no-op when the harness runs it as a test, the worker loop when a pool starts
@@ -310,6 +311,30 @@ impl ProcessTask for BadArgs {
     type Output = ();
     type Error = String;
     fn run(_: Unserializable) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A `Serialize` that panics, as one that unwraps inside may.
+struct Panicky;
+impl Serialize for Panicky {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this value panics when serialized")
+    }
+}
+impl<'de> Deserialize<'de> for Panicky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| Panicky)
+    }
+}
+
+struct PanickyArgs;
+impl ProcessTask for PanickyArgs {
+    const NAME: &'static str = "panicky_args";
+    type Input = Panicky;
+    type Output = ();
+    type Error = String;
+    fn run(_: Panicky) -> Result<(), String> {
         Ok(())
     }
 }
@@ -654,6 +679,35 @@ fn dl_1_arguments_that_fail_to_serialize_fail_in_the_caller() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(wait(pool.submit::<Square>(&7).unwrap()).unwrap(), 49);
+}
+
+/// An input whose `Serialize` panics is refused like one that fails, and leaves nothing in flight:
+/// the pool still shuts down (before, the admitted task was never ended, and dropping the pool
+/// waited for it for ever).
+#[test]
+fn arguments_whose_serialize_panics_are_refused_and_leave_nothing_in_flight() {
+    let _watchdog =
+        test_watchdog("arguments_whose_serialize_panics_are_refused_and_leave_nothing_in_flight");
+    let pool = pool(1).build().unwrap();
+    match pool.submit::<PanickyArgs>(&Panicky) {
+        Err(e) if e.reason() == RejectReason::Serialization => {
+            let msg = e.detail().unwrap_or_default();
+            assert!(
+                msg.contains("panicky_args") && msg.contains("this value panics when serialized"),
+                "{msg}"
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(wait(pool.submit::<Square>(&9).unwrap()).unwrap(), 81);
+    let (done, ended) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        drop(pool);
+        let _ = done.send(());
+    });
+    ended
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the pool shuts down: nothing is left in flight");
 }
 
 #[test]

@@ -81,8 +81,8 @@ impl ProcessPoolExecutor {
     /// `Result` (an `Err` is counted as failed with reason `error`), or a
     /// [`TaskError`] when the task could not produce one.
     ///
-    /// The input is encoded here: an input that cannot be encoded, or is over
-    /// the maximum frame size, is refused ([`RejectReason::Serialization`](crate::RejectReason::Serialization)) and
+    /// The input is encoded here: an input that cannot be encoded (its
+    /// `Serialize` fails or panics), or is over the maximum frame size, is refused ([`RejectReason::Serialization`](crate::RejectReason::Serialization)) and
     /// counted as rejected, with nothing sent.
     pub fn submit<T>(&self, input: &T::Input) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
     where

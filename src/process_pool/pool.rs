@@ -25,6 +25,7 @@ use super::task::{chunk_name, ProcessTask, CHUNK_PREFIX};
 use super::wire::{self, Blob, Call, ToWorker, DEFAULT_MAX_FRAME, MIN_MAX_FRAME, PROTOCOL_VERSION};
 use super::worker::forgotten_hook;
 use crate::bounded::{check_queue, FullPolicy, Room};
+use crate::error::panic_message;
 use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::SubmitError;
@@ -515,8 +516,8 @@ impl ProcessPool {
 
     /// Queues task `T` with `input`; its handle yields the task's own `Result`, or a
     /// [`TaskError`](crate::TaskError) when the task could not produce one (panic, crash, timeout,
-    /// ...). The input is encoded here: an input that cannot be encoded (or is larger than the maximum
-    /// frame size) is refused now, with nothing queued.
+    /// ...). The input is encoded here: an input that cannot be encoded (its `Serialize` fails or
+    /// panics, or it is larger than the maximum frame size) is refused now, with nothing queued.
     pub fn submit<T>(&self, input: &T::Input) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
     where
         T: ProcessTask,
@@ -593,8 +594,8 @@ impl ProcessPool {
         })
     }
 
-    /// The submit sequence of every process task: admission, the input encoded (a failure refuses
-    /// the submit, counted as rejected, with nothing sent), then the job queued.
+    /// The submit sequence of every process task: admission, the input encoded (a failure or a panic
+    /// refuses the submit, counted as rejected, with nothing sent), then the job queued.
     fn submit_encoded<D: Decode>(
         &self,
         task: Cow<'static, str>,
@@ -606,7 +607,16 @@ impl ProcessPool {
             self.acct.refused_unadmitted();
             return Err(SubmitError::new((), RejectReason::Shutdown));
         }
-        let payload = match encode() {
+        // The input's `Serialize` is the user's code: a panic in it refuses the submit like an
+        // error, so the admitted task is not left in flight for ever.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "encoding the input of task `{task}` panicked: {}",
+                    panic_message(&*panic)
+                ))
+            });
+        let payload = match encoded {
             Ok(payload) => payload,
             Err(message) => {
                 self.acct.refused();
