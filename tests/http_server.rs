@@ -434,6 +434,32 @@ fn a_port_in_use_is_an_error_naming_the_address() {
     }
 }
 
+/// The same from inside an async runtime (a service's `#[tokio::main]`): the error comes back; the
+/// server's own runtime, already built, is let go without blocking instead of panicking there.
+#[test]
+fn a_port_in_use_is_an_error_inside_an_async_runtime_too() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = runtime
+        .block_on(async { MetricsServer::start(addr, Registry::new()) })
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    // And a server started there serves.
+    let server = runtime
+        .block_on(async { MetricsServer::start("127.0.0.1:0", Registry::new()) })
+        .unwrap();
+    assert_eq!(
+        status(&request(
+            &server,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        )),
+        "200"
+    );
+}
+
 #[test]
 fn binds_only_the_address_given_and_frees_it_on_drop() {
     let (server, _pool) = served();

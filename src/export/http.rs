@@ -183,13 +183,15 @@ impl MetricsServerBuilder {
     /// As [`MetricsServer::start`].
     pub fn start(self, addr: impl ToSocketAddrs, registry: Registry) -> io::Result<MetricsServer> {
         let openmetrics = self.openmetrics;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let runtime = ServerRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()?,
+        ));
         // The listener registers with the runtime it is created in.
         let listener = {
-            let _runtime = runtime.enter();
+            let _runtime = runtime.get().enter();
             bind(addr)?
         };
         let addr = listener.local_addr()?;
@@ -198,6 +200,7 @@ impl MetricsServerBuilder {
             .name("metrics-http".to_owned())
             .spawn(move || {
                 let registry = Arc::new(registry);
+                let runtime = runtime.into_inner();
                 runtime.block_on(async move {
                     tokio::spawn(accept_loop(listener, registry, openmetrics));
                     // Runs until the server is dropped; dropping the runtime
@@ -210,6 +213,32 @@ impl MetricsServerBuilder {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+/// The server's runtime until its thread runs it. `start` may be called on a thread that runs an
+/// async runtime of its own (a service's `#[tokio::main]`), where dropping a runtime the usual way
+/// panics; so if `start` fails after building it, the runtime is let go without blocking.
+struct ServerRuntime(Option<tokio::runtime::Runtime>);
+
+impl ServerRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .expect("present until taken by `into_inner`")
+    }
+
+    /// The runtime, to run and drop on the server's own thread.
+    fn into_inner(mut self) -> tokio::runtime::Runtime {
+        self.0.take().expect("present until taken by `into_inner`")
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
