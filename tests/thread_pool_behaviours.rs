@@ -186,6 +186,33 @@ fn shutdown_inside_a_task_run_inline_by_another_executors_task_returns() {
     });
 }
 
+/// `join()` inside one of the pool's own tasks cannot wait for every task (the caller is one of
+/// them, and on a one-worker pool the tasks queued behind it need its thread): it returns at once,
+/// as `shutdown` there does, instead of waiting for ever. From outside it still waits for all.
+#[test]
+fn join_inside_a_task_of_the_pool_returns_instead_of_waiting_for_itself() {
+    watchdog(60, || {
+        let pool = Arc::new(self::pool(1));
+        let inner = pool.clone();
+        let queued_ran = Arc::new(AtomicUsize::new(0));
+        let h = pool
+            .submit(move || {
+                inner.join();
+                7
+            })
+            .unwrap();
+        let ran = queued_ran.clone();
+        pool.spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            ran.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        assert_eq!(h.join(), Ok(7));
+        pool.join();
+        assert_eq!(queued_ran.load(Ordering::SeqCst), 1, "join outside waited");
+    });
+}
+
 /// The last `Arc` of a one-worker pool can also go on that worker after a
 /// task has ended: in the result nobody joined, or in a closure cancelled
 /// before it ran. Waiting there for the task still queued would wait for the

@@ -510,8 +510,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
 
     /// Waits until every task accepted so far has ended. The executor stays
     /// usable (like `threadpool::ThreadPool::join`).
+    ///
+    /// Called from inside one of this executor's tasks, or on one of the
+    /// inner executor's workers ([`Executor::is_worker_thread`]), it returns
+    /// at once: the tasks it would wait for include the caller's own, and
+    /// those queued may need the caller's thread, so it would wait for ever
+    /// (as [`shutdown`](Self::shutdown) there does not wait either).
     pub fn join(&self) {
-        self.acct.wait_idle();
+        self.wait_idle_unless_inside();
     }
 
     /// Stops accepting tasks, waits for every accepted task to end, then shuts
