@@ -1780,3 +1780,32 @@ fn a_custom_executors_queue_age_is_read_from_the_submits() {
     assert_eq!(age(&registry, "held", QUEUED_AGE), 0.0);
     assert_eq!(age(&registry, "held", RUNNING_AGE), 0.0);
 }
+
+/// A scrape made as a thread exits (a last push from a thread-local's destructor, say), after the
+/// crate's own thread-locals on that thread are gone, still reads every series. Thread-locals are
+/// destroyed in the reverse order of their first use, so the guard, used first, goes last.
+#[test]
+fn a_scrape_from_a_thread_locals_destructor_at_thread_exit_reads_the_series() {
+    struct ScrapeOnExit(std::cell::RefCell<Option<(Registry, std::sync::mpsc::Sender<f64>)>>);
+    impl Drop for ScrapeOnExit {
+        fn drop(&mut self) {
+            if let Some((registry, sent)) = self.0.borrow_mut().take() {
+                let _ = sent.send(counts(&scrape(&registry), "executor", "at_exit").submitted);
+            }
+        }
+    }
+    thread_local! {
+        static ON_EXIT: ScrapeOnExit = const { ScrapeOnExit(std::cell::RefCell::new(None)) };
+    }
+    let registry = Registry::new();
+    let pool = pool(&registry, "at_exit", 1);
+    pool.submit(|| ()).unwrap().join().unwrap();
+    let (sent, got) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        ON_EXIT.with(|guard| *guard.0.borrow_mut() = Some((registry.clone(), sent)));
+        // A scrape now, on this thread: the crate's thread-locals are used after the guard.
+        scrape(&registry);
+    });
+    assert!(thread.join().is_ok(), "the thread exits without a panic");
+    assert_eq!(got.recv().unwrap(), 1.0);
+}

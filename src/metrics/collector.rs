@@ -61,7 +61,9 @@ impl Collector for Families {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let all = lock(&self.series);
-        let capturing = CAPTURE.with(|c| c.borrow().is_some());
+        // `try_with`: a scrape may run as the thread exits, after `CAPTURE` is gone (nothing is
+        // captured then).
+        let capturing = CAPTURE.try_with(|c| c.borrow().is_some()).unwrap_or(false);
         let mut samples: Vec<Vec<proto::Metric>> = CATALOGUE
             .iter()
             .map(|family| Vec::with_capacity(all.len() * family.per_series))
@@ -73,7 +75,7 @@ impl Collector for Families {
             }
             if capturing && !reading.natives.is_empty() {
                 let ns = &self.namespace;
-                CAPTURE.with(|c| {
+                let _ = CAPTURE.try_with(|c| {
                     if let Some(extras) = c.borrow_mut().as_mut() {
                         for (family, labels, native) in reading.natives.drain(..) {
                             extras.insert(format!("{ns}_{family}"), labels, native);
@@ -215,8 +217,17 @@ thread_local! {
     allow(dead_code)
 )]
 pub(crate) fn with_extras<R>(f: impl FnOnce() -> R) -> (R, Extras) {
-    let outer = CAPTURE.with(|c| c.borrow_mut().replace(Extras::default()));
+    // As the thread exits, `CAPTURE` may be gone: `f` then runs and nothing is captured.
+    let outer = CAPTURE
+        .try_with(|c| c.borrow_mut().replace(Extras::default()))
+        .ok();
     let result = f();
-    let extras = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+    let extras = match outer {
+        Some(outer) => CAPTURE
+            .try_with(|c| std::mem::replace(&mut *c.borrow_mut(), outer))
+            .ok()
+            .flatten(),
+        None => None,
+    };
     (result, extras.unwrap_or_default())
 }
