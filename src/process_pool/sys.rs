@@ -112,6 +112,8 @@ fn set_timeout(
     option: libc::c_int,
     timeout: std::time::Duration,
 ) -> io::Result<()> {
+    // A zero `timeval` means "never time out": a timeout under a microsecond is one microsecond.
+    let timeout = timeout.max(std::time::Duration::from_micros(1));
     let tv = libc::timeval {
         tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,

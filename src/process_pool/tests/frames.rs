@@ -302,3 +302,14 @@ fn a_wait_for_data_ends_with_data_the_end_of_stream_or_the_receive_timeout() {
         0
     );
 }
+
+/// A receive timeout under a microsecond still times out: a zero `timeval`, which the kernel reads
+/// as "no timeout", is never set.
+#[test]
+fn a_receive_timeout_under_a_microsecond_still_ends_the_wait() {
+    use std::os::fd::AsFd;
+    let _watchdog = test_watchdog("a_receive_timeout_under_a_microsecond_still_ends_the_wait");
+    let (_tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    crate::process_pool::sys::set_recv_timeout(rx.as_fd(), Duration::from_nanos(500)).unwrap();
+    assert!(!crate::process_pool::sys::wait_for_data(rx.as_fd()));
+}
