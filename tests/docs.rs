@@ -84,3 +84,50 @@ fn files_and_tests_the_readme_names_exist() {
     }
     assert!(checked > 20, "only {checked} names found in the README");
 }
+
+/// Every test the README's Guarantees list names by itself (`` `a_test_named_as_a_sentence` ``,
+/// after a first one with its file) is defined somewhere in the crate's sources or tests.
+#[test]
+fn tests_the_guarantees_list_names_exist() {
+    let readme = read("README.md");
+    let guarantees = readme
+        .split("\n## Guarantees")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Guarantees section");
+    let mut sources = String::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() && !name.starts_with('.') && name != "target" {
+                dirs.push(path);
+            } else if name.ends_with(".rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut checked = 0;
+    for span in guarantees.split('`').skip(1).step_by(2) {
+        let name = span.rsplit("::").next().unwrap_or(span);
+        // Metric families (`executor_…`) are named there too; tests are sentences.
+        let looks_like_a_test = name.matches('_').count() >= 3
+            && !name.starts_with("executor_")
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !looks_like_a_test {
+            continue;
+        }
+        assert!(
+            sources.contains(&format!("fn {name}(")),
+            "the Guarantees list names `{name}`, which no source defines"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 50,
+        "only {checked} test names found in the Guarantees list"
+    );
+}
