@@ -511,3 +511,31 @@ fn a_registry_with_a_name_prefix_gets_them_too() {
         exemplar_of(&text, &duration, "prefixed", "completed", trace, since);
     }
 }
+
+/// A namespace whose name ends like another's (`jobs_executor_…` and `executor_…`) never shows the
+/// other's exemplars: pool `same` with a hook in the default namespace and pool `same` without one
+/// in `jobs_executor`, on a registry without a prefix.
+#[test]
+fn a_namespace_ending_like_another_does_not_take_its_exemplars() {
+    let registry = Registry::new();
+    let hooked = pool(&registry, "same");
+    let plain = ThreadPoolExecutor::builder()
+        .max_workers(1)
+        .exporter_id("same")
+        .namespace("jobs_executor")
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let since = now_seconds();
+    set_trace(Some("hooked"));
+    hooked.submit(|| ()).unwrap().join().unwrap();
+    plain.submit(|| ()).unwrap().join().unwrap();
+    set_trace(None);
+    let text = openmetrics(&registry);
+    exemplar_of(&text, WAIT, "same", "", "hooked", since);
+    let strays: Vec<Found> = exemplars(&text)
+        .into_iter()
+        .filter(|f| f.sample.starts_with("jobs_executor_"))
+        .collect();
+    assert!(strays.is_empty(), "{strays:#?}");
+}

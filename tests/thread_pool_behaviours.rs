@@ -213,6 +213,40 @@ fn join_inside_a_task_of_the_pool_returns_instead_of_waiting_for_itself() {
     });
 }
 
+/// `join()` on one of a pool's workers, but not inside one of that pool's tasks (a task of another
+/// proxy over the same pool), waits: the other worker runs what it waits for.
+#[test]
+fn join_on_a_shared_pools_worker_outside_the_proxys_tasks_waits() {
+    watchdog(60, || {
+        let registry = Registry::new();
+        let shared = Arc::new(ThreadPool::new(2).unwrap());
+        let exporter = |id: &str| {
+            ExecutorExporter::builder()
+                .exporter_id(id)
+                .registry(registry.clone())
+                .build()
+                .unwrap()
+        };
+        let a = InstrumentedExecutorProxy::new(shared.clone(), exporter("a"), None);
+        let b = Arc::new(InstrumentedExecutorProxy::new(shared, exporter("b"), None));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (b2, done) = (b.clone(), finished.clone());
+        let h = a
+            .submit(move || {
+                let done2 = done.clone();
+                b2.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    done2.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap();
+                b2.join();
+                done.load(Ordering::SeqCst)
+            })
+            .unwrap();
+        assert_eq!(h.join(), Ok(1), "b's join waited for b's task");
+    });
+}
+
 /// The last `Arc` of a one-worker pool can also go on that worker after a
 /// task has ended: in the result nobody joined, or in a closure cancelled
 /// before it ran. Waiting there for the task still queued would wait for the

@@ -129,12 +129,15 @@ impl ExemplarSource {
         if LIVE.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let families = FAMILIES.find_all(registry, |families| {
+        // Every namespace of the registry, not only those with exemplars: a family name is
+        // matched to the namespace it belongs to before its exemplars are looked up.
+        let families = FAMILIES.find_all(registry, |_| true);
+        let any = families.iter().any(|families| {
             lock(&families.series)
                 .values()
                 .any(|s| s.exemplars.get().is_some())
         });
-        (!families.is_empty()).then_some(ExemplarSource { families })
+        any.then_some(ExemplarSource { families })
     }
 
     /// The exemplars of the histogram sample of family `family` (its full
@@ -161,6 +164,10 @@ impl ExemplarSource {
         // where two namespaces match (`executor_…` and `jobs_executor_…`
         // both end `myapp_jobs_executor_…`), the longer name is the closer
         // match, and a namespace without this series gives way to the next.
+        // The first that holds the series answers, with or without
+        // exemplars. (A prefix `myapp_jobs` over namespace `executor` and a
+        // prefix `myapp` over `jobs_executor` give the same names: both in
+        // one registry with the same executor id, the longer namespace wins.)
         let mut matches: Vec<_> = self
             .families
             .iter()
@@ -171,6 +178,7 @@ impl ExemplarSource {
             let Some(series) = lock(&families.series).get(&key).cloned() else {
                 continue;
             };
+            // This namespace holds the series: its exemplars or none, never another's.
             let exemplars = series.exemplars.get()?;
             let (slots, bounds) = match (which, label("result")) {
                 (HistogramKind::Wait, _) => (&exemplars.wait, &series.wait_bounds),

@@ -511,13 +511,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     /// Waits until every task accepted so far has ended. The executor stays
     /// usable (like `threadpool::ThreadPool::join`).
     ///
-    /// Called from inside one of this executor's tasks, or on one of the
-    /// inner executor's workers ([`Executor::is_worker_thread`]), it returns
-    /// at once: the tasks it would wait for include the caller's own, and
-    /// those queued may need the caller's thread, so it would wait for ever
-    /// (as [`shutdown`](Self::shutdown) there does not wait either).
+    /// Called from inside one of this executor's own tasks, it returns at
+    /// once: the tasks it would wait for include the caller's, so it would
+    /// wait for ever. Anywhere else it waits, a worker of the inner executor
+    /// running another executor's task included.
     pub fn join(&self) {
-        self.wait_idle_unless_inside();
+        if !self.acct.is_running_here() {
+            self.acct.wait_idle();
+        }
     }
 
     /// Stops accepting tasks, waits for every accepted task to end, then shuts
