@@ -15,11 +15,13 @@ use executor_exporter::{FailureReason, ProcessPoolExecutor, TaskError};
 
 const WATCHDOG: u64 = 60;
 
-/// An input that fails to encode in the caller when it is `Bad`.
+/// An input that fails to encode in the caller when it is `Bad`, and panics encoding when it is
+/// `Panics`.
 #[derive(Debug, Clone, Copy)]
 enum Item {
     Num(u64),
     Bad,
+    Panics,
 }
 
 impl serde::Serialize for Item {
@@ -29,6 +31,7 @@ impl serde::Serialize for Item {
             Item::Bad => Err(serde::ser::Error::custom(
                 "this input refuses to be encoded",
             )),
+            Item::Panics => panic!("this input panics when encoded"),
         }
     }
 }
@@ -228,6 +231,34 @@ fn one_chunk_is_one_task_in_the_metrics() {
             0.0,
             "a panicking item does not take its worker down"
         );
+    });
+}
+
+/// An input whose `Serialize` panics fails alone, with `serialization`, in `map_chunked` as in
+/// `map`; the items beside it run.
+#[test]
+fn an_input_whose_serialize_panics_fails_alone() {
+    common::watchdog(WATCHDOG, || {
+        let registry = Registry::new();
+        let p = pool(&registry, "panicky", 1);
+        let items = vec![Item::Num(1), Item::Panics, Item::Num(3)];
+        let mapped: Vec<CheckResult> = p.map::<Check, _>(items.clone()).collect();
+        let chunked: Vec<CheckResult> = p.map_chunked::<Check, _>(items, 2).unwrap().collect();
+        for got in [&mapped, &chunked] {
+            assert_eq!(got[0], Ok(Ok(2)));
+            assert_eq!(got[2], Ok(Ok(6)));
+            match &got[1] {
+                Err(TaskError::Failed {
+                    reason: FailureReason::Serialization,
+                    message,
+                }) => assert!(message.contains("panics when encoded"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        p.join();
+        let c = counts(&scrape(&registry), "executor", "panicky");
+        c.assert_invariant();
+        assert_eq!(c.rejected, 2.0, "{c:?}");
     });
 }
 

@@ -14,6 +14,7 @@ use super::pool::{ProcessPool, ProcessPoolBuilder};
 use super::sink::{ChunkValue, ItemResult, ProcessOutput};
 use super::task::ProcessTask;
 use super::wire::Blob;
+use crate::error::panic_message;
 use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::SubmitError;
@@ -471,7 +472,13 @@ where
             let mut items = Vec::with_capacity(room);
             let mut slots = Vec::with_capacity(room);
             for input in inputs.by_ref().take(self.chunk_size) {
-                match postcard::to_stdvec(&input) {
+                // The input's `Serialize` is the user's code: a panic fails that item as an
+                // error would, as `submit` refuses it.
+                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    postcard::to_stdvec(&input).map_err(|e| e.to_string())
+                }))
+                .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&*panic))));
+                match encoded {
                     Ok(bytes) => {
                         items.push(Blob(bytes.into()));
                         slots.push(None);
