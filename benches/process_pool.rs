@@ -317,7 +317,7 @@ mod linux {
             })
         });
         // The two pools run the same code; each goes first in every other round.
-        let mut pools: [(&str, RoundTrip); 2] = [
+        let pools: [(&str, RoundTrip); 2] = [
             (
                 "process_pool",
                 Box::new(|x| plain.submit::<Square>(&x).unwrap().join().unwrap().unwrap()),
@@ -334,9 +334,7 @@ mod linux {
                 }),
             ),
         ];
-        if common::odd_round() {
-            pools.reverse();
-        }
+        let mut pools = common::in_round_order(pools);
         for (name, round_trip) in &mut pools {
             g.bench_function(*name, |b| {
                 b.iter(|| {
@@ -386,14 +384,11 @@ mod linux {
         // Each mode under hogs of its own, started just before it, so that neither meets the hogs
         // later into their run than the other.
         // Either mode goes first in every other round.
-        let mut modes = [
+        let modes = [
             ("executor_hogs", &executor),
             ("executor_spin_hogs", &spinning),
         ];
-        if common::odd_round() {
-            modes.reverse();
-        }
-        for (name, pool) in modes {
+        for (name, pool) in common::in_round_order(modes) {
             let _hogs = Hogs::start(WORKERS);
             g.bench_function(name, |b| b.iter(|| one(pool)));
         }
@@ -450,14 +445,11 @@ mod linux {
         g.bench_function("executor_spin", |b| {
             b.iter_custom(|iters| batch(&spinning, iters))
         });
-        let mut modes = [
+        let modes = [
             ("executor_hogs", &executor),
             ("executor_spin_hogs", &spinning),
         ];
-        if common::odd_round() {
-            modes.reverse();
-        }
-        for (name, pool) in modes {
+        for (name, pool) in common::in_round_order(modes) {
             let _hogs = Hogs::start(WORKERS);
             g.bench_function(name, |b| b.iter_custom(|iters| batch(pool, iters)));
         }

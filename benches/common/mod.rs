@@ -28,14 +28,18 @@ pub fn smoke() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| v == "2")
 }
 
-/// True in the odd rounds of `benches/plot/rounds.py` (it sets
-/// `EE_BENCH_ROUND`): benches that compare two variants on equal terms run
-/// them in the other order then, so that neither always runs first.
-pub fn odd_round() -> bool {
-    std::env::var("EE_BENCH_ROUND")
+/// Two variants compared on equal terms, in the order to run them: as given,
+/// or reversed in the odd rounds of `benches/plot/rounds.py` (it sets
+/// `EE_BENCH_ROUND`), so that neither always runs first.
+pub fn in_round_order<T>(mut pair: [T; 2]) -> [T; 2] {
+    let odd = std::env::var("EE_BENCH_ROUND")
         .ok()
         .and_then(|r| r.parse::<u64>().ok())
-        .is_some_and(|r| r % 2 == 1)
+        .is_some_and(|r| r % 2 == 1);
+    if odd {
+        pair.reverse();
+    }
+    pair
 }
 
 /// The criterion configuration: the defaults for full runs, short windows and

@@ -21,7 +21,7 @@ many rounds A was the slower, with the chance of at least that many if
 neither were slower than the other (a one-sided sign test; small means A is
 really slower). Each round runs with `EE_BENCH_ROUND` set to its number, so
 a bench can swap the order of two variants in every other round
-(`common::odd_round`).
+(`common::in_round_order`).
 Each round's share of CPU time stolen by the hypervisor (/proc/stat) is
 printed with it, and the median steal under the tables. Results go to a
 scratch criterion directory (`CRITERION_HOME`), so a full
