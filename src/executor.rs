@@ -1,7 +1,7 @@
 //! The [`Executor`] trait every pool implements, and the [`Task`] it runs.
 
 use std::any::Any;
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::mem::ManuallyDrop;
 
@@ -9,7 +9,7 @@ use smallbox::space::S4;
 use smallbox::{smallbox, SmallBox};
 
 use crate::error::RejectReason;
-use crate::task::Ticket;
+use crate::task::{TaskKey, Ticket};
 
 /// A unit of work handed to an [`Executor`]: an owned `FnOnce() + Send + 'static`, stored inline
 /// when small (four words), boxed otherwise.
@@ -75,6 +75,11 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// The executor refused the task: it counts as rejected, and its
     /// closure comes back out (`None` if the task has ended already).
     fn reject(&self) -> Option<Box<dyn Any + Send>>;
+    /// The key of the admitted task this is, for one that carries it here
+    /// rather than in a ticket (a submitted task's shared state).
+    fn key(&self) -> Option<TaskKey> {
+        None
+    }
 }
 
 /// Holds a closure that is taken out exactly once, by its one owner: the
@@ -235,6 +240,12 @@ impl Task {
         }
     }
 
+    /// True if this is the admitted task `key` names: through its ticket,
+    /// or its contents' own key (a submitted task's).
+    pub(crate) fn is(&self, key: TaskKey) -> bool {
+        self.ticket.as_ref().is_some_and(|t| t.key() == key) || self.inner.key() == Some(key)
+    }
+
     /// A refused task built by the crate's proxy: counted as rejected, with
     /// its closure; `None` for any other task (which is then dropped unrun).
     pub(crate) fn reject(self) -> Option<Box<dyn Any + Send>> {
@@ -289,9 +300,83 @@ impl Drop for Task {
         // SAFETY: `drop` runs once, and the other ways out (`into_parts`)
         // do not run it.
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
-        let _end = self.ticket.take().map(Ticket::cancel_on_drop);
-        inner.discard();
+        let ticket = self.ticket.take();
+        let task = Task {
+            inner: ManuallyDrop::new(inner),
+            ticket,
+        };
+        if let Some(task) = rescued(task) {
+            let (inner, ticket) = task.into_parts();
+            let _end = ticket.map(Ticket::cancel_on_drop);
+            inner.discard();
+        }
     }
+}
+
+thread_local! {
+    /// The task [`rescue`] looks for on this thread while it drops another
+    /// task, and where it is put once found.
+    static RESCUE: (Cell<Option<TaskKey>>, Cell<Option<Task>>) =
+        const { (Cell::new(None), Cell::new(None)) };
+}
+
+/// Gets the admitted task `key` back out of `other`, a task an executor
+/// handed back in its place: an executor that wraps each task in one of
+/// its own before passing it on has only its wrapper to hand back when the
+/// executor beneath refuses. `other` is dropped; if the task is inside it
+/// (dropped with it, on this thread), it is kept whole instead of being
+/// cancelled, and returned. `None` if it was not there: the executor kept
+/// it, ran it, or dropped it elsewhere, and it ends (or has ended) there.
+pub(crate) fn rescue(other: Task, key: TaskKey) -> Option<Task> {
+    /// What an enclosing rescue on this thread was looking for (a drop may
+    /// itself submit, and be refused), put back when this one ends, also
+    /// when a drop panics.
+    struct Enclosing(Option<(Option<TaskKey>, Option<Task>)>);
+    impl Enclosing {
+        /// Puts it back, and returns what this rescue found.
+        fn put_back(&mut self) -> Option<Task> {
+            let (wanted, found) = self.0.take()?;
+            RESCUE
+                .try_with(|rescue| {
+                    rescue.0.set(wanted);
+                    rescue.1.replace(found)
+                })
+                .ok()
+                .flatten()
+        }
+    }
+    impl Drop for Enclosing {
+        fn drop(&mut self) {
+            drop(self.put_back());
+        }
+    }
+    let Ok(mut enclosing) = RESCUE
+        .try_with(|(wanted, found)| Enclosing(Some((wanted.replace(Some(key)), found.take()))))
+    else {
+        // The thread is exiting: the task is dropped (cancelled) with `other`.
+        drop(other);
+        return None;
+    };
+    drop(other);
+    enclosing.put_back()
+}
+
+/// A task being dropped: kept (`None` returned) if a [`rescue`] on this
+/// thread is looking for it, else handed back to be cancelled.
+#[cold]
+fn rescued(task: Task) -> Option<Task> {
+    let Ok(Some(key)) = RESCUE.try_with(|(wanted, _)| wanted.get()) else {
+        return Some(task);
+    };
+    if !task.is(key) {
+        return Some(task);
+    }
+    RESCUE.with(|(wanted, found)| {
+        // Found once: a second task with the same key is dropped as usual.
+        wanted.set(None);
+        found.set(Some(task));
+    });
+    None
 }
 
 /// A task's contents without its ticket, while the ticket runs them:
@@ -386,6 +471,15 @@ impl std::error::Error for Rejected {}
 /// ```
 pub trait Executor {
     /// Runs `task` at some point, or hands it back in [`Rejected`].
+    ///
+    /// An executor that wraps each task in one of its own before passing it
+    /// on (`Task::new(move || { setup(); task.run() })`) hands back its
+    /// wrapper when the executor beneath refuses. An
+    /// [`InstrumentedExecutorProxy`](crate::InstrumentedExecutorProxy) above
+    /// it drops that wrapper and takes its own task back as it is dropped,
+    /// so the refusal reaches the caller as usual. A task handed back in
+    /// place of one the executor kept counts as accepted: the kept one ends
+    /// when the executor runs or drops it.
     fn execute(&self, task: Task) -> Result<(), Rejected>;
 
     /// The most tasks this executor runs at once, if it knows.

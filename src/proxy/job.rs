@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::{panic_message, TaskError};
 use crate::executor::{sealed, Body, Once, Runnable, Task};
-use crate::task::{drop_quietly, Accounting, Help, TaskCore, Ticket};
+use crate::task::{drop_quietly, Accounting, Help, TaskCore, TaskKey, Ticket};
 
 /// Decides whether a task's value counts as a failure (`reason="error"`).
 /// `Copy`: a task with exemplar labels classifies its value for them too.
@@ -220,6 +220,10 @@ where
 
     fn reject(&self) -> Option<Box<dyn Any + Send>> {
         self.0.reject()
+    }
+
+    fn key(&self) -> Option<TaskKey> {
+        Some(self.0.key())
     }
 }
 

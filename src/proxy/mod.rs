@@ -15,9 +15,9 @@ use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{Body, Executor, Rejected, Task};
+use crate::executor::{rescue, Body, Executor, Rejected, Task};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder, Pending};
-use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, Ticket, CLOSED};
+use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, TaskKey, Ticket, CLOSED};
 #[cfg(feature = "tracing")]
 use crate::trace::InSpan;
 
@@ -323,20 +323,45 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 self.acct.accepted(submitted_at);
                 Ok(())
             }
-            Err(rejected) => {
-                // The task's own state counts it as rejected, so a task is
-                // counted once even if an executor broke the contract and
-                // handed back another one.
-                let reason = rejected.reason();
-                match rejected.into_task().reject().map(|f| f.downcast::<B>()) {
-                    Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
-                    // An executor that hands back another task than the one
-                    // it was given breaks the trait's contract; the closure
-                    // is then lost with that task.
-                    _ => unreachable_task(reason),
-                }
-            }
+            Err(rejected) => self.refused_body(rejected, submitted_at),
         }
+    }
+
+    /// A task of `submit` or `spawn` the executor refused: counted as
+    /// rejected, its body `B` handed back in the error. The task's own
+    /// state counts it, so it is counted once whatever the executor did.
+    #[cold]
+    fn refused_body<B: 'static>(
+        &self,
+        rejected: Rejected,
+        submitted_at: Clock,
+    ) -> Result<(), SubmitError<B>> {
+        let reason = rejected.reason();
+        let Some(task) = self.own_task(rejected.into_task(), submitted_at) else {
+            return Ok(());
+        };
+        match task.reject().map(|f| f.downcast::<B>()) {
+            Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
+            _ => unreachable!("a task made by submit holds its body until it ends"),
+        }
+    }
+
+    /// This proxy's task submitted at `submitted_at`, out of `task`, which
+    /// an executor handed back refusing it: `task` itself, or, from an
+    /// executor that hands back a task of its own in its place (its wrapper
+    /// around this one, say), this one as that one is dropped. `None` when
+    /// it is not there: the executor kept it (or ran or dropped it), so it
+    /// is counted as accepted, and ends wherever the executor ends it.
+    fn own_task(&self, task: Task, submitted_at: Clock) -> Option<Task> {
+        let key = TaskKey::new(&self.acct, submitted_at);
+        if task.is(key) {
+            return Some(task);
+        }
+        let own = rescue(task, key);
+        if own.is_none() {
+            self.acct.accepted(submitted_at);
+        }
+        own
     }
 
     /// Submits `f` and returns a handle to its result.
@@ -625,19 +650,6 @@ where
     }
 }
 
-#[cold]
-fn unreachable_task<F, H>(reason: RejectReason) -> Result<H, SubmitError<F>> {
-    foreign_task(reason)
-}
-
-#[cold]
-fn foreign_task(reason: RejectReason) -> ! {
-    // Reaching this means an `Executor` returned a task it was not given. The
-    // task it kept is counted when it ends (run, or cancelled when dropped);
-    // the closure cannot be returned.
-    panic!("an executor handed back a different task than it was given ({reason})")
-}
-
 impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     /// Counted like [`spawn`](InstrumentedExecutorProxy::spawn), and as
     /// cheap: the proxy's bookkeeping goes into the task's own slot for it,
@@ -779,24 +791,30 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 self.acct.accepted(submitted_at);
                 Ok(())
             }
-            Err(rejected) => Err(self.refused(rejected, wrapped)),
+            Err(rejected) => self.refused(rejected, wrapped, submitted_at),
         }
     }
 
     /// A task of [`Executor::execute`] the executor refused: counted as
-    /// rejected, and handed back as the task the caller gave.
+    /// rejected, and handed back as the task the caller gave (unless the
+    /// executor kept it: see [`own_task`](Self::own_task)).
     #[cold]
-    fn refused(&self, rejected: Rejected, wrapped: bool) -> Rejected {
+    fn refused(
+        &self,
+        rejected: Rejected,
+        wrapped: bool,
+        submitted_at: Clock,
+    ) -> Result<(), Rejected> {
         let reason = rejected.reason();
-        let (task, ticket) = rejected.into_task().detach_ticket();
-        let Some(ticket) = ticket else {
-            // The executor handed back a task it was not given: see
-            // `unreachable_task`.
-            foreign_task(reason);
+        let Some(task) = self.own_task(rejected.into_task(), submitted_at) else {
+            return Ok(());
         };
-        ticket.refuse();
+        let (task, ticket) = task.detach_ticket();
+        if let Some(ticket) = ticket {
+            ticket.refuse();
+        }
         if !wrapped {
-            return Rejected::new(task, reason);
+            return Err(Rejected::new(task, reason));
         }
         // The caller's task is the body of the one this proxy made.
         let caller = match task.reject().map(|f| f.downcast::<Task>()) {
@@ -805,8 +823,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             None => None,
         };
         match caller {
-            Some(task) => Rejected::new(task, reason),
-            None => foreign_task(reason),
+            Some(task) => Err(Rejected::new(task, reason)),
+            None => unreachable!("a task made by execute holds the caller's task until it ends"),
         }
     }
 }

@@ -32,4 +32,4 @@ pub(crate) use self::accounting::{Accounting, CLOSED};
 pub(crate) use self::core::{Help, TaskCore};
 pub use self::handle::{TaskHandle, TaskState};
 pub(crate) use self::ordered::{Ordered, SubmitOne};
-pub(crate) use self::ticket::{drop_quietly, Ticket};
+pub(crate) use self::ticket::{drop_quietly, TaskKey, Ticket};

@@ -21,7 +21,32 @@ pub(crate) struct Ticket {
     submitted_at: Clock,
 }
 
+/// Which admitted task a task is: the executor that admitted it and when.
+/// Distinct for two tasks of one executor unless both read the same clock
+/// tick; used only to find a task again when an executor hands back
+/// another one in its place (see `Task`'s rescue in `executor.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TaskKey {
+    acct: usize,
+    submitted_at: Clock,
+}
+
+impl TaskKey {
+    /// The key of the task `acct` admitted at `submitted_at`.
+    pub(crate) fn new(acct: &Accounting, submitted_at: Clock) -> TaskKey {
+        TaskKey {
+            acct: acct as *const Accounting as usize,
+            submitted_at,
+        }
+    }
+}
+
 impl Ticket {
+    /// This task's key.
+    pub(crate) fn key(&self) -> TaskKey {
+        TaskKey::new(&self.acct, self.submitted_at)
+    }
+
     /// For a task `acct` has admitted ([`Accounting::admit`] returned true).
     #[inline]
     pub(crate) fn new(acct: &Arc<Accounting>) -> Ticket {
