@@ -5,7 +5,13 @@
 //! `threadpool` crate's; and `submit` + `join` with the handle dropped), and
 //! our proxy over rayon (`spawn` + `join`) beside bare rayon, and, for empty
 //! tasks, beside bare rayon with the proxy's three clock reads added
-//! (`rayon_clocked`, the proxy's ceiling).
+//! (`rayon_clocked`, the proxy's ceiling). For empty tasks also
+//! `handle_floor`: our plain pool given tasks that each make the three clock
+//! reads and share one allocation with the submitter (an `Arc` the task
+//! writes and the submitter drops, as a dropped handle's shared state is):
+//! the least any `submit` that returns a handle and times its task can cost
+//! over our pool, so `threadpool_crate` / `handle_floor` is the ceiling of
+//! `executor_submit` / `threadpool_crate`.
 //! Every pool has two workers; one thread submits. `EE_BENCH_PLACEMENT`
 //! pins them as in `drop_in.rs` (`thread_scope`'s threads, spawned per
 //! batch, run where the submitting thread may).
@@ -15,6 +21,8 @@
 mod common;
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{clocked, rayon_pool, spin, Latch, SIZES, WORKERS};
@@ -153,6 +161,24 @@ fn pools(c: &mut Criterion) {
                 })
             })
         });
+        if nanos == 0 {
+            g.bench_function("handle_floor", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, || {
+                        let shared = Arc::new(AtomicU64::new(0));
+                        let written = Arc::clone(&shared);
+                        plain
+                            .execute(Task::new(clocked(move || {
+                                spin(nanos);
+                                written.store(1, Ordering::Release);
+                                LATCH.count_down();
+                            })))
+                            .unwrap();
+                        drop(black_box(shared));
+                    })
+                })
+            });
+        }
         g.bench_function("executor", |b| {
             b.iter_custom(|iters| {
                 then_join(&executor, iters, |p| p.spawn(move || spin(nanos)).unwrap())
