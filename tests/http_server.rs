@@ -710,3 +710,67 @@ fn serves_openmetrics_to_a_scraper_that_asks_for_it() {
         "{reply}"
     );
 }
+
+/// A collector of the registry that does not return (stuck on a lock, say)
+/// holds the server's one thread: dropping the server still returns, and
+/// the thread ends, freeing the port, once the collector returns.
+#[test]
+fn dropping_the_server_returns_while_a_collector_is_stuck() {
+    use executor_exporter::prometheus::core::{Collector, Desc};
+    use executor_exporter::prometheus::proto::MetricFamily;
+    use std::sync::mpsc;
+
+    struct Stuck {
+        desc: Desc,
+        entered: mpsc::SyncSender<()>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+    impl Collector for Stuck {
+        fn desc(&self) -> Vec<&Desc> {
+            vec![&self.desc]
+        }
+        fn collect(&self) -> Vec<MetricFamily> {
+            let _ = self.entered.try_send(());
+            let _ = self.release.lock().unwrap().recv();
+            Vec::new()
+        }
+    }
+
+    let (entered, in_collector) = mpsc::sync_channel(1);
+    let (release, released) = mpsc::channel();
+    let registry = Registry::new();
+    let desc = Desc::new(
+        "stuck".into(),
+        "Never done.".into(),
+        vec![],
+        Default::default(),
+    )
+    .unwrap();
+    registry
+        .register(Box::new(Stuck {
+            desc,
+            entered,
+            release: Mutex::new(released),
+        }))
+        .unwrap();
+    let server = MetricsServer::start("127.0.0.1:0", registry).unwrap();
+    let addr = server.local_addr();
+    let scrape = std::thread::spawn(move || {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = conn.read_to_end(&mut reply);
+    });
+    in_collector
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the scrape reached the collector");
+    common::watchdog(30, move || drop(server));
+    release.send(()).unwrap();
+    scrape.join().unwrap();
+    common::eventually(20, "the port is freed", || {
+        TcpStream::connect(addr).is_err()
+    });
+}

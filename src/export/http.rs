@@ -16,7 +16,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -76,7 +76,8 @@ const MAX_BUFFER: usize = 16 * 1024;
 /// a new connection closes the one that has waited longest for a request (a
 /// client stalled before the end of its headers, or idle between requests),
 /// so stalled clients, even ones that reconnect as fast as they can, cannot
-/// shut out a scraper. It stops, and frees the port, when dropped.
+/// shut out a scraper. It stops, and frees the port, when dropped (unless a
+/// collector of the registry is stuck in a scrape: see its `Drop`).
 ///
 /// ```
 /// use executor_exporter::MetricsServer;
@@ -108,7 +109,15 @@ pub struct MetricsServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected once the server's thread has dropped its runtime (and
+    /// so freed the port).
+    stopped: mpsc::Receiver<()>,
 }
+
+/// How long dropping a [`MetricsServer`] waits for its thread: a scrape in
+/// progress is cancelled at once, unless a collector of the registry is
+/// stuck (it runs on the server's thread, and cannot be interrupted).
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for MetricsServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -196,9 +205,12 @@ impl MetricsServerBuilder {
         };
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let (done, thread_stopped) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
             .name("metrics-http".to_owned())
             .spawn(move || {
+                // Dropped last, after the runtime: the port is free by then.
+                let _done = done;
                 let registry = Arc::new(registry);
                 let runtime = runtime.into_inner();
                 runtime.block_on(async move {
@@ -212,6 +224,7 @@ impl MetricsServerBuilder {
             addr,
             stop: Some(stop),
             thread: Some(thread),
+            stopped: thread_stopped,
         })
     }
 }
@@ -684,12 +697,23 @@ fn encode(
 }
 
 impl Drop for MetricsServer {
+    /// Stops the server: connections are closed and the port is free when
+    /// `drop` returns. A scrape stuck in a collector of the registry that
+    /// does not return (it holds the server's one thread) is waited for
+    /// one second; the server's thread is then left to end, and free the
+    /// port, once that collector returns.
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        match self.stopped.recv_timeout(STOP_WAIT) {
+            Err(mpsc::RecvTimeoutError::Timeout) => drop(thread),
+            _ => {
+                let _ = thread.join();
+            }
         }
     }
 }
