@@ -1,6 +1,6 @@
 //! The [`Executor`] trait every pool implements, and the [`Task`] it runs.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::mem::ManuallyDrop;
@@ -78,6 +78,10 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// The key of the admitted task this is, for one that carries it here
     /// rather than in a ticket (a submitted task's shared state).
     fn key(&self) -> Option<TaskKey> {
+        None
+    }
+    /// The type of the body inside, where it is a plain closure or body.
+    fn body_type(&self) -> Option<TypeId> {
         None
     }
 }
@@ -181,6 +185,9 @@ impl<F: Body<()>> Runnable for Plain<F> {
         // SAFETY: as in `run`.
         Some(Box::new(unsafe { self.0.take() }))
     }
+    fn body_type(&self) -> Option<TypeId> {
+        Some(TypeId::of::<F>())
+    }
 }
 
 impl Task {
@@ -240,10 +247,14 @@ impl Task {
         }
     }
 
-    /// True if this is the admitted task `key` names: through its ticket,
-    /// or its contents' own key (a submitted task's).
-    pub(crate) fn is(&self, key: TaskKey) -> bool {
-        self.ticket.as_ref().is_some_and(|t| t.key() == key) || self.inner.key() == Some(key)
+    /// True if this is the admitted task `wanted` names: its key, through
+    /// its ticket or its contents' own (a submitted task's), and where given
+    /// the type of its body.
+    pub(crate) fn is(&self, wanted: Wanted) -> bool {
+        let (key, body) = wanted;
+        let keyed =
+            self.ticket.as_ref().is_some_and(|t| t.key() == key) || self.inner.key() == Some(key);
+        keyed && body.is_none_or(|body| self.inner.body_type() == Some(body))
     }
 
     /// A refused task built by the crate's proxy: counted as rejected, with
@@ -313,10 +324,14 @@ impl Drop for Task {
     }
 }
 
+/// What [`rescue`] looks for: a task's key, and the type of its body where
+/// the key alone may be shared (see [`TaskKey`]).
+pub(crate) type Wanted = (TaskKey, Option<TypeId>);
+
 thread_local! {
     /// The task [`rescue`] looks for on this thread while it drops another
     /// task, and where it is put once found.
-    static RESCUE: (Cell<Option<TaskKey>>, Cell<Option<Task>>) =
+    static RESCUE: (Cell<Option<Wanted>>, Cell<Option<Task>>) =
         const { (Cell::new(None), Cell::new(None)) };
 }
 
@@ -327,11 +342,11 @@ thread_local! {
 /// (dropped with it, on this thread), it is kept whole instead of being
 /// cancelled, and returned. `None` if it was not there: the executor kept
 /// it, ran it, or dropped it elsewhere, and it ends (or has ended) there.
-pub(crate) fn rescue(other: Task, key: TaskKey) -> Option<Task> {
+pub(crate) fn rescue(other: Task, wanted: Wanted) -> Option<Task> {
     /// What an enclosing rescue on this thread was looking for (a drop may
     /// itself submit, and be refused), put back when this one ends, also
     /// when a drop panics.
-    struct Enclosing(Option<(Option<TaskKey>, Option<Task>)>);
+    struct Enclosing(Option<(Option<Wanted>, Option<Task>)>);
     impl Enclosing {
         /// Puts it back, and returns what this rescue found.
         fn put_back(&mut self) -> Option<Task> {
@@ -350,9 +365,9 @@ pub(crate) fn rescue(other: Task, key: TaskKey) -> Option<Task> {
             drop(self.put_back());
         }
     }
-    let Ok(mut enclosing) = RESCUE
-        .try_with(|(wanted, found)| Enclosing(Some((wanted.replace(Some(key)), found.take()))))
-    else {
+    let Ok(mut enclosing) = RESCUE.try_with(|(looked_for, found)| {
+        Enclosing(Some((looked_for.replace(Some(wanted)), found.take())))
+    }) else {
         // The thread is exiting: the task is dropped (cancelled) with `other`.
         drop(other);
         return None;
@@ -365,10 +380,10 @@ pub(crate) fn rescue(other: Task, key: TaskKey) -> Option<Task> {
 /// thread is looking for it, else handed back to be cancelled.
 #[cold]
 fn rescued(task: Task) -> Option<Task> {
-    let Ok(Some(key)) = RESCUE.try_with(|(wanted, _)| wanted.get()) else {
+    let Ok(Some(wanted)) = RESCUE.try_with(|(wanted, _)| wanted.get()) else {
         return Some(task);
     };
-    if !task.is(key) {
+    if !task.is(wanted) {
         return Some(task);
     }
     RESCUE.with(|(wanted, found)| {
@@ -606,5 +621,42 @@ mod layout {
         let task = Task::detached(four_words(), Ticket::new(&acct));
         assert!(!task.inner.is_heap(), "a four-word spawned task spills");
         task.run();
+    }
+
+    fn type_of<T: 'static>(_: &T) -> TypeId {
+        TypeId::of::<T>()
+    }
+
+    /// Two tasks without a handle of one executor submitted at the same
+    /// clock tick share a key; the type of the body tells them apart where
+    /// they differ, so a rescue never takes a body of another type.
+    #[test]
+    fn a_task_is_its_key_and_where_keys_repeat_its_bodys_type() {
+        let exporter = crate::metrics::ExecutorExporter::builder()
+            .registry(prometheus::Registry::new())
+            .build()
+            .unwrap();
+        let acct = crate::sync::Arc::new(crate::task::Accounting::new(exporter.series().clone()));
+        assert!(acct.admit() && acct.admit());
+        let tick = crate::clock::Clock::now();
+        let spawned = || {};
+        let spawned_type = type_of(&spawned);
+        let other = move || {
+            std::hint::black_box(1u8);
+        };
+        let other_type = type_of(&other);
+        let first = Task::detached(spawned, Ticket::at(&acct, tick));
+        let second = Task::detached(other, Ticket::at(&acct, tick));
+        let key = first.ticket.as_ref().unwrap().key();
+        assert_eq!(second.ticket.as_ref().unwrap().key(), key, "the same tick");
+        assert!(first.is((key, Some(spawned_type))));
+        assert!(
+            second.is((key, None)),
+            "the key alone cannot tell them apart"
+        );
+        assert!(!second.is((key, Some(spawned_type))));
+        assert!(second.is((key, Some(other_type))));
+        first.run();
+        second.run();
     }
 }

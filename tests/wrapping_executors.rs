@@ -187,3 +187,84 @@ fn a_task_kept_by_an_executor_that_refuses_with_another_is_accepted() {
     );
     c.assert_invariant();
 }
+
+/// Keeps the newest task and hands back the oldest in its place, as a
+/// drop-oldest queue of one does: the oldest was accepted earlier, so
+/// handing it back drops it (cancelled), and the newest is accepted.
+#[derive(Default)]
+struct DropOldest {
+    queue: Mutex<Option<Task>>,
+}
+
+impl Executor for DropOldest {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        match self.queue.lock().unwrap().replace(task) {
+            None => Ok(()),
+            Some(oldest) => Err(Rejected::new(oldest, RejectReason::Full)),
+        }
+    }
+}
+
+#[test]
+fn a_task_handed_back_in_place_of_a_newer_one_is_cancelled_and_the_newer_accepted() {
+    let registry = Registry::new();
+    let proxy =
+        InstrumentedExecutorProxy::new(DropOldest::default(), exporter(&registry, "d"), None);
+    let first = proxy.submit(|| 1).unwrap();
+    let second = proxy.submit(|| 2).expect("the newer task is kept");
+    assert_eq!(first.join(), Err(TaskError::Cancelled));
+    proxy.spawn(|| {}).expect("kept in place of the second");
+    let drop_in: &dyn Executor = &proxy;
+    drop_in
+        .execute(Task::new(|| {}))
+        .expect("kept in place of the third");
+    let last = proxy.inner().queue.lock().unwrap().take().unwrap();
+    last.run();
+    assert_eq!(second.join(), Err(TaskError::Cancelled));
+
+    let c = counts(&scrape(&registry), "executor", "d");
+    assert_eq!(
+        (c.submitted, c.rejected, c.cancelled, c.completed),
+        (4.0, 0.0, 3.0, 1.0)
+    );
+    c.assert_invariant();
+}
+
+/// Dropping the task an executor handed back may panic (a capture of the
+/// wrapper's): the panic reaches the caller, and the proxy's task inside
+/// ends cancelled, counted as submitted, so the counts still add up.
+#[test]
+fn a_wrapper_whose_drop_panics_leaves_the_counts_whole() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("the wrapper's capture panics on drop");
+        }
+    }
+    struct Booby<E>(E);
+    impl<E: Executor> Executor for Booby<E> {
+        fn execute(&self, task: Task) -> Result<(), Rejected> {
+            let bomb = Bomb;
+            self.0.execute(Task::new(move || {
+                let _bomb = &bomb;
+                task.run();
+            }))
+        }
+    }
+
+    let registry = Registry::new();
+    let proxy = InstrumentedExecutorProxy::new(Booby(Full), exporter(&registry, "b"), None);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        proxy.spawn(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        })
+    }));
+    assert!(outcome.is_err(), "the drop's panic reaches the caller");
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+
+    let c = counts(&scrape(&registry), "executor", "b");
+    assert_eq!((c.submitted, c.rejected, c.cancelled), (1.0, 0.0, 1.0));
+    c.assert_invariant();
+}

@@ -2,6 +2,8 @@
 //! [`Executor::execute`], counted like a spawned one, and handed back as
 //! itself when the executor refuses it.
 
+use std::any::TypeId;
+
 #[cfg(feature = "tracing")]
 use crate::trace::InSpan;
 
@@ -10,8 +12,8 @@ use super::job::NeverFails;
 use super::{AcceptedIfUnwinding, InstrumentedExecutorProxy};
 use crate::clock::Clock;
 use crate::error::RejectReason;
-use crate::executor::{Executor, Rejected, Task};
-use crate::task::{Ticket, CLOSED};
+use crate::executor::{Body, Executor, Rejected, Task};
+use crate::task::{TaskKey, Ticket, CLOSED};
 
 impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     /// Counted like [`spawn`](InstrumentedExecutorProxy::spawn), and as
@@ -69,14 +71,12 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
             return self.execute_admitted(task);
         };
         let ticket = Ticket::new(&self.acct);
-        let submitted_at = ticket.submitted_at();
         #[cfg(feature = "tracing")]
         if let Some(span) = crate::trace::current() {
             let body = WithExemplar::new(InSpan::new(span, task), NeverFails, pending);
-            return self.hand_over(Task::detached(body, ticket), true, submitted_at);
+            return self.hand_over_wrapped(body, ticket);
         }
-        let body = WithExemplar::new(task, NeverFails, pending);
-        self.hand_over(Task::detached(body, ticket), true, submitted_at)
+        self.hand_over_wrapped(WithExemplar::new(task, NeverFails, pending), ticket)
     }
 
     /// The rest of [`Executor::execute`], for an admitted task.
@@ -87,27 +87,38 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         #[cfg(feature = "tracing")]
         if let Some(span) = crate::trace::current() {
             let ticket = Ticket::new(&self.acct);
-            let submitted_at = ticket.submitted_at();
-            let task = Task::detached(InSpan::new(span, task), ticket);
-            return self.hand_over(task, true, submitted_at);
+            return self.hand_over_wrapped(InSpan::new(span, task), ticket);
         }
         let ticket = Ticket::new(&self.acct);
         let submitted_at = ticket.submitted_at();
         let mut task = task;
         match task.attach(ticket) {
-            None => self.hand_over(task, false, submitted_at),
+            None => self.hand_over(task, None, submitted_at),
             // A task of another instrumented proxy (this proxy wraps one,
             // or is wrapped by one): it keeps its own ticket, inside a task
             // that carries this proxy's.
-            Some(ticket) => self.hand_over(Task::detached(task, ticket), true, submitted_at),
+            Some(ticket) => self.hand_over_wrapped(task, ticket),
         }
     }
 
+    /// Hands a task of this proxy's whose body `B` holds the caller's task
+    /// to the executor, with `ticket`.
+    fn hand_over_wrapped<B: Body<()>>(&self, body: B, ticket: Ticket) -> Result<(), Rejected> {
+        let submitted_at = ticket.submitted_at();
+        let task = Task::detached(body, ticket);
+        self.hand_over(task, Some(TypeId::of::<B>()), submitted_at)
+    }
+
     /// Hands an admitted task of [`Executor::execute`], with this proxy's
-    /// ticket, to the executor; `wrapped` when the caller's task is the
-    /// body of the one handed over.
+    /// ticket, to the executor; `wrapper` is the type of its body when the
+    /// caller's task is that body ([`hand_over_wrapped`](Self::hand_over_wrapped)).
     #[inline(always)]
-    fn hand_over(&self, task: Task, wrapped: bool, submitted_at: Clock) -> Result<(), Rejected> {
+    fn hand_over(
+        &self,
+        task: Task,
+        wrapper: Option<TypeId>,
+        submitted_at: Clock,
+    ) -> Result<(), Rejected> {
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
         let outcome = self.inner.execute(task);
         std::mem::forget(accepted_if_unwinding);
@@ -116,7 +127,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 self.acct.accepted(submitted_at);
                 Ok(())
             }
-            Err(rejected) => self.refused(rejected, wrapped, submitted_at),
+            Err(rejected) => self.refused(rejected, wrapper, submitted_at),
         }
     }
 
@@ -127,18 +138,19 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     fn refused(
         &self,
         rejected: Rejected,
-        wrapped: bool,
+        wrapper: Option<TypeId>,
         submitted_at: Clock,
     ) -> Result<(), Rejected> {
         let reason = rejected.reason();
-        let Some(task) = self.own_task(rejected.into_task(), submitted_at) else {
+        let wanted = (TaskKey::of_ticket(&self.acct, submitted_at), wrapper);
+        let Some(task) = self.own_task(rejected.into_task(), submitted_at, wanted) else {
             return Ok(());
         };
         let (task, ticket) = task.detach_ticket();
         if let Some(ticket) = ticket {
             ticket.refuse();
         }
-        if !wrapped {
+        if wrapper.is_none() {
             return Err(Rejected::new(task, reason));
         }
         // The caller's task is the body of the one this proxy made.
@@ -149,6 +161,8 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         };
         match caller {
             Some(task) => Err(Rejected::new(task, reason)),
+            // Found by its ticket and the type of its body, one of the
+            // wrappers `unwrap_task` takes apart.
             None => unreachable!("a task made by execute holds the caller's task until it ends"),
         }
     }

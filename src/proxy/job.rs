@@ -223,7 +223,7 @@ where
     }
 
     fn key(&self) -> Option<TaskKey> {
-        Some(self.0.key())
+        Some(TaskKey::of_core(Arc::as_ptr(&self.0)))
     }
 }
 

@@ -5,6 +5,7 @@ mod exemplar;
 mod job;
 mod map;
 
+use std::any::TypeId;
 use std::fmt;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
-use crate::executor::{rescue, Body, Executor, Rejected, Task};
+use crate::executor::{rescue, Body, Executor, Rejected, Task, Wanted};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder, Pending};
 use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, TaskKey, CLOSED};
 #[cfg(feature = "tracing")]
@@ -247,7 +248,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
         let outcome = self.inner.execute(Task::from_runnable(Queued(core)));
         std::mem::forget(accepted_if_unwinding);
-        self.handed_over(outcome, submitted_at).map(|()| handle)
+        let key = || (handle.key(), None);
+        self.handed_over(outcome, submitted_at, key)
+            .map(|()| handle)
     }
 
     /// Admits and hands over a task without a handle, inside the current
@@ -297,7 +300,13 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
         let outcome = self.inner.execute_unboxed(task);
         std::mem::forget(accepted_if_unwinding);
-        self.handed_over(outcome, submitted_at)
+        let key = || {
+            (
+                TaskKey::of_ticket(&self.acct, submitted_at),
+                Some(TypeId::of::<F>()),
+            )
+        };
+        self.handed_over(outcome, submitted_at, key)
     }
 
     /// A submit refused before anything was queued (the proxy is shut down).
@@ -318,13 +327,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         &self,
         outcome: Result<(), Rejected>,
         submitted_at: Clock,
+        wanted: impl FnOnce() -> Wanted,
     ) -> Result<(), SubmitError<B>> {
         match outcome {
             Ok(()) => {
                 self.acct.accepted(submitted_at);
                 Ok(())
             }
-            Err(rejected) => self.refused_body(rejected, submitted_at),
+            Err(rejected) => self.refused_body(rejected, submitted_at, wanted()),
         }
     }
 
@@ -336,29 +346,36 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         &self,
         rejected: Rejected,
         submitted_at: Clock,
+        wanted: Wanted,
     ) -> Result<(), SubmitError<B>> {
         let reason = rejected.reason();
-        let Some(task) = self.own_task(rejected.into_task(), submitted_at) else {
+        let Some(task) = self.own_task(rejected.into_task(), submitted_at, wanted) else {
             return Ok(());
         };
         match task.reject().map(|f| f.downcast::<B>()) {
             Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
-            _ => unreachable!("a task made by submit holds its body until it ends"),
+            // Found by its shared state's address, or by its ticket and the
+            // type of its body: the body is a `B`.
+            _ => unreachable!("a task made by submit or spawn holds its body until it ends"),
         }
     }
 
-    /// This proxy's task submitted at `submitted_at`, out of `task`, which
-    /// an executor handed back refusing it: `task` itself, or, from an
-    /// executor that hands back a task of its own in its place (its wrapper
-    /// around this one, say), this one as that one is dropped. `None` when
-    /// it is not there: the executor kept it (or ran or dropped it), so it
-    /// is counted as accepted, and ends wherever the executor ends it.
-    fn own_task(&self, task: Task, submitted_at: Clock) -> Option<Task> {
-        let key = TaskKey::new(&self.acct, submitted_at);
-        if task.is(key) {
+    /// This proxy's task submitted at `submitted_at` (`wanted` names it),
+    /// out of `task`, which an executor handed back refusing it: `task`
+    /// itself, or, from an executor that hands back a task of its own in
+    /// its place (its wrapper around this one, say), this one as that one
+    /// is dropped. `None` when it is not there: the executor kept it (or ran
+    /// or dropped it), so it is counted as accepted, and ends wherever the
+    /// executor ends it.
+    fn own_task(&self, task: Task, submitted_at: Clock, wanted: Wanted) -> Option<Task> {
+        if task.is(wanted) {
             return Some(task);
         }
-        let own = rescue(task, key);
+        // Dropping the executor's task may panic: ours, if dropped with it,
+        // ends cancelled, and must count as submitted for the counts to add up.
+        let accepted_if_unwinding = AcceptedIfUnwinding(&self.acct, submitted_at);
+        let own = rescue(task, wanted);
+        std::mem::forget(accepted_if_unwinding);
         if own.is_none() {
             self.acct.accepted(submitted_at);
         }

@@ -12,7 +12,6 @@ use crossbeam_utils::Backoff;
 use super::accounting::{Accounting, AcctRef};
 use super::running::{running_here, RunningNode};
 use super::signal::{lock, wait_signal, WaitSignal};
-use super::ticket::TaskKey;
 use crate::clock::Clock;
 use crate::error::FailureReason;
 use crate::error::TaskError;
@@ -330,11 +329,6 @@ impl<T, J: ?Sized> TaskCore<T, J> {
     /// When the task was submitted.
     pub(crate) fn submitted_at(&self) -> Clock {
         self.submitted_at
-    }
-
-    /// This task's key.
-    pub(crate) fn key(&self) -> TaskKey {
-        TaskKey::new(&self.acct, self.submitted_at)
     }
 
     /// Ends a task [`begin`](Self::begin) (or `start_or_cancel`) started,

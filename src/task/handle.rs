@@ -58,6 +58,11 @@ impl<T> TaskHandle<T> {
         TaskHandle { core }
     }
 
+    /// The key of this handle's task.
+    pub(crate) fn key(&self) -> super::TaskKey {
+        super::TaskKey::of_core(Arc::as_ptr(&self.core))
+    }
+
     /// Runs the task on this thread if this call takes it out of the queue,
     /// whatever thread this is (the loom models' joiner, which no task marks
     /// as a worker).

@@ -21,30 +21,45 @@ pub(crate) struct Ticket {
     submitted_at: Clock,
 }
 
-/// Which admitted task a task is: the executor that admitted it and when.
-/// Distinct for two tasks of one executor unless both read the same clock
-/// tick; used only to find a task again when an executor hands back
-/// another one in its place (see `Task`'s rescue in `executor.rs`).
+/// Which admitted task a task is, to find it again when an executor hands
+/// back another task in its place (see `Task`'s rescue in `executor.rs`).
+/// A task with a handle is its shared state's address, unique while the
+/// task lives. A task without one (spawned, or given through `execute`) is
+/// the executor that admitted it and when; two such tasks of one executor
+/// read the same clock tick only where the clock is coarse, and the rescue
+/// then also compares their bodies' types.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct TaskKey {
-    acct: usize,
-    submitted_at: Clock,
+    at: usize,
+    submitted_at: u64,
 }
 
 impl TaskKey {
-    /// The key of the task `acct` admitted at `submitted_at`.
-    pub(crate) fn new(acct: &Accounting, submitted_at: Clock) -> TaskKey {
+    /// The key of the task whose shared state is at `core`.
+    pub(crate) fn of_core<C: ?Sized>(core: *const C) -> TaskKey {
         TaskKey {
-            acct: acct as *const Accounting as usize,
-            submitted_at,
+            at: core.cast::<()>() as usize,
+            submitted_at: 0,
+        }
+    }
+
+    /// The key of the task without a handle `acct` admitted at `submitted_at`.
+    pub(crate) fn of_ticket(acct: &Accounting, submitted_at: Clock) -> TaskKey {
+        TaskKey {
+            at: acct as *const Accounting as usize,
+            submitted_at: submitted_at.raw(),
         }
     }
 }
 
 impl Ticket {
-    /// This task's key.
+    /// This task's key. Read through the accounting's address only: a task
+    /// dropped long after its executor may hold a dangling one.
     pub(crate) fn key(&self) -> TaskKey {
-        TaskKey::new(&self.acct, self.submitted_at)
+        TaskKey {
+            at: AcctRef::addr(self.acct) as usize,
+            submitted_at: self.submitted_at.raw(),
+        }
     }
 
     /// For a task `acct` has admitted ([`Accounting::admit`] returned true).
@@ -53,6 +68,16 @@ impl Ticket {
         Ticket {
             acct: AcctRef::new(acct),
             submitted_at: Clock::now(),
+        }
+    }
+
+    /// [`new`](Self::new) with the submit time given, as two submits that
+    /// read the same tick of a coarse clock get.
+    #[cfg(test)]
+    pub(crate) fn at(acct: &Arc<Accounting>, submitted_at: Clock) -> Ticket {
+        Ticket {
+            acct: AcctRef::new(acct),
+            submitted_at,
         }
     }
 
