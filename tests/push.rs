@@ -267,3 +267,99 @@ fn a_gateway_that_never_answers_times_out() {
     let exp = common::scrape(&registry);
     assert_eq!(exp.value("executor_exporter_push_failures_total", &[]), 1.0);
 }
+
+/// `.` and `..` as the job or a grouping label's value: sent plainly, the
+/// gateway's router resolves them and redirects the push elsewhere; they go
+/// in the `@base64` form, and land under their own names.
+#[test]
+fn dot_segments_as_job_or_label_value_land_as_given() {
+    let Some(gateway) = Pushgateway::start() else {
+        return;
+    };
+    let registry = Registry::new();
+    let pool = pool(&registry, "dots");
+    pool.submit(|| ()).unwrap().join().unwrap();
+    for (job, dir) in [("..", "."), (".", "..")] {
+        pusher(&gateway, job, &registry)
+            .grouping_label("dir", dir)
+            .push_on_drop(false)
+            .build()
+            .unwrap()
+            .push()
+            .unwrap();
+        let exp = parse(&gateway.metrics().unwrap());
+        let group = [("job", job), ("dir", dir), ("executor", "dots")];
+        assert_eq!(exp.value("executor_submitted_tasks_total", &group), 1.0);
+    }
+}
+
+/// A push answered with a redirect is an error naming where it pointed,
+/// and is not repeated there: a client that follows it sends a GET, which a
+/// page may answer with 200 while nothing was pushed.
+#[test]
+fn a_redirected_push_is_an_error_and_not_followed() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Answers every request (at most 3, each within 10 s) with a redirect
+    // to a page, and tells the request lines it saw.
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let Ok((conn, _)) = listener.accept() else {
+                break;
+            };
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() || line.is_empty() {
+                break;
+            }
+            let request = line.trim().to_owned();
+            let mut length = 0usize;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let mut conn = conn;
+            let _ = conn.write_all(
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: /status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            let stop = request.starts_with("STOP");
+            seen.push(request);
+            if stop {
+                break;
+            }
+        }
+        seen
+    });
+    let registry = Registry::new();
+    let pusher = PushGateway::builder(format!("http://127.0.0.1:{port}"), "moved")
+        .registry(registry.clone())
+        .env_proxy(false)
+        .push_on_drop(false)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let err = watchdog(20, move || pusher.push().unwrap_err());
+    assert_eq!(err.status(), Some(301), "{err}");
+    assert!(err.to_string().contains("\"/status\""), "{err}");
+    assert!(err.to_string().contains("PushGateway::builder"), "{err}");
+    // Ends the server's loop.
+    let mut stop = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stop.write_all(b"STOP / HTTP/1.1\r\n\r\n").unwrap();
+    let seen = server.join().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].starts_with("PUT /metrics/job/moved "), "{seen:?}");
+    let exp = common::scrape(&registry);
+    assert_eq!(exp.value("executor_exporter_push_failures_total", &[]), 1.0);
+}

@@ -116,6 +116,17 @@ impl Target {
         if (200..300).contains(&status) {
             return Ok(());
         }
+        if response.status().is_redirection() {
+            // Not followed: the client would repeat the push as a GET, which
+            // a page may answer with 200 while nothing was pushed.
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            return Err(PushError::new(PushErrorKind::Redirect { status, location }));
+        }
         let mut text = response
             .body_mut()
             .with_config()
@@ -307,7 +318,8 @@ impl PushGatewayBuilder {
         let timeout = (self.timeout < NO_TIMEOUT_FROM).then_some(self.timeout);
         let mut config = ureq::Agent::config_builder()
             .timeout_global(timeout)
-            .http_status_as_error(false);
+            .http_status_as_error(false)
+            .max_redirects(0);
         if !self.env_proxy {
             config = config.proxy(None);
         }
@@ -375,6 +387,7 @@ enum PushErrorKind {
     Encode(prometheus::Error),
     Transport(ureq::Error),
     Status { status: u16, body: String },
+    Redirect { status: u16, location: String },
 }
 
 impl PushError {
@@ -383,10 +396,13 @@ impl PushError {
     }
 
     /// The HTTP status when the gateway answered with one other than 2xx
-    /// (400 for metrics it refuses, for example).
+    /// (400 for metrics it refuses, for example; 3xx for a redirect, which
+    /// a push does not follow).
     pub fn status(&self) -> Option<u16> {
         match self.kind {
-            PushErrorKind::Status { status, .. } => Some(status),
+            PushErrorKind::Status { status, .. } | PushErrorKind::Redirect { status, .. } => {
+                Some(status)
+            }
             _ => None,
         }
     }
@@ -405,6 +421,12 @@ impl fmt::Display for PushError {
             PushErrorKind::Status { status, body } => {
                 write!(f, "the Pushgateway answered HTTP {status}: {body}")
             }
+            PushErrorKind::Redirect { status, location } => write!(
+                f,
+                "the Pushgateway answered HTTP {status}, a redirect to {location:?}: a push is \
+                 not redirected (it would be sent again as a GET); give the gateway's own \
+                 address to PushGateway::builder"
+            ),
         }
     }
 }
@@ -414,7 +436,7 @@ impl std::error::Error for PushError {
         match &self.kind {
             PushErrorKind::Encode(e) => Some(e),
             PushErrorKind::Transport(e) => Some(e),
-            PushErrorKind::Status { .. } => None,
+            PushErrorKind::Status { .. } | PushErrorKind::Redirect { .. } => None,
         }
     }
 }
@@ -443,13 +465,14 @@ fn check_label_name(name: &str) -> Result<(), String> {
 
 /// One value of the group path, with its leading `/`: percent-encoded, or in
 /// the `@base64` form (URL-safe alphabet) when it holds `/` or is empty, as
-/// the Pushgateway's API asks.
+/// the Pushgateway's API asks, or is `.` or `..` (a path segment the
+/// gateway's router would resolve, redirecting the push elsewhere).
 fn path_value(value: &str) -> String {
     if value.is_empty() {
         // The API's spelling of the empty value.
         return "@base64/=".to_owned();
     }
-    if value.contains('/') {
+    if value.contains('/') || value == "." || value == ".." {
         return format!("@base64/{}", base64_url(value.as_bytes()));
     }
     let mut out = String::from("/");
@@ -575,6 +598,9 @@ mod tests {
         assert_eq!(path_value("é"), "/%C3%A9");
         assert_eq!(path_value(""), "@base64/=");
         assert_eq!(path_value("a/b"), "@base64/YS9i");
+        assert_eq!(path_value(".."), "@base64/Li4=");
+        assert_eq!(path_value("."), "@base64/Lg==");
+        assert_eq!(path_value("..."), "/...");
     }
 
     #[test]
