@@ -341,3 +341,57 @@ fn an_execute_that_never_returns_fails_the_case() {
         "{text}"
     );
 }
+
+/// Panics in `execute` while holding its lock, poisoning it; its `shutdown`
+/// takes the lock with `unwrap`, as the module's example does.
+#[derive(Default)]
+struct PanicsHoldingItsLock {
+    queue: Mutex<Vec<Task>>,
+}
+
+impl Executor for PanicsHoldingItsLock {
+    fn execute(&self, task: Task) -> Result<(), Rejected> {
+        let _queue = self.queue.lock().unwrap();
+        drop(task);
+        panic!("execute fails while holding its lock");
+    }
+
+    fn shutdown(&self) {
+        self.queue.lock().unwrap().clear();
+    }
+}
+
+/// A panic out of `execute` fails the case, named, instead of taking the
+/// test binary down (the executor's own shutdown would panic again while
+/// the first panic unwinds).
+#[test]
+fn an_execute_that_panics_fails_the_case_without_aborting() {
+    let workload = Workload::new(vec![Op::Submit(TaskKind::Ok), Op::Shutdown]);
+    let failure = check_workload(&quick(), &workload, PanicsHoldingItsLock::default()).unwrap_err();
+    let text = failure.to_string();
+    assert!(
+        text.contains("op 0 (Submit(Ok))") && text.contains("execute fails while holding its lock"),
+        "{text}"
+    );
+}
+
+/// Options that would make the check pass vacuously, fail every case, or
+/// not fit in memory are refused before anything runs, naming the option.
+#[test]
+fn a_config_that_checks_nothing_is_refused_naming_the_option() {
+    for (config, option) in [
+        (CheckConfig::default().cases(0), "cases(0)"),
+        (CheckConfig::default().timeout(Duration::ZERO), "timeout(0)"),
+        (CheckConfig::default().max_ops(usize::MAX), "max_ops("),
+    ] {
+        let err = try_check_executor(&config, || ThreadPool::new(1).unwrap()).unwrap_err();
+        assert!(err.is_config(), "{err}");
+        assert!(err.to_string().contains(option), "{err}");
+        let workload = Workload::new(vec![Op::Submit(TaskKind::Ok)]);
+        let err = check_workload(&config, &workload, ThreadPool::new(1).unwrap()).unwrap_err();
+        assert!(err.is_config() && err.to_string().contains(option), "{err}");
+    }
+    let fine = CheckConfig::default().cases(1).max_ops(10_000);
+    let workload = Workload::new(vec![Op::Submit(TaskKind::Ok)]);
+    check_workload(&fine, &workload, ThreadPool::new(1).unwrap()).unwrap();
+}

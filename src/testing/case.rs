@@ -60,7 +60,20 @@ where
         executor_shut: false,
         shutdown_now_at: None,
     };
-    match case.run(progress) {
+    // A panic out of the executor (its `execute`, on this thread) fails the
+    // case like a hang: the proxy's drop would call into the executor
+    // again, whose `shutdown` may panic anew while this panic unwinds (a
+    // lock the first one poisoned), which aborts the process.
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| case.run(progress))).unwrap_or_else(
+        |payload| {
+            let at = progress.load(Ordering::SeqCst);
+            let name = case.name((at < case.ops.len()).then_some(at));
+            let why = format!("the case panicked in {name}: {}", panic_message(&*payload));
+            crate::task::drop_quietly(payload);
+            Err(Fatal(why))
+        },
+    );
+    match ran {
         Ok(()) => {
             case.finish();
             let problems = std::mem::take(&mut case.problems);

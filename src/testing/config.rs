@@ -53,7 +53,33 @@ impl Default for CheckConfig {
     }
 }
 
+/// The most operations [`CheckConfig::max_ops`] takes.
+pub(super) const MAX_OPS: usize = 10_000;
+
 impl CheckConfig {
+    /// The options that would make a check meaningless or unrunnable, named
+    /// with the fix.
+    pub(super) fn mistake(&self) -> Option<String> {
+        if self.cases == 0 {
+            return Some(
+                "cases(0) runs no workload, so every executor would pass: give at least 1".into(),
+            );
+        }
+        if self.timeout.is_zero() {
+            return Some(
+                "timeout(0) fails every case before it starts: give the time one case may take (the default is 10 s)"
+                    .into(),
+            );
+        }
+        if self.max_ops > MAX_OPS {
+            return Some(format!(
+                "max_ops({}) is more than a workload can hold: give at most {MAX_OPS}",
+                self.max_ops
+            ));
+        }
+        None
+    }
+
     /// How many random workloads to run (default 64).
     pub fn cases(mut self, cases: u32) -> Self {
         self.cases = cases;
@@ -69,8 +95,8 @@ impl CheckConfig {
         self
     }
 
-    /// The most operations before the closing shutdown (default 24); a
-    /// workload may have a few more after a shutdown part-way.
+    /// The most operations before the closing shutdown (default 24, at most
+    /// 10,000); a workload may have a few more after a shutdown part-way.
     pub fn max_ops(mut self, max_ops: usize) -> Self {
         self.max_ops = max_ops;
         self

@@ -166,6 +166,7 @@ where
     M: Fn() -> E,
     E: Executor + Send + Sync + 'static,
 {
+    config_mistake(config)?;
     quiet_planned_panics();
     let defaults = Config::default();
     let seed = config.seed.unwrap_or(match defaults.rng_seed {
@@ -219,12 +220,14 @@ where
                 workload,
                 problems,
                 seed: Some(seed),
+                config: false,
             })
         }
         Err(TestError::Abort(reason)) => Err(CheckError {
             workload: Workload::default(),
             problems: vec![format!("the check was aborted: {reason}")],
             seed: Some(seed),
+            config: false,
         }),
     }
 }
@@ -254,6 +257,7 @@ pub fn check_workload<E>(
 where
     E: Executor + Send + Sync + 'static,
 {
+    config_mistake(config)?;
     quiet_planned_panics();
     let problems = run_watched(config, workload, executor);
     if problems.is_empty() {
@@ -263,7 +267,21 @@ where
         workload: workload.clone(),
         problems,
         seed: None,
+        config: false,
     })
+}
+
+/// The check cannot run with `config`: an error naming the option to change.
+fn config_mistake(config: &CheckConfig) -> Result<(), CheckError> {
+    match config.mistake() {
+        None => Ok(()),
+        Some(problem) => Err(CheckError {
+            workload: Workload::default(),
+            problems: vec![problem],
+            seed: None,
+            config: true,
+        }),
+    }
 }
 
 /// Runs one case on a thread of its own, and gives up on it a while after
@@ -352,6 +370,8 @@ pub struct CheckError {
     workload: Workload,
     problems: Vec<String>,
     seed: Option<u64>,
+    /// The check did not run: its [`CheckConfig`] is a mistake.
+    config: bool,
 }
 
 impl CheckError {
@@ -372,10 +392,20 @@ impl CheckError {
     pub fn seed(&self) -> Option<u64> {
         self.seed
     }
+
+    /// True when nothing ran because the [`CheckConfig`] is a mistake
+    /// (`cases(0)`, a zero timeout, `max_ops` over 10,000): the problem
+    /// names the option to change.
+    pub fn is_config(&self) -> bool {
+        self.config
+    }
 }
 
 impl fmt::Display for CheckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.config {
+            return write!(f, "the check did not run: {}", self.problems.join("; "));
+        }
         let what = if self.seed.is_some() {
             "smallest failing workload"
         } else {
