@@ -234,7 +234,8 @@ fn naming<'a>(family: &'a MetricFamily, names: &HashSet<&str>) -> prometheus::Re
         // untyped value in shapes no one piece of code reads in both.
         MetricType::UNTYPED => {
             return Err(prometheus::Error::Msg(format!(
-                "metric family {name}: the OpenMetrics encoder does not support UNTYPED metrics"
+                "metric family {name}: the OpenMetrics encoder does not support UNTYPED metrics; \
+                     give it a type (counter or gauge) in the collector that makes it"
             )))
         }
     })

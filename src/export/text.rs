@@ -133,7 +133,8 @@ impl State {
             MetricType::SUMMARY => (Kind::Summary, "summary"),
             MetricType::UNTYPED => {
                 return Err(prometheus::Error::Msg(format!(
-                    "metric family {name}: the text encoder does not support UNTYPED metrics"
+                    "metric family {name}: the text encoder does not support UNTYPED metrics; \
+                     give it a type (counter or gauge) in the collector that makes it"
                 )))
             }
         };
