@@ -186,7 +186,21 @@ impl RayonExecutor {
     /// # Panics
     ///
     /// If the executor was shut down with `shutdown`: the task would never
-    /// run (it is counted as rejected).
+    /// run (it is counted as rejected). Where a submit may come after the
+    /// shutdown, call the proxy's own `spawn`, which hands the closure back
+    /// in an error instead:
+    ///
+    /// ```
+    /// use executor_exporter::{RayonExecutor, RejectReason};
+    ///
+    /// let pool = RayonExecutor::builder(rayon::ThreadPoolBuilder::new().num_threads(1))
+    ///     .registry(prometheus::Registry::new())
+    ///     .build()
+    ///     .unwrap();
+    /// pool.shutdown();
+    /// let refused = (*pool).spawn(|| ()).unwrap_err();
+    /// assert_eq!(refused.reason(), RejectReason::Shutdown);
+    /// ```
     pub fn spawn<F>(&self, f: F)
     where
         F: FnOnce() + Send + 'static,
