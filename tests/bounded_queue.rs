@@ -352,6 +352,47 @@ mod process {
         running
     }
 
+    /// As for the thread pool: an input that finds the queue full waits
+    /// for room, and no input is lost or counted as rejected.
+    #[test]
+    fn a_process_pool_map_over_a_full_queue_waits_for_room() {
+        let registry = Registry::new();
+        let pool = pool(&registry, "proc-map", FullPolicy::Reject);
+        let inputs: Vec<u64> = (0..12).map(|i| i % 3).collect();
+        let got: Vec<_> = watchdog(60, {
+            let inputs = inputs.clone();
+            move || pool.map::<SleepMs, _>(inputs).collect::<Vec<_>>()
+        });
+        let want: Vec<_> = inputs.iter().map(|&ms| Ok(Ok(ms))).collect();
+        assert_eq!(got, want);
+        let l = [("executor", "proc-map")];
+        let exp = scrape(&registry);
+        assert_eq!(exp.value("executor_submitted_tasks_total", &l), 12.0);
+        assert_eq!(exp.value("executor_rejected_tasks_total", &l), 0.0);
+    }
+
+    /// The same for `map_chunked`: a chunk that finds the queue full waits.
+    #[test]
+    fn a_process_pool_chunked_map_over_a_full_queue_waits_for_room() {
+        let registry = Registry::new();
+        let pool = pool(&registry, "proc-chunks", FullPolicy::Reject);
+        let inputs: Vec<u64> = (0..24).map(|i| i % 3).collect();
+        let got: Vec<_> = watchdog(60, {
+            let inputs = inputs.clone();
+            move || {
+                pool.map_chunked::<SleepMs, _>(inputs, 2)
+                    .unwrap()
+                    .collect::<Vec<_>>()
+            }
+        });
+        let want: Vec<_> = inputs.iter().map(|&ms| Ok(Ok(ms))).collect();
+        assert_eq!(got, want);
+        let l = [("executor", "proc-chunks")];
+        let exp = scrape(&registry);
+        assert_eq!(exp.value("executor_submitted_tasks_total", &l), 12.0);
+        assert_eq!(exp.value("executor_rejected_tasks_total", &l), 0.0);
+    }
+
     #[test]
     fn a_full_process_pool_queue_refuses_the_submit_and_counts_it() {
         let registry = Registry::new();
@@ -424,4 +465,38 @@ mod process {
             "{err}"
         );
     }
+}
+
+/// `map` over a pool whose full queue refuses: an input that finds the
+/// queue full waits for room (a task of the map ending, or another's) and
+/// is submitted then, so every input gets its result, in order. Refusals
+/// are not counted: nothing was handed over while the queue was full.
+#[test]
+fn map_over_a_full_queue_waits_for_room_and_loses_no_input() {
+    let registry = Registry::new();
+    let pool = Arc::new(bounded(&registry, "map_full", 1, FullPolicy::Reject));
+    let results: Vec<_> = watchdog(60, {
+        let pool = Arc::clone(&pool);
+        move || {
+            let mut all = Vec::new();
+            for in_flight in [1, 2, 8] {
+                let got: Vec<_> = pool
+                    .map_in_flight(|x: u32| x * 2, 0..20, in_flight)
+                    .unwrap()
+                    .collect();
+                all.push(got);
+            }
+            all.push(pool.map(|x: u32| x + 1, 0..20).collect());
+            all
+        }
+    });
+    for got in &results[..3] {
+        assert_eq!(got, &(0..20).map(|x| Ok(x * 2)).collect::<Vec<_>>());
+    }
+    assert_eq!(results[3], (0..20).map(|x| Ok(x + 1)).collect::<Vec<_>>());
+    pool.join();
+    let exp = scrape(&registry);
+    let c = common::counts(&exp, "executor", "map_full");
+    assert_eq!((c.submitted, c.completed, c.rejected), (80.0, 80.0, 0.0));
+    c.assert_invariant();
 }

@@ -20,7 +20,7 @@ use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
-use crate::task::{Ordered, SubmitOne, TaskHandle};
+use crate::task::{as_map_submit, Ordered, Refused, SubmitOne, TaskHandle};
 
 /// The most inputs a chunk makes room for up front; it grows past that as
 /// the chunk fills.
@@ -113,7 +113,9 @@ impl ProcessPoolExecutor {
     /// Applies task `T` to every input, each its own task, and yields the
     /// results in input order. Inputs are read lazily, with at most twice
     /// `max_workers` submitted and not yet yielded; dropping the iterator
-    /// cancels the ones not yet sent to a worker.
+    /// cancels the ones not yet sent to a worker. An input that finds a
+    /// bounded queue full waits for room and is submitted then (those tries
+    /// are not counted as rejected), as in [`map_chunked`](Self::map_chunked).
     pub fn map<T, I>(&self, inputs: I) -> ProcessMap<'_, T, I::IntoIter>
     where
         T: ProcessTask,
@@ -192,6 +194,7 @@ impl ProcessPoolExecutor {
             pending: VecDeque::new(),
             current: VecDeque::new(),
             in_flight: self.pool.max_workers().saturating_mul(2).max(1),
+            waiting: None,
         }
         .filled())
     }
@@ -352,7 +355,7 @@ impl ProcessPoolExecutorBuilder {
 
 /// Results of [`ProcessPoolExecutor::map`], in input order.
 #[must_use = "the map is lazy: iterate it (`.collect()`, `for`) or only the first few inputs are submitted, and those not yet started are cancelled"]
-pub struct ProcessMap<'a, T: ProcessTask, I> {
+pub struct ProcessMap<'a, T: ProcessTask, I: Iterator> {
     inner: Ordered<I, OneInput<'a, T>, ProcessOutput<T>>,
 }
 
@@ -370,8 +373,17 @@ where
 {
     type Value = ProcessOutput<T>;
 
-    fn submit_one(&mut self, input: T::Input) -> Result<TaskHandle<Self::Value>, TaskError> {
-        self.pool.submit::<T>(&input).map_err(map_error)
+    fn submit_one(
+        &mut self,
+        input: T::Input,
+    ) -> Result<TaskHandle<Self::Value>, Refused<T::Input>> {
+        match as_map_submit(|| self.pool.submit::<T>(&input)) {
+            Ok(handle) => Ok(handle),
+            // The input was only borrowed: it waits for room, as in a thread
+            // pool's `map`.
+            Err(e) if e.reason() == RejectReason::Full => Err(Refused::Full(input)),
+            Err(e) => Err(Refused::Failed(map_error(e))),
+        }
     }
 }
 
@@ -415,7 +427,7 @@ where
     }
 }
 
-impl<T: ProcessTask, I> fmt::Debug for ProcessMap<'_, T, I> {
+impl<T: ProcessTask, I: Iterator> fmt::Debug for ProcessMap<'_, T, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessMap")
             .field("pending", &self.inner.pending())
@@ -446,6 +458,8 @@ pub struct ProcessChunkedMap<'a, T: ProcessTask, I> {
     /// Results of the chunk being yielded.
     current: VecDeque<ItemResult<T>>,
     in_flight: usize,
+    /// The next chunk, encoded, which found the pool's queue full.
+    waiting: Option<(Vec<Blob<'static>>, Vec<Option<TaskError>>)>,
 }
 
 impl<T, I> ProcessChunkedMap<'_, T, I>
@@ -460,56 +474,74 @@ where
         self
     }
 
-    /// Reads and submits chunks until `in_flight` are pending or the inputs
-    /// end.
+    /// Reads and submits chunks until `in_flight` are pending, the inputs
+    /// end, or the pool's queue is full (the chunk then waits in `waiting`).
     fn fill(&mut self) {
         while self.pending.len() < self.in_flight {
-            let Some(inputs) = self.inputs.as_mut() else {
-                return;
+            let (items, slots) = match self.waiting.take() {
+                Some(chunk) => chunk,
+                None => match self.read_chunk() {
+                    Some(chunk) => chunk,
+                    None => return,
+                },
             };
-            // A chunk's size is a bound, not a size: `usize::MAX` means all inputs.
-            let room = self.chunk_size.min(CHUNK_ROOM);
-            let mut items = Vec::with_capacity(room);
-            let mut slots = Vec::with_capacity(room);
-            for input in inputs.by_ref().take(self.chunk_size) {
-                // The input's `Serialize` is the user's code: a panic fails that item as an
-                // error would, as `submit` refuses it.
-                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    postcard::to_stdvec(&input).map_err(|e| e.to_string())
-                }))
-                .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&*panic))));
-                match encoded {
-                    Ok(bytes) => {
-                        items.push(Blob(bytes.into()));
-                        slots.push(None);
-                    }
-                    Err(e) => {
-                        // Counted like `map` counts it: one task refused.
-                        self.pool.pool.accounting().refused_unadmitted();
-                        slots.push(Some(TaskError::Failed {
-                            reason: FailureReason::Serialization,
-                            message: format!("cannot encode the input of task `{}`: {e}", T::NAME),
-                        }));
-                    }
-                }
-            }
-            if slots.len() < self.chunk_size {
-                self.inputs = None;
-            }
-            if slots.is_empty() {
-                return;
-            }
             let handle = if items.is_empty() {
                 None
             } else {
-                let handle = self.pool.pool.submit_chunk::<T>(items).map_err(map_error);
-                if ends_map(&handle) {
-                    self.inputs = None;
+                match as_map_submit(|| self.pool.pool.submit_chunk::<T>(&items)) {
+                    Err(e) if e.reason() == RejectReason::Full => {
+                        self.waiting = Some((items, slots));
+                        return;
+                    }
+                    submitted => {
+                        let handle = submitted.map_err(map_error);
+                        if ends_map(&handle) {
+                            self.inputs = None;
+                        }
+                        Some(handle)
+                    }
                 }
-                Some(handle)
             };
             self.pending.push_back(PendingChunk { handle, slots });
         }
+    }
+
+    /// The next chunk of inputs, encoded (`None` once the inputs end): the
+    /// items to send, and a slot per input, holding its error if it could
+    /// not be encoded.
+    #[allow(clippy::type_complexity)]
+    fn read_chunk(&mut self) -> Option<(Vec<Blob<'static>>, Vec<Option<TaskError>>)> {
+        let inputs = self.inputs.as_mut()?;
+        // A chunk's size is a bound, not a size: `usize::MAX` means all inputs.
+        let room = self.chunk_size.min(CHUNK_ROOM);
+        let mut items = Vec::with_capacity(room);
+        let mut slots = Vec::with_capacity(room);
+        for input in inputs.by_ref().take(self.chunk_size) {
+            // The input's `Serialize` is the user's code: a panic fails that item as an
+            // error would, as `submit` refuses it.
+            let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                postcard::to_stdvec(&input).map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&*panic))));
+            match encoded {
+                Ok(bytes) => {
+                    items.push(Blob(bytes.into()));
+                    slots.push(None);
+                }
+                Err(e) => {
+                    // Counted like `map` counts it: one task refused.
+                    self.pool.pool.accounting().refused_unadmitted();
+                    slots.push(Some(TaskError::Failed {
+                        reason: FailureReason::Serialization,
+                        message: format!("cannot encode the input of task `{}`: {e}", T::NAME),
+                    }));
+                }
+            }
+        }
+        if slots.len() < self.chunk_size {
+            self.inputs = None;
+        }
+        (!slots.is_empty()).then_some((items, slots))
     }
 }
 
@@ -526,12 +558,29 @@ where
         if let Some(next) = self.current.pop_front() {
             return Some(next);
         }
-        let chunk = self.pending.pop_front()?;
-        self.fill();
+        let mut pause = Duration::from_micros(20);
+        let chunk = loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                break chunk;
+            }
+            // Nothing of ours pending: the queue is full of others' tasks.
+            self.waiting.as_ref()?;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+            self.fill();
+        };
+        // With the queue full, this chunk's end may make room: submit after it.
+        let queue_full = self.waiting.is_some();
+        if !queue_full {
+            self.fill();
+        }
         let mut results = match chunk.handle {
             None => Ok(Vec::new().into_iter()),
             Some(handle) => handle.and_then(TaskHandle::join).map(Vec::into_iter),
         };
+        if queue_full {
+            self.fill();
+        }
         self.current = chunk
             .slots
             .into_iter()

@@ -564,7 +564,7 @@ impl ProcessPool {
     /// Submits one chunk of inputs of `T`, each already encoded. Counted as one task.
     pub(crate) fn submit_chunk<T>(
         &self,
-        items: Vec<Blob<'static>>,
+        items: &[Blob<'static>],
     ) -> Result<TaskHandle<ChunkValue<T>>, SubmitError>
     where
         T: ProcessTask,
@@ -659,7 +659,8 @@ impl ProcessPool {
                 // The refused sink is dropped as "ended": it never held a task.
                 let mut sink = rejected.sink;
                 sink.refused();
-                self.acct.refused();
+                let full = rejected.error.reason() == RejectReason::Full;
+                crate::task::refusing(full, || self.acct.refused());
                 Err(rejected.error)
             }
         }

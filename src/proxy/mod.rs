@@ -19,7 +19,9 @@ use crate::error::RejectReason;
 use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{rescue, Body, Executor, Rejected, Task, Wanted};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder, Pending};
-use crate::task::{Accounting, SubmitOne, TaskCore, TaskHandle, TaskKey, CLOSED};
+use crate::task::{
+    as_map_submit, refusing, Accounting, Refused, SubmitOne, TaskCore, TaskHandle, TaskKey, CLOSED,
+};
 #[cfg(feature = "tracing")]
 use crate::trace::InSpan;
 
@@ -352,7 +354,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         let Some(task) = self.own_task(rejected.into_task(), submitted_at, wanted) else {
             return Ok(());
         };
-        match task.reject().map(|f| f.downcast::<B>()) {
+        match refusing(reason == RejectReason::Full, || task.reject()).map(|f| f.downcast::<B>()) {
             Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
             // Found by its shared state's address, or by its ticket and the
             // type of its body: the body is a `B`.
@@ -464,7 +466,12 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     ///
     /// Items are read lazily, with at most twice `max_workers` (or 16 when
     /// unknown) submitted and not yet yielded, so an endless iterator works.
-    /// Dropping the iterator cancels the items that have not started.
+    /// Dropping the iterator cancels the items that have not started. An
+    /// item that finds a bounded queue full waits for room (the end of an
+    /// earlier item, or of another task) and is submitted then, whatever the
+    /// pool's `FullPolicy`; those tries are not counted as rejected. A submit
+    /// refused for good (the pool shut down or broken) is that item's
+    /// result, and the items after it are not read.
     pub fn map<F, I, T>(&self, f: F, items: I) -> Map<'_, E, F, I::IntoIter, T>
     where
         F: Fn(I::Item) -> T + Send + Sync + 'static,
@@ -652,19 +659,44 @@ where
 {
     type Value = T;
 
-    fn submit_one(&mut self, item: In) -> Result<TaskHandle<T>, TaskError> {
-        let f = self.f.clone();
-        let body = move || f(item);
+    fn submit_one(&mut self, input: In) -> Result<TaskHandle<T>, Refused<In>> {
+        let body = Apply {
+            f: self.f.clone(),
+            input,
+        };
         #[cfg(feature = "tracing")]
         if let Some(span) = &self.span {
-            return self
-                .proxy
-                .submit_body(InSpan::new(span.clone(), body), self.classify)
-                .map_err(|e| TaskError::Rejected(e.reason()));
+            let body = InSpan::new(span.clone(), body);
+            return as_map_submit(|| self.proxy.submit_body(body, self.classify))
+                .map_err(|e| refused_input(e.map(InSpan::into_inner)));
         }
-        self.proxy
-            .submit_body(body, self.classify)
-            .map_err(|e| TaskError::Rejected(e.reason()))
+        as_map_submit(|| self.proxy.submit_body(body, self.classify)).map_err(refused_input)
+    }
+}
+
+/// One input of a `map` and the function it goes through, as one body: a
+/// refused one hands the input back.
+struct Apply<F, In> {
+    f: Arc<F>,
+    input: In,
+}
+
+impl<F, In, T> Body<T> for Apply<F, In>
+where
+    F: Fn(In) -> T + Send + Sync + 'static,
+    In: Send + 'static,
+{
+    fn call(self) -> T {
+        (self.f)(self.input)
+    }
+}
+
+/// A refused submit of `map`: its input back when the queue was full, to
+/// submit again; the input's result otherwise.
+fn refused_input<F, In>(error: SubmitError<Apply<F, In>>) -> Refused<In> {
+    match error.reason() {
+        RejectReason::Full => Refused::Full(error.into_inner().input),
+        reason => Refused::Failed(TaskError::Rejected(reason)),
     }
 }
 

@@ -167,7 +167,9 @@ impl Accounting {
     /// rejected, and its unit of the in-flight count is given back.
     #[cold]
     pub(crate) fn refused(&self) {
-        self.series.rejected();
+        if super::counts_refusal() {
+            self.series.rejected();
+        }
         self.ended();
     }
 

@@ -408,7 +408,9 @@ impl<T, J: ?Sized> TaskCore<T, J> {
         if !self.leave_queue(DONE) {
             return false;
         }
-        self.acct.series.rejected();
+        if super::counts_refusal() {
+            self.acct.series.rejected();
+        }
         self.acct.ended();
         true
     }

@@ -1,36 +1,98 @@
 //! [`Ordered`]: the engine of every `map`: one task per input, submitted
 //! lazily with at most `in_flight` submitted and not yet yielded, results
-//! yielded in input order, the unstarted ones cancelled when dropped.
+//! yielded in input order, the unstarted ones cancelled when dropped. An
+//! input that finds the executor's queue full waits for room.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use super::handle::TaskHandle;
 use crate::error::TaskError;
+
+/// A submit of `map` that did not hand its input over.
+pub(crate) enum Refused<In> {
+    /// No room now (the executor's queue is full): the input back, to be
+    /// submitted again once there may be room. Not counted as rejected.
+    Full(In),
+    /// This input's result.
+    Failed(TaskError),
+}
 
 /// How a `map` submits one input: to a proxy, a process pool, ...
 pub(crate) trait SubmitOne<In> {
     /// What the task yields.
     type Value;
-    /// Submits the task for `input`; an `Err` is that input's result.
-    fn submit_one(&mut self, input: In) -> Result<TaskHandle<Self::Value>, TaskError>;
+    /// Submits the task for `input`.
+    fn submit_one(&mut self, input: In) -> Result<TaskHandle<Self::Value>, Refused<In>>;
 }
 
 impl<In, S: SubmitOne<In> + ?Sized> SubmitOne<In> for Box<S> {
     type Value = S::Value;
 
-    fn submit_one(&mut self, input: In) -> Result<TaskHandle<Self::Value>, TaskError> {
+    fn submit_one(&mut self, input: In) -> Result<TaskHandle<Self::Value>, Refused<In>> {
         (**self).submit_one(input)
     }
 }
 
+thread_local! {
+    /// Whether this thread is in a `map`'s submit, and then whether it is
+    /// refusing a task because the queue is full ([`QUIET`]).
+    static MAP_SUBMIT: Cell<u8> = const { Cell::new(0) };
+}
+const IN_MAP: u8 = 1;
+const QUIET: u8 = 2;
+
+/// Runs `submit`, a `map`'s submit of one input: a refusal because the
+/// executor's queue is full is not counted (see [`refusing`]), as the map
+/// submits the input again.
+pub(crate) fn as_map_submit<R>(submit: impl FnOnce() -> R) -> R {
+    with_map_state(IN_MAP, submit)
+}
+
+/// Runs `refuse`, which ends a task the executor refused because its queue
+/// is full (`full`): quietly (no rejection counted) inside a `map`'s submit.
+pub(crate) fn refusing<R>(full: bool, refuse: impl FnOnce() -> R) -> R {
+    let in_map = MAP_SUBMIT.try_with(Cell::get).unwrap_or(0) != 0;
+    if full && in_map {
+        return with_map_state(QUIET, refuse);
+    }
+    refuse()
+}
+
+/// False while a refusal is quiet ([`refusing`]).
+pub(crate) fn counts_refusal() -> bool {
+    MAP_SUBMIT.try_with(Cell::get).unwrap_or(0) != QUIET
+}
+
+fn with_map_state<R>(state: u8, f: impl FnOnce() -> R) -> R {
+    /// Puts the state back, also when `f` panics.
+    struct Restore(Option<u8>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(before) = self.0 {
+                let _ = MAP_SUBMIT.try_with(|s| s.set(before));
+            }
+        }
+    }
+    let _restore = Restore(MAP_SUBMIT.try_with(|s| s.replace(state)).ok());
+    f()
+}
+
 /// Results of one task per input of `I`, submitted through `S`, in input
 /// order.
-pub(crate) struct Ordered<I, S, V> {
+pub(crate) struct Ordered<I: Iterator, S, V> {
     inputs: Option<I>,
     submit: S,
     pending: VecDeque<Result<TaskHandle<V>, TaskError>>,
     in_flight: usize,
+    /// The next input, which found the executor's queue full.
+    waiting: Option<I::Item>,
 }
+
+/// The longest a `map` sleeps before it submits again an input that found
+/// the queue full, when none of its own tasks is pending to wait for.
+const MOST_BETWEEN_TRIES: Duration = Duration::from_millis(1);
 
 /// The most results an [`Ordered`] makes room for up front; it grows past
 /// that as pending results need.
@@ -50,40 +112,69 @@ where
             // A bound is not a size: `usize::MAX` means "no bound".
             pending: VecDeque::with_capacity(in_flight.min(PENDING_ROOM)),
             in_flight,
+            waiting: None,
         };
         ordered.fill();
         ordered
     }
 
-    /// Submits inputs until `in_flight` are pending or the inputs end. A
+    /// Submits inputs until `in_flight` are pending, the inputs end, or the
+    /// executor's queue is full (the input then waits in `waiting`). A
     /// refused submit (shut down, broken) is that input's result, and no
     /// later input is read: each would be refused too.
     fn fill(&mut self) {
         while self.pending.len() < self.in_flight {
-            let Some(input) = self.inputs.as_mut().and_then(Iterator::next) else {
-                self.inputs = None;
-                return;
+            let input = match self.waiting.take() {
+                Some(input) => input,
+                None => match self.inputs.as_mut().and_then(Iterator::next) {
+                    Some(input) => input,
+                    None => {
+                        self.inputs = None;
+                        return;
+                    }
+                },
             };
-            let handle = self.submit.submit_one(input);
-            if matches!(
-                handle,
-                Err(TaskError::Rejected(_) | TaskError::Broken { .. })
-            ) {
-                self.inputs = None;
+            match self.submit.submit_one(input) {
+                Ok(handle) => self.pending.push_back(Ok(handle)),
+                Err(Refused::Full(input)) => {
+                    self.waiting = Some(input);
+                    return;
+                }
+                Err(Refused::Failed(error)) => {
+                    if matches!(error, TaskError::Rejected(_) | TaskError::Broken { .. }) {
+                        self.inputs = None;
+                    }
+                    self.pending.push_back(Err(error));
+                }
             }
-            self.pending.push_back(handle);
         }
     }
 
     /// The next result in input order, waiting for it.
     pub(crate) fn next(&mut self) -> Option<Result<V, TaskError>> {
-        let next = self.pending.pop_front()?;
-        self.fill();
-        Some(next.and_then(TaskHandle::join))
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                if self.waiting.is_none() {
+                    self.fill();
+                    return Some(next.and_then(TaskHandle::join));
+                }
+                // The queue was full: once this task has ended there may be
+                // room for the input waiting.
+                let result = next.and_then(TaskHandle::join);
+                self.fill();
+                return Some(result);
+            }
+            // Nothing of ours pending: the queue is full of others' tasks.
+            self.waiting.as_ref()?;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MOST_BETWEEN_TRIES);
+            self.fill();
+        }
     }
 
     pub(crate) fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.pending.len();
+        let n = self.pending.len() + usize::from(self.waiting.is_some());
         match &self.inputs {
             None => (n, Some(n)),
             Some(inputs) => {
@@ -94,7 +185,7 @@ where
     }
 }
 
-impl<I, S, V> Ordered<I, S, V> {
+impl<I: Iterator, S, V> Ordered<I, S, V> {
     /// Submitted and not yet yielded.
     pub(crate) fn pending(&self) -> usize {
         self.pending.len()
@@ -105,11 +196,11 @@ impl<I, S, V> Ordered<I, S, V> {
     }
 
     pub(crate) fn inputs_exhausted(&self) -> bool {
-        self.inputs.is_none()
+        self.inputs.is_none() && self.waiting.is_none()
     }
 }
 
-impl<I, S, V> Drop for Ordered<I, S, V> {
+impl<I: Iterator, S, V> Drop for Ordered<I, S, V> {
     fn drop(&mut self) {
         for handle in self.pending.drain(..).flatten() {
             handle.cancel();

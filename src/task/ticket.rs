@@ -142,7 +142,9 @@ impl Ticket {
 
     /// The executor refused the task: counted as rejected.
     pub(crate) fn refuse(self) {
-        self.acct.series.rejected();
+        if super::counts_refusal() {
+            self.acct.series.rejected();
+        }
         self.acct.ended();
     }
 
