@@ -539,3 +539,39 @@ fn a_namespace_ending_like_another_does_not_take_its_exemplars() {
         .collect();
     assert!(strays.is_empty(), "{strays:#?}");
 }
+
+/// A hook that panics is a bug of the hook; every call would print the
+/// panic and (with `RUST_BACKTRACE`) capture a backtrace on the submit
+/// path. It is called until its first panic, then no more for that
+/// exporter: its tasks run without exemplars, as after any failing call.
+#[test]
+fn a_hook_that_panics_is_not_called_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let registry = Registry::new();
+    let pool = ThreadPoolExecutor::builder()
+        .exporter_id("panicky")
+        .registry(registry.clone())
+        .exemplar(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            panic!("no trace id on this thread")
+        })
+        .build()
+        .unwrap();
+    for i in 0..50u32 {
+        assert_eq!(pool.submit(move || i).unwrap().join(), Ok(i));
+        pool.spawn(|| ()).unwrap();
+    }
+    pool.join();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "called after it panicked");
+    let text = openmetrics(&registry);
+    assert!(
+        !exemplars(&text)
+            .iter()
+            .any(|f| f.sample.contains("panicky")),
+        "{text}"
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -99,20 +99,42 @@ fn is_label_name(name: &str) -> bool {
 /// The hook an exporter calls at each submit, on the submitting thread, for
 /// the labels of that task's exemplars.
 #[derive(Clone)]
-pub(crate) struct ExemplarHook(Arc<dyn Fn() -> Option<ExemplarLabels> + Send + Sync>);
+pub(crate) struct ExemplarHook(Arc<Hook>);
+
+struct Hook {
+    labels: Box<dyn Fn() -> Option<ExemplarLabels> + Send + Sync>,
+    /// Set by the hook's first panic: it is not called again.
+    panicked: AtomicBool,
+}
 
 impl ExemplarHook {
     pub(crate) fn new<H>(hook: H) -> ExemplarHook
     where
         H: Fn() -> Option<ExemplarLabels> + Send + Sync + 'static,
     {
-        ExemplarHook(Arc::new(hook))
+        ExemplarHook(Arc::new(Hook {
+            labels: Box::new(hook),
+            panicked: AtomicBool::new(false),
+        }))
     }
 
     /// The labels for the task being submitted; `None` also when the hook
-    /// panics: the submit goes on, the task without an exemplar.
+    /// panics: the submit goes on, the task without an exemplar. After its
+    /// first panic the hook is not called again (each call would print the
+    /// panic, and may capture a backtrace, on the submit path).
     pub(super) fn call(&self) -> Option<ExemplarLabels> {
-        catch_unwind(AssertUnwindSafe(|| (self.0)())).unwrap_or(None)
+        if self.0.panicked.load(Ordering::Relaxed) {
+            return None;
+        }
+        catch_unwind(AssertUnwindSafe(|| (self.0.labels)())).unwrap_or_else(|_| {
+            if !self.0.panicked.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "executor-exporter: the exemplar hook panicked; it is not called again, and \
+                     tasks go without exemplars (return None where it has no labels instead)"
+                );
+            }
+            None
+        })
     }
 }
 

@@ -337,9 +337,13 @@ impl ExecutorExporterBuilder {
     /// result), each with the observed value and the wall-clock time. Each
     /// bucket keeps its latest exemplar.
     ///
-    /// `None` from the hook (or a hook that panics) leaves that task
-    /// without exemplars; labels [`ExemplarLabels::new`] refuses (over 128
-    /// characters, say) never get that far. A task records its exemplar
+    /// `None` from the hook leaves that task without exemplars; labels
+    /// [`ExemplarLabels::new`] refuses (over 128 characters, say) never get
+    /// that far. A hook that panics is a bug of the hook: its task goes
+    /// without exemplars, and the hook is not called again for this
+    /// exporter (a line on stderr says so), since each panic would print
+    /// and may capture a backtrace on the submit path; built with
+    /// `panic = "abort"`, its panic ends the process. A task records its exemplar
     /// without ever waiting: when a scrape or another task is writing the
     /// same bucket at that instant, it is skipped.
     ///
