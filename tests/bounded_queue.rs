@@ -500,3 +500,29 @@ fn map_over_a_full_queue_waits_for_room_and_loses_no_input() {
     assert_eq!((c.submitted, c.completed, c.rejected), (80.0, 80.0, 0.0));
     c.assert_invariant();
 }
+
+/// `usize::MAX` (no bound, in effect) as a queue capacity or a worker
+/// count, summed over pools sharing a series, never wraps the gauges
+/// negative: each pool counts at most 2^40.
+#[test]
+fn capacities_and_worker_counts_of_usize_max_sum_without_wrapping() {
+    let registry = Registry::new();
+    let build = |workers: usize, capacity: usize| {
+        ThreadPoolExecutor::builder()
+            .max_workers(workers)
+            .queue_capacity(capacity)
+            .exporter_id("huge")
+            .registry(registry.clone())
+            .build()
+            .unwrap()
+    };
+    let pools = [build(usize::MAX, usize::MAX), build(4, usize::MAX)];
+    let most = (1u64 << 40) as f64;
+    assert_eq!(value(&registry, CAPACITY, "huge"), Some(2.0 * most));
+    assert_eq!(
+        value(&registry, "executor_max_workers", "huge"),
+        Some(most + 4.0)
+    );
+    drop(pools);
+    assert_eq!(value(&registry, "executor_max_workers", "huge"), Some(0.0));
+}

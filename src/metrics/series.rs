@@ -172,10 +172,14 @@ fn histogram(bounds: &[f64]) -> Histogram {
         .expect("bounds are validated before a histogram is built")
 }
 
-/// A worker count as a gauge's increment: no pool has more than `i64::MAX`
-/// workers, so the clamp only keeps a nonsensical argument from wrapping.
+/// The most one pool adds to a summed gauge (its workers, its queue's
+/// capacity): 2^40, about a trillion. Larger values stand for "no bound"
+/// (`usize::MAX`); capped, the sums over up to 2^22 pools never wrap.
+const MOST_PER_POOL: u64 = 1 << 40;
+
+/// A worker count or a capacity as a summed gauge's increment.
 fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    n.min(MOST_PER_POOL) as i64
 }
 
 impl Series {
