@@ -772,6 +772,10 @@ fn bad_buckets_are_build_errors() {
                 .wait_buckets(vec![1.0])
                 .wait_buckets_exponential(0.1, 1.0, 2.0),
         ),
+        (
+            "1001 bounds",
+            ExecutorExporter::builder().duration_buckets((1..=1001).map(f64::from).collect()),
+        ),
     ];
     for (what, builder) in cases {
         let err = build(builder);

@@ -95,6 +95,12 @@ pub(super) fn resolve_buckets(
     if bounds.is_empty() {
         return Err(err("the list is empty".into()));
     }
+    if bounds.len() > 1000 {
+        return Err(err(format!(
+            "{} bounds; at most 1000 (each is a series per pool and result, in every scrape)",
+            bounds.len()
+        )));
+    }
     for (i, b) in bounds.iter().enumerate() {
         if !b.is_finite() {
             return Err(err(format!(

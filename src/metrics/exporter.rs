@@ -303,7 +303,7 @@ impl ExecutorExporterBuilder {
     }
 
     /// Explicit bucket bounds of the wait histogram, in seconds (strictly
-    /// increasing, finite, not negative).
+    /// increasing, finite, not negative, at most 1000).
     pub fn wait_buckets(mut self, bounds: Vec<f64>) -> Self {
         self.wait_explicit = Some(bounds);
         self
@@ -316,7 +316,8 @@ impl ExecutorExporterBuilder {
         self
     }
 
-    /// Explicit bucket bounds of the duration histogram, in seconds.
+    /// Explicit bucket bounds of the duration histogram, in seconds (as for
+    /// [`wait_buckets`](Self::wait_buckets)).
     pub fn duration_buckets(mut self, bounds: Vec<f64>) -> Self {
         self.duration_explicit = Some(bounds);
         self
