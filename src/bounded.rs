@@ -38,7 +38,8 @@ use crate::sync::lock;
 #[non_exhaustive]
 pub enum FullPolicy {
     /// Refuse the submit with [`RejectReason::Full`], handing the task back
-    /// (counted in `rejected_tasks_total`). The default.
+    /// (counted in `rejected_tasks_total`). The default. A `map`'s item that
+    /// finds the queue full waits for room instead, not counted.
     #[default]
     Reject,
     /// Wait until the queue has room (backpressure). A shutdown, or the pool

@@ -143,6 +143,11 @@ pub(crate) mod sealed {
 /// rather than a closure so that a refused one hands back the very value
 /// it was given, which a closure around it could not.
 pub(crate) trait Body<T>: Send + 'static {
+    /// True for the body of a `map`'s item: refused because the queue is
+    /// full, the task is not counted as rejected, as the map submits the
+    /// item again.
+    const QUIET_WHEN_FULL: bool = false;
+
     /// Runs the body on this thread.
     fn call(self) -> T;
 }

@@ -44,6 +44,8 @@ pub(crate) fn current() -> Option<Span> {
 }
 
 impl<T, F: Body<T>> Body<T> for InSpan<F> {
+    const QUIET_WHEN_FULL: bool = F::QUIET_WHEN_FULL;
+
     #[inline]
     fn call(self) -> T {
         let InSpan { span, body } = self;

@@ -526,3 +526,75 @@ fn capacities_and_worker_counts_of_usize_max_sum_without_wrapping() {
     drop(pools);
     assert_eq!(value(&registry, "executor_max_workers", "huge"), Some(0.0));
 }
+
+/// A task mapping over its own pool, whose queue is full: waiting for room
+/// could wait for the very worker running the map, so each item that finds
+/// the queue full is refused (counted) and the map goes on with the next:
+/// every item has a result, and nothing hangs.
+#[test]
+fn map_inside_a_task_of_its_own_full_pool_refuses_items_instead_of_hanging() {
+    for policy in [FullPolicy::Reject, FullPolicy::Block] {
+        let registry = Registry::new();
+        let pool = Arc::new(bounded(&registry, "own", 1, policy));
+        let (tx, rx) = mpsc::channel();
+        let mapper = Arc::clone(&pool);
+        pool.spawn(move || {
+            let results: Vec<_> = mapper.map(|x: u32| x, 0..4).collect();
+            tx.send(results).unwrap();
+        })
+        .unwrap();
+        let results = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the map inside the pool's own task returned");
+        assert_eq!(results.len(), 4, "{results:?}");
+        let refused = results
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| match r {
+                Ok(x) => {
+                    assert_eq!(*x as usize, *i);
+                    false
+                }
+                Err(e) => {
+                    assert_eq!(*e, TaskError::Rejected(RejectReason::Full));
+                    true
+                }
+            })
+            .count();
+        pool.join();
+        let c = common::counts(&scrape(&registry), "executor", "own");
+        assert_eq!(c.rejected, refused as f64, "{policy:?}");
+        c.assert_invariant();
+    }
+}
+
+/// Only a map's own items are refused quietly: a task that a map's item
+/// runs on the submitting thread (`CallerRuns`) and that submits to a full
+/// pool of its own is refused and counted as usual.
+#[test]
+fn a_submit_made_inside_a_maps_submit_is_counted_when_refused() {
+    let registry = Registry::new();
+    let other = bounded(&registry, "other", 1, FullPolicy::Reject);
+    let gate = Gate::new();
+    let _running = occupy(&other, &gate);
+    let _queued = other.submit(|| ()).unwrap();
+    let other = Arc::new(other);
+    let caller = bounded(&registry, "caller", 1, FullPolicy::CallerRuns);
+    let caller_gate = Gate::new();
+    let _busy = occupy(&caller, &caller_gate);
+    let _waiting = caller.submit(|| ()).unwrap();
+    let o = Arc::clone(&other);
+    let results: Vec<_> = caller
+        .map_in_flight(move |_: u32| o.submit(|| ()).is_err(), 0..1, 1)
+        .unwrap()
+        .collect();
+    assert_eq!(
+        results,
+        [Ok(true)],
+        "the item ran on the caller and was refused"
+    );
+    let exp = scrape(&registry);
+    assert_eq!(common::counts(&exp, "executor", "other").rejected, 1.0);
+    gate.open();
+    caller_gate.open();
+}

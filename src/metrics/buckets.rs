@@ -82,11 +82,11 @@ pub(super) fn resolve_buckets(
             let mut bound = min;
             // `bound / max`, not `max * (1 + e)`: the latter is +Inf for a
             // `max` near `f64::MAX`, and the loop would never reach it.
-            while bound.is_finite() && bound / max <= 1.0 + 1e-9 && bounds.len() < 1000 {
+            while bound.is_finite() && bound / max <= 1.0 + 1e-9 && bounds.len() <= 1000 {
                 bounds.push(bound);
                 bound *= factor;
             }
-            if bounds.len() >= 1000 {
+            if bounds.len() > 1000 {
                 return Err(err("more than 1000 buckets; raise the factor".into()));
             }
             bounds

@@ -99,12 +99,11 @@ fn is_label_name(name: &str) -> bool {
 /// The hook an exporter calls at each submit, on the submitting thread, for
 /// the labels of that task's exemplars.
 #[derive(Clone)]
-pub(crate) struct ExemplarHook(Arc<Hook>);
-
-struct Hook {
-    labels: Box<dyn Fn() -> Option<ExemplarLabels> + Send + Sync>,
-    /// Set by the hook's first panic: it is not called again.
-    panicked: AtomicBool,
+pub(crate) struct ExemplarHook {
+    labels: Arc<dyn Fn() -> Option<ExemplarLabels> + Send + Sync>,
+    /// Set by the hook's first panic in this exporter: it is not called
+    /// again there.
+    panicked: Arc<AtomicBool>,
 }
 
 impl ExemplarHook {
@@ -112,25 +111,35 @@ impl ExemplarHook {
     where
         H: Fn() -> Option<ExemplarLabels> + Send + Sync + 'static,
     {
-        ExemplarHook(Arc::new(Hook {
-            labels: Box::new(hook),
-            panicked: AtomicBool::new(false),
-        }))
+        ExemplarHook {
+            labels: Arc::new(hook),
+            panicked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The same hook, for a new exporter: with its own record of a panic.
+    pub(super) fn for_exporter(&self) -> ExemplarHook {
+        ExemplarHook {
+            labels: Arc::clone(&self.labels),
+            panicked: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// The labels for the task being submitted; `None` also when the hook
     /// panics: the submit goes on, the task without an exemplar. After its
-    /// first panic the hook is not called again (each call would print the
-    /// panic, and may capture a backtrace, on the submit path).
+    /// first panic the hook is not called again by this exporter (each call
+    /// would print the panic, and may capture a backtrace, on the submit
+    /// path).
     pub(super) fn call(&self) -> Option<ExemplarLabels> {
-        if self.0.panicked.load(Ordering::Relaxed) {
+        if self.panicked.load(Ordering::Relaxed) {
             return None;
         }
-        catch_unwind(AssertUnwindSafe(|| (self.0.labels)())).unwrap_or_else(|_| {
-            if !self.0.panicked.swap(true, Ordering::Relaxed) {
+        catch_unwind(AssertUnwindSafe(|| (self.labels)())).unwrap_or_else(|_| {
+            if !self.panicked.swap(true, Ordering::Relaxed) {
                 eprintln!(
-                    "executor-exporter: the exemplar hook panicked; it is not called again, and \
-                     tasks go without exemplars (return None where it has no labels instead)"
+                    "executor-exporter: the exemplar hook panicked; this exporter does not call \
+                     it again, and its tasks go without exemplars (return None where the hook has \
+                     no labels instead)"
                 );
             }
             None

@@ -341,9 +341,11 @@ impl ExecutorExporterBuilder {
     /// `None` from the hook leaves that task without exemplars; labels
     /// [`ExemplarLabels::new`] refuses (over 128 characters, say) never get
     /// that far. A hook that panics is a bug of the hook: its task goes
-    /// without exemplars, and the hook is not called again for this
-    /// exporter (a line on stderr says so), since each panic would print
-    /// and may capture a backtrace on the submit path; built with
+    /// without exemplars, and this exporter does not call the hook again (a
+    /// line on stderr says so), since each panic would print and may
+    /// capture a backtrace on the submit path. So a hook that panics on
+    /// some threads only (one with no trace id, say) turns the exporter's
+    /// exemplars off everywhere: return `None` there instead. Built with
     /// `panic = "abort"`, its panic ends the process. A task records its exemplar
     /// without ever waiting: when a scrape or another task is writing the
     /// same bucket at that instant, it is skipped.
@@ -551,7 +553,9 @@ impl ExecutorExporterBuilder {
             families,
             registry,
             namespace: namespace.into(),
-            exemplar: self.exemplar,
+            // Its own record of a panic: a builder cloned for another
+            // exporter shares the hook, not that record.
+            exemplar: self.exemplar.as_ref().map(ExemplarHook::for_exporter),
         })
     }
 }

@@ -20,7 +20,7 @@ use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
-use crate::task::{as_map_submit, Ordered, Refused, SubmitOne, TaskHandle};
+use crate::task::{Ordered, Refused, SubmitOne, TaskHandle};
 
 /// The most inputs a chunk makes room for up front; it grows past that as
 /// the chunk fills.
@@ -115,7 +115,8 @@ impl ProcessPoolExecutor {
     /// `max_workers` submitted and not yet yielded; dropping the iterator
     /// cancels the ones not yet sent to a worker. An input that finds a
     /// bounded queue full waits for room and is submitted then (those tries
-    /// are not counted as rejected), as in [`map_chunked`](Self::map_chunked).
+    /// are not counted as rejected), as a chunk of
+    /// [`map_chunked`](Self::map_chunked) does.
     pub fn map<T, I>(&self, inputs: I) -> ProcessMap<'_, T, I::IntoIter>
     where
         T: ProcessTask,
@@ -155,7 +156,8 @@ impl ProcessPoolExecutor {
     /// chunks submitted and not yet yielded; dropping the iterator cancels
     /// the chunks not yet sent to a worker. An input that cannot be encoded
     /// fails alone, in the caller, and is counted as one rejected task, as in
-    /// [`map`](Self::map).
+    /// [`map`](Self::map). A chunk that finds a bounded queue full waits for
+    /// room and is submitted then (not counted as rejected).
     ///
     /// ```no_run
     /// # use executor_exporter::process_pool::{ProcessPoolExecutor, ProcessTask};
@@ -377,7 +379,7 @@ where
         &mut self,
         input: T::Input,
     ) -> Result<TaskHandle<Self::Value>, Refused<T::Input>> {
-        match as_map_submit(|| self.pool.submit::<T>(&input)) {
+        match self.pool.pool.submit_for_map::<T>(&input) {
             Ok(handle) => Ok(handle),
             // The input was only borrowed: it waits for room, as in a thread
             // pool's `map`.
@@ -488,7 +490,7 @@ where
             let handle = if items.is_empty() {
                 None
             } else {
-                match as_map_submit(|| self.pool.pool.submit_chunk::<T>(&items)) {
+                match self.pool.pool.submit_chunk::<T>(&items) {
                     Err(e) if e.reason() == RejectReason::Full => {
                         self.waiting = Some((items, slots));
                         return;

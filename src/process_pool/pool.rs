@@ -524,7 +524,21 @@ impl ProcessPool {
         T::Output: Send,
         T::Error: Send,
     {
-        self.submit_typed::<T>(input, None)
+        self.submit_typed::<T>(input, None, false)
+    }
+
+    /// [`submit`](Self::submit) of an input of `map`: refused because the queue is full, it is not
+    /// counted as rejected (the map submits it again).
+    pub(crate) fn submit_for_map<T>(
+        &self,
+        input: &T::Input,
+    ) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
+    where
+        T: ProcessTask,
+        T::Output: Send,
+        T::Error: Send,
+    {
+        self.submit_typed::<T>(input, None, true)
     }
 
     /// Like [`submit`](Self::submit), with a timeout for this task: on expiry its worker is killed and
@@ -541,13 +555,14 @@ impl ProcessPool {
         T::Output: Send,
         T::Error: Send,
     {
-        self.submit_typed::<T>(input, Some(timeout))
+        self.submit_typed::<T>(input, Some(timeout), false)
     }
 
     fn submit_typed<T>(
         &self,
         input: &T::Input,
         timeout: Option<Duration>,
+        quiet_full: bool,
     ) -> Result<TaskHandle<ProcessOutput<T>>, SubmitError>
     where
         T: ProcessTask,
@@ -558,10 +573,11 @@ impl ProcessPool {
             postcard::to_extend(input, Vec::with_capacity(SMALL_INPUT))
                 .map_err(|e| format!("cannot encode the input of task `{}`: {e}", T::NAME))
         };
-        self.submit_encoded(T::NAME.into(), timeout, One::<T>::new(), encode)
+        self.submit_encoded(T::NAME.into(), timeout, One::<T>::new(), encode, quiet_full)
     }
 
-    /// Submits one chunk of inputs of `T`, each already encoded. Counted as one task.
+    /// Submits one chunk of inputs of `T`, each already encoded, for `map_chunked`. Counted as one
+    /// task; refused because the queue is full, not counted (the map submits it again).
     pub(crate) fn submit_chunk<T>(
         &self,
         items: &[Blob<'static>],
@@ -581,6 +597,7 @@ impl ProcessPool {
             None,
             Chunk::<T>::new(items.len()),
             encode,
+            true,
         )
         .map_err(|e| match e {
             // The derived name is an implementation detail (e.g. a chunk over the frame size).
@@ -602,6 +619,7 @@ impl ProcessPool {
         timeout: Option<Duration>,
         decode: D,
         encode: impl FnOnce() -> Result<Vec<u8>, String>,
+        quiet_full: bool,
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
         if !self.acct.admit() {
             self.acct.refused_unadmitted();
@@ -631,7 +649,7 @@ impl ProcessPool {
             payload,
             timeout,
         };
-        self.enqueue(spec, decode)
+        self.enqueue(spec, decode, quiet_full)
     }
 
     /// Queues an admitted job (`acct.admit()` already returned true): its task state, its sink, and
@@ -640,6 +658,7 @@ impl ProcessPool {
         &self,
         spec: JobSpec,
         decode: D,
+        quiet_full: bool,
     ) -> Result<TaskHandle<D::Value>, SubmitError> {
         let core = Arc::new(TaskCore::with_job(&self.acct, ProcessJoin::new(self.spin)));
         let submitted_at = core.submitted_at();
@@ -659,8 +678,8 @@ impl ProcessPool {
                 // The refused sink is dropped as "ended": it never held a task.
                 let mut sink = rejected.sink;
                 sink.refused();
-                let full = rejected.error.reason() == RejectReason::Full;
-                crate::task::refusing(full, || self.acct.refused());
+                let quiet = quiet_full && rejected.error.reason() == RejectReason::Full;
+                crate::task::refusing(quiet, || self.acct.refused());
                 Err(rejected.error)
             }
         }

@@ -13,7 +13,7 @@ use super::{AcceptedIfUnwinding, InstrumentedExecutorProxy};
 use crate::clock::Clock;
 use crate::error::RejectReason;
 use crate::executor::{Body, Executor, Rejected, Task};
-use crate::task::{refusing, TaskKey, Ticket, CLOSED};
+use crate::task::{TaskKey, Ticket, CLOSED};
 
 impl<E: Executor> Executor for InstrumentedExecutorProxy<E> {
     /// Counted like [`spawn`](InstrumentedExecutorProxy::spawn), and as
@@ -148,7 +148,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         };
         let (task, ticket) = task.detach_ticket();
         if let Some(ticket) = ticket {
-            refusing(reason == RejectReason::Full, || ticket.refuse());
+            ticket.refuse();
         }
         if wrapper.is_none() {
             return Err(Rejected::new(task, reason));

@@ -51,6 +51,8 @@ impl Drop for Unwinding<'_> {
 }
 
 impl<T, F: Body<T>, C: Classify<T>> Body<T> for WithExemplar<F, C> {
+    const QUIET_WHEN_FULL: bool = F::QUIET_WHEN_FULL;
+
     fn call(self) -> T {
         let WithExemplar {
             body,

@@ -12,10 +12,14 @@ use crate::task::{Ordered, SubmitOne};
 /// Each item is its own task, with its own submit time and counts. Input is
 /// read lazily: at most `in_flight` items are submitted and not yet yielded
 /// (they are submitted when the iterator is created, so work starts at once).
-/// A failed item yields its error and iteration carries on. If the executor
-/// refuses an item, that item yields [`TaskError::Rejected`] and no further
-/// input is read. Dropping the iterator cancels the items that have not
-/// started.
+/// A failed item yields its error and iteration carries on. An item that
+/// finds the executor's bounded queue full waits for room and is submitted
+/// then (not counted as rejected), unless the map runs on one of the
+/// executor's own threads, where that item yields
+/// [`TaskError::Rejected`] and the map goes on. If the executor refuses an
+/// item for good (shut down, broken), that item yields its error and no
+/// further input is read. Dropping the iterator cancels the items that have
+/// not started.
 ///
 /// So a `map` whose result is never iterated does (almost) nothing: the
 /// compiler warns about it, and with `#![deny(unused_must_use)]` refuses it.

@@ -20,7 +20,7 @@ use crate::error::{BuildError, BuildErrorKind, SubmitError, TaskError};
 use crate::executor::{rescue, Body, Executor, Rejected, Task, Wanted};
 use crate::metrics::{Capacity, ExecutorExporter, ExecutorExporterBuilder, Pending};
 use crate::task::{
-    as_map_submit, refusing, Accounting, Refused, SubmitOne, TaskCore, TaskHandle, TaskKey, CLOSED,
+    refusing, Accounting, Refused, SubmitOne, TaskCore, TaskHandle, TaskKey, CLOSED,
 };
 #[cfg(feature = "tracing")]
 use crate::trace::InSpan;
@@ -251,7 +251,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         let outcome = self.inner.execute(Task::from_runnable(Queued(core)));
         std::mem::forget(accepted_if_unwinding);
         let key = || (handle.key(), None);
-        self.handed_over(outcome, submitted_at, key)
+        self.handed_over(outcome, submitted_at, key, F::QUIET_WHEN_FULL)
             .map(|()| handle)
     }
 
@@ -308,7 +308,7 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
                 Some(TypeId::of::<F>()),
             )
         };
-        self.handed_over(outcome, submitted_at, key)
+        self.handed_over(outcome, submitted_at, key, F::QUIET_WHEN_FULL)
     }
 
     /// A submit refused before anything was queued (the proxy is shut down).
@@ -319,8 +319,9 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
     }
 
     /// Counts what the executor did with a task handed to it: submitted if
-    /// it took it; rejected if it refused it, and then the body `B` comes
-    /// back out of the task. Always inlined: the submit paths are also
+    /// it took it; rejected if it refused it (not counted for a `map`'s item
+    /// refused because the queue is full: `quiet_full`), and then the body
+    /// `B` comes back out of the task. Always inlined: the submit paths are also
     /// instantiated for bodies with exemplars, and left to itself the
     /// compiler then calls this out of line from the plain ones too (about
     /// 15 instructions more per task).
@@ -330,13 +331,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         outcome: Result<(), Rejected>,
         submitted_at: Clock,
         wanted: impl FnOnce() -> Wanted,
+        quiet_full: bool,
     ) -> Result<(), SubmitError<B>> {
         match outcome {
             Ok(()) => {
                 self.acct.accepted(submitted_at);
                 Ok(())
             }
-            Err(rejected) => self.refused_body(rejected, submitted_at, wanted()),
+            Err(rejected) => self.refused_body(rejected, submitted_at, wanted(), quiet_full),
         }
     }
 
@@ -349,12 +351,14 @@ impl<E: Executor> InstrumentedExecutorProxy<E> {
         rejected: Rejected,
         submitted_at: Clock,
         wanted: Wanted,
+        quiet_full: bool,
     ) -> Result<(), SubmitError<B>> {
         let reason = rejected.reason();
         let Some(task) = self.own_task(rejected.into_task(), submitted_at, wanted) else {
             return Ok(());
         };
-        match refusing(reason == RejectReason::Full, || task.reject()).map(|f| f.downcast::<B>()) {
+        let quiet = quiet_full && reason == RejectReason::Full;
+        match refusing(quiet, || task.reject()).map(|f| f.downcast::<B>()) {
             Some(Ok(f)) => Err(SubmitError::new(*f, reason)),
             // Found by its shared state's address, or by its ticket and the
             // type of its body: the body is a `B`.
@@ -667,10 +671,35 @@ where
         #[cfg(feature = "tracing")]
         if let Some(span) = &self.span {
             let body = InSpan::new(span.clone(), body);
-            return as_map_submit(|| self.proxy.submit_body(body, self.classify))
-                .map_err(|e| refused_input(e.map(InSpan::into_inner)));
+            return self
+                .proxy
+                .submit_body(body, self.classify)
+                .map_err(|e| self.refused(e.map(InSpan::into_inner)));
         }
-        as_map_submit(|| self.proxy.submit_body(body, self.classify)).map_err(refused_input)
+        self.proxy
+            .submit_body(body, self.classify)
+            .map_err(|e| self.refused(e))
+    }
+}
+
+impl<E: Executor, F, T> Submitter<'_, E, F, T> {
+    /// A refused submit of one item: its input back when the queue was full,
+    /// to submit again; the item's result otherwise. On a thread of the
+    /// proxy's own (a task mapping over its own pool), waiting for room
+    /// could wait for this very thread: the item is refused then, and
+    /// counted, and the map goes on with the next.
+    fn refused<In>(&self, error: SubmitError<Apply<F, In>>) -> Refused<In> {
+        match error.reason() {
+            RejectReason::Full if !self.proxy.on_own_thread() => {
+                Refused::Full(error.into_inner().input)
+            }
+            RejectReason::Full => {
+                // The refusal was not counted (an item of `map`): it is final here.
+                self.proxy.acct.refused_unadmitted();
+                Refused::Failed(TaskError::Rejected(RejectReason::Full))
+            }
+            reason => Refused::Failed(TaskError::Rejected(reason)),
+        }
     }
 }
 
@@ -686,17 +715,10 @@ where
     F: Fn(In) -> T + Send + Sync + 'static,
     In: Send + 'static,
 {
+    const QUIET_WHEN_FULL: bool = true;
+
     fn call(self) -> T {
         (self.f)(self.input)
-    }
-}
-
-/// A refused submit of `map`: its input back when the queue was full, to
-/// submit again; the input's result otherwise.
-fn refused_input<F, In>(error: SubmitError<Apply<F, In>>) -> Refused<In> {
-    match error.reason() {
-        RejectReason::Full => Refused::Full(error.into_inner().input),
-        reason => Refused::Failed(TaskError::Rejected(reason)),
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::handle::TaskHandle;
-use crate::error::TaskError;
+use crate::error::{RejectReason, TaskError};
 
 /// A submit of `map` that did not hand its input over.
 pub(crate) enum Refused<In> {
@@ -36,47 +36,34 @@ impl<In, S: SubmitOne<In> + ?Sized> SubmitOne<In> for Box<S> {
 }
 
 thread_local! {
-    /// Whether this thread is in a `map`'s submit, and then whether it is
-    /// refusing a task because the queue is full ([`QUIET`]).
-    static MAP_SUBMIT: Cell<u8> = const { Cell::new(0) };
-}
-const IN_MAP: u8 = 1;
-const QUIET: u8 = 2;
-
-/// Runs `submit`, a `map`'s submit of one input: a refusal because the
-/// executor's queue is full is not counted (see [`refusing`]), as the map
-/// submits the input again.
-pub(crate) fn as_map_submit<R>(submit: impl FnOnce() -> R) -> R {
-    with_map_state(IN_MAP, submit)
+    /// Set while a task of a `map` is refused because the queue is full
+    /// ([`refusing`]): it is not counted as rejected.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `refuse`, which ends a task the executor refused because its queue
-/// is full (`full`): quietly (no rejection counted) inside a `map`'s submit.
-pub(crate) fn refusing<R>(full: bool, refuse: impl FnOnce() -> R) -> R {
-    let in_map = MAP_SUBMIT.try_with(Cell::get).unwrap_or(0) != 0;
-    if full && in_map {
-        return with_map_state(QUIET, refuse);
+/// Runs `refuse`, which ends a task its executor refused: if `quiet` (the
+/// task is a `map`'s item refused because the queue is full, which the map
+/// submits again), without counting it as rejected. `refuse` runs only the
+/// crate's own bookkeeping, never user code.
+pub(crate) fn refusing<R>(quiet: bool, refuse: impl FnOnce() -> R) -> R {
+    if !quiet {
+        return refuse();
     }
+    /// Clears the flag, also when `refuse` panics.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            let _ = QUIET.try_with(|q| q.set(false));
+        }
+    }
+    let _ = QUIET.try_with(|q| q.set(true));
+    let _clear = Clear;
     refuse()
 }
 
 /// False while a refusal is quiet ([`refusing`]).
 pub(crate) fn counts_refusal() -> bool {
-    MAP_SUBMIT.try_with(Cell::get).unwrap_or(0) != QUIET
-}
-
-fn with_map_state<R>(state: u8, f: impl FnOnce() -> R) -> R {
-    /// Puts the state back, also when `f` panics.
-    struct Restore(Option<u8>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(before) = self.0 {
-                let _ = MAP_SUBMIT.try_with(|s| s.set(before));
-            }
-        }
-    }
-    let _restore = Restore(MAP_SUBMIT.try_with(|s| s.replace(state)).ok());
-    f()
+    !QUIET.try_with(Cell::get).unwrap_or(false)
 }
 
 /// Results of one task per input of `I`, submitted through `S`, in input
@@ -141,7 +128,15 @@ where
                     return;
                 }
                 Err(Refused::Failed(error)) => {
-                    if matches!(error, TaskError::Rejected(_) | TaskError::Broken { .. }) {
+                    // Refused for good: every later input would be too. (A
+                    // full queue that cannot be waited for refuses this
+                    // input alone.)
+                    let for_good = match &error {
+                        TaskError::Rejected(reason) => *reason != RejectReason::Full,
+                        TaskError::Broken { .. } => true,
+                        _ => false,
+                    };
+                    if for_good {
                         self.inputs = None;
                     }
                     self.pending.push_back(Err(error));
