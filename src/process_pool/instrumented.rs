@@ -20,7 +20,7 @@ use crate::error::RejectReason;
 use crate::error::SubmitError;
 use crate::error::{BuildError, BuildErrorKind, TaskError};
 use crate::metrics::{ExecutorExporter, ExecutorExporterBuilder};
-use crate::task::{Ordered, Refused, SubmitOne, TaskHandle};
+use crate::task::{Ordered, Refused, RoomWait, SubmitOne, TaskHandle};
 
 /// The most inputs a chunk makes room for up front; it grows past that as
 /// the chunk fills.
@@ -560,15 +560,14 @@ where
         if let Some(next) = self.current.pop_front() {
             return Some(next);
         }
-        let mut pause = Duration::from_micros(20);
+        let mut room = RoomWait::new();
         let chunk = loop {
             if let Some(chunk) = self.pending.pop_front() {
                 break chunk;
             }
             // Nothing of ours pending: the queue is full of others' tasks.
             self.waiting.as_ref()?;
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(1));
+            room.sleep();
             self.fill();
         };
         // With the queue full, this chunk's end may make room: submit after it.

@@ -31,5 +31,5 @@ mod ticket;
 pub(crate) use self::accounting::{Accounting, CLOSED};
 pub(crate) use self::core::{Help, TaskCore};
 pub use self::handle::{TaskHandle, TaskState};
-pub(crate) use self::ordered::{counts_refusal, refusing, Ordered, Refused, SubmitOne};
+pub(crate) use self::ordered::{counts_refusal, refusing, Ordered, Refused, RoomWait, SubmitOne};
 pub(crate) use self::ticket::{drop_quietly, TaskKey, Ticket};

@@ -77,9 +77,22 @@ pub(crate) struct Ordered<I: Iterator, S, V> {
     waiting: Option<I::Item>,
 }
 
-/// The longest a `map` sleeps before it submits again an input that found
-/// the queue full, when none of its own tasks is pending to wait for.
-const MOST_BETWEEN_TRIES: Duration = Duration::from_millis(1);
+/// How a `map` whose next input found the queue full waits before it tries
+/// again, when none of its own tasks is pending to wait for: sleeps from
+/// 20 µs, doubling up to 1 ms.
+pub(crate) struct RoomWait(Duration);
+
+impl RoomWait {
+    pub(crate) fn new() -> RoomWait {
+        RoomWait(Duration::from_micros(20))
+    }
+
+    /// Sleeps for the next pause.
+    pub(crate) fn sleep(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_millis(1));
+    }
+}
 
 /// The most results an [`Ordered`] makes room for up front; it grows past
 /// that as pending results need.
@@ -147,7 +160,7 @@ where
 
     /// The next result in input order, waiting for it.
     pub(crate) fn next(&mut self) -> Option<Result<V, TaskError>> {
-        let mut pause = Duration::from_micros(20);
+        let mut room = RoomWait::new();
         loop {
             if let Some(next) = self.pending.pop_front() {
                 if self.waiting.is_none() {
@@ -162,8 +175,7 @@ where
             }
             // Nothing of ours pending: the queue is full of others' tasks.
             self.waiting.as_ref()?;
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(MOST_BETWEEN_TRIES);
+            room.sleep();
             self.fill();
         }
     }
